@@ -3,17 +3,17 @@
 ::
 
     LogferryError                      retriable=False unless stated
-    ├── ConfigError                    a config file is refused at start (file, line, key path, reason)
-    ├── ProtocolError                  a Forward Protocol peer broke the rules; close that connection
+    ├── ConfigError                    refused at start: file, line, key path, reason
+    ├── ProtocolError                  a peer broke the protocol: close that connection
     │   ├── MalformedMessageError      garbage bytes, wrong msgpack types, a bad gzip stream
     │   ├── MessageTooLargeError       a message over the configured byte limit
     │   ├── TooManyEntriesError        an event stream over the configured entry-count limit
     │   └── HandshakeError             HELO/PING/PONG failed: wrong shared key, bad credentials
     ├── SpoolError                     the durable buffer
-    │   ├── SpoolFullError             the size cap is reached (retriable: space frees as output drains)
+    │   ├── SpoolFullError             size cap reached (retriable: space frees on commit)
     │   ├── SpoolClosedError           used after close()
-    │   └── SpoolCorruptError          a damaged frame (normally quarantined on open, never raised to a caller)
-    └── OutputError                    a destination failed; ``retriable`` says whether to try again
+    │   └── SpoolCorruptError          a damaged frame (quarantined on open)
+    └── OutputError                    a destination failed; ``retriable`` says if worth retrying
 
 Third-party errors are translated at module boundaries with ``raise ... from exc``.
 """

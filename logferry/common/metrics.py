@@ -1,0 +1,52 @@
+"""Prometheus metrics helpers.
+
+Names start with ``logferry_``, use base units and end counters in ``_total``. Labels come
+from a small fixed set (tenant, endpoint, status, reason): never a path or a record field.
+A drop or fault is reported through :func:`count_and_log`, so its log line and its counter
+can never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+from logferry.common.logs import EventLogger
+
+ALLOWED_LABELS = frozenset({"tenant", "endpoint", "status", "reason", "mode", "kind"})
+
+
+def check_labels(labels: tuple[str, ...]) -> tuple[str, ...]:
+    """Refuse a label outside the fixed set (unbounded cardinality is an outage in waiting)."""
+    unknown = set(labels) - ALLOWED_LABELS
+    if unknown:
+        raise ValueError(f"metric labels {sorted(unknown)} are not in {sorted(ALLOWED_LABELS)}")
+    return labels
+
+
+def counter(
+    registry: CollectorRegistry, name: str, doc: str, labels: tuple[str, ...] = ()
+) -> Counter:
+    """A ``logferry_<name>_total`` counter registered on ``registry``."""
+    return Counter(f"logferry_{name}", doc, check_labels(labels), registry=registry)
+
+
+def count_and_log(
+    metric: Counter,
+    log: EventLogger,
+    event: str,
+    *,
+    amount: float = 1,
+    labels: dict[str, str] | None = None,
+    level: str = "warning",
+    **fields: Any,
+) -> None:
+    """Increment ``metric`` and log ``event`` with the same labels and fields, in one call."""
+    (metric.labels(**labels) if labels else metric).inc(amount)
+    getattr(log, level)(event, count=amount, **(labels or {}), **fields)
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text exposition of ``registry``."""
+    return generate_latest(registry)
