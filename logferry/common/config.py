@@ -127,7 +127,7 @@ def _translate(exc: ValidationError, root: yaml.Node | None, file: str) -> Confi
     first_line: int | None = None
     first_path = ""
     for error in exc.errors(include_url=False):
-        loc = [part for part in error["loc"] if not _is_union_tag(part)]
+        loc = _strip_union_tags(root, [p for p in error["loc"] if not _is_union_tag(p)])
         path = _format_path(loc)
         line = _line_of(root, loc)
         reason = _reason(error)
@@ -149,6 +149,22 @@ def _translate(exc: ValidationError, root: yaml.Node | None, file: str) -> Confi
 def _is_union_tag(part: int | str) -> bool:
     # pydantic adds the chosen union member ("function-after[...]", a model name) to locations.
     return isinstance(part, str) and ("[" in part or part[:1].isupper())
+
+
+def _strip_union_tags(root: yaml.Node | None, loc: list[int | str]) -> list[int | str]:
+    """Drop the discriminator value pydantic inserts for a tagged union (``filters[0].grep.regex``
+    -> ``filters[0].regex``): a part that is not a key of its mapping but is its ``type``."""
+    out: list[int | str] = []
+    node = root
+    for part in loc:
+        child = _child(node, part) if node is not None else None
+        if child is None and isinstance(node, yaml.MappingNode):
+            type_child = _child(node, "type")
+            if type_child is not None and str(type_child[1].value) == str(part):
+                continue
+        out.append(part)
+        node = child[1] if child is not None else None
+    return out
 
 
 def _reason(error: Any) -> str:

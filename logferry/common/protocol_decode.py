@@ -1,0 +1,406 @@
+"""Incremental Forward Protocol decoders: :class:`ServerDecoder` and :class:`ClientDecoder`.
+
+Decoding is done in two stages, for safety and speed:
+
+1. **Framing.** A streaming ``msgpack.Unpacker`` with ``max_buffer_size`` walks the byte stream
+   with ``skip()``, which builds no objects. This matters: a streaming unpacker that *builds*
+   objects preallocates every container it has seen a header for, so a few KB of nested
+   ``array32`` headers would allocate gigabytes before the data to fill them ever arrives.
+2. **Decoding a complete message** (and a complete entry stream) with the C unpacker, in one
+   call per message or chunk. Every declared container is then backed by real bytes, so
+   allocation is bounded by the input; the per-entry Python work is one validation loop.
+
+Errors are the ones of :mod:`logferry.common.errors`; msgpack, zlib and unicode errors are
+translated with ``raise ... from exc``. Import from :mod:`logferry.common.protocol`.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from itertools import islice
+from typing import Any, Final
+
+import msgpack
+
+from logferry.common.errors import (
+    MalformedMessageError,
+    MessageTooLargeError,
+    TooManyEntriesError,
+)
+from logferry.common.protocol_types import (
+    _U32_MAX,
+    DEFAULT_MAX_DECOMPRESSED_BYTES,
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Ack,
+    Entry,
+    EventMessage,
+    EventTime,
+    Helo,
+    Mode,
+    Ping,
+    Pong,
+    UnicodeErrors,
+    ext_hook,
+)
+
+_MSGPACK_ERRORS: Final = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
+
+
+def _unpacker(limit: int, unicode_errors: str) -> Any:
+    # Only ever fed complete data, so the length limits are plain sanity bounds.
+    return msgpack.Unpacker(
+        None,
+        raw=False,
+        use_list=True,
+        ext_hook=ext_hook,
+        unicode_errors=unicode_errors,
+        strict_map_key=True,
+        max_buffer_size=limit + 1,  # + the end-of-stream probe of decode_entries
+        max_str_len=limit,
+        max_bin_len=limit,
+        max_array_len=limit,
+        max_map_len=limit,
+        max_ext_len=limit,
+    )
+
+
+def _text(value: Any, what: str) -> str:
+    """Liberal str-or-bin field -> str (the spec lets peers differ on str vs bin)."""
+    return _as_bytes(value, what).decode("utf-8", "replace")
+
+
+def _as_bytes(value: Any, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    raise MalformedMessageError(f"{what} must be str or bin, got {type(value).__name__}")
+
+
+def _chunk_text(raw: Any) -> str | None:
+    if raw is None or isinstance(raw, str):
+        return raw
+    if isinstance(raw, bytes):
+        # spec: "a string of Base64 representation of 128 bits unique_id"; raw ids become base64.
+        return raw.decode("ascii") if raw.isascii() else base64.b64encode(raw).decode("ascii")
+    raise MalformedMessageError(f"option chunk must be str or bin, got {type(raw).__name__}")
+
+
+def _coerce_time(t: Any) -> EventTime | int:
+    # Slow path of _check_entries: anything but an EventTime.
+    if type(t) is int:
+        if 0 <= t <= _U32_MAX:
+            return t
+    elif type(t) is float and 0.0 <= t <= _U32_MAX:
+        return EventTime.from_float(t)  # fluent-logger-python sends a float time if given one
+    raise MalformedMessageError(f"event time must be int or EventTime, got {type(t).__name__}")
+
+
+def _check_entries(raw: list[Any]) -> list[Entry]:
+    """Validate decoded ``[time, record]`` arrays and turn them into tuples, in one pass."""
+    out: list[Entry] = []
+    append = out.append
+    evt = EventTime
+    try:
+        for time, record in raw:
+            if type(record) is not dict:
+                raise MalformedMessageError(f"record must be a map, got {type(record).__name__}")
+            append((time if type(time) is evt else _coerce_time(time), record))
+    except (TypeError, ValueError) as exc:  # not a 2-element sequence
+        raise MalformedMessageError("entry must be an array [time, record]") from exc
+    # No separate check that each entry is a list: a 2-char str, 2-byte bin or 2-key map also
+    # unpacks as a pair, but never with a dict second, so the record check above refuses them.
+    return out
+
+
+def _gunzip(blob: bytes, limit: int) -> bytes:
+    """Decompress a gzip stream of one or more members, refusing more than ``limit`` bytes."""
+    parts: list[bytes] = []
+    total = 0
+    data = blob
+    try:
+        while True:
+            d = zlib.decompressobj(47)  # 32+15: gzip or zlib header, auto-detected
+            part = d.decompress(data, limit - total + 1)
+            total += len(part)
+            parts.append(part)
+            if total > limit:
+                raise MessageTooLargeError(f"decompressed entries over {limit} bytes")
+            if not d.eof:
+                raise MalformedMessageError("truncated gzip stream")
+            data = d.unused_data
+            if not data:  # the spec: entries MAY be several concatenated gzip members
+                break
+    except zlib.error as exc:
+        raise MalformedMessageError(f"bad gzip stream: {exc}") from exc
+    return b"".join(parts)
+
+
+def decode_entries(
+    packed: bytes,
+    *,
+    max_entries: int = DEFAULT_MAX_ENTRIES,
+    unicode_errors: UnicodeErrors = "replace",
+) -> list[Entry]:
+    """Decode a MessagePackEventStream (concatenated entries) in one batch with the C unpacker."""
+    u = _unpacker(len(packed), unicode_errors)
+    try:
+        u.feed(packed)
+        raw = list(islice(u, max_entries + 1))
+    except _MSGPACK_ERRORS as exc:
+        raise MalformedMessageError(f"bad entry stream: {exc}") from exc
+    if len(raw) > max_entries:
+        raise TooManyEntriesError(f"more than {max_entries} entries")
+    # tell() also counts a partial trailing entry, so probe with a nil: on a clean end it
+    # decodes to None; a partial entry would swallow it (or still be incomplete).
+    try:
+        u.feed(b"\xc0")
+        clean_end = u.unpack() is None
+    except _MSGPACK_ERRORS:
+        clean_end = False
+    if not clean_end:
+        raise MalformedMessageError("entry stream ends inside an entry")
+    return _check_entries(raw)
+
+
+def _first_byte_kind(b: int) -> str:
+    """Kind of the msgpack value starting with byte ``b`` (the spec detects modes by type)."""
+    if 0x90 <= b <= 0x9F or b in (0xDC, 0xDD):
+        return "array"
+    if 0x80 <= b <= 0x8F or b in (0xDE, 0xDF):
+        return "map"
+    if b in (0xC4, 0xC5, 0xC6):
+        return "bin"
+    if 0xA0 <= b <= 0xBF or b in (0xD9, 0xDA, 0xDB):
+        return "str"
+    if b == 0xC0:
+        return "nil"
+    return "other"
+
+
+def _container_len(msg: bytes, pos: int) -> int:
+    """Element count of the array or map whose header starts at ``msg[pos]``."""
+    b = msg[pos]
+    if b in (0xDC, 0xDE):
+        return int.from_bytes(msg[pos + 1 : pos + 3], "big")
+    if b in (0xDD, 0xDF):
+        return int.from_bytes(msg[pos + 1 : pos + 5], "big")
+    return b & 0x0F
+
+
+def _read_raw(u: Any, msg: bytes, what: str) -> bytes:
+    """Read a str-or-bin value as its raw bytes (no UTF-8 decoding), advancing ``u`` past it."""
+    pos = u.tell()
+    b = msg[pos]
+    if b == 0xC0:  # nil where a string belongs: treat as empty (e.g. PING's username)
+        start, n = pos + 1, 0
+    elif 0xA0 <= b <= 0xBF:
+        start, n = pos + 1, b & 0x1F
+    elif b in (0xC4, 0xD9):
+        start, n = pos + 2, msg[pos + 1]
+    elif b in (0xC5, 0xDA):
+        start, n = pos + 3, int.from_bytes(msg[pos + 1 : pos + 3], "big")
+    elif b in (0xC6, 0xDB):
+        start, n = pos + 5, int.from_bytes(msg[pos + 1 : pos + 5], "big")
+    else:
+        raise MalformedMessageError(f"{what} must be str or bin")
+    u.skip()
+    return msg[start : start + n]
+
+
+class _Framer:
+    """Cuts a byte stream into complete msgpack values without building them (see module doc)."""
+
+    __slots__ = ("_buf", "_max", "_scanner", "_taken")
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._max = max_message_bytes
+        self._scanner: Any = msgpack.Unpacker(None, max_buffer_size=max_message_bytes)
+        self._buf = bytearray()  # bytes since the end of the last complete value
+        self._taken = 0  # scanner.tell() at the start of _buf
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Return the complete values in ``data`` (plus what was buffered) as raw bytes."""
+        out: list[bytes] = []
+        view = memoryview(data)
+        while view:
+            room = self._max - len(self._buf)
+            if room <= 0:
+                raise MessageTooLargeError(f"message over {self._max} bytes")
+            piece, view = view[:room], view[room:]
+            self._scanner.feed(piece)
+            self._buf += piece
+            start = 0
+            while True:
+                try:
+                    self._scanner.skip()
+                except msgpack.OutOfData:
+                    break
+                except _MSGPACK_ERRORS as exc:
+                    raise MalformedMessageError(f"not msgpack: {exc}") from exc
+                end = self._scanner.tell() - self._taken
+                with memoryview(self._buf) as buf:
+                    out.append(buf[start:end].tobytes())  # one copy; the slice dies here
+                start = end
+            if start:
+                del self._buf[:start]
+                self._taken += start
+        return out
+
+
+class ServerDecoder:
+    """Incremental decoder of what a client sends: events in every mode, PING, heartbeats.
+
+    ``feed`` accepts bytes split at any boundary and returns the complete messages so far. A
+    msgpack ``nil`` (the spec's TCP heartbeat) is skipped. Raises MalformedMessageError,
+    MessageTooLargeError or TooManyEntriesError; after one, the connection must be closed.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
+        unicode_errors: UnicodeErrors = "replace",
+    ) -> None:
+        """``unicode_errors`` applies to invalid UTF-8 in str values ("strict" refuses them).
+
+        The default "replace" keeps a chunk with one bad line deliverable: Fluent Bit packs raw
+        container bytes as str without checking them.
+        """
+        self._framer = _Framer(max_message_bytes)
+        self._max_entries = max_entries
+        self._max_decompressed = max_decompressed_bytes
+        self._unicode_errors: UnicodeErrors = unicode_errors
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[EventMessage | Ping]:
+        """Feed received bytes; return every message completed by them, in order."""
+        out: list[EventMessage | Ping] = []
+        for msg in self._framer.feed(data):
+            decoded = self._decode(msg)
+            if decoded is not None:
+                out.append(decoded)
+        return out
+
+    def _decode(self, msg: bytes) -> EventMessage | Ping | None:
+        kind = _first_byte_kind(msg[0])
+        if kind == "nil":
+            return None  # heartbeat (spec: "Client MAY send a msgpack nil value")
+        if kind != "array":
+            raise MalformedMessageError(f"a message must be an array, got {kind}")
+        u = _unpacker(len(msg), self._unicode_errors)
+        try:
+            u.feed(msg)
+            n = u.read_array_header()
+            if n == 6:
+                return self._decode_ping(u, msg)
+            if not 2 <= n <= 4:
+                raise MalformedMessageError(f"event message of {n} elements")
+            tag = u.unpack()
+            if type(tag) is not str:
+                raise MalformedMessageError(f"tag must be str, got {type(tag).__name__}")
+            kind = _first_byte_kind(msg[u.tell()])
+            if kind == "array":
+                if n > 3:
+                    raise MalformedMessageError("Forward mode takes at most 3 elements")
+                count = _container_len(msg, u.tell())
+                if count > self._max_entries:
+                    raise TooManyEntriesError(f"{count} entries, limit {self._max_entries}")
+                raw_entries = u.unpack()  # the whole array in one C call
+                options = self._options(u, n - 2)
+                entries = _check_entries(raw_entries)
+                mode = Mode.FORWARD
+            elif kind in ("bin", "str"):  # the spec: server MUST accept both for PackedForward
+                if n > 3:
+                    raise MalformedMessageError("PackedForward takes at most 3 elements")
+                blob = _read_raw(u, msg, "entries")
+                options = self._options(u, n - 2)
+                # gzip magic cannot start a valid entry stream (an entry starts with 0x92).
+                if options.get("compressed") == "gzip" or blob[:2] == b"\x1f\x8b":
+                    blob = _gunzip(blob, self._max_decompressed)
+                    mode = Mode.COMPRESSED_PACKED_FORWARD
+                else:
+                    mode = Mode.PACKED_FORWARD
+                entries = decode_entries(
+                    blob, max_entries=self._max_entries, unicode_errors=self._unicode_errors
+                )
+            else:
+                if n < 3:
+                    raise MalformedMessageError("Message mode needs tag, time and record")
+                entries = _check_entries([[u.unpack(), u.unpack()]])
+                options = self._options(u, n - 3)
+                mode = Mode.MESSAGE
+        except _MSGPACK_ERRORS as exc:
+            raise MalformedMessageError(f"bad event message: {exc}") from exc
+        chunk = _chunk_text(options.get("chunk"))
+        return EventMessage(tag, mode, entries, options, chunk, len(msg))
+
+    @staticmethod
+    def _options(u: Any, remaining: int) -> dict[str, Any]:
+        if remaining == 0:
+            return {}
+        options = u.unpack()
+        if options is None:  # some clients send nil for "no options"
+            return {}
+        if type(options) is not dict:
+            raise MalformedMessageError(f"option must be a map, got {type(options).__name__}")
+        return options
+
+    @staticmethod
+    def _decode_ping(u: Any, msg: bytes) -> Ping:
+        # spec PING: [type, client_hostname, shared_key_salt, hexdigest, username, password]
+        if _read_raw(u, msg, "type") != b"PING":
+            raise MalformedMessageError("6-element message that is not PING")
+        fields = [_read_raw(u, msg, name) for name in ("hostname", "salt", "digest", "user", "pw")]
+        host, salt, digest, user, password = fields
+        text = [f.decode("utf-8", "replace") for f in (host, digest, user, password)]
+        return Ping(text[0], salt, text[1], text[2], text[3])
+
+
+class ClientDecoder:
+    """Incremental decoder of what a server sends: HELO, PONG and ``{"ack": chunk}`` maps."""
+
+    def __init__(self, *, max_message_bytes: int = 1024 * 1024) -> None:
+        self._framer = _Framer(max_message_bytes)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Helo | Pong | Ack]:
+        """Feed received bytes; return every message completed by them, in order."""
+        out: list[Helo | Pong | Ack] = []
+        for msg in self._framer.feed(data):
+            try:
+                # surrogateescape: nonces and salts sent as str must round-trip to their bytes.
+                obj = msgpack.unpackb(
+                    msg, raw=False, unicode_errors="surrogateescape", strict_map_key=False
+                )
+            except _MSGPACK_ERRORS as exc:
+                raise MalformedMessageError(f"bad server message: {exc}") from exc
+            out.append(self._decode(obj))
+        return out
+
+    @staticmethod
+    def _decode(obj: Any) -> Helo | Pong | Ack:
+        if type(obj) is dict and "ack" in obj:
+            raw = obj["ack"]
+            text = _chunk_text(raw)
+            if text is None:
+                raise MalformedMessageError("ack without a chunk id")
+            return Ack(text, raw)
+        if type(obj) is list and obj and obj[0] == "HELO" and len(obj) == 2:
+            opts = obj[1] if obj[1] is not None else {}
+            if type(opts) is not dict:
+                raise MalformedMessageError("HELO options must be a map")
+            keepalive = opts.get("keepalive", True)
+            return Helo(
+                nonce=_as_bytes(opts.get("nonce", b""), "nonce"),
+                auth=_as_bytes(opts.get("auth", b"") or b"", "auth"),
+                keepalive=keepalive if isinstance(keepalive, bool) else True,
+            )
+        if type(obj) is list and obj and obj[0] == "PONG" and len(obj) == 5:
+            _, ok, reason, host, digest = obj
+            if type(ok) is not bool:
+                raise MalformedMessageError("PONG auth_result must be a bool")
+            return Pong(ok, _text(reason, "reason"), _text(host, "host"), _text(digest, "digest"))
+        raise MalformedMessageError(f"unexpected server message of type {type(obj).__name__}")

@@ -1,0 +1,532 @@
+"""The durable spool: an on-disk FIFO of opaque records that both daemons buffer through.
+
+Producers ``append`` batches and get control back only once the batch is durable (written
+and fdatasync'ed; group commit shares one fsync between concurrent appends). A consumer
+``read``s batches in order through a cursor and ``commit``s them when delivered, in any
+order; a low-water mark (every record below it committed) is persisted atomically in the
+background, and segments wholly below the persisted mark are deleted. After a restart,
+reading resumes at the persisted mark: records committed out of order above it are read
+again (resends are harmless: the store deduplicates by record id).
+
+Invariants:
+
+- ack means durable: an append's future resolves only after its fdatasync (and, for a new
+  segment, the directory fsync) returned; a failed write is truncated away and never acked;
+- sequence numbers are contiguous over durable records: they are assigned by the single
+  writer task when a group is written, and reused if that write fails;
+- the reader never returns a byte past the last fsync, and reads from disk, so memory does
+  not grow with backlog (guarantee 6); a full spool pauses producers instead of dropping;
+- a segment is deleted only when the *persisted* mark covers it, so a crash can only resend.
+
+On-disk format: :mod:`logferry.common.spool_segment`; recovery: :mod:`.spool_recovery`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import time
+import zlib
+from collections import OrderedDict, deque
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+
+from logferry.common.errors import SpoolClosedError, SpoolError, SpoolFullError
+from logferry.common.logs import get_logger
+from logferry.common.spool_reader import SegmentReader
+from logferry.common.spool_recovery import COMMIT_FILE, QuarantineEvent, RecoveryResult, recover
+from logferry.common.spool_segment import (
+    HEADER_SIZE,
+    MAX_PAYLOAD,
+    Segment,
+    encode_commit,
+    encode_payload,
+    segment_name,
+    write_file_atomic,
+)
+from logferry.common.spool_writer import GroupWriter, PendingAppend, set_exception
+
+__all__ = ["QuarantineEvent", "Spool", "SpoolBatch"]
+
+log = get_logger(__name__)
+
+LOCK_FILE = "lock"
+_DEFAULT_SEGMENT_MAX_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolBatch:
+    """Records read from the spool, in order, to be committed once delivered.
+
+    ``first_seq`` is the sequence number of ``records[0]``; the batch covers
+    ``[first_seq, end_seq)``. ``append_time_ms`` is the append time of its oldest record.
+    """
+
+    first_seq: int
+    records: list[bytes]
+    append_time_ms: int
+    owner: object = field(repr=False, compare=False)
+
+    @property
+    def end_seq(self) -> int:
+        """Sequence number just past the last record of the batch."""
+        return self.first_seq + len(self.records)
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A batch handed to the consumer and not yet committed."""
+
+    end_seq: int
+    count: int
+    time_ms: int
+    committed: bool = False
+
+
+class Spool:
+    """A directory-based durable FIFO of ``bytes`` records. Open with :meth:`Spool.open`."""
+
+    def __init__(
+        self,
+        directory: str,
+        lock_fd: int,
+        recovered: RecoveryResult,
+        *,
+        max_bytes: int,
+        segment_max_bytes: int,
+        commit_flush_interval_s: float,
+    ) -> None:
+        self._dir = directory
+        self._lock_fd = lock_fd
+        self._max_bytes = max_bytes
+        self._segment_max_bytes = segment_max_bytes
+        self._flush_interval_s = commit_flush_interval_s
+        self._segments = [
+            Segment(
+                s.first_seq, s.size, s.end_seq, os.path.join(directory, segment_name(s.first_seq))
+            )
+            for s in recovered.segments
+        ]
+        self._bytes_used = sum(s.size for s in self._segments)
+        self._reserved = 0  # bytes of queued appends, counted against the cap
+        self._space_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._reader = SegmentReader(
+            self._segments,
+            recovered.read_offset,
+            recovered.low_water,
+            recovered.unread_records,
+            recovered.unread_oldest_ms,
+        )
+        self._writer = GroupWriter(
+            directory,
+            self._segments,
+            recovered.next_seq,
+            segment_max_bytes,
+            on_durable=self._on_durable,
+            on_failed=self._on_write_failed,
+            on_dropped=self._reader.forget,
+        )
+        self._read_lock = asyncio.Lock()
+        self._data_ready = asyncio.Event()
+        self._inflight: OrderedDict[int, _InFlight] = OrderedDict()
+        self._inflight_records = 0
+        self._low_water = recovered.low_water
+        self._persisted_low_water = -1  # forces the first persist on open
+        self._lwm_dirty = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._closing = False
+        self._closed = False
+        self._closed_event = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._events = list(recovered.events)
+        self._quarantined_frames = recovered.quarantined_frames
+        self._quarantined_bytes = recovered.quarantined_bytes
+        self._commit_file_resets = int(recovered.commit_file_damaged)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @classmethod
+    async def open(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        max_bytes: int,
+        segment_max_bytes: int | None = None,
+        commit_flush_interval_s: float = 0.1,
+    ) -> Spool:
+        """Open (creating if needed) the spool in ``directory`` and recover it.
+
+        ``max_bytes`` caps the segment bytes on disk; ``segment_max_bytes`` (default
+        ``min(64 MiB, max_bytes // 8)``) is the size at which a new segment file starts,
+        and the granularity at which space is freed. The committed low-water mark is
+        persisted at most every ``commit_flush_interval_s``. Raises :class:`SpoolError`
+        if another process (or spool) holds the directory.
+        """
+        seg_max = segment_max_bytes or min(_DEFAULT_SEGMENT_MAX_BYTES, max(4096, max_bytes // 8))
+        if max_bytes <= 0 or seg_max <= 0 or seg_max > max_bytes:
+            raise ValueError(f"need 0 < segment_max_bytes ({seg_max}) <= max_bytes ({max_bytes})")
+        if commit_flush_interval_s <= 0:
+            raise ValueError("commit_flush_interval_s must be > 0")
+        path = os.fspath(directory)
+        os.makedirs(path, exist_ok=True)
+        lock_fd = _lock_directory(path)
+        try:
+            recovered = await asyncio.to_thread(recover, path)
+        except OSError as exc:
+            os.close(lock_fd)
+            raise SpoolError(f"spool {path}: recovery failed: {exc}") from exc
+        spool = cls(
+            path,
+            lock_fd,
+            recovered,
+            max_bytes=max_bytes,
+            segment_max_bytes=seg_max,
+            commit_flush_interval_s=commit_flush_interval_s,
+        )
+        spool._log_recovery(recovered)
+        await spool._persist_and_cleanup()
+        spool._start_task(spool._writer.run())
+        spool._start_task(spool._flusher_loop())
+        return spool
+
+    async def close(self) -> None:
+        """Finish queued appends, persist the low-water mark, close files. Safe to call twice.
+
+        Appends still waiting for space and readers waiting for data get SpoolClosedError.
+        """
+        if self._closing:
+            await self._closed_event.wait()
+            return
+        self._closing = True
+        self._fail_space_waiters(SpoolClosedError("spool closed while waiting for space"))
+        self._data_ready.set()  # waiting readers wake up and see the spool closing
+        self._writer.stop()
+        self._stop.set()
+        self._lwm_dirty.set()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        async with self._read_lock:
+            self._reader.close()
+        try:
+            self._update_low_water()
+            await self._persist_and_cleanup()
+        finally:
+            self._writer.seal()
+            self._closed = True
+            os.close(self._lock_fd)  # releases the flock
+            self._closed_event.set()
+
+    def _start_task(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A background task that dies takes the spool down loudly, never silently."""
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        self._failure = task.exception()
+        log.error("spool.task_failed", directory=self._dir, error=repr(self._failure))
+        self._fail_space_waiters(SpoolError("spool background task failed"))
+        self._writer.fail_pending(SpoolError("spool background task failed"))
+        self._data_ready.set()
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise SpoolClosedError(f"spool {self._dir} is closed")
+        if self._failure is not None:
+            raise SpoolError(f"spool {self._dir} failed: {self._failure!r}") from self._failure
+
+    # ------------------------------------------------------------------ appending
+
+    async def append(self, records: Sequence[bytes], *, block: bool = True) -> int:
+        """Append ``records`` as one frame; return the first one's sequence number once durable.
+
+        When the spool is full, waits for commits to free space (``block=True``) or raises
+        :class:`SpoolFullError`. A batch that could never fit raises :class:`SpoolError`.
+        If the write or fsync fails, raises :class:`SpoolError`; nothing of it was kept.
+        """
+        self._check_open()
+        if not records:
+            raise ValueError("append needs at least one record")
+        payload = encode_payload(records)
+        size = HEADER_SIZE + len(payload)
+        if len(payload) > MAX_PAYLOAD or size > self._max_bytes:
+            raise SpoolError(
+                f"batch of {size} bytes can never fit in spool of max_bytes={self._max_bytes}"
+            )
+        await self._reserve(size, block)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._writer.submit(
+            PendingAppend(payload, zlib.crc32(payload), len(records), _now_ms(), future)
+        )
+        # If the caller is cancelled now, the frame may still be written: harmless (resend).
+        return await future
+
+    async def _reserve(self, size: int, block: bool) -> None:
+        """Count ``size`` against the cap, waiting in FIFO order for space if allowed."""
+        if not self._space_waiters and self._fits(size):
+            self._reserved += size
+            return
+        if not block:
+            raise SpoolFullError(
+                f"spool full: {self._bytes_used + self._reserved} of {self._max_bytes} bytes used"
+            )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (size, waiter)
+        self._space_waiters.append(entry)
+        self._lwm_dirty.set()  # lets the flusher seal a fully committed active segment
+        try:
+            await waiter
+        except BaseException:
+            if entry in self._space_waiters:
+                self._space_waiters.remove(entry)
+            elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._reserved -= size  # space was granted but we will not use it
+            self._wake_space_waiters()
+            raise
+
+    def _fits(self, size: int) -> bool:
+        return self._bytes_used + self._reserved + size <= self._max_bytes
+
+    def _wake_space_waiters(self) -> None:
+        while self._space_waiters and self._fits(self._space_waiters[0][0]):
+            size, waiter = self._space_waiters.popleft()
+            if not waiter.done():
+                self._reserved += size
+                waiter.set_result(None)
+
+    def _fail_space_waiters(self, exc: SpoolError) -> None:
+        while self._space_waiters:
+            set_exception(self._space_waiters.popleft()[1], exc)
+
+    def _on_durable(self, records: int, first_time_ms: int, nbytes: int) -> None:
+        self._bytes_used += nbytes
+        self._reserved -= nbytes
+        self._reader.appended(records, first_time_ms)
+        self._data_ready.set()
+
+    def _on_write_failed(self, nbytes: int) -> None:
+        self._reserved -= nbytes
+        self._wake_space_waiters()
+
+    # ------------------------------------------------------------------- consuming
+
+    async def read(
+        self, *, max_records: int, max_bytes: int, timeout_s: float | None = None
+    ) -> SpoolBatch | None:
+        """The next unread durable records in order (at least one, at most ``max_records``,
+        at most ``max_bytes`` of record bytes unless a single record is larger).
+
+        Waits for data up to ``timeout_s`` (forever if None) and returns None on timeout.
+        Raises :class:`SpoolCorruptError` if a frame went bad on disk since open (a restart
+        quarantines it).
+        """
+        if max_records < 1 or max_bytes < 1:
+            raise ValueError("max_records and max_bytes must be >= 1")
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        async with self._read_lock:
+            while True:
+                self._check_open()
+                self._data_ready.clear()  # before reading, so no wake-up is lost
+                chunk = await self._reader.read(max_records, max_bytes)
+                if chunk is not None:
+                    return self._hand_out(*chunk)
+                if not await self._wait_for_data(deadline):
+                    return None
+
+    async def _wait_for_data(self, deadline: float | None) -> bool:
+        """Wait until the writer makes data durable; False at the deadline."""
+        remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
+        if remaining is not None and remaining <= 0:
+            return False
+        try:
+            async with asyncio.timeout(remaining):
+                await self._data_ready.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _hand_out(self, first_seq: int, records: list[bytes], time_ms: int) -> SpoolBatch:
+        self._inflight[first_seq] = _InFlight(first_seq + len(records), len(records), time_ms)
+        self._inflight_records += len(records)
+        return SpoolBatch(first_seq, records, time_ms, owner=self)
+
+    def commit(self, batch: SpoolBatch) -> None:
+        """Mark ``batch`` delivered (any order). Committing twice is a no-op."""
+        if self._closed:
+            raise SpoolClosedError(f"spool {self._dir} is closed")
+        if batch.owner is not self:
+            raise SpoolError("batch was read from another spool instance")
+        entry = self._inflight.get(batch.first_seq)
+        if entry is None or entry.committed:
+            return
+        if entry.end_seq != batch.end_seq:
+            raise SpoolError(f"batch [{batch.first_seq}, {batch.end_seq}) does not match a read")
+        entry.committed = True
+        self._inflight_records -= entry.count
+        while self._inflight and next(iter(self._inflight.values())).committed:
+            self._inflight.popitem(last=False)
+        self._update_low_water()
+
+    def _update_low_water(self) -> None:
+        """Every record below the mark is committed (or was lost to quarantine)."""
+        mark = next(iter(self._inflight)) if self._inflight else self._reader.next_seq
+        if mark > self._low_water:
+            self._low_water = mark
+            self._lwm_dirty.set()
+
+    async def _flusher_loop(self) -> None:
+        """Persist the mark at most every flush interval, then free covered segments."""
+        while not self._closing:
+            await self._lwm_dirty.wait()
+            if self._closing:
+                return
+            try:  # batch the commits of one interval into one file write
+                async with asyncio.timeout(self._flush_interval_s):
+                    await self._stop.wait()
+            except TimeoutError:
+                pass
+            self._lwm_dirty.clear()
+            try:
+                await self._persist_and_cleanup()
+            except OSError as exc:  # keep the old mark (resend, never lose); retry later
+                log.error("spool.commit_persist_failed", directory=self._dir, error=repr(exc))
+                self._lwm_dirty.set()
+
+    async def _persist_and_cleanup(self) -> None:
+        mark = self._low_water
+        if mark != self._persisted_low_water:
+            path = os.path.join(self._dir, COMMIT_FILE)
+            await asyncio.to_thread(write_file_atomic, path, encode_commit(mark))
+            self._persisted_low_water = mark
+        active = self._writer.active
+        if self._space_waiters and not self._writer.writing and active and active.end_seq <= mark:
+            self._writer.seal()  # producers wait and all of it is committed: free it
+        doomed = self._covered_segments()
+        if doomed:
+            await asyncio.to_thread(_unlink_all, [seg.path for seg in doomed])
+            self._bytes_used -= sum(seg.size for seg in doomed)
+            self._wake_space_waiters()
+
+    def _covered_segments(self) -> list[Segment]:
+        """Sealed segments, oldest first, whose records are all below the persisted mark."""
+        doomed: list[Segment] = []
+        while self._segments:
+            seg = self._segments[0]
+            if seg is self._writer.active or seg.end_seq > self._persisted_low_water:
+                break
+            doomed.append(self._segments.pop(0))
+            self._reader.forget(seg)
+        return doomed
+
+    # --------------------------------------------------------------- observability
+
+    @property
+    def max_bytes(self) -> int:
+        """The size cap on segment bytes."""
+        return self._max_bytes
+
+    @property
+    def bytes_used(self) -> int:
+        """Durable segment bytes on disk (committed segments count until deleted)."""
+        return self._bytes_used
+
+    @property
+    def records_pending(self) -> int:
+        """Records appended and not yet committed (unread plus read and uncommitted)."""
+        return self._reader.unread_records + self._inflight_records
+
+    @property
+    def oldest_pending_age_s(self) -> float:
+        """Age of the oldest uncommitted record, from its frame's append time (0 if none)."""
+        oldest: int | None = None
+        for entry in self._inflight.values():
+            if not entry.committed:
+                oldest = entry.time_ms
+                break
+        if oldest is None:
+            oldest = self._reader.unread_oldest_ms
+        return max(0.0, (_now_ms() - oldest) / 1000) if oldest is not None else 0.0
+
+    @property
+    def fsyncs(self) -> int:
+        """fsync/fdatasync calls made for appends (data and new-segment directory syncs)."""
+        return self._writer.fsyncs
+
+    @property
+    def next_seq(self) -> int:
+        """Sequence number the next appended record will get."""
+        return self._writer.next_seq
+
+    @property
+    def low_water_mark(self) -> int:
+        """Every record below this sequence number is committed (in memory)."""
+        return self._low_water
+
+    @property
+    def quarantine_events(self) -> list[QuarantineEvent]:
+        """Damage found when this spool was opened."""
+        return list(self._events)
+
+    @property
+    def quarantined_frames(self) -> int:
+        """Damaged ranges (a torn or corrupt frame each) cut out on open."""
+        return self._quarantined_frames
+
+    @property
+    def quarantined_bytes(self) -> int:
+        """Bytes moved to ``quarantine/`` on open."""
+        return self._quarantined_bytes
+
+    @property
+    def commit_file_resets(self) -> int:
+        """1 if the committed-position file was damaged on open (reading restarted at the
+        oldest segment)."""
+        return self._commit_file_resets
+
+    @property
+    def corrupt_reads(self) -> int:
+        """Frames found damaged while reading (since open)."""
+        return self._reader.corrupt_reads
+
+    def _log_recovery(self, recovered: RecoveryResult) -> None:
+        for event in recovered.events:
+            log.warning(
+                "spool.quarantined",
+                directory=self._dir,
+                segment=event.segment,
+                offset=event.offset,
+                bytes=event.length,
+                missing_seqs=event.missing_seqs,
+            )
+        if recovered.commit_file_damaged:
+            log.warning(
+                "spool.commit_file_damaged", directory=self._dir, resume_seq=self._low_water
+            )
+
+
+def _unlink_all(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _lock_directory(path: str) -> int:
+    fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise SpoolError(f"spool {path} is already open by another process or spool") from exc
+    return fd
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,185 @@
+"""The consumer side of the spool: a cursor reading whole frames from the segment files.
+
+Reads go to disk (through the page cache) in buffered chunks of whole frames, so memory is
+one read buffer, never the backlog (guarantee 6). The reader stops at each segment's
+durable size, which the writer moves only after an fsync: it never returns a record that
+is not durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from logferry.common.errors import SpoolCorruptError
+from logferry.common.spool_segment import (
+    HEADER_SIZE,
+    RECORD_OVERHEAD,
+    FrameHeader,
+    Segment,
+    frame_size_at,
+    frame_time_at,
+    read_frame,
+)
+
+_READ_CHUNK = 256 * 1024
+
+
+class SegmentReader:
+    """The consumer cursor over the segment list: whole frames read from disk, in order.
+
+    Memory is one read buffer (bounded by the request), never the backlog. The cursor is
+    (segment, byte offset of the next frame, sequence number of the next record), so a
+    batch may end inside a frame and the next one resumes there.
+    """
+
+    def __init__(
+        self,
+        segments: list[Segment],
+        read_offset: int,
+        next_seq: int,
+        unread_records: int,
+        unread_oldest_ms: int | None,
+    ) -> None:
+        self._segments = segments  # shared with the spool, which appends and deletes
+        self.segment: Segment | None = segments[0] if segments else None
+        self._offset = read_offset if segments else 0
+        self._fd: int | None = None
+        self.next_seq = next_seq
+        self.unread_records = unread_records
+        self.unread_oldest_ms = unread_oldest_ms
+        self.corrupt_reads = 0
+
+    def appended(self, count: int, time_ms: int) -> None:
+        """Account for ``count`` records made durable by the writer."""
+        if self.unread_records == 0:
+            self.unread_oldest_ms = time_ms
+        self.unread_records += count
+
+    def forget(self, segment: Segment) -> None:
+        """``segment`` leaves the list (deleted or empty): never read it again."""
+        if self.segment is segment:
+            self.close()
+            self.segment, self._offset = None, 0
+
+    def close(self) -> None:
+        """Close the file descriptor of the current segment."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    async def read(self, max_records: int, max_bytes: int) -> tuple[int, list[bytes], int] | None:
+        """The next records as (first_seq, records, append_time_ms); None if none is durable.
+
+        Raises :class:`SpoolCorruptError` for a frame damaged on disk since open.
+        """
+        batch = _BatchBuilder(max_records, max_bytes)
+        while not batch.records and self._position() is not None:
+            await self._read_into(batch)
+        if not batch.records:
+            return None
+        self.unread_records -= len(batch.records)
+        self.unread_oldest_ms = await self._next_frame_time() if self.unread_records else None
+        return batch.first_seq, batch.records, batch.time_ms
+
+    async def _read_into(self, batch: _BatchBuilder) -> None:
+        """Fill ``batch`` from one buffered read at the cursor, then move the cursor."""
+        segment = self._position()
+        assert segment is not None
+        base = self._offset
+        avail = segment.size - base
+        budget = batch.max_bytes + batch.max_records * RECORD_OVERHEAD + HEADER_SIZE
+        data = await self._pread(min(avail, max(_READ_CHUNK, budget)), base)
+        pos = 0
+        while pos < len(data) and not batch.full:
+            size = frame_size_at(data, pos)
+            if size is None or pos + size > avail:
+                raise self._corrupt(segment, base + pos)
+            if pos + size > len(data):
+                if pos > 0:
+                    break  # the rest of this frame is read by the next call
+                data = await self._pread(size, base)  # one frame larger than the buffer
+                if len(data) < size:
+                    raise self._corrupt(segment, base)
+                continue
+            found = read_frame(data, pos, base)
+            if found is None:
+                raise self._corrupt(segment, base + pos)
+            header, records = found
+            if header.first_seq > self.next_seq:  # a gap left by quarantined frames
+                if batch.records:
+                    break  # a batch is a contiguous range
+                self.next_seq = header.first_seq
+            self.next_seq += batch.take(records, self.next_seq - header.first_seq, header)
+            if self.next_seq < header.end_seq:
+                break  # batch full inside this frame: resume in it
+            pos += size
+        self._offset = base + pos
+
+    def _position(self) -> Segment | None:
+        """The segment holding the next unread byte, or None if everything durable is read."""
+        if self.segment is None:
+            if not self._segments:
+                return None
+            self.segment, self._offset = self._segments[0], 0
+        while self._offset >= self.segment.size:
+            index = self._segments.index(self.segment)
+            if index + 1 >= len(self._segments):
+                return None  # the newest segment: more may come
+            self.close()
+            self.segment, self._offset = self._segments[index + 1], 0
+        return self.segment
+
+    async def _pread(self, size: int, offset: int) -> bytes:
+        assert self.segment is not None
+        if self._fd is None:
+            self._fd = os.open(self.segment.path, os.O_RDONLY | os.O_CLOEXEC)
+        return await asyncio.to_thread(os.pread, self._fd, size, offset)
+
+    async def _next_frame_time(self) -> int | None:
+        """Append time of the frame holding the next unread record (one header read)."""
+        if self._position() is None:
+            return None
+        data = await self._pread(HEADER_SIZE, self._offset)
+        return frame_time_at(data, 0)
+
+    def _corrupt(self, segment: Segment, offset: int) -> SpoolCorruptError:
+        self.corrupt_reads += 1
+        name = os.path.basename(segment.path)
+        return SpoolCorruptError(
+            f"damaged frame in spool segment {name} at offset {offset}; "
+            "reopening the spool quarantines it"
+        )
+
+
+class _BatchBuilder:
+    """Collects records for one batch within its record and byte limits."""
+
+    def __init__(self, max_records: int, max_bytes: int) -> None:
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.records: list[bytes] = []
+        self.nbytes = 0
+        self.first_seq = 0
+        self.time_ms = 0
+        self.full = False
+
+    def take(self, records: list[bytes], skip: int, header: FrameHeader) -> int:
+        """Append ``records[skip:]`` while within limits; return how many were taken.
+
+        A batch always takes its first record, even one larger than ``max_bytes``.
+        """
+        taken = 0
+        for record in records[skip:]:
+            if len(self.records) >= self.max_records or (
+                self.records and self.nbytes + len(record) > self.max_bytes
+            ):
+                self.full = True
+                break
+            if not self.records:
+                self.first_seq, self.time_ms = header.first_seq + skip, header.time_ms
+            self.records.append(record)
+            self.nbytes += len(record)
+            taken += 1
+        self.full = self.full or len(self.records) >= self.max_records
+        return taken

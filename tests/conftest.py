@@ -1,0 +1,34 @@
+"""Fixtures shared by the whole test suite.
+
+The `opensearch` fixture starts one real OpenSearch node (a child JVM) for the session, the
+first time a test asks for it; tests that don't ask never start a JVM.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# scripts/ is not a package: put it on the path so the tests drive the node the way
+# `scripts/opensearch` does, with the same code.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+from opensearchctl import OpenSearchNode
+
+
+@pytest.fixture(scope="session")
+def opensearch() -> Iterator[OpenSearchNode]:
+    """A healthy single-node OpenSearch cluster on 127.0.0.1; use `.url`.
+
+    Stopped when the session ends, whatever the tests did; should pytest itself be killed,
+    the JVM sees its stdin close and shuts down on its own.
+    """
+    node = OpenSearchNode(cluster_name="logferry-test")
+    node.start(timeout_s=180.0)
+    try:
+        yield node
+    finally:
+        node.stop()

@@ -1,0 +1,47 @@
+"""Routing: a record lands in its own tenant's index, and no name can reach another's."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from logferry.aggregator.routing import NAMESPACE, SUFFIX, IndexNamer, tenant_of
+
+namespaces = st.from_regex(NAMESPACE, fullmatch=True)
+suffixes = st.none() | st.from_regex(SUFFIX, fullmatch=True)
+
+
+def test_tenant_is_the_namespace() -> None:
+    assert tenant_of({"kubernetes": {"namespace_name": "payments"}}, "_default") == "payments"
+
+
+def test_records_without_a_valid_namespace_go_to_the_default_tenant() -> None:
+    for record in (
+        {},
+        {"kubernetes": "x"},
+        {"kubernetes": {}},
+        {"kubernetes": {"namespace_name": 5}},
+        {"kubernetes": {"namespace_name": "../other"}},
+        {"kubernetes": {"namespace_name": "Upper"}},
+        {"kubernetes": {"namespace_name": "a.b"}},
+    ):
+        assert tenant_of(record, "_default") == "_default"
+
+
+def test_index_name_uses_utc_day() -> None:
+    namer = IndexNamer("logs")
+    assert namer.index("payments", 1764115199.9) == "logs-payments-2025.11.25"
+    assert namer.index("payments", 1764115200.0) == "logs-payments-2025.11.26"
+    assert namer.index("payments", 0, "audit") == "logs-payments.audit-1970.01.01"
+
+
+@given(namespaces, suffixes, st.floats(0, 4e9), namespaces, suffixes, st.floats(0, 4e9))
+def test_two_tenants_never_share_an_index(
+    a: str, sa: str | None, ta: float, b: str, sb: str | None, tb: float
+) -> None:
+    namer = IndexNamer("logs")
+    ia, ib = namer.index(a, ta, sa), namer.index(b, tb, sb)
+    assert namer.tenant_of_index(ia) == a
+    assert namer.tenant_of_index(ib) == b
+    if a != b:
+        assert ia != ib
