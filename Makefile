@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help venv test lint typecheck unit integration run bench opensearch-start opensearch-stop clean
+.PHONY: java help venv test lint typecheck unit integration run bench opensearch-start opensearch-stop clean
 
 help:
 	@echo "make run    - set up and run logferry end to end on this machine"
@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+java:
+	@scripts/ensure-java
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -34,19 +37,19 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest tests/unit
 
-integration: venv
+integration: venv java
 	$(BIN)/pytest tests/integration tests/chaos
 
-test: lint typecheck
+test: lint typecheck java
 	$(BIN)/pytest
 
-run: venv
+run: venv java
 	$(BIN)/python scripts/run_local.py
 
 bench: venv
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-opensearch-start: venv
+opensearch-start: venv java
 	scripts/opensearch start
 
 opensearch-stop:

@@ -7,6 +7,7 @@ Import from :mod:`logferry.common.protocol`, which re-exports everything public 
 from __future__ import annotations
 
 import enum
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
@@ -64,7 +65,9 @@ class EventTime(msgpack.ExtType):  # type: ignore[misc]  # msgpack ships no type
     @classmethod
     def from_float(cls, t: float) -> EventTime:
         """From float seconds since the Unix epoch (rounded to the nearest nanosecond)."""
-        return cls.from_ns(round(t * _NS_PER_S))
+        # Split first: t * 1e9 would lose ~100 ns at today's epoch; t - floor(t) is exact.
+        seconds = math.floor(t)
+        return cls.from_ns(seconds * _NS_PER_S + round((t - seconds) * _NS_PER_S))
 
     @classmethod
     def from_time(cls, t: EventTime | int | float) -> EventTime:

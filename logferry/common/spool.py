@@ -260,6 +260,9 @@ class Spool:
                 f"batch of {size} bytes can never fit in spool of max_bytes={self._max_bytes}"
             )
         await self._reserve(size, block)
+        if self._closing:  # closed while this append waited for space
+            self._reserved -= size
+            raise SpoolClosedError(f"spool {self._dir} is closed")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._writer.submit(
             PendingAppend(payload, zlib.crc32(payload), len(records), _now_ms(), future)

@@ -45,16 +45,30 @@ class SegmentReader:
         self.segment: Segment | None = segments[0] if segments else None
         self._offset = read_offset if segments else 0
         self._fd: int | None = None
+        # Read-ahead: the last buffer read and the file offset it starts at (one buffer, so
+        # memory stays bounded); consecutive small batches are cut from it without a syscall.
+        self._buf: bytes = b""
+        self._buf_offset = 0
         self.next_seq = next_seq
         self.unread_records = unread_records
-        self.unread_oldest_ms = unread_oldest_ms
+        self._oldest_ms = unread_oldest_ms
+        self._oldest_stale = False  # recomputed on demand (a metrics scrape), not per read
         self.corrupt_reads = 0
 
     def appended(self, count: int, time_ms: int) -> None:
         """Account for ``count`` records made durable by the writer."""
         if self.unread_records == 0:
-            self.unread_oldest_ms = time_ms
+            self._oldest_ms, self._oldest_stale = time_ms, False
         self.unread_records += count
+
+    @property
+    def unread_oldest_ms(self) -> int | None:
+        """Append time of the oldest unread record (None when everything was read)."""
+        if not self.unread_records:
+            return None
+        if self._oldest_stale:
+            self._oldest_ms, self._oldest_stale = self._next_frame_time(), False
+        return self._oldest_ms
 
     def forget(self, segment: Segment) -> None:
         """``segment`` leaves the list (deleted or empty): never read it again."""
@@ -67,6 +81,7 @@ class SegmentReader:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        self._buf, self._buf_offset = b"", 0
 
     async def read(self, max_records: int, max_bytes: int) -> tuple[int, list[bytes], int] | None:
         """The next records as (first_seq, records, append_time_ms); None if none is durable.
@@ -78,8 +93,9 @@ class SegmentReader:
             await self._read_into(batch)
         if not batch.records:
             return None
+        # No await from here on: a cancelled read must not lose a consumed batch.
         self.unread_records -= len(batch.records)
-        self.unread_oldest_ms = await self._next_frame_time() if self.unread_records else None
+        self._oldest_stale = True
         return batch.first_seq, batch.records, batch.time_ms
 
     async def _read_into(self, batch: _BatchBuilder) -> None:
@@ -89,7 +105,9 @@ class SegmentReader:
         base = self._offset
         avail = segment.size - base
         budget = batch.max_bytes + batch.max_records * RECORD_OVERHEAD + HEADER_SIZE
-        data = await self._pread(min(avail, max(_READ_CHUNK, budget)), base)
+        data = self._cached(base)
+        if data is None:
+            data = memoryview(await self._pread(min(avail, max(_READ_CHUNK, budget)), base))
         pos = 0
         while pos < len(data) and not batch.full:
             size = frame_size_at(data, pos)
@@ -98,7 +116,7 @@ class SegmentReader:
             if pos + size > len(data):
                 if pos > 0:
                     break  # the rest of this frame is read by the next call
-                data = await self._pread(size, base)  # one frame larger than the buffer
+                data = memoryview(await self._pread(size, base))  # a frame over the buffer
                 if len(data) < size:
                     raise self._corrupt(segment, base)
                 continue
@@ -131,17 +149,37 @@ class SegmentReader:
         return self.segment
 
     async def _pread(self, size: int, offset: int) -> bytes:
+        data = await asyncio.to_thread(os.pread, self._open_fd(), size, offset)
+        self._buf, self._buf_offset = data, offset
+        return data
+
+    def _cached(self, offset: int) -> memoryview | None:
+        """The read-ahead from ``offset`` on, if it holds at least one whole frame."""
+        start = offset - self._buf_offset
+        if start < 0 or start >= len(self._buf):
+            return None
+        view = memoryview(self._buf)[start:]
+        size = frame_size_at(view, 0)
+        return view if size is not None and size <= len(view) else None
+
+    def _open_fd(self) -> int:
         assert self.segment is not None
         if self._fd is None:
             self._fd = os.open(self.segment.path, os.O_RDONLY | os.O_CLOEXEC)
-        return await asyncio.to_thread(os.pread, self._fd, size, offset)
+        return self._fd
 
-    async def _next_frame_time(self) -> int | None:
-        """Append time of the frame holding the next unread record (one header read)."""
+    def _next_frame_time(self) -> int | None:
+        """Append time of the frame holding the next unread record.
+
+        From the read-ahead, else one 32-byte pread of a header just written (page cache):
+        synchronous, and only when the metric is asked for.
+        """
         if self._position() is None:
             return None
-        data = await self._pread(HEADER_SIZE, self._offset)
-        return frame_time_at(data, 0)
+        cached = self._cached(self._offset)
+        if cached is not None:
+            return frame_time_at(cached, 0)
+        return frame_time_at(os.pread(self._open_fd(), HEADER_SIZE, self._offset), 0)
 
     def _corrupt(self, segment: Segment, offset: int) -> SpoolCorruptError:
         self.corrupt_reads += 1

@@ -252,8 +252,8 @@ class Segment:
     path: str
 
 
-def frame_time_at(data: bytes, pos: int) -> int | None:
+def frame_time_at(data: bytes | memoryview, pos: int) -> int | None:
     """The append time in the header at ``data[pos]`` (unverified), or None if none is there."""
-    if pos + HEADER_SIZE > len(data) or data[pos : pos + 4] != MAGIC:
+    if pos + HEADER_SIZE > len(data) or bytes(data[pos : pos + 4]) != MAGIC:
         return None
     return int(_FIELDS.unpack_from(data, pos + 4)[3])

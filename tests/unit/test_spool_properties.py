@@ -39,9 +39,7 @@ class SpoolMachine(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     async def _open(self) -> Spool:
-        return await Spool.open(
-            self.directory, max_bytes=1 << 20, segment_max_bytes=SEGMENT_MAX
-        )
+        return await Spool.open(self.directory, max_bytes=1 << 20, segment_max_bytes=SEGMENT_MAX)
 
     def model_low_water(self) -> int:
         for first_seq, (_, committed) in self.outstanding.items():
@@ -107,7 +105,7 @@ class SpoolMachine(RuleBasedStateMachine):
             # Final check: a fresh open delivers exactly what is not below the mark.
             spool = self.run(self._open())
             got: list[bytes] = []
-            while (b := self.run(spool.read(max_records=50, max_bytes=1 << 20, timeout_s=0))):
+            while b := self.run(spool.read(max_records=50, max_bytes=1 << 20, timeout_s=0)):
                 got.extend(b.records)
             assert got == self.records[self.model_low_water() :]
             self.run(spool.close())
@@ -116,7 +114,5 @@ class SpoolMachine(RuleBasedStateMachine):
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-SpoolMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None
-)
+SpoolMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 test_spool_state_machine = SpoolMachine.TestCase

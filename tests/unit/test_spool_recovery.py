@@ -233,7 +233,8 @@ async def test_damage_after_open_raises_corrupt_and_reopen_quarantines(tmp_path:
     data[data.index(b"will-rot")] ^= 0x01
     path.write_bytes(bytes(data))
     batch = await spool.read(max_records=1, max_bytes=100)
-    assert batch is not None and batch.records == [b"good"]
+    assert batch is not None
+    assert batch.records == [b"good"]
     spool.commit(batch)
     with pytest.raises(SpoolCorruptError):
         await spool.read(max_records=10, max_bytes=100)
