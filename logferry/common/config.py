@@ -141,9 +141,9 @@ def _translate(exc: ValidationError, root: yaml.Node | None, file: str) -> Confi
         f"{file}:{line if line is not None else '?'}: {path}: {reason}"
         for line, path, reason in problems
     ]
-    error = ConfigError(f"{len(problems)} problems:\n  " + "\n  ".join(lines), file=file)
-    error.line, error.path = first_line, first_path
-    return error
+    refused = ConfigError(f"{len(problems)} problems:\n  " + "\n  ".join(lines), file=file)
+    refused.line, refused.path = first_line, first_path
+    return refused
 
 
 def _is_union_tag(part: int | str) -> bool:
@@ -194,13 +194,13 @@ def _line_of(root: yaml.Node | None, loc: list[int | str]) -> int | None:
     if root is None:
         return None
     node = root
-    line = node.start_mark.line + 1
+    line: int = node.start_mark.line + 1
     for part in loc:
         child = _child(node, part)
         if child is None:
             break
         key_node, node = child
-        line = (key_node or node).start_mark.line + 1
+        line = int((key_node or node).start_mark.line) + 1
     return line
 
 

@@ -165,29 +165,31 @@ class Spool:
         persisted at most every ``commit_flush_interval_s``. Raises :class:`SpoolError`
         if another process (or spool) holds the directory.
         """
-        seg_max = segment_max_bytes or min(_DEFAULT_SEGMENT_MAX_BYTES, max(4096, max_bytes // 8))
+        default_seg = min(_DEFAULT_SEGMENT_MAX_BYTES, max(4096, max_bytes // 8), max_bytes)
+        seg_max = segment_max_bytes or default_seg
         if max_bytes <= 0 or seg_max <= 0 or seg_max > max_bytes:
             raise ValueError(f"need 0 < segment_max_bytes ({seg_max}) <= max_bytes ({max_bytes})")
         if commit_flush_interval_s <= 0:
             raise ValueError("commit_flush_interval_s must be > 0")
         path = os.fspath(directory)
-        os.makedirs(path, exist_ok=True)
         lock_fd = _lock_directory(path)
         try:
             recovered = await asyncio.to_thread(recover, path)
-        except OSError as exc:
+            spool = cls(
+                path,
+                lock_fd,
+                recovered,
+                max_bytes=max_bytes,
+                segment_max_bytes=seg_max,
+                commit_flush_interval_s=commit_flush_interval_s,
+            )
+            spool._log_recovery(recovered)
+            await spool._persist_and_cleanup()
+        except BaseException as exc:
             os.close(lock_fd)
-            raise SpoolError(f"spool {path}: recovery failed: {exc}") from exc
-        spool = cls(
-            path,
-            lock_fd,
-            recovered,
-            max_bytes=max_bytes,
-            segment_max_bytes=seg_max,
-            commit_flush_interval_s=commit_flush_interval_s,
-        )
-        spool._log_recovery(recovered)
-        await spool._persist_and_cleanup()
+            if isinstance(exc, OSError):
+                raise SpoolError(f"spool {path}: cannot open: {exc}") from exc
+            raise
         spool._start_task(spool._writer.run())
         spool._start_task(spool._flusher_loop())
         return spool
@@ -522,7 +524,12 @@ def _unlink_all(paths: list[str]) -> None:
 
 
 def _lock_directory(path: str) -> int:
-    fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """Create the directory if needed and take its exclusive lock (one owner process)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise SpoolError(f"spool {path}: cannot create or lock: {exc}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

@@ -125,6 +125,7 @@ class _Scan:
         self.directory = directory
         self.result = result
         self.expected = result.low_water
+        self.prev_end = 0  # frames never overlap, even across segments
         self.open = _Open()
         self.found_reader = False
 
@@ -135,7 +136,7 @@ class _Scan:
             data = fh.read()
         good: list[bytes] = []
         size, end_seq = 0, first_seq
-        for item in scan_frames(data, first_seq):
+        for item in scan_frames(data, max(first_seq, self.prev_end)):
             if isinstance(item, DamagedRange):
                 self._damaged(name, data, item)
                 continue
@@ -162,6 +163,7 @@ class _Scan:
         else:
             self._close_open(None, name, new_offset)
         self.expected = max(self.expected, header.end_seq)
+        self.prev_end = header.end_seq
         low_water = self.result.low_water
         if header.end_seq <= low_water:
             return

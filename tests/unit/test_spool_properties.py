@@ -114,5 +114,5 @@ class SpoolMachine(RuleBasedStateMachine):
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-SpoolMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+SpoolMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
 test_spool_state_machine = SpoolMachine.TestCase

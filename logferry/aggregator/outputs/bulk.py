@@ -159,8 +159,10 @@ class BulkClient:
         """One request. Raises OutputError (retriable or not) when it failed as a whole."""
         body = render_body(items)
         if self.settings.gzip:
-            body = await asyncio.to_thread(gzip.compress, body, 1) if len(body) > MiB else (
-                gzip.compress(body, 1)
+            body = (
+                await asyncio.to_thread(gzip.compress, body, 1)
+                if len(body) > MiB
+                else (gzip.compress(body, 1))
             )
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout_s)
         try:
@@ -170,13 +172,17 @@ class BulkClient:
                 payload = await response.read()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise OutputError(f"bulk request failed: {type(exc).__name__}: {exc}", retriable=True) from exc
+            raise OutputError(
+                f"bulk request failed: {type(exc).__name__}: {exc}", retriable=True
+            ) from exc
         if status == 413 and len(items) > 1:
             raise OutputError("request too large", retriable=True)
         if status != 200:
             # Whole-request failures never dead-letter records: 401/403 is a credentials
             # problem an operator fixes, 429/5xx pass. Retry with backoff, loudly.
-            raise OutputError(f"bulk request returned HTTP {status}: {payload[:300]!r}", retriable=True)
+            raise OutputError(
+                f"bulk request returned HTTP {status}: {payload[:300]!r}", retriable=True
+            )
         try:
             response_json = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
@@ -207,5 +213,7 @@ def _ssl_context(settings: BulkOutputSettings) -> ssl.SSLContext | bool:
         return True
     if not settings.tls_verify:
         return False
-    context = ssl.create_default_context(cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None)
+    context = ssl.create_default_context(
+        cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None
+    )
     return context
