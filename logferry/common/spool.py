@@ -29,13 +29,13 @@ import fcntl
 import os
 import time
 import zlib
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 
 from logferry.common.errors import SpoolClosedError, SpoolError, SpoolFullError
 from logferry.common.logs import get_logger
-from logferry.common.spool_reader import SegmentReader
+from logferry.common.spool_reader import CommitTracker, SegmentReader
 from logferry.common.spool_recovery import COMMIT_FILE, QuarantineEvent, RecoveryResult, recover
 from logferry.common.spool_segment import (
     HEADER_SIZE,
@@ -73,16 +73,6 @@ class SpoolBatch:
     def end_seq(self) -> int:
         """Sequence number just past the last record of the batch."""
         return self.first_seq + len(self.records)
-
-
-@dataclass(slots=True)
-class _InFlight:
-    """A batch handed to the consumer and not yet committed."""
-
-    end_seq: int
-    count: int
-    time_ms: int
-    committed: bool = False
 
 
 class Spool:
@@ -130,8 +120,7 @@ class Spool:
         )
         self._read_lock = asyncio.Lock()
         self._data_ready = asyncio.Event()
-        self._inflight: OrderedDict[int, _InFlight] = OrderedDict()
-        self._inflight_records = 0
+        self._inflight = CommitTracker()
         self._low_water = recovered.low_water
         self._persisted_low_water = -1  # forces the first persist on open
         self._lwm_dirty = asyncio.Event()
@@ -215,6 +204,8 @@ class Spool:
         try:
             self._update_low_water()
             await self._persist_and_cleanup()
+        except OSError as exc:  # the old mark stays: a restart resends, never loses
+            raise SpoolError(f"spool {self._dir}: cannot persist the mark: {exc}") from exc
         finally:
             self._writer.seal()
             self._closed = True
@@ -340,7 +331,10 @@ class Spool:
             while True:
                 self._check_open()
                 self._data_ready.clear()  # before reading, so no wake-up is lost
-                chunk = await self._reader.read(max_records, max_bytes)
+                try:
+                    chunk = await self._reader.read(max_records, max_bytes)
+                except OSError as exc:
+                    raise SpoolError(f"spool {self._dir}: read failed: {exc}") from exc
                 if chunk is not None:
                     return self._hand_out(*chunk)
                 if not await self._wait_for_data(deadline):
@@ -359,8 +353,7 @@ class Spool:
         return True
 
     def _hand_out(self, first_seq: int, records: list[bytes], time_ms: int) -> SpoolBatch:
-        self._inflight[first_seq] = _InFlight(first_seq + len(records), len(records), time_ms)
-        self._inflight_records += len(records)
+        self._inflight.add(first_seq, len(records), time_ms)
         return SpoolBatch(first_seq, records, time_ms, owner=self)
 
     def commit(self, batch: SpoolBatch) -> None:
@@ -369,20 +362,13 @@ class Spool:
             raise SpoolClosedError(f"spool {self._dir} is closed")
         if batch.owner is not self:
             raise SpoolError("batch was read from another spool instance")
-        entry = self._inflight.get(batch.first_seq)
-        if entry is None or entry.committed:
-            return
-        if entry.end_seq != batch.end_seq:
-            raise SpoolError(f"batch [{batch.first_seq}, {batch.end_seq}) does not match a read")
-        entry.committed = True
-        self._inflight_records -= entry.count
-        while self._inflight and next(iter(self._inflight.values())).committed:
-            self._inflight.popitem(last=False)
+        self._inflight.commit(batch.first_seq, batch.end_seq)
         self._update_low_water()
 
     def _update_low_water(self) -> None:
         """Every record below the mark is committed (or was lost to quarantine)."""
-        mark = next(iter(self._inflight)) if self._inflight else self._reader.next_seq
+        head = self._inflight.head()
+        mark = self._reader.next_seq if head is None else head
         if mark > self._low_water:
             self._low_water = mark
             self._lwm_dirty.set()
@@ -446,16 +432,12 @@ class Spool:
     @property
     def records_pending(self) -> int:
         """Records appended and not yet committed (unread plus read and uncommitted)."""
-        return self._reader.unread_records + self._inflight_records
+        return self._reader.unread_records + self._inflight.records
 
     @property
     def oldest_pending_age_s(self) -> float:
         """Age of the oldest uncommitted record, from its frame's append time (0 if none)."""
-        oldest: int | None = None
-        for entry in self._inflight.values():
-            if not entry.committed:
-                oldest = entry.time_ms
-                break
+        oldest = self._inflight.oldest_time_ms()  # read before anything unread: older
         if oldest is None:
             oldest = self._reader.unread_oldest_ms
         return max(0.0, (_now_ms() - oldest) / 1000) if oldest is not None else 0.0

@@ -1,4 +1,4 @@
-"""The consumer side of the spool: a cursor reading whole frames from the segment files.
+"""The consumer side of the spool: a cursor over the segment files, and commit tracking.
 
 Reads go to disk (through the page cache) in buffered chunks of whole frames, so memory is
 one read buffer, never the backlog (guarantee 6). The reader stops at each segment's
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import OrderedDict
+from dataclasses import dataclass
 
-from logferry.common.errors import SpoolCorruptError
+from logferry.common.errors import SpoolCorruptError, SpoolError
 from logferry.common.spool_segment import (
     HEADER_SIZE,
     RECORD_OVERHEAD,
@@ -221,3 +223,50 @@ class _BatchBuilder:
             taken += 1
         self.full = self.full or len(self.records) >= self.max_records
         return taken
+
+
+@dataclass(slots=True)
+class _InFlight:
+    end_seq: int
+    count: int
+    time_ms: int
+    committed: bool = False
+
+
+class CommitTracker:
+    """Batches handed out and not yet committed, in read order.
+
+    Commits may arrive in any order; committed batches leave from the head only, so the
+    head is always the oldest uncommitted batch and the low-water mark is its first record
+    (or the read cursor when nothing is outstanding). Memory is bounded by the consumer's
+    in-flight batches, not by the backlog.
+    """
+
+    def __init__(self) -> None:
+        self._batches: OrderedDict[int, _InFlight] = OrderedDict()
+        self.records = 0  # read and not yet committed
+
+    def add(self, first_seq: int, count: int, time_ms: int) -> None:
+        """Track a batch just handed out."""
+        self._batches[first_seq] = _InFlight(first_seq + count, count, time_ms)
+        self.records += count
+
+    def commit(self, first_seq: int, end_seq: int) -> None:
+        """Mark ``[first_seq, end_seq)`` delivered; a no-op if already committed."""
+        entry = self._batches.get(first_seq)
+        if entry is None or entry.committed:
+            return
+        if entry.end_seq != end_seq:
+            raise SpoolError(f"batch [{first_seq}, {end_seq}) does not match a read batch")
+        entry.committed = True
+        self.records -= entry.count
+        while self._batches and next(iter(self._batches.values())).committed:
+            self._batches.popitem(last=False)
+
+    def head(self) -> int | None:
+        """First sequence number of the oldest uncommitted batch."""
+        return next(iter(self._batches)) if self._batches else None
+
+    def oldest_time_ms(self) -> int | None:
+        """Append time of the oldest uncommitted record handed out."""
+        return next(iter(self._batches.values())).time_ms if self._batches else None

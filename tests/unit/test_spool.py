@@ -317,3 +317,68 @@ async def test_observability_counters(tmp_path: Path) -> None:
     assert s.max_bytes == 1 << 20
     assert s.fsyncs >= 1
     await s.close()
+
+
+async def test_commits_are_persisted_in_batches_not_one_write_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from logferry.common import spool as spool_module
+
+    writes: list[bytes] = []
+    real = spool_module.write_file_atomic
+
+    def counting(path: str, data: bytes) -> None:
+        writes.append(data)
+        real(path, data)
+
+    monkeypatch.setattr(spool_module, "write_file_atomic", counting)
+    s = await Spool.open(tmp_path, max_bytes=1 << 20, commit_flush_interval_s=0.05)
+    for i in range(200):
+        await s.append([b"%d" % i])
+    opened_writes = len(writes)
+    for _ in range(200):
+        batch = await s.read(max_records=1, max_bytes=100)
+        assert batch is not None
+        s.commit(batch)
+    await wait_until(lambda: len(writes) > opened_writes)
+    await s.close()
+    assert len(writes) - opened_writes < 20, "one commit-file write per commit"
+    s = await Spool.open(tmp_path, max_bytes=1 << 20)
+    assert s.low_water_mark == 200
+    await s.close()
+
+
+async def test_oldest_pending_age_comes_from_the_frame_append_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from logferry.common import spool as spool_module
+
+    now_ms = [1_000_000]
+    monkeypatch.setattr(spool_module, "_now_ms", lambda: now_ms[0])
+    s = await Spool.open(tmp_path, max_bytes=1 << 20)
+    await s.append([b"old"])
+    now_ms[0] += 1000
+    await s.append([b"new"])
+    now_ms[0] += 4000
+    assert s.oldest_pending_age_s == 5.0
+    batch = await s.read(max_records=1, max_bytes=100)
+    assert batch is not None
+    assert s.oldest_pending_age_s == 5.0  # read but not committed is still pending
+    s.commit(batch)
+    assert s.oldest_pending_age_s == 4.0
+    await s.close()
+    s = await Spool.open(tmp_path, max_bytes=1 << 20)
+    assert s.oldest_pending_age_s == 4.0  # from the frame header on disk
+    await read_all(s)
+    assert s.oldest_pending_age_s == 0.0
+    await s.close()
+
+
+async def test_a_cancelled_read_loses_nothing(spool: Spool) -> None:
+    waiting = asyncio.create_task(spool.read(max_records=10, max_bytes=100))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await spool.append([b"a", b"b"])
+    assert await read_all(spool) == [b"a", b"b"]
