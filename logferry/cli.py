@@ -52,9 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_model, help_text) in DAEMONS.items():
         daemon = sub.add_parser(name, help=help_text, description=help_text)
-        daemon.add_argument(
-            "--config", "-c", type=Path, required=True, help=f"path to {name}.yaml"
-        )
+        daemon.add_argument("--config", "-c", type=Path, required=True, help=f"path to {name}.yaml")
         daemon.add_argument(
             "--check-config",
             action="store_true",
