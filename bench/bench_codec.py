@@ -12,6 +12,8 @@ import string
 import time
 from collections.abc import Callable
 
+from process_stats import report
+
 from logferry.common.protocol import (
     Entry,
     EventTime,
@@ -123,3 +125,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    report()

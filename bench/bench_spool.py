@@ -13,6 +13,8 @@ import shutil
 import tempfile
 import time
 
+from process_stats import report
+
 from logferry.common.spool import Spool
 
 RECORD_BYTES = 300
@@ -83,3 +85,4 @@ async def main() -> None:
 
 if __name__ == "__main__":
     asyncio.run(main())
+    report()
