@@ -1,0 +1,74 @@
+"""Every metric the aggregator exports (one registry per daemon instance)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from logferry.common.metrics import check_labels
+
+
+class AggregatorMetrics:
+    """The aggregator's Prometheus metrics; label sets come from the fixed allowed set."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(f"logferry_{name}", doc, check_labels(labels), registry=r)
+
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            return Gauge(f"logferry_{name}", doc, check_labels(labels), registry=r)
+
+        # input
+        self.connections = gauge("connections", "Open Forward Protocol connections.")
+        self.connections_total = counter(
+            "connections", "Forward Protocol connections accepted or refused.", "status"
+        )
+        self.protocol_errors = counter(
+            "protocol_errors", "Connections closed for a protocol violation.", "reason"
+        )
+        self.handshake_failures = counter(
+            "handshake_failures", "Peers refused by the shared-key handshake.", "reason"
+        )
+        self.records_in = counter("records_in", "Records received, by tenant.", "tenant")
+        self.bytes_in = counter("bytes_in", "Wire bytes of received messages.")
+        self.records_filtered = counter(
+            "records_filtered", "Records discarded by a tenant filter, on purpose.", "tenant"
+        )
+        self.acks = counter("acks", "Chunks acknowledged after their records were fsynced.")
+        self.ack_latency = Histogram(
+            "logferry_ack_latency_seconds",
+            "From a chunk's last byte received to its ack sent.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        # spool
+        self.spool_bytes = gauge("spool_bytes", "Bytes in the tenant's spool on disk.", "tenant")
+        self.spool_records = gauge(
+            "spool_records", "Records spooled but not yet delivered.", "tenant"
+        )
+        self.spool_oldest_age = gauge(
+            "spool_oldest_record_age_seconds", "Age of the oldest undelivered record.", "tenant"
+        )
+        self.spool_quarantined = counter(
+            "spool_quarantined_bytes", "Damaged spool bytes moved to quarantine at start."
+        )
+        self.backpressure_waits = counter(
+            "backpressure_waits", "Times ingest paused because a spool was full.", "tenant"
+        )
+        # output
+        self.records_out = counter(
+            "records_out", "Records the store confirmed (created or already there).", "tenant"
+        )
+        self.bytes_out = counter("bytes_out", "Uncompressed document bytes delivered.", "tenant")
+        self.duplicates = counter(
+            "duplicates", "Records the store already had (409 on create): resends.", "tenant"
+        )
+        self.bulk_requests = counter("bulk_requests", "Bulk requests by outcome.", "status")
+        self.retries = counter("output_retries", "Records sent again after a failure.", "tenant")
+        self.dlq_records = counter(
+            "dlq_records",
+            "Records the store refused for good, kept in the DLQ.",
+            "tenant",
+            "reason",
+        )

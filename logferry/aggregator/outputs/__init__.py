@@ -1,0 +1,1 @@
+"""Where the aggregator's spooled documents go: a store (bulk), files, or nowhere (null)."""
