@@ -13,6 +13,7 @@ from logferry import __version__
 from logferry.aggregator.config import AggregatorConfig
 from logferry.common.config import iter_reference, load_config
 from logferry.common.errors import ConfigError
+from logferry.common.lifecycle import run_until_signalled
 from logferry.common.logs import get_logger, setup_logging
 from logferry.forwarder.config import ForwarderConfig
 
@@ -83,6 +84,11 @@ def _run_daemon(name: str, args: argparse.Namespace) -> int:
         return 0
     log_settings = getattr(config, "log")  # noqa: B009 - both daemon models have it
     setup_logging(log_settings.level, log_settings.format)
+    if isinstance(config, AggregatorConfig):
+        from logferry.aggregator.app import Aggregator
+
+        aggregator_config = config
+        return run_until_signalled(lambda stop: Aggregator(aggregator_config).run(stop))
     get_logger("logferry.cli").error(
         "daemon.unavailable",
         daemon=name,
@@ -103,6 +109,11 @@ def _print_reference(daemon: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``logferry`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["aggregator", "dlq"]:
+        from logferry.aggregator.dlq_cli import dlq_main
+
+        return dlq_main(argv[2:])
     args = build_parser().parse_args(argv)
     if args.command in DAEMONS:
         return _run_daemon(args.command, args)

@@ -22,7 +22,7 @@ class AggregatorMetrics:
         # input
         self.connections = gauge("connections", "Open Forward Protocol connections.")
         self.connections_total = counter(
-            "connections", "Forward Protocol connections accepted or refused.", "status"
+            "connection_attempts", "Forward Protocol connections accepted or refused.", "status"
         )
         self.protocol_errors = counter(
             "protocol_errors", "Connections closed for a protocol violation.", "reason"

@@ -1,10 +1,12 @@
-"""Elasticsearch/OpenSearch ``_bulk`` output over aiohttp.
+"""Elasticsearch/OpenSearch ``_bulk`` requests: settings, one request, and how items settle.
 
-One request writes a batch with ``create`` and each record's deterministic ``_id``. Every item
-is settled as one of: delivered (2xx, or 409 — the document is already there, so a resend is
-harmless), retry (429, 5xx, a read-only block, the request failed as a whole), or rejected
-(any other 4xx: mapping conflict, oversize, invalid — the dead-letter queue takes it with the
-server's reason). Only the items that need it are sent again.
+One request writes documents with ``create`` and each record's deterministic ``_id``. Every
+item settles as one of: delivered (2xx, or 409 — the document is already there, so a resend is
+harmless), retry (429, 5xx, a block that clears by itself), or rejected (any other 4xx:
+mapping conflict, oversize, invalid — the dead-letter queue takes it with the server's
+reason). A request that fails as a whole (connection, timeout, 401/403, 429, 5xx) is an
+``OutputError`` and never rejects a document; 413 is its own error so the caller can split.
+Retrying and splitting live in :mod:`.bulk_delivery`; this module knows nothing of spools.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import base64
 import gzip
 import random
+import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,13 +26,21 @@ import aiohttp
 import orjson
 from pydantic import Field, model_validator
 
+from logferry.aggregator.documents import Document
 from logferry.common.config import ConfigModel
 from logferry.common.errors import OutputError
 from logferry.common.units import ByteSize
 
 MiB = 1024 * 1024
-# Blocks that clear by themselves (disk flood stage, a closing index): retry, never dead-letter.
-RETRIABLE_ERROR_TYPES = frozenset({"cluster_block_exception", "es_rejected_execution_exception"})
+# Blocks that clear by themselves (disk flood stage, a closing index, a full write queue):
+# retry, never dead-letter.
+RETRIABLE_ERROR_TYPES = frozenset(
+    {"cluster_block_exception", "es_rejected_execution_exception", "unavailable_shards_exception"}
+)
+# Compressing a large body would hold the event loop for tens of milliseconds.
+_GZIP_IN_THREAD_BYTES = MiB
+_ERROR_TYPE = re.compile(r"^[a-z_]{1,80}$")
+_REASON_MAX_CHARS = 2000
 
 
 class BulkOutputSettings(ConfigModel):
@@ -51,12 +62,13 @@ class BulkOutputSettings(ConfigModel):
     """Verify the store's certificate (turn off only for a throwaway test cluster)."""
     batch_max_records: int = Field(default=5000, ge=1, le=100_000)
     """Most documents in one request."""
-    batch_max_bytes: ByteSize = Field(default=8 * MiB, ge=64 * 1024)
-    """Most uncompressed body bytes in one request."""
+    batch_max_bytes: ByteSize = Field(default=8 * MiB, ge=1024)
+    """Most uncompressed fragment bytes read into one request (one fragment larger than this
+    is sent alone)."""
     gzip: bool = True
     """Gzip request bodies (``Content-Encoding: gzip``)."""
     max_in_flight: int = Field(default=4, ge=1, le=64)
-    """Concurrent bulk requests."""
+    """Concurrent bulk requests, across all tenants."""
     request_timeout_s: float = Field(default=60.0, gt=0)
     """Deadline of one request; a timed-out request is retried (409s then settle it)."""
     retry_initial_s: float = Field(default=0.2, gt=0)
@@ -70,75 +82,114 @@ class BulkOutputSettings(ConfigModel):
             raise ValueError("password_file needs username")
         if self.api_key_file and self.username:
             raise ValueError("use either username/password_file or api_key_file, not both")
+        if self.retry_initial_s > self.retry_max_s:
+            raise ValueError("retry_initial_s cannot exceed retry_max_s")
         for url in self.urls:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"url {url!r} must start with http:// or https://")
         return self
 
 
-@dataclass(frozen=True, slots=True)
-class BulkItem:
-    """One document to create."""
+class BulkRequestError(OutputError):
+    """A ``_bulk`` request failed as a whole; ``status`` is the metric label (an HTTP status,
+    ``connection_error`` or ``timeout``). Always retriable: no document is at fault."""
 
-    index: str
-    doc_id: str
-    source: bytes
-    """The document as JSON."""
+    def __init__(self, message: str, *, status: str, endpoint: str) -> None:
+        super().__init__(message, retriable=True)
+        self.status = status
+        self.endpoint = endpoint
+
+
+class RequestTooLargeError(BulkRequestError):
+    """HTTP 413: the body is over the store's ``http.max_content_length``; split and resend."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An item the store refused for good."""
+
+    position: int
+    status: int
+    reason: str
+    """``<error type>: <reason>`` as the server gave it."""
+    kind: str
+    """The server's error type (``mapper_parsing_exception``), a bounded metric label."""
 
 
 @dataclass(slots=True)
 class BulkResult:
-    """How one request settled its items (positions refer to the request's item list)."""
+    """How one request settled its items (positions refer to the request's document list)."""
 
+    status: int
     delivered: int = 0
     duplicates: int = 0
     retry: list[int] = field(default_factory=list)
-    rejected: list[tuple[int, int, str]] = field(default_factory=list)
-    """(position, HTTP status, reason) of items the store refused for good."""
-    status: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    delivered_positions: list[int] = field(default_factory=list)
 
 
-def render_body(items: Sequence[BulkItem]) -> bytes:
-    """The NDJSON ``_bulk`` body: an action line and a source line per item."""
+def render_body(documents: Sequence[Document]) -> bytes:
+    """The NDJSON ``_bulk`` body: the pre-rendered action and source lines of each document."""
     parts: list[bytes] = []
-    dumps = orjson.dumps
-    for item in items:
-        parts.append(dumps({"create": {"_index": item.index, "_id": item.doc_id}}))
-        parts.append(item.source)
-    parts.append(b"")
+    for doc in documents:
+        parts.append(doc.action)
+        parts.append(doc.source)
+    parts.append(b"")  # NDJSON: the last line needs its newline too
     return b"\n".join(parts)
 
 
 def settle(items_count: int, response: dict[str, Any]) -> BulkResult:
-    """Classify every item of a ``_bulk`` response."""
-    result = BulkResult(status=200)
+    """Classify every item of a ``_bulk`` response to a request of ``items_count`` documents."""
     items = response.get("items")
     if not isinstance(items, list) or len(items) != items_count:
         raise OutputError("bulk response does not list every item", retriable=True)
+    result = BulkResult(status=200)
     if response.get("errors") is False:
         result.delivered = items_count
+        result.delivered_positions = list(range(items_count))
         return result
     for position, entry in enumerate(items):
         outcome = next(iter(entry.values())) if isinstance(entry, dict) and entry else {}
-        status = int(outcome.get("status", 0))
-        if 200 <= status < 300:
+        outcome = outcome if isinstance(outcome, dict) else {}
+        status = _int(outcome.get("status"))
+        if 200 <= status < 300 or status == 409:
             result.delivered += 1
-        elif status == 409:
-            result.delivered += 1
-            result.duplicates += 1
+            result.delivered_positions.append(position)
+            result.duplicates += status == 409
+            continue
+        error = outcome.get("error")
+        kind = str(error.get("type", "")) if isinstance(error, dict) else ""
+        if status == 429 or status >= 500 or status < 400 or kind in RETRIABLE_ERROR_TYPES:
+            result.retry.append(position)
         else:
-            error = outcome.get("error") or {}
-            kind = error.get("type", "") if isinstance(error, dict) else ""
-            if status == 429 or status >= 500 or kind in RETRIABLE_ERROR_TYPES or status == 0:
-                result.retry.append(position)
-            else:
-                reason = error.get("reason", "") if isinstance(error, dict) else str(error)
-                result.rejected.append((position, status, f"{kind}: {reason}"[:2000]))
+            result.rejected.append(Rejection(position, status, _reason(error), _label(kind)))
     return result
 
 
+def _int(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload, no-any-return]
+    except (TypeError, ValueError):
+        return 0
+
+
+def _reason(error: object) -> str:
+    if not isinstance(error, dict):
+        return str(error)[:_REASON_MAX_CHARS]
+    text = f"{error.get('type', 'error')}: {error.get('reason', '')}"
+    cause = error.get("caused_by")
+    if isinstance(cause, dict):
+        text += f" (caused by {cause.get('type', '')}: {cause.get('reason', '')})"
+    return text[:_REASON_MAX_CHARS]
+
+
+def _label(kind: str) -> str:
+    # Error types are names of the store's exception classes: a bounded set, safe as a label.
+    return kind if _ERROR_TYPE.match(kind) else "unknown"
+
+
 class BulkClient:
-    """Sends ``_bulk`` requests; knows nothing of spools or retries (see BulkDelivery)."""
+    """Sends ``_bulk`` requests over a session it does not own; no retries, no spools."""
 
     def __init__(self, settings: BulkOutputSettings, session: aiohttp.ClientSession) -> None:
         self.settings = settings
@@ -147,73 +198,108 @@ class BulkClient:
         self._headers = {"Content-Type": "application/x-ndjson"}
         if settings.gzip:
             self._headers["Content-Encoding"] = "gzip"
-        self._headers.update(_auth_header(settings))
-        self._ssl = _ssl_context(settings)
+        self._headers.update(auth_header(settings))
+        self._ssl = ssl_option(settings)
+        self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
 
-    def _url(self) -> str:
+    def _endpoint(self) -> str:
         urls = self.settings.urls
-        self._next_url = (self._next_url + 1) % len(urls)
-        return urls[self._next_url].rstrip("/") + "/_bulk"
+        url = urls[self._next_url % len(urls)]
+        self._next_url += 1
+        return url.rstrip("/")
 
-    async def send(self, items: Sequence[BulkItem]) -> BulkResult:
-        """One request. Raises OutputError (retriable or not) when it failed as a whole."""
-        body = render_body(items)
+    async def send(self, documents: Sequence[Document]) -> BulkResult:
+        """One request to the next URL in rotation.
+
+        Raises :class:`RequestTooLargeError` on 413 and :class:`BulkRequestError` when the
+        request failed as a whole.
+        """
+        body = render_body(documents)
         if self.settings.gzip:
-            body = (
-                await asyncio.to_thread(gzip.compress, body, 1)
-                if len(body) > MiB
-                else (gzip.compress(body, 1))
-            )
-        timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout_s)
+            if len(body) > _GZIP_IN_THREAD_BYTES:
+                body = await asyncio.to_thread(gzip.compress, body, 1)
+            else:
+                body = gzip.compress(body, 1)
+        endpoint = self._endpoint()
         try:
             async with self._session.post(
-                self._url(), data=body, headers=self._headers, timeout=timeout, ssl=self._ssl
+                endpoint + "/_bulk",
+                data=body,
+                headers=self._headers,
+                timeout=self._timeout,
+                ssl=self._ssl,
             ) as response:
                 payload = await response.read()
                 status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise OutputError(
-                f"bulk request failed: {type(exc).__name__}: {exc}", retriable=True
+        except TimeoutError as exc:
+            raise BulkRequestError(
+                f"bulk request timed out after {self.settings.request_timeout_s}s",
+                status="timeout",
+                endpoint=endpoint,
             ) from exc
-        if status == 413 and len(items) > 1:
-            raise OutputError("request too large", retriable=True)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BulkRequestError(
+                f"bulk request failed: {type(exc).__name__}: {exc}",
+                status="connection_error",
+                endpoint=endpoint,
+            ) from exc
+        if status == 413:
+            raise RequestTooLargeError(
+                f"HTTP 413 for {len(documents)} documents", status="413", endpoint=endpoint
+            )
         if status != 200:
             # Whole-request failures never dead-letter records: 401/403 is a credentials
-            # problem an operator fixes, 429/5xx pass. Retry with backoff, loudly.
-            raise OutputError(
-                f"bulk request returned HTTP {status}: {payload[:300]!r}", retriable=True
+            # problem an operator fixes, 429/5xx pass. The caller retries with backoff, loudly.
+            raise BulkRequestError(
+                f"bulk request returned HTTP {status}: {payload[:300]!r}",
+                status=str(status),
+                endpoint=endpoint,
             )
         try:
             response_json = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
-            raise OutputError("bulk response is not JSON", retriable=True) from exc
-        return settle(len(items), response_json)
+            raise BulkRequestError(
+                "bulk response is not JSON", status="bad_response", endpoint=endpoint
+            ) from exc
+        if not isinstance(response_json, dict):
+            raise BulkRequestError(
+                "bulk response is not an object", status="bad_response", endpoint=endpoint
+            )
+        try:
+            return settle(len(documents), response_json)
+        except OutputError as exc:
+            raise BulkRequestError(str(exc), status="bad_response", endpoint=endpoint) from exc
 
 
 def backoff_delay(attempt: int, initial_s: float, max_s: float) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(max, initial * 2**attempt)]."""
-    return random.uniform(0, min(max_s, initial_s * (2 ** min(attempt, 30))))
+    return random.uniform(0, min(max_s, initial_s * (2 ** min(max(attempt, 0), 30))))
 
 
-def _auth_header(settings: BulkOutputSettings) -> dict[str, str]:
-    if settings.api_key_file is not None:
-        key = settings.api_key_file.read_text().strip()
-        if ":" in key:
-            key = base64.b64encode(key.encode()).decode()
-        return {"Authorization": f"ApiKey {key}"}
-    if settings.username is not None:
-        password = settings.password_file.read_text().strip() if settings.password_file else ""
-        token = base64.b64encode(f"{settings.username}:{password}".encode()).decode()
-        return {"Authorization": f"Basic {token}"}
+def auth_header(settings: BulkOutputSettings) -> dict[str, str]:
+    """The ``Authorization`` header from the configured secret files (read now, at start)."""
+    try:
+        if settings.api_key_file is not None:
+            key = settings.api_key_file.read_text().strip()
+            if ":" in key:
+                key = base64.b64encode(key.encode()).decode()
+            return {"Authorization": f"ApiKey {key}"}
+        if settings.username is not None:
+            password = settings.password_file.read_text().strip() if settings.password_file else ""
+            token = base64.b64encode(f"{settings.username}:{password}".encode()).decode()
+            return {"Authorization": f"Basic {token}"}
+    except OSError as exc:
+        raise OutputError(f"cannot read a credentials file: {exc}", retriable=False) from exc
     return {}
 
 
-def _ssl_context(settings: BulkOutputSettings) -> ssl.SSLContext | bool:
-    if not any(url.startswith("https://") for url in settings.urls):
-        return True
+def ssl_option(settings: BulkOutputSettings) -> ssl.SSLContext | bool:
+    """aiohttp's ``ssl=`` argument: a context with the CA bundle, False if unverified."""
     if not settings.tls_verify:
         return False
-    context = ssl.create_default_context(
-        cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None
-    )
-    return context
+    if settings.tls_ca_file is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(settings.tls_ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise OutputError(f"cannot load tls_ca_file: {exc}", retriable=False) from exc

@@ -1,0 +1,168 @@
+"""The aggregator daemon: wiring and lifecycle.
+
+Start: metrics -> output -> tenant spools (existing backlog starts draining) -> forward input
+-> HTTP status. Stop (SIGTERM): stop accepting -> finish in-flight chunks and ack them ->
+outputs flush within the deadline -> close spools (what is left is delivered after restart)
+-> close clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+
+from logferry.aggregator.config import AggregatorConfig
+from logferry.aggregator.dlq import DeadLetterQueue
+from logferry.aggregator.filters import FilterChain
+from logferry.aggregator.ingest import Ingest
+from logferry.aggregator.metrics import AggregatorMetrics
+from logferry.aggregator.outputs import build_output
+from logferry.aggregator.outputs.base import Output
+from logferry.aggregator.routing import IndexNamer
+from logferry.aggregator.server import ForwardServer
+from logferry.aggregator.spools import TenantSpools
+from logferry.common.logs import get_logger
+from logferry.common.spool import Spool
+from logferry.common.status_http import StatusServer
+
+log = get_logger(__name__)
+
+
+class Aggregator:
+    """One aggregator process. ``run`` returns when ``stop`` is set and shutdown is done."""
+
+    def __init__(self, config: AggregatorConfig) -> None:
+        self.config = config
+        self.metrics = AggregatorMetrics()
+        self.hostname = socket.gethostname()
+        self.instance = f"{self.hostname}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        self.spools = TenantSpools(config.spool)
+        self.dlq = DeadLetterQueue.from_settings(config.dlq)
+        self.output: Output = build_output(config.output, self.metrics, self.dlq)
+        self._chains = {
+            tenant: FilterChain.compile(settings.filters)
+            for tenant, settings in config.tenants.items()
+        }
+        self._no_filters = FilterChain()
+        self.ingest = Ingest(
+            self.spools,
+            self.metrics,
+            namer=IndexNamer(config.routing.index_prefix),
+            default_tenant=config.routing.default_tenant,
+            chain_for=lambda tenant: self._chains.get(tenant, self._no_filters),
+            instance=self.instance,
+        )
+        self.server = ForwardServer(config.input, self.ingest, self.metrics, hostname=self.hostname)
+        self.status = StatusServer(
+            config.http.listen_host,
+            config.http.listen_port,
+            self.metrics.registry,
+            live=self._live,
+            ready=self._ready,
+            before_scrape=self._update_gauges,
+        )
+        self._drain_stop = asyncio.Event()
+        self._drains: set[asyncio.Task[None]] = set()
+        self._accepting = False
+        self._failure: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Serve until ``stop`` is set (or a task fails); returns the exit code."""
+        self._stop = stop
+        started = time.monotonic()
+        try:
+            await self.output.start()
+            self.spools.on_new_tenant(self._start_drain)
+            await self.spools.start()
+            await self.server.start()
+            await self.status.start()
+            self._accepting = True
+            log.info(
+                "aggregator.started",
+                instance=self.instance,
+                input_port=self.server.port,
+                http_port=self.status.port,
+                tenants_with_backlog=len(self.spools.spools),
+                startup_s=round(time.monotonic() - started, 3),
+            )
+            await stop.wait()
+        finally:
+            await self.shutdown()
+        return 1 if self._failure is not None else 0
+
+    async def shutdown(self) -> None:
+        """The shutdown sequence (safe to call twice)."""
+        if getattr(self, "_shut_down", False):
+            return
+        self._shut_down = True
+        deadline = self.config.shutdown_deadline_s
+        began = time.monotonic()
+        self._accepting = False
+        log.info("aggregator.stopping", deadline_s=deadline)
+        await self.server.stop_accepting()
+        await self.server.drain(deadline_s=deadline / 2)
+        self._drain_stop.set()
+        remaining = max(1.0, deadline - (time.monotonic() - began))
+        if self._drains:
+            _done, pending = await asyncio.wait(self._drains, timeout=remaining)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("aggregator.output_cut", tenants=len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+        backlog = {t: s.records_pending for t, s in self.spools.spools.items() if s.records_pending}
+        await self.spools.close()
+        await self.output.close()
+        self.dlq.close()
+        await self.status.stop()
+        log.info(
+            "aggregator.stopped",
+            took_s=round(time.monotonic() - began, 3),
+            left_in_spool=sum(backlog.values()),
+        )
+
+    async def _start_drain(self, tenant: str, spool: Spool) -> None:
+        if spool.quarantined_bytes:
+            self.metrics.spool_quarantined.inc(spool.quarantined_bytes)
+        task = asyncio.create_task(
+            self.output.drain(tenant, spool, self._drain_stop, self.config.shutdown_deadline_s / 2),
+            name=f"drain-{tenant}",
+        )
+        self._drains.add(task)
+        task.add_done_callback(self._drain_done)
+
+    def _drain_done(self, task: asyncio.Task[None]) -> None:
+        self._drains.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not self._drain_stop.is_set():
+            # A dead drain would leave its tenant's backlog pending forever: take the process
+            # down loudly; the orchestrator restarts it and the spool resumes where it was.
+            self._failure = exc
+            log.error("aggregator.drain_failed", task=task.get_name(), error=repr(exc))
+            if self._stop is not None:
+                self._stop.set()
+
+    def _live(self) -> tuple[bool, str]:
+        if self._failure is not None:
+            return False, f"failed: {self._failure!r}"
+        return True, "ok"
+
+    def _ready(self) -> tuple[bool, str]:
+        if not self._accepting:
+            return False, "not accepting"
+        return True, "ok"
+
+    def _update_gauges(self) -> None:
+        metrics = self.metrics
+        for tenant, spool in list(self.spools.spools.items()):
+            with contextlib.suppress(Exception):
+                metrics.spool_bytes.labels(tenant).set(spool.bytes_used)
+                metrics.spool_records.labels(tenant).set(spool.records_pending)
+                metrics.spool_oldest_age.labels(tenant).set(spool.oldest_pending_age_s)

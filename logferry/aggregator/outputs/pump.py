@@ -1,0 +1,109 @@
+"""The drain loop every output shares: read batches, hand each to a handler, stop cleanly.
+
+A handler settles one batch (delivers it, dead-letters what the destination refused for
+good) and commits it; it retries inside. The pump keeps up to ``concurrency`` batches of
+one tenant in hand, so memory stays bounded (``concurrency * max_bytes``). On stop it reads
+nothing new, gives the handlers ``deadline_s`` to finish, then cancels the rest: their
+batches stay uncommitted in the spool and go out after the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from logferry.common.errors import SpoolClosedError
+from logferry.common.logs import get_logger
+from logferry.common.spool import Spool, SpoolBatch
+
+log = get_logger(__name__)
+
+BatchHandler = Callable[[SpoolBatch], Coroutine[Any, Any, None]]
+
+
+async def read_or_stop(
+    spool: Spool, stop: asyncio.Event, *, max_records: int, max_bytes: int
+) -> SpoolBatch | None:
+    """The next batch, or None once ``stop`` is set (or the spool closed) first."""
+    if stop.is_set():
+        return None
+    read = asyncio.ensure_future(spool.read(max_records=max_records, max_bytes=max_bytes))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (read, stopped):
+            task.cancel()
+        # A read cancelled after taking a batch only leaves it uncommitted: it is read again
+        # after a restart (resends are harmless), never lost.
+        await asyncio.gather(read, stopped, return_exceptions=True)
+    if read.cancelled():
+        return None
+    try:
+        return read.result()
+    except SpoolClosedError:
+        return None
+
+
+async def pump(
+    tenant: str,
+    spool: Spool,
+    stop: asyncio.Event,
+    deadline_s: float,
+    *,
+    max_records: int,
+    max_bytes: int,
+    concurrency: int | Callable[[], int],
+    handle: BatchHandler,
+) -> None:
+    """Feed ``spool``'s batches to ``handle`` until ``stop``; see the module docstring.
+
+    ``concurrency`` may be a callable, asked before each read (an output in backoff keeps
+    one batch in hand instead of several). A handler that raises takes the pump down: the
+    others are cancelled and the error propagates to the task that owns the drain, which logs
+    it loudly.
+    """
+    tasks: set[asyncio.Task[None]] = set()
+    failures: list[BaseException] = []
+
+    def done(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            failures.append(task.exception())  # type: ignore[arg-type]
+
+    try:
+        while not stop.is_set() and not failures:
+            limit = concurrency() if callable(concurrency) else concurrency
+            if len(tasks) >= max(1, limit):
+                await _first_of(tasks, stop)
+                continue
+            batch = await read_or_stop(spool, stop, max_records=max_records, max_bytes=max_bytes)
+            if batch is None:
+                if not stop.is_set():  # the spool closed under us: nothing more to drain
+                    break
+                continue
+            task = asyncio.create_task(handle(batch), name=f"output-{tenant}-{batch.first_seq}")
+            tasks.add(task)
+            task.add_done_callback(done)
+        if tasks and not failures:
+            _, pending = await asyncio.wait(set(tasks), timeout=max(0.0, deadline_s))
+            if pending:
+                log.warning("output.deadline_reached", tenant=tenant, batches_left=len(pending))
+    finally:
+        for task in list(tasks):
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+    if failures:
+        raise failures[0]
+
+
+async def _first_of(tasks: set[asyncio.Task[None]], stop: asyncio.Event) -> None:
+    """Wait until one of ``tasks`` finishes or ``stop`` is set."""
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({*tasks, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        await asyncio.gather(stopped, return_exceptions=True)

@@ -1,0 +1,44 @@
+"""Process lifecycle: signals set an event; a second signal forces the exit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable
+
+from logferry.common.logs import get_logger
+
+log = get_logger(__name__)
+FORCED_EXIT_CODE = 130
+
+
+def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
+    """Run ``main(stop)`` in a fresh event loop; SIGTERM/SIGINT set ``stop``.
+
+    A second signal exits at once: the operator asked twice, and the spools are crash-safe, so
+    nothing acknowledged is lost by not waiting.
+    """
+
+    async def runner() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        received: list[int] = []
+
+        def on_signal(signum: int) -> None:
+            received.append(signum)
+            if len(received) > 1:
+                log.warning("signal.forced_exit", signal=signal.Signals(signum).name)
+                os._exit(FORCED_EXIT_CODE)
+            log.info("signal.received", signal=signal.Signals(signum).name)
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            return await main(stop)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    return asyncio.run(runner())

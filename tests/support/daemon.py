@@ -1,0 +1,124 @@
+"""Run a logferry daemon as a real subprocess: config file, start, readiness, metrics, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.net import free_port, wait_until
+
+
+class DaemonProcess:
+    """``logferry <kind> --config <file>`` with stderr captured to a log file."""
+
+    def __init__(self, kind: str, workdir: Path, config: dict[str, Any]) -> None:
+        self.kind = kind
+        self.workdir = workdir
+        self.config = config
+        self.config.setdefault("http", {"listen_host": "127.0.0.1", "listen_port": free_port()})
+        self.config.setdefault("log", {"level": "info", "format": "json"})
+        self.http_port = int(self.config["http"]["listen_port"])
+        self.config_path = workdir / f"{kind}.yaml"
+        self.log_path = workdir / f"{kind}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def write_config(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(self.config))
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it to be ready."""
+        self.write_config()
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"--- start {self.starts} ---\n".encode())
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "logferry", self.kind, "--config", str(self.config_path)],
+                stdout=log,
+                stderr=log,
+                cwd=self.workdir,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    async def start(self, *, timeout_s: float = 60.0) -> None:
+        """Start and wait until /readyz answers 200."""
+        self.spawn()
+        try:
+            await wait_until(self.ready, timeout_s=timeout_s, what=f"{self.kind} /readyz")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.tail()}") from None
+
+    def tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    async def _get(self, path: str) -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://127.0.0.1:{self.http_port}{path}", timeout=aiohttp.ClientTimeout(total=5)
+            ) as response,
+        ):
+            return response.status, await response.text()
+
+    async def ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"{self.kind} exited with {self.proc.returncode}\n{self.tail()}")
+        try:
+            status, _ = await self._get("/readyz")
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+        return status == 200
+
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample: (name, sorted labels) -> value."""
+        _status, text = await self._get("/metrics")
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return out
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        total = 0.0
+        for (sample, sample_labels), value in (await self.metrics()).items():
+            if sample == name and set(labels.items()) <= set(sample_labels):
+                total += value
+        return total
+
+    def kill(self) -> None:
+        """SIGKILL, no chance to flush anything."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    async def stop(self, *, timeout_s: float = 60.0) -> int:
+        """SIGTERM and wait for exit; returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError(f"{self.kind} did not stop on SIGTERM\n{self.tail()}")
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    def ensure_dead(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)

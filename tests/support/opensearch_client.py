@@ -1,0 +1,55 @@
+"""Reading what reached OpenSearch, for assertions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+
+class StoreReader:
+    """Counts and fetches documents (refreshing first, so writes are visible)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    async def _request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                method, f"{self.url}{path}", json=body, timeout=aiohttp.ClientTimeout(total=60)
+            ) as response,
+        ):
+            return response.status, await response.json(content_type=None)
+
+    async def refresh(self, pattern: str) -> None:
+        await self._request(
+            "POST", f"/{pattern}/_refresh?ignore_unavailable=true&allow_no_indices=true"
+        )
+
+    async def count(self, pattern: str, query: dict[str, Any] | None = None) -> int:
+        await self.refresh(pattern)
+        body = {"query": query} if query else None
+        status, payload = await self._request(
+            "POST", f"/{pattern}/_count?ignore_unavailable=true&allow_no_indices=true", body
+        )
+        if status == 404:
+            return 0
+        return int(payload.get("count", 0))
+
+    async def search(self, pattern: str, size: int = 10000) -> list[dict[str, Any]]:
+        await self.refresh(pattern)
+        status, payload = await self._request(
+            "POST",
+            f"/{pattern}/_search?ignore_unavailable=true&allow_no_indices=true",
+            {"size": size, "query": {"match_all": {}}},
+        )
+        if status == 404:
+            return []
+        return list(payload["hits"]["hits"])
+
+    async def put(self, path: str, body: Any) -> tuple[int, Any]:
+        return await self._request("PUT", path, body)
+
+    async def delete(self, path: str) -> tuple[int, Any]:
+        return await self._request("DELETE", path)
