@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+import msgpack
+import msgspec
 
-from logferry.aggregator.documents import render_fragment
 from logferry.aggregator.filters import FilterChain
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.routing import NAMESPACE, IndexNamer
@@ -38,31 +38,40 @@ class Receipt:
     message: int
 
 
-def _default(value: Any) -> Any:
-    # msgpack bin fields (raw container bytes from some clients) and ext values have no JSON form.
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+def _enc_hook(value: Any) -> Any:
+    # Ext values (a nested EventTime, another ext type) have no JSON form of their own.
     if isinstance(value, EventTime):
         return value.to_float()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError
+    if isinstance(value, msgpack.ExtType):
+        return {"ext": value.code, "data": value.data.hex()}
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+_json = msgspec.json.Encoder(enc_hook=_enc_hook)
+
+
+def _text_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _text_keys(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_text_keys(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
 
 
 class _Stamps:
-    """``@timestamp`` strings, with the second-resolution part cached."""
+    """The second-resolution part of ``@timestamp``, cached (records of a chunk share it)."""
 
-    __slots__ = ("_second", "_text")
+    __slots__ = ("second", "text")
 
     def __init__(self) -> None:
-        self._second = -1
-        self._text = ""
+        self.second = -1
+        self.text = ""
 
-    def iso(self, seconds: int, nanoseconds: int) -> str:
-        if seconds != self._second:
-            self._second = seconds
-            self._text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        return f"{self._text}.{nanoseconds:09d}Z"
+    def set_second(self, seconds: int) -> None:
+        self.second = seconds
+        self.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 class Ingest:
@@ -85,7 +94,6 @@ class Ingest:
         self._chain_for = chain_for
         self.instance = instance
         self._namespaces: set[str] = set()
-        self._action_heads: dict[str, bytes] = {}
         self._stamps = _Stamps()
 
     def _tenant(self, record: dict[str, Any]) -> str:
@@ -99,16 +107,6 @@ class Ingest:
                     self._namespaces.add(namespace)
                 return namespace
         return self._default_tenant
-
-    def _action_head(self, index: str) -> bytes:
-        head = self._action_heads.get(index)
-        if head is None:
-            if len(self._action_heads) > 10_000:
-                self._action_heads.clear()
-            # The index name is ours (safe charset), so only the id needs JSON escaping per record.
-            head = b'{"create":{"_index":' + orjson.dumps(index) + b',"_id":'
-            self._action_heads[index] = head
-        return head
 
     def render(self, message: EventMessage, receipt: Receipt) -> dict[str, tuple[bytes, int]]:
         """Route, filter and render a message: tenant -> (fragment, document count)."""
@@ -141,24 +139,43 @@ class Ingest:
         message: EventMessage,
         receipt: Receipt,
     ) -> bytes:
-        pairs: list[tuple[bytes, bytes]] = []
-        dumps = orjson.dumps
-        iso = self._stamps.iso
-        index_for = self._namer.index
+        # The hot loop: per record only dict lookups and two small dicts; all JSON is written
+        # by one C call (encode_lines) that emits the _bulk body, action and source lines.
+        items: list[Any] = []
+        append = items.append
+        unpack = _TIME.unpack
+        stamps = self._stamps
+        day_span = 86400
+        current_day = -1
+        index = ""
         for position, when, record in group:
-            if isinstance(when, EventTime):
-                seconds, nanoseconds = _TIME.unpack(when[1])
+            if when.__class__ is EventTime:
+                seconds, nanoseconds = unpack(when[1])
             else:
                 seconds, nanoseconds = int(when), 0
             if "@timestamp" not in record:
-                record["@timestamp"] = iso(seconds, nanoseconds)
+                if seconds != stamps.second:
+                    stamps.set_second(seconds)
+                record["@timestamp"] = f"{stamps.text}.{nanoseconds:09d}Z"
             lf = record.get("_lf")
             doc_id = lf.get("id") if lf.__class__ is dict else None
-            if not isinstance(doc_id, str) or not doc_id or len(doc_id) > 512:
+            if doc_id.__class__ is not str or not doc_id or len(doc_id) > 512:
                 doc_id = self._derived_id(message, receipt, position, seconds, nanoseconds, record)
-            action = self._action_head(index_for(tenant, seconds)) + dumps(doc_id) + b"}}"
-            pairs.append((action, dumps(record, default=_default)))
-        return render_fragment(pairs)
+            if seconds // day_span != current_day:
+                current_day = seconds // day_span
+                index = self._namer.index(tenant, seconds)
+            log = record.get("log")
+            if log.__class__ is bytes:
+                # Raw container bytes sent as msgpack bin: text, as a log line is, not base64.
+                record["log"] = log.decode("utf-8", "replace")
+            append({"create": {"_index": index, "_id": doc_id}})
+            append(record)
+        try:
+            return _json.encode_lines(items)
+        except (TypeError, msgspec.EncodeError):
+            # Some record JSON cannot hold as it is (e.g. bytes keys): write it with its keys
+            # as text instead of refusing the chunk (which its sender would resend forever).
+            return _json.encode_lines([_text_keys(item) for item in items])
 
     def _derived_id(
         self,

@@ -28,6 +28,7 @@ from logferry.common.protocol import EventMessage, Ping, ServerDecoder
 
 log = get_logger(__name__)
 READ_BYTES = 1 << 20
+PIPELINE_DEPTH = 4
 
 
 @dataclass(slots=True)
@@ -36,8 +37,16 @@ class _Connection:
     peer: str
     writer: asyncio.StreamWriter
     messages: int = 0
-    busy: bool = False
+    inflight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(slots=True)
+class _Batch:
+    durable: asyncio.Future[list[int]]
+    acks: list[bytes]
+    received: float
 
 
 class ForwardServer:
@@ -94,22 +103,24 @@ class ForwardServer:
     async def drain(self, deadline_s: float) -> None:
         """Let every connection finish the messages it is making durable, ack them, and close.
 
-        Connections idle between messages are closed at once; a sender resends anything it
+        A connection with nothing in flight is closed at once; a sender resends anything it
         sent that was not acked.
         """
-        for conn in list(self._connections.values()):
-            if not conn.busy:
-                conn.writer.close()
-        pending = [conn.done.wait() for conn in self._connections.values()]
-        if pending:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(deadline_s):
-                    await asyncio.gather(*pending)
-        left = list(self._connections.values())
-        for conn in left:
+        conns = list(self._connections.values())
+        for conn in conns:
+            if conn.inflight == 0:
+                conn.idle.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline_s):
+                await asyncio.gather(*(conn.idle.wait() for conn in conns))
+        cut = [conn for conn in conns if conn.inflight]
+        for conn in conns:
             conn.writer.close()
-        if left:
-            log.warning("input.drain_deadline", connections_cut=len(left))
+        if cut:
+            log.warning("input.drain_deadline", connections_cut=len(cut))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline_s):
+                await asyncio.gather(*(conn.done.wait() for conn in conns))
         if self._server is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
@@ -160,52 +171,91 @@ class ForwardServer:
             max_entries=settings.max_entries,
             max_decompressed_bytes=settings.max_message_bytes * 8,
         )
-        pending: list[EventMessage | Ping] = []
+        first: list[EventMessage | Ping] = []
         if self._shared_key is not None:
-            pending = await self._handshake(conn, reader, decoder)
-        timeout = settings.read_timeout_s
-        received: float | None = None
-        while True:
-            if pending:
-                conn.busy = True
-                await self._process(conn, pending, received)
-                conn.busy = False
-                pending = []
+            first = await self._handshake(conn, reader, decoder)
+        # Reads are pipelined: while one batch of messages waits for its fsync, the next is
+        # read and decoded, so group commit covers more. Acks still go out in order, and at
+        # most PIPELINE_DEPTH batches wait per connection (then reading stops: backpressure).
+        queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._ack_in_order(conn, queue))
+                group.create_task(self._read_loop(conn, reader, decoder, queue, first))
+        except BaseExceptionGroup as group_error:
+            # One cause closes the connection; report it as the handler expects.
+            raise group_error.exceptions[0] from None
+
+    async def _read_loop(
+        self,
+        conn: _Connection,
+        reader: asyncio.StreamReader,
+        decoder: ServerDecoder,
+        queue: asyncio.Queue[_Batch | None],
+        pending: list[EventMessage | Ping],
+    ) -> None:
+        received = time.monotonic()
+        try:
+            while True:
+                if pending:
+                    await self._submit(conn, pending, received, queue)
+                    pending = []
                 if self._stopping:
                     return
-            async with asyncio.timeout(timeout):
-                data = await reader.read(READ_BYTES)
-            if not data:
-                return
-            received = time.monotonic()
-            pending = decoder.feed(data)
-            if pending:
-                self._metrics.bytes_in.inc(
-                    sum(m.wire_bytes for m in pending if isinstance(m, EventMessage))
-                )
+                try:
+                    async with asyncio.timeout(self.settings.read_timeout_s):
+                        data = await reader.read(READ_BYTES)
+                except TimeoutError:
+                    if conn.inflight:
+                        continue  # the peer waits for our acks: that is not idling
+                    raise
+                if not data:
+                    return
+                received = time.monotonic()
+                pending = decoder.feed(data)
+        finally:
+            await queue.put(None)
 
-    async def _process(
-        self, conn: _Connection, messages: list[EventMessage | Ping], received: float | None = None
+    async def _submit(
+        self,
+        conn: _Connection,
+        messages: list[EventMessage | Ping],
+        received: float,
+        queue: asyncio.Queue[_Batch | None],
     ) -> None:
-        """Make every message of one read durable together, then ack them in order."""
+        """Start making one read's messages durable together; the acker acks them in order."""
         events: list[EventMessage] = []
         for message in messages:
             if isinstance(message, Ping):
                 raise ProtocolError("PING outside the handshake")
             events.append(message)
+        self._metrics.bytes_in.inc(sum(m.wire_bytes for m in events))
         accepts = []
         for event in events:
             conn.messages += 1
             receipt = Receipt(self._ingest.instance, conn.serial, conn.messages)
             accepts.append(self._ingest.accept(event, receipt))
-        await asyncio.gather(*accepts)
+        durable = asyncio.ensure_future(asyncio.gather(*accepts))
+        # If the connection dies first, nobody awaits this: keep its error from being "lost".
+        durable.add_done_callback(_consume_error)
         acks = [ack for m in events if (ack := m.encode_ack()) is not None]
-        if acks:
-            conn.writer.write(b"".join(acks))
-            await conn.writer.drain()
-            self._metrics.acks.inc(len(acks))
-            if received is not None:
-                self._metrics.ack_latency.observe(time.monotonic() - received)
+        conn.inflight += 1
+        conn.idle.clear()
+        await queue.put(_Batch(durable, acks, received))
+
+    async def _ack_in_order(self, conn: _Connection, queue: asyncio.Queue[_Batch | None]) -> None:
+        while (batch := await queue.get()) is not None:
+            try:
+                await batch.durable
+            finally:
+                conn.inflight -= 1
+            if batch.acks:
+                conn.writer.write(b"".join(batch.acks))
+                await conn.writer.drain()
+                self._metrics.acks.inc(len(batch.acks))
+                self._metrics.ack_latency.observe(time.monotonic() - batch.received)
+            if conn.inflight == 0:
+                conn.idle.set()
 
     async def _handshake(
         self, conn: _Connection, reader: asyncio.StreamReader, decoder: ServerDecoder
@@ -236,6 +286,11 @@ class ForwardServer:
             raise HandshakeError(f"handshake refused: {pong.reason}")
         log.info("input.authenticated", peer=conn.peer, client=first.client_hostname)
         return rest
+
+
+def _consume_error(future: asyncio.Future[list[int]]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

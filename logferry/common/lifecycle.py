@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,18 @@ log = get_logger(__name__)
 FORCED_EXIT_CODE = 130
 
 
+def tune_gc() -> None:
+    """Make the cyclic garbage collector run far less often.
+
+    A daemon decodes millions of small, acyclic objects (records) a second; with the default
+    thresholds the collector runs every 700 allocations and rescans them. Reference counting
+    frees records; the collector only has to find the rare cycles (tasks, exceptions), so a
+    high first threshold costs little memory. Objects alive at start are frozen out of scans.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
     """Run ``main(stop)`` in a fresh event loop; SIGTERM/SIGINT set ``stop``.
 
@@ -21,6 +34,7 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
     """
 
     async def runner() -> int:
+        tune_gc()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         received: list[int] = []
