@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from types import TracebackType
 
 from logferry.common.handshake import ClientHandshake, encode_ping
@@ -13,8 +14,16 @@ from logferry.common.protocol import Ack, ClientDecoder, Helo, Pong
 class ForwardClient:
     """Connects, optionally passes the handshake, sends raw messages and waits for acks."""
 
-    def __init__(self, host: str, port: int, *, shared_key: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        shared_key: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.host, self.port = host, port
+        self.ssl_context = ssl_context
         self.shared_key = shared_key
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -33,7 +42,9 @@ class ForwardClient:
         await self.close()
 
     async def connect(self) -> None:
-        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        self._reader, self._writer = await asyncio.open_connection(
+            self.host, self.port, ssl=self.ssl_context
+        )
         if self.shared_key is None:
             return
         try:
