@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: java help venv test lint typecheck unit integration run bench opensearch-start opensearch-stop clean
+.PHONY: docs java help venv test lint typecheck unit integration run bench opensearch-start opensearch-stop clean
 
 help:
 	@echo "make run    - set up and run logferry end to end on this machine"
@@ -45,6 +45,9 @@ test: lint typecheck java
 
 run: venv java
 	$(BIN)/python scripts/run_local.py
+
+docs: venv
+	$(BIN)/python scripts/update_readme.py
 
 bench: venv
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -221,19 +222,53 @@ def _child(node: yaml.Node, part: int | str) -> tuple[yaml.Node | None, yaml.Nod
 def iter_reference(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, str, str]]:
     """Yield ``(key path, default, description)`` for every field, nested sections included.
 
-    The README's configuration reference is generated from this, so it cannot drift from the code.
+    A section that is one of several models (chosen by ``type``) lists each choice's keys as
+    ``section(type=x).key``. The README's configuration reference is generated from this, so
+    it cannot drift from the code.
     """
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            yield path, "", field.description or ""
-            yield from iter_reference(annotation, f"{path}.")
+        choices = _model_choices(field.annotation)
+        if choices:
+            yield path, _default_text(field), field.description or ""
+            for choice in choices:
+                kind = choice.model_fields.get("type")
+                label = _type_label(kind.annotation) if kind is not None else choice.__name__
+                yield from iter_reference(choice, f"{path}(type={label}).")
             continue
-        if field.is_required():
-            default = "(required)"
-        elif field.default_factory is not None:
-            default = repr(field.default_factory())  # type: ignore[call-arg]
-        else:
-            default = repr(field.default)
-        yield path, default, field.description or ""
+        yield (
+            path,
+            _default_text(field) if not _model_choices_single(field.annotation) else "",
+            (field.description or ""),
+        )
+        single = _model_choices_single(field.annotation)
+        if single is not None:
+            yield from iter_reference(single, f"{path}.")
+
+
+def _default_text(field: Any) -> str:
+    if field.is_required():
+        return "(required)"
+    if field.default_factory is not None:
+        return repr(field.default_factory())
+    return repr(field.default)
+
+
+def _model_choices_single(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _model_choices(annotation: Any) -> list[type[BaseModel]]:
+    """The models of a union-of-models annotation (``Annotated[A | B, ...]``), else []."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _model_choices(args[0])
+    if len(args) > 1 and all(isinstance(a, type) and issubclass(a, BaseModel) for a in args):
+        return list(args)
+    return []
+
+
+def _type_label(annotation: Any) -> str:
+    return "|".join(str(v) for v in typing.get_args(annotation)) or str(annotation)

@@ -51,3 +51,11 @@ def test_config_reference_lists_every_key(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     assert "| `spool.max_bytes` | `1073741824` |" in out
     assert "`node_name` | `(required)`" in out
+
+
+def test_readme_config_reference_is_current() -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    from update_readme import README, render
+
+    text = README.read_text()
+    assert render(text) == text, "README config reference is stale: run `make docs`"
