@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,7 @@ class Ingest:
         default_tenant: str,
         chain_for: ChainFor,
         instance: str,
+        inflight_max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._spools = spools
         self._metrics = metrics
@@ -95,6 +97,7 @@ class Ingest:
         self.instance = instance
         self._namespaces: set[str] = set()
         self._stamps = _Stamps()
+        self._budget = ByteBudget(inflight_max_bytes)
 
     def _tenant(self, record: dict[str, Any]) -> str:
         k8s = record.get("kubernetes")
@@ -194,16 +197,66 @@ class Ingest:
 
     async def accept(self, message: EventMessage, receipt: Receipt) -> int:
         """Make the message durable; returns the number of documents spooled."""
-        fragments = self.render(message, receipt)
+        return await self.store(self.render(message, receipt))
+
+    async def store(self, fragments: dict[str, tuple[bytes, int]]) -> int:
+        """Append rendered fragments to their tenants' spools; returns once all are fsynced.
+
+        Callers render first (synchronously) and keep only the fragments, so decoded records
+        never wait in memory for a spool: what waits is compact bytes, under a global budget.
+        """
         if not fragments:
             return 0
-        await self._spools.wait_for_space()
-        spools = [(tenant, await self._spools.get(tenant)) for tenant in fragments]
-        appends = []
-        for tenant, spool in spools:
-            fragment, _count = fragments[tenant]
-            if spool.bytes_used + len(fragment) > spool.max_bytes:
-                self._metrics.backpressure_waits.labels(tenant).inc()
-            appends.append(spool.append([fragment]))
-        await asyncio.gather(*appends)
+        size = sum(len(fragment) for fragment, _count in fragments.values())
+        await self._budget.acquire(size)
+        try:
+            await self._spools.wait_for_space()
+            appends = []
+            for tenant, (fragment, _count) in fragments.items():
+                spool = await self._spools.get(tenant)
+                if spool.bytes_used + len(fragment) > spool.max_bytes:
+                    self._metrics.backpressure_waits.labels(tenant).inc()
+                appends.append(spool.append([fragment]))
+            await asyncio.gather(*appends)
+        finally:
+            self._budget.release(size)
         return sum(count for _fragment, count in fragments.values())
+
+
+class ByteBudget:
+    """At most ``limit`` bytes held at once across all connections, granted in FIFO order
+    (one holder may exceed it alone, so an oversized batch cannot wait forever)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, size: int) -> bool:
+        return self.held == 0 or self.held + size <= self.limit
+
+    async def acquire(self, size: int) -> None:
+        if not self._waiters and self._fits(size):
+            self.held += size
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((size, future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(size)  # granted just as we were cancelled: give it back
+            raise
+
+    def release(self, size: int) -> None:
+        self.held -= size
+        while self._waiters:
+            wanted, future = self._waiters[0]
+            if future.done():
+                self._waiters.popleft()
+                continue
+            if not self._fits(wanted):
+                break
+            self._waiters.popleft()
+            self.held += wanted
+            future.set_result(None)

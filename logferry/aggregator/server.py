@@ -230,15 +230,19 @@ class ForwardServer:
                 raise ProtocolError("PING outside the handshake")
             events.append(message)
         self._metrics.bytes_in.inc(sum(m.wire_bytes for m in events))
-        accepts = []
+        # Render now, while the decoded records are at hand; only the compact fragments wait
+        # for the spool, so memory in flight is bytes, not Python objects.
+        stores = []
         for event in events:
             conn.messages += 1
             receipt = Receipt(self._ingest.instance, conn.serial, conn.messages)
-            accepts.append(self._ingest.accept(event, receipt))
-        durable = asyncio.ensure_future(asyncio.gather(*accepts))
+            stores.append(self._ingest.store(self._ingest.render(event, receipt)))
+        durable = asyncio.ensure_future(asyncio.gather(*stores))
         # If the connection dies first, nobody awaits this: keep its error from being "lost".
         durable.add_done_callback(_consume_error)
         acks = [ack for m in events if (ack := m.encode_ack()) is not None]
+        del events
+        messages.clear()  # the caller's list too: decoded records are garbage from here
         conn.inflight += 1
         conn.idle.clear()
         await queue.put(_Batch(durable, acks, received))

@@ -43,5 +43,13 @@ def derived_record_id(tag: str, position: str, time_ns: int, record: dict[str, A
     """
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{tag}\x00{position}\x00{time_ns}\x00".encode())
-    digest.update(orjson.dumps(record, option=orjson.OPT_SORT_KEYS, default=repr))
+    try:
+        body = orjson.dumps(
+            record, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=repr
+        )
+    except TypeError:
+        # Keys JSON cannot sort (bytes, mixed types): repr is as deterministic for a resend,
+        # which carries the same record with the same key order.
+        body = repr(record).encode()
+    digest.update(body)
     return "h" + digest.hexdigest()
