@@ -97,7 +97,7 @@ def test_odd_records_are_written_not_dropped() -> None:
     (_, first), (_, second) = docs(out["a"][0])
     assert first["log"] == "raw \ufffd bytes"
     assert second["5"] == "int key"
-    assert second["b'k'"] == "bytes key"
+    assert "bytes key" in second.values()  # a bytes key is kept (base64), never a lost record
 
 
 def test_filters_see_only_their_tenant_and_discards_are_counted() -> None:
