@@ -353,6 +353,76 @@ def test_invalid_utf8_in_a_record_is_replaced_by_default_or_refused_when_strict(
         ServerDecoder(unicode_errors="strict").feed(wire)
 
 
+def test_invalid_utf8_in_packed_entries_is_replaced_by_default_or_refused_when_strict() -> None:
+    packed = b"\x92\x01\x81\xa3log\xa3a\xffb" + pack_entries([(2, {"log": "ok"})])
+    for wire in (
+        encode_packed_forward("t", packed, 2),
+        encode_compressed_packed_forward("t", packed, 2),
+    ):
+        assert decode_one(wire).entries == [(1, {"log": "a\ufffdb"}), (2, {"log": "ok"})]
+        with pytest.raises(MalformedMessageError):
+            ServerDecoder(unicode_errors="strict").feed(wire)
+
+
+# Records outside the fast decoder's schema (bin, ext, bytes keys, deep nesting) and times it
+# does not take directly (int, float, ext 0 of the wrong length) must decode as before.
+UNUSUAL_ENTRIES: list[Entry] = [
+    (EventTime(T0, 1), {"log": "plain"}),
+    (T0, {"b": b"\x00\xff"}),
+    (EventTime(T0, 2), {"t": EventTime(T0, 3), "x": msgpack.ExtType(5, b"ab")}),
+    (EventTime(T0, 4), {b"k": 1, "k": [b"v"]}),  # type: ignore[dict-item]
+    (EventTime(T0, 5), {"deep": [[[[[[[[[[[[{"k": True}]]]]]]]]]]]]}),
+    (
+        EventTime(T0, 6),
+        {"n": -(2**63), "u": 2**64 - 1, "f": 1.5, "z": None, "s": "\u00e9\U0001f600"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "size",
+    [None, 6, 5, 7, 2, 0, -1, 2**32 - 1, "6", 6.0, True],
+    ids=lambda size: repr(size),
+)
+def test_packed_entries_decode_the_same_whatever_the_size_option(size: Any) -> None:
+    # option.size is trusted as the entry count only when it is right: a wrong one (some
+    # clients send a byte size) costs time, never a different result.
+    packed = pack_entries(UNUSUAL_ENTRIES)
+    wire = msgpack.packb(["t", packed, {"size": size}])
+    msg = decode_one(wire)
+    assert repr(msg.entries) == repr(UNUSUAL_ENTRIES)  # repr: bool is not int, bytes not str
+    assert repr(decode_one(encode_compressed_packed_forward("t", packed, 6)).entries) == repr(
+        UNUSUAL_ENTRIES
+    )
+    assert repr(decode_entries(packed)) == repr(UNUSUAL_ENTRIES)
+
+
+def test_float_and_int_times_in_packed_entries_are_normalised_as_in_other_modes() -> None:
+    packed = msgpack.packb([1.25, {}]) + msgpack.packb([7, {"a": 1}])
+    assert decode_entries(packed) == [(EventTime(1, 250_000_000), {}), (7, {"a": 1})]
+    assert [type(t) for t, _ in decode_entries(packed)] == [EventTime, int]
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        pytest.param(b"\x92\x01\x81\xa1k\x81\x01\x02", id="nested int key"),
+        pytest.param(b"\x92\x01\x81\xa1k\x81\x91\x01\x02", id="nested array key"),
+        pytest.param(b"\x92\x01\x81\xa1k\x81\xc0\x02", id="nested nil key"),
+        pytest.param(b"\x92\x81\x01\x02\x80", id="time is a map"),
+        pytest.param(b"\x92" + b"\x91" * 100_000 + b"\x01\x80", id="deep time"),
+        pytest.param(b"\x92\x01" + b"\x81\xa1k" * 100_000 + b"\xc0", id="deep record"),
+        pytest.param(b"\x92\xd7\x00" + b"\x00\x00\x00\x01\x3b\x9a\xca\x00" + b"\x80", id="ns 1e9"),
+        pytest.param(b"\x92\xd7\xff" + b"\x00" * 8 + b"\x80", id="timestamp ext"),
+        pytest.param(b"\x92\x01\x80\x92\x01", id="partial entry"),
+    ],
+)
+def test_bad_packed_entries_are_malformed_whatever_the_size(blob: bytes) -> None:
+    for size in (None, 1, 2):
+        with pytest.raises(MalformedMessageError):
+            ServerDecoder().feed(msgpack.packb(["t", blob, {"size": size}]))
+
+
 # ------------------------------------------------------------------------------------ limits
 
 
@@ -433,6 +503,27 @@ def test_nested_container_headers_do_not_allocate(header: bytes) -> None:
     assert peak < 4 << 20
     with pytest.raises(ProtocolError):  # deeper than msgpack's stack, or over the byte limit
         d.feed(header * 20_000)
+
+
+@pytest.mark.parametrize(
+    "header", [b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff", b"\xdb\xff\xff\xff\xff"]
+)
+@pytest.mark.parametrize("size", [None, 1, 1000, 2**32 - 1])
+def test_declared_container_sizes_in_complete_entries_do_not_allocate(
+    header: bytes, size: int | None
+) -> None:
+    # A complete message whose entries declare 4G-element containers (or a 4G size option):
+    # refused with memory bounded by the input, never by what the headers declare.
+    entry = b"\x92\x01\x81\xa1k" + header + b"\xc0" * 1000
+    wire = msgpack.packb(["t", entry * 100, {"size": size}])
+    tracemalloc.start()
+    try:
+        with pytest.raises(MalformedMessageError):
+            ServerDecoder().feed(wire)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
 
 
 def test_deep_nesting_in_a_complete_message_is_malformed() -> None:

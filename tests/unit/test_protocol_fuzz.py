@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import msgpack
 import pytest
@@ -34,6 +35,7 @@ from logferry.common.protocol import (
     encode_packed_forward,
     pack_entries,
 )
+from logferry.common.protocol_decode import _decode_entries, _decode_entries_msgpack
 
 DOCUMENTED = (MalformedMessageError, MessageTooLargeError, TooManyEntriesError)
 LIMITS = {"max_message_bytes": 8192, "max_entries": 64, "max_decompressed_bytes": 16384}
@@ -152,3 +154,79 @@ def test_an_endless_string_is_refused_at_the_limit() -> None:
     fed, exc = feed_until_refused(ServerDecoder(max_message_bytes=limit), endless)
     assert isinstance(exc, MessageTooLargeError)
     assert fed <= limit + 4096
+
+
+_PLAIN = (
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=8)
+)
+_ODD = (
+    st.binary(max_size=8)
+    | st.builds(EventTime, st.integers(0, 2**32 - 1), st.integers(0, 10**9 - 1))
+    | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=9))
+)
+_KEYS = st.text(max_size=4) | st.sampled_from([b"k", 1, -1, None, 1.5, True])
+# Records the fast path takes (str keys, no bin or ext), and records it leaves to msgpack.
+_PLAIN_VALUES = st.recursive(
+    _PLAIN,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+_ODD_VALUES = st.recursive(
+    _PLAIN | _ODD,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(_KEYS, children, max_size=3),
+    max_leaves=10,
+)
+_TIMES = (
+    st.builds(EventTime, st.integers(0, 2**32 - 1), st.integers(0, 10**9 - 1))
+    | st.integers(0, 2**32 - 1)
+    | st.floats(0, 2**32)
+    | _PLAIN
+    | _ODD
+)
+_RAW_ENTRIES = st.lists(
+    st.tuples(_TIMES, st.dictionaries(st.text(max_size=4), _PLAIN_VALUES, max_size=4))
+    | st.tuples(_TIMES, st.dictionaries(_KEYS, _ODD_VALUES, max_size=4))
+    | _ODD_VALUES,
+    max_size=5,
+)
+
+
+@st.composite
+def entry_streams(draw: st.DrawFn) -> bytes:
+    """Packed entries with odd times, keys and values, then a few byte-level mutations."""
+    packer = msgpack.Packer(use_bin_type=True, strict_types=False)
+    data = bytearray(b"".join(packer.pack(e) for e in draw(_RAW_ENTRIES)))
+    for _ in range(draw(st.sampled_from([0, 0, 1, 2]))):
+        pos = draw(st.integers(0, len(data)))
+        op = draw(st.sampled_from(["flip", "truncate", "insert"]))
+        if op == "flip" and pos < len(data):
+            data[pos] ^= 1 << draw(st.integers(0, 7))
+        elif op == "truncate":
+            del data[pos:]
+        else:
+            data[pos:pos] = draw(st.sampled_from([b"\xff", b"\xed\xa0\x80", b"\xc0", b"\xc1"]))
+    return bytes(data)
+
+
+@FUZZ
+@given(
+    entry_streams(),
+    st.none() | st.integers(-1, 8) | st.just(2**32 - 1),
+    st.sampled_from(["replace", "strict", "surrogateescape"]),
+)
+def test_entry_decoding_agrees_with_the_msgpack_path(
+    packed: bytes, size: int | None, unicode_errors: Any
+) -> None:
+    # The fast path must return exactly what the reference decoder returns (repr: True is not
+    # 1, b"x" is not "x"), or raise the same documented error.
+    def run(decode: Callable[[], object]) -> str:
+        try:
+            return repr(decode())
+        except DOCUMENTED as exc:
+            return type(exc).__name__
+
+    fast = run(lambda: _decode_entries(packed, size, 5, unicode_errors))
+    reference = run(lambda: _decode_entries_msgpack(packed, 5, unicode_errors))
+    assert fast == reference
