@@ -182,6 +182,9 @@ class BulkOutput:
         self._client: BulkClient | None = None
         # Held only while a request is on the wire: shared by every tenant.
         self._slots = asyncio.Semaphore(settings.max_in_flight)
+        # Batches held in memory by all tenants together: memory is bounded by this times
+        # batch_max_bytes, however many tenants have a backlog.
+        self._held = asyncio.Semaphore(settings.max_in_flight + 2)
 
     async def start(self) -> None:
         """Open the HTTP session (credentials files are read here)."""
@@ -216,6 +219,7 @@ class BulkOutput:
             # small while it waits, and the store sees one probe instead of a burst.
             concurrency=lambda: 1 if retry.failures else in_flight,
             handle=handle,
+            slots=self._held,
         )
 
     async def _settle_batch(

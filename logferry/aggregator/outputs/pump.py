@@ -56,19 +56,24 @@ async def pump(
     max_bytes: int,
     concurrency: int | Callable[[], int],
     handle: BatchHandler,
+    slots: asyncio.Semaphore | None = None,
 ) -> None:
     """Feed ``spool``'s batches to ``handle`` until ``stop``; see the module docstring.
 
-    ``concurrency`` may be a callable, asked before each read (an output in backoff keeps
-    one batch in hand instead of several). A handler that raises takes the pump down: the
-    others are cancelled and the error propagates to the task that owns the drain, which logs
-    it loudly.
+    ``slots``, shared by every tenant's pump, caps the batches held in memory by the whole
+    output, so memory does not grow with the number of tenants (a tenant holds a slot from
+    reading a batch until it is settled). ``concurrency`` may be a callable, asked before
+    each read (an output in backoff keeps one batch in hand instead of several). A handler
+    that raises takes the pump down: the others are cancelled and the error propagates to the
+    task that owns the drain, which logs it loudly.
     """
     tasks: set[asyncio.Task[None]] = set()
     failures: list[BaseException] = []
 
     def done(task: asyncio.Task[None]) -> None:
         tasks.discard(task)
+        if slots is not None:
+            slots.release()
         if not task.cancelled() and task.exception() is not None:
             failures.append(task.exception())  # type: ignore[arg-type]
 
@@ -78,7 +83,11 @@ async def pump(
             if len(tasks) >= max(1, limit):
                 await _first_of(tasks, stop)
                 continue
+            if slots is not None and not await _acquire_or_stop(slots, stop):
+                continue
             batch = await read_or_stop(spool, stop, max_records=max_records, max_bytes=max_bytes)
+            if batch is None and slots is not None:
+                slots.release()
             if batch is None:
                 if not stop.is_set():  # the spool closed under us: nothing more to drain
                     break
@@ -107,3 +116,22 @@ async def _first_of(tasks: set[asyncio.Task[None]], stop: asyncio.Event) -> None
     finally:
         stopped.cancel()
         await asyncio.gather(stopped, return_exceptions=True)
+
+
+async def _acquire_or_stop(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
+    """Take a slot; False if ``stop`` came first (nothing held then)."""
+    acquire = asyncio.ensure_future(slots.acquire())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({acquire, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not acquire.done():
+            acquire.cancel()
+        await asyncio.gather(acquire, stopped, return_exceptions=True)
+    if acquire.cancelled():
+        return False
+    if stop.is_set():
+        slots.release()
+        return False
+    return True
