@@ -175,8 +175,9 @@ async def test_413_splits_the_request_and_a_single_oversize_document_is_dead_let
         finally:
             await output.close()
     ids = [f"logs-a-{n}" for n in range(8)]
-    # halves until each part fits; the oversize document ends alone and is refused
-    assert store.requests == [ids, ids[:4], ids[4:], ids[4:6], ids[4:5], ids[5:6], ids[6:]]
+    # the batch as it stands (fast path), then halves until each part fits; the oversize
+    # document ends alone and is refused
+    assert store.requests == [ids, ids, ids[:4], ids[4:], ids[4:6], ids[4:5], ids[5:6], ids[6:]]
     entries = dlq.scan().entries
     assert [(e.doc_id, e.status) for e in entries] == [("logs-a-5", 413)]
     assert sample(metrics, "logferry_records_out_total", tenant="a") == 7
@@ -299,3 +300,35 @@ async def test_requests_rotate_over_urls_and_skip_a_dead_one(tmp_path: Path) -> 
     assert sample(metrics, "logferry_bulk_requests_total", status="connection_error") >= 1
     assert sample(metrics, "logferry_records_out_total", tenant="a") == 30
     assert sorted(i for r in store.requests for i in r) == sorted(f"logs-a-{n}" for n in range(30))
+
+
+async def test_a_partial_failure_of_the_whole_batch_resends_only_its_failed_items(
+    tmp_path: Path,
+) -> None:
+    flaky = {"logs-a-2", "logs-a-8"}
+    seen: set[str] = set()
+
+    def respond(_: int, docs: list[Any]) -> Any:
+        answer = []
+        for action, _source in docs:
+            doc_id = action["create"]["_id"]
+            first_time = doc_id in flaky and doc_id not in seen
+            seen.add(doc_id)
+            answer.append((503, "unavailable_shards_exception") if first_time else (201, ""))
+        return answer
+
+    metrics = AggregatorMetrics()
+    spool = await open_spool(tmp_path / "spool")
+    await fill(spool, make_docs("logs-a", 10), per_fragment=5)
+    async with fake_store(respond) as store:
+        output = BulkOutput(settings(store.url), metrics, DeadLetterQueue(tmp_path / "dlq"))
+        await output.start()
+        try:
+            await drain_until(output, "a", spool, lambda: spool.records_pending == 0)
+        finally:
+            await output.close()
+    assert store.requests == [[f"logs-a-{n}" for n in range(10)], sorted(flaky)]
+    assert sample(metrics, "logferry_records_out_total", tenant="a") == 10
+    assert sample(metrics, "logferry_output_retries_total", tenant="a") == 2
+    assert sample(metrics, "logferry_duplicates_total", tenant="a") == 0
+    await spool.close()

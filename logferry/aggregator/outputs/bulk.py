@@ -219,7 +219,11 @@ class BulkClient:
         Raises :class:`RequestTooLargeError` on 413 and :class:`BulkRequestError` when the
         request failed as a whole.
         """
-        body = render_body(documents)
+        return await self.send_body(render_body(documents), len(documents))
+
+    async def send_body(self, body: bytes, count: int) -> BulkResult:
+        """Like :meth:`send`, for a ready NDJSON body of ``count`` documents (spool fragments
+        joined as they are: no per-document work on the way out)."""
         if self.settings.gzip:
             if len(body) > _GZIP_IN_THREAD_BYTES:
                 body = await asyncio.to_thread(gzip.compress, body, 1)
@@ -250,7 +254,7 @@ class BulkClient:
             ) from exc
         if status == 413:
             raise RequestTooLargeError(
-                f"HTTP 413 for {len(documents)} documents", status="413", endpoint=endpoint
+                f"HTTP 413 for {count} documents", status="413", endpoint=endpoint
             )
         if status != 200:
             # Whole-request failures never dead-letter records: 401/403 is a credentials
@@ -271,7 +275,7 @@ class BulkClient:
                 "bulk response is not an object", status="bad_response", endpoint=endpoint
             )
         try:
-            return settle(len(documents), response_json)
+            return settle(count, response_json)
         except OutputError as exc:
             raise BulkRequestError(str(exc), status="bad_response", endpoint=endpoint) from exc
 

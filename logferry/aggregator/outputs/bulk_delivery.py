@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from logferry.aggregator.dlq import DeadLetter, DeadLetterQueue
-from logferry.aggregator.documents import Document, split_fragment
+from logferry.aggregator.documents import Document, count_documents, split_fragment
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.outputs.bulk import (
     BulkClient,
     BulkOutputSettings,
     BulkRequestError,
+    BulkResult,
     RequestTooLargeError,
     backoff_delay,
 )
@@ -164,6 +165,38 @@ class BulkDelivery:
         again.sort()  # keep the spool's order within a batch when resending
         return again
 
+    async def try_whole(self, body: bytes, count: int) -> BulkResult | None:
+        """One attempt to deliver a ready body of ``count`` documents, without splitting it.
+
+        Returns the per-item result (delivered ones are counted here), or None when the
+        request failed as a whole; either way the caller hands what is left to :meth:`deliver`.
+        """
+        try:
+            async with self._slots:
+                result = await self._client.send_body(body, count)
+        except BulkRequestError as exc:
+            self._count_request(exc.status)
+            if self._metrics is not None and not isinstance(exc, RequestTooLargeError):
+                # All of them go out again (a 413 is split instead: not a retry).
+                self._metrics.retries.labels(tenant=self._tenant).inc(count)
+            return None
+        self._count_request(str(result.status))
+        if self._metrics is not None:
+            self._metrics.records_out.labels(tenant=self._tenant).inc(result.delivered)
+            self._metrics.duplicates.labels(tenant=self._tenant).inc(result.duplicates)
+            if not result.retry and not result.rejected:
+                self._metrics.bytes_out.labels(tenant=self._tenant).inc(len(body))
+            if result.retry:
+                self._metrics.retries.labels(tenant=self._tenant).inc(len(result.retry))
+        if not result.retry and not result.rejected:
+            self._retry.failures = 0
+        return result
+
+    @property
+    def retry_failures(self) -> int:
+        """Consecutive failed rounds of this tenant (0 when healthy)."""
+        return self._retry.failures
+
     def _count_request(self, status: str) -> None:
         if self._metrics is not None:
             self._metrics.bulk_requests.labels(status=status).inc()
@@ -227,7 +260,31 @@ class BulkOutput:
     ) -> None:
         documents: list[Document] = []
         letters: list[DeadLetter] = []
-        for fragment in batch.records:
+        refused: list[tuple[Document, Refusal]] = []
+        # Fast path: fragments already are _bulk NDJSON, so a group of them is a request body
+        # as it stands. Only what does not settle at once is split into documents, and of a
+        # partial failure only the failed items go on (refused ones to the DLQ, the rest to
+        # the per-document path that retries them with backoff).
+        slow: list[bytes] = []
+        for group, count in _groups(batch.records, self.settings.batch_max_records):
+            fast = count <= self.settings.batch_max_records and not self._retrying(delivery)
+            result = await delivery.try_whole(b"".join(group), count) if fast else None
+            if result is None:
+                slow.extend(group)
+                continue
+            if not result.retry and not result.rejected:
+                continue
+            try:
+                group_docs = [doc for fragment in group for doc in split_fragment(fragment)]
+            except ValueError:
+                slow.extend(group)  # cannot map items to documents: the slow path sorts it out
+                continue
+            documents.extend(group_docs[position] for position in result.retry)
+            refused.extend(
+                (group_docs[r.position], Refusal(r.position, r.status, r.reason, r.kind))
+                for r in result.rejected
+            )
+        for fragment in slow:
             try:
                 documents.extend(split_fragment(fragment))
             except ValueError:  # never rendered by us: keep it for an operator, do not loop
@@ -235,28 +292,33 @@ class BulkOutput:
                     DeadLetter(tenant, "", "", 0, "malformed_fragment: odd line count", fragment)
                 )
                 self._metrics.dlq_records.labels(tenant=tenant, reason="malformed_fragment").inc()
-        settlement = await delivery.deliver(documents)
-        for refusal in settlement.refused:
-            doc = documents[refusal.position]
+        settlement = await delivery.deliver(documents) if documents else Settlement()
+        refused.extend((documents[r.position], r) for r in settlement.refused)
+        for doc, refusal in refused:
             letters.append(
                 DeadLetter(
                     tenant, doc.index, doc.doc_id, refusal.status, refusal.reason, doc.source
                 )
             )
             self._metrics.dlq_records.labels(tenant=tenant, reason=refusal.kind).inc()
-        if settlement.refused:
-            first = settlement.refused[0]
+        if refused:
+            first_doc, first = refused[0]
             log.warning(  # one line per batch; every document is in the DLQ with its reason
                 "bulk.documents_rejected",
                 tenant=tenant,
-                count=len(settlement.refused),
-                first_index=documents[first.position].index,
-                first_doc_id=documents[first.position].doc_id,
+                count=len(refused),
+                first_index=first_doc.index,
+                first_doc_id=first_doc.doc_id,
                 first_status=first.status,
                 first_reason=first.reason,
             )
         await self._dead_letter(tenant, letters)
         spool.commit(batch)
+
+    @staticmethod
+    def _retrying(delivery: BulkDelivery) -> bool:
+        # A tenant in backoff goes straight to the per-document path, which owns the backoff.
+        return delivery.retry_failures > 0
 
     async def _dead_letter(self, tenant: str, letters: list[DeadLetter]) -> None:
         """Write ``letters`` durably, retrying with backoff: the batch waits, uncommitted."""
@@ -277,3 +339,21 @@ class BulkOutput:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def _groups(fragments: list[bytes], max_documents: int) -> list[tuple[list[bytes], int]]:
+    """Consecutive fragments gathered into groups of at most ``max_documents`` documents (a
+    single larger fragment forms a group of its own)."""
+    groups: list[tuple[list[bytes], int]] = []
+    current: list[bytes] = []
+    count = 0
+    for fragment in fragments:
+        n = count_documents(fragment)
+        if current and count + n > max_documents:
+            groups.append((current, count))
+            current, count = [], 0
+        current.append(fragment)
+        count += n
+    if current:
+        groups.append((current, count))
+    return groups
