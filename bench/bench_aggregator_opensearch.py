@@ -34,6 +34,7 @@ import gzip
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -284,6 +285,8 @@ async def run_aggregator(
     try:
         assert daemon.proc is not None
         pid = daemon.proc.pid
+        if PIN["client"] is not None:
+            pin(pid, PIN["client"])
         port = int(daemon.config["input"]["listen_port"])
         cpu0 = proc_cpu_s(pid)
         t0 = time.perf_counter()
@@ -425,13 +428,30 @@ async def bench(url: str, node_pid: int, args: argparse.Namespace, workdir: Path
         )
 
 
+PIN: dict[str, int | None] = {"client": None, "store": None}
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Move every thread of ``pid`` to ``cpu`` (taskset -a: a JVM has many threads)."""
+    subprocess.run(["taskset", "-a", "-cp", str(cpu), str(pid)], check=True, capture_output=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=500_000, help="documents per run")
     parser.add_argument("--rounds", type=int, default=3, help="loader + aggregator pairs")
     parser.add_argument("--window", type=int, default=4, help="chunks in flight per sender")
     parser.add_argument("--timeout-s", type=float, default=900.0, help="give up on a run")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin OpenSearch to CPU 1 and the clients (loader or aggregator, and this "
+        "script) to CPU 0; pinning stands in for the store having a machine of its own",
+    )
     args = parser.parse_args()
+    if not args.no_pin and (os.cpu_count() or 1) >= 2:
+        PIN.update(client=0, store=1)
+        os.sched_setaffinity(0, {0})
     (REPO / ".cache").mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="lf-bench-os-", dir=str(REPO / ".cache")))
     node = OpenSearchNode()
@@ -439,6 +459,9 @@ def main() -> None:
         node.start()
         print(f"opensearch: {node.url}, healthy after {node.startup_s:.1f}s")
         assert node.pid is not None
+        if PIN["store"] is not None:
+            pin(node.pid, PIN["store"])
+            print("pinned: OpenSearch on CPU 1; loader, aggregator and senders on CPU 0")
         asyncio.run(bench(node.url, node.pid, args, workdir))
     finally:
         node.stop()
