@@ -165,30 +165,48 @@ class BulkDelivery:
         again.sort()  # keep the spool's order within a batch when resending
         return again
 
-    async def try_whole(self, body: bytes, count: int) -> BulkResult | None:
-        """One attempt to deliver a ready body of ``count`` documents, without splitting it.
+    async def deliver_whole(self, parts: list[bytes], count: int) -> BulkResult | None:
+        """Deliver ready NDJSON parts holding ``count`` documents without splitting them.
 
-        Returns the per-item result (delivered ones are counted here), or None when the
-        request failed as a whole; either way the caller hands what is left to :meth:`deliver`.
+        A request that fails as a whole is retried with backoff, as it stands. Returns the
+        per-item result once the store answered (delivered ones are counted here); the caller
+        handles items to retry or refuse. None means the store said 413: the caller splits.
         """
-        try:
-            async with self._slots:
-                result = await self._client.send_body(body, count)
-        except BulkRequestError as exc:
-            self._count_request(exc.status)
-            if self._metrics is not None and not isinstance(exc, RequestTooLargeError):
-                # All of them go out again (a 413 is split instead: not a retry).
-                self._metrics.retries.labels(tenant=self._tenant).inc(count)
-            return None
+        while True:
+            try:
+                async with self._slots:
+                    result = await self._client.send_body(parts, count)
+            except RequestTooLargeError as exc:
+                self._count_request(exc.status)
+                return None
+            except BulkRequestError as exc:
+                self._count_request(exc.status)
+                log.warning(
+                    "bulk.request_failed",
+                    tenant=self._tenant,
+                    endpoint=exc.endpoint,
+                    status=exc.status,
+                    documents=count,
+                    attempt=self._retry.failures,
+                    error=str(exc),
+                )
+                if self._metrics is not None:
+                    self._metrics.retries.labels(tenant=self._tenant).inc(count)
+                delay = backoff_delay(self._retry.failures, self._initial_s, self._max_s)
+                self._retry.failures += 1
+                await asyncio.sleep(delay)
+                continue
+            break
         self._count_request(str(result.status))
+        clean = not result.retry and not result.rejected
         if self._metrics is not None:
             self._metrics.records_out.labels(tenant=self._tenant).inc(result.delivered)
             self._metrics.duplicates.labels(tenant=self._tenant).inc(result.duplicates)
-            if not result.retry and not result.rejected:
-                self._metrics.bytes_out.labels(tenant=self._tenant).inc(len(body))
+            if clean:
+                self._metrics.bytes_out.labels(tenant=self._tenant).inc(sum(map(len, parts)))
             if result.retry:
                 self._metrics.retries.labels(tenant=self._tenant).inc(len(result.retry))
-        if not result.retry and not result.rejected:
+        if clean:
             self._retry.failures = 0
         return result
 
@@ -267,8 +285,8 @@ class BulkOutput:
         # the per-document path that retries them with backoff).
         slow: list[bytes] = []
         for group, count in _groups(batch.records, self.settings.batch_max_records):
-            fast = count <= self.settings.batch_max_records and not self._retrying(delivery)
-            result = await delivery.try_whole(b"".join(group), count) if fast else None
+            fast = count <= self.settings.batch_max_records
+            result = await delivery.deliver_whole(group, count) if fast else None
             if result is None:
                 slow.extend(group)
                 continue
@@ -314,11 +332,6 @@ class BulkOutput:
             )
         await self._dead_letter(tenant, letters)
         spool.commit(batch)
-
-    @staticmethod
-    def _retrying(delivery: BulkDelivery) -> bool:
-        # A tenant in backoff goes straight to the per-document path, which owns the backoff.
-        return delivery.retry_failures > 0
 
     async def _dead_letter(self, tenant: str, letters: list[DeadLetter]) -> None:
         """Write ``letters`` durably, retrying with backoff: the batch waits, uncommitted."""
