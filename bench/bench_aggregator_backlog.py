@@ -196,7 +196,6 @@ def aggregator(workdir: Path, spool_max: str) -> DaemonProcess:
                 "directory": str(workdir / "spool"),
                 "max_bytes": spool_max,
                 "tenant_max_bytes": spool_max,
-                "segment_max_bytes": "64MiB",
             },
             "dlq": {"directory": str(workdir / "dlq")},
             "output": {

@@ -62,7 +62,7 @@ class BulkOutputSettings(ConfigModel):
     """Verify the store's certificate (turn off only for a throwaway test cluster)."""
     batch_max_records: int = Field(default=5000, ge=1, le=100_000)
     """Most documents in one request."""
-    batch_max_bytes: ByteSize = Field(default=8 * MiB, ge=1024)
+    batch_max_bytes: ByteSize = Field(default=4 * MiB, ge=1024)
     """Most uncompressed fragment bytes read into one request (one fragment larger than this
     is sent alone)."""
     gzip: bool = True
