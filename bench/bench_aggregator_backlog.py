@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from process_stats import report  # noqa: E402
+from process_stats import proc_cpu_s, report  # noqa: E402
 
 from logferry.aggregator.filters import FilterChain  # noqa: E402
 from logferry.aggregator.ingest import Ingest, Receipt  # noqa: E402
@@ -65,13 +65,6 @@ def proc_status_kb(pid: int, key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     return 0
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
 
 
 def disk_bytes(path: Path) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import sys
 import tempfile
@@ -23,26 +22,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from process_stats import report  # noqa: E402
+from process_stats import proc_cpu_s, proc_peak_rss_mb, report  # noqa: E402
 
 from tests.support.daemon import DaemonProcess  # noqa: E402
 from tests.support.forward_client import ForwardClient  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.records import compressed_chunk, container_entries  # noqa: E402
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def proc_peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def sender(port: int, chunks: list[bytes], ids: list[str], window: int) -> int:

@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from opensearchctl import OpenSearchNode  # noqa: E402
-from process_stats import report  # noqa: E402
+from process_stats import proc_cpu_s, proc_peak_rss_mb, report  # noqa: E402
 
 from logferry.aggregator.filters import FilterChain  # noqa: E402
 from logferry.aggregator.ingest import Ingest, Receipt  # noqa: E402
@@ -214,21 +214,6 @@ async def run_loader(url: str, bodies: list[bytes]) -> tuple[float, dict[str, in
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
         return time.perf_counter() - t0, stats
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def proc_peak_rss_mb(pid: int) -> float:
-    """Peak resident set size (VmHWM) of a process, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def sender(port: int, chunks: list[tuple[str, bytes]], window: int) -> None:

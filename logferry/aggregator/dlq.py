@@ -42,6 +42,7 @@ from pydantic import Field, model_validator
 from logferry.common.config import ConfigModel
 from logferry.common.errors import OutputError
 from logferry.common.logs import get_logger
+from logferry.common.spool_segment import fsync_dir
 from logferry.common.units import ByteSize
 
 log = get_logger(__name__)
@@ -316,7 +317,7 @@ class DeadLetterQueue:
         else:
             tmp.unlink()
             path.unlink()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return removed
 
     # ----------------------------------------------------------------- helpers
@@ -384,12 +385,4 @@ def _append_file(path: Path, data: bytes, size: int, *, new: bool) -> None:
     finally:
         os.close(fd)
     if new:
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(path.parent)

@@ -192,7 +192,7 @@ def parse_segment_name(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
     """fsync a directory so that a created, renamed or removed entry is durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:

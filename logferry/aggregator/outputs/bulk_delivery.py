@@ -137,16 +137,7 @@ class BulkDelivery:
                     groups.extendleft([group[middle:], group[:middle]])
                 continue
             except BulkRequestError as exc:
-                self._count_request(exc.status)
-                log.warning(
-                    "bulk.request_failed",
-                    tenant=self._tenant,
-                    endpoint=exc.endpoint,
-                    status=exc.status,
-                    documents=len(group),
-                    attempt=self._retry.failures,
-                    error=str(exc),
-                )
+                self._request_failed(exc, len(group))
                 again.extend(group)
                 continue
             self._count_request(str(result.status))
@@ -180,16 +171,7 @@ class BulkDelivery:
                 self._count_request(exc.status)
                 return None
             except BulkRequestError as exc:
-                self._count_request(exc.status)
-                log.warning(
-                    "bulk.request_failed",
-                    tenant=self._tenant,
-                    endpoint=exc.endpoint,
-                    status=exc.status,
-                    documents=count,
-                    attempt=self._retry.failures,
-                    error=str(exc),
-                )
+                self._request_failed(exc, count)
                 if self._metrics is not None:
                     self._metrics.retries.labels(tenant=self._tenant).inc(count)
                 delay = backoff_delay(self._retry.failures, self._initial_s, self._max_s)
@@ -214,6 +196,19 @@ class BulkDelivery:
     def retry_failures(self) -> int:
         """Consecutive failed rounds of this tenant (0 when healthy)."""
         return self._retry.failures
+
+    def _request_failed(self, exc: BulkRequestError, documents: int) -> None:
+        """Count and log a request that failed as a whole (its documents go out again)."""
+        self._count_request(exc.status)
+        log.warning(
+            "bulk.request_failed",
+            tenant=self._tenant,
+            endpoint=exc.endpoint,
+            status=exc.status,
+            documents=documents,
+            attempt=self._retry.failures,
+            error=str(exc),
+        )
 
     def _count_request(self, status: str) -> None:
         if self._metrics is not None:

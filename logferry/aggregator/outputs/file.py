@@ -31,6 +31,7 @@ from logferry.common.config import ConfigModel
 from logferry.common.errors import OutputError
 from logferry.common.logs import get_logger
 from logferry.common.spool import Spool, SpoolBatch
+from logferry.common.spool_segment import fsync_dir
 from logferry.common.units import ByteSize
 
 log = get_logger(__name__)
@@ -231,7 +232,7 @@ def _append_durably(path: Path, data: bytes) -> None:
     created_dir = not path.parent.exists()
     if created_dir:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _fsync_dir(path.parent.parent)
+        fsync_dir(path.parent.parent)
     existed = path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
@@ -247,12 +248,4 @@ def _append_durably(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     if not existed:
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(path.parent)
