@@ -177,3 +177,45 @@ async def test_without_a_store_records_go_to_ndjson_files(
     assert sorted(d["_lf"]["seq"] for d in docs) == list(range(120))
     assert all(f.parent.name.startswith("logs-files-") for f in out_dir.rglob("*.ndjson"))
     await agg.stop()
+
+
+async def test_tenant_filters_apply_to_their_tenant_only(
+    opensearch: Any, make_aggregator: MakeAggregator
+) -> None:
+    agg = make_aggregator(
+        opensearch.url,
+        tenants={
+            "filt-a": {
+                "filters": [
+                    {
+                        "type": "grep",
+                        "field": "log",
+                        "regex": "line [0-9]*[05] ",
+                        "mode": "exclude",
+                    },
+                    {"type": "parse_json", "field": "log"},
+                    {"type": "add", "fields": {"team": "alpha"}},
+                ]
+            }
+        },
+    )
+    await agg.start()
+    a = container_entries("filt-a", 100)
+    b = container_entries("filt-b", 100)
+    a[1][1]["log"] = '{"level": "warn", "msg": "line 1 as json"}'
+    async with ForwardClient("127.0.0.1", input_port(agg)) as client:
+        await client.send(compressed_chunk(a + b, "mixed-1"))
+        await client.wait_ack("mixed-1")
+    store = StoreReader(opensearch.url)
+    await wait_count(store, "logs-filt-b-*", 100)
+    await wait_count(store, "logs-filt-a-*", 80)
+    assert await store.count("logs-filt-a-*") == 80  # lines ending in 0 or 5 excluded
+    hits = await store.search("logs-filt-a-*")
+    assert all(h["_source"]["team"] == "alpha" for h in hits)
+    parsed = [h["_source"] for h in hits if h["_source"]["_lf"]["seq"] == 1]
+    assert parsed[0]["level"] == "warn"
+    assert parsed[0]["log"].startswith("{")  # the original line is kept
+    assert all("team" not in h["_source"] for h in await store.search("logs-filt-b-*"))
+    assert await agg.metric("logferry_records_filtered_total", tenant="filt-a") == 20
+    assert await agg.metric("logferry_records_filtered_total", tenant="filt-b") == 0
+    await agg.stop()
