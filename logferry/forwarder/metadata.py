@@ -1,0 +1,87 @@
+"""Kubernetes metadata from a container log file name, and the record a line becomes.
+
+kubelet names the files ``/var/log/containers/<pod>_<namespace>_<container>-<id>.log``. Pod,
+namespace and container names cannot contain ``_`` (they are DNS names), and the id is 64 hex
+characters, so the name splits unambiguously.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from logferry.common.protocol import EventTime
+from logferry.common.records import record_id
+from logferry.forwarder.partials import MergedRecord
+
+_NAME = re.compile(
+    r"^(?P<pod>[a-z0-9][-a-z0-9.]*)_(?P<namespace>[a-z0-9][-a-z0-9]*)_"
+    r"(?P<container>[a-z0-9][-a-z0-9]*)-(?P<id>[0-9a-f]{64})\.log$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerMeta:
+    """Who wrote a file, in the keys Fluent Bit's and Fluentd's Kubernetes filters use."""
+
+    namespace_name: str
+    pod_name: str
+    container_name: str
+    container_id: str
+    host: str
+
+    def as_record(self) -> dict[str, str]:
+        return {
+            "namespace_name": self.namespace_name,
+            "pod_name": self.pod_name,
+            "container_name": self.container_name,
+            "container_id": self.container_id,
+            "host": self.host,
+        }
+
+
+def parse_file_name(path: str, host: str) -> ContainerMeta | None:
+    """Metadata from a kubelet log file name, or None when the name is not one."""
+    match = _NAME.match(os.path.basename(path))
+    if match is None:
+        return None
+    return ContainerMeta(match["namespace"], match["pod"], match["container"], match["id"], host)
+
+
+def excluded(
+    meta: ContainerMeta,
+    namespaces: list[str],
+    pods: list[str],
+    containers: list[str],
+) -> bool:
+    """Whether the config's exclusion globs match this container."""
+    return (
+        any(fnmatch.fnmatchcase(meta.namespace_name, glob) for glob in namespaces)
+        or any(fnmatch.fnmatchcase(meta.pod_name, glob) for glob in pods)
+        or any(fnmatch.fnmatchcase(meta.container_name, glob) for glob in containers)
+    )
+
+
+def pack_record(record: MergedRecord, seq: int, source: str, kubernetes: dict[str, str]) -> bytes:
+    """The spool entry for one record: msgpack ``[EventTime, record]``, ready to be joined
+    into a PackedForward stream without re-encoding."""
+    seconds, nanoseconds = divmod(record.time_ns, 1_000_000_000)
+    body: dict[str, Any] = {
+        "log": record.log,
+        "stream": record.stream,
+        "kubernetes": kubernetes,
+        "_lf": {"id": record_id(source, record.offset), "src": source, "seq": seq},
+    }
+    if record.truncated:
+        body["_lf"]["truncated"] = True
+    if record.malformed:
+        body["_lf"]["malformed"] = True
+    if record.partial_at_eof:
+        body["_lf"]["partial_at_eof"] = True
+    packed: bytes = msgpack.packb([EventTime(seconds, nanoseconds), body], use_bin_type=True)
+    return packed
