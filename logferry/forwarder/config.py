@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
 
 from logferry.common.config import ConfigModel
 from logferry.common.sections import HttpSettings, LogSettings, SpoolSettings
@@ -32,16 +35,67 @@ class SenderSettings(ConfigModel):
     """Where spooled chunks go: one or more aggregators speaking Forward Protocol v1."""
 
     servers: list[str] = Field(default_factory=list)
-    """Static ``host:port`` endpoints."""
+    """Static ``host:port`` endpoints (``[v6]:port`` for IPv6). The forwarder needs at least
+    one endpoint here or through ``dns_name``."""
     dns_name: str | None = None
     """A name resolved periodically to all its addresses (a headless Service)."""
     dns_port: int = Field(default=24224, ge=1, le=65535)
     """Port used with the addresses of ``dns_name``."""
+    dns_refresh_interval_s: float = Field(default=30.0, gt=0, le=3600)
+    """How often ``dns_name`` is resolved again; a failed lookup keeps the last addresses."""
     ack_timeout_s: float = Field(default=30.0, gt=0)
     """An endpoint that does not ack a chunk within this time is marked down; the chunk goes
     elsewhere with the same chunk id."""
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """Limit for TCP connect, TLS and the shared-key handshake together."""
     shared_key: str | None = None
     """Forward Protocol shared key for the HELO/PING/PONG handshake."""
+    tag: str = Field(default="kube", min_length=1)
+    """Forward Protocol tag of every chunk (the aggregator routes by namespace, not by tag)."""
+    batch_max_records: int = Field(default=2000, ge=1, le=1_000_000)
+    """Most records in one chunk."""
+    batch_max_bytes: ByteSize = Field(default=4 * 1024 * KiB, ge=KiB)
+    """Most record bytes (uncompressed) in one chunk; a single larger record goes alone."""
+    max_in_flight_per_endpoint: int = Field(default=4, ge=1, le=1024)
+    """Chunks sent to one endpoint and not yet acked (the per-endpoint window)."""
+    max_chunks_in_hand: int = Field(default=16, ge=1, le=4096)
+    """Chunks read from the spool and not yet acked, over all endpoints: bounds memory to
+    about ``max_chunks_in_hand x batch_max_bytes`` whatever the backlog."""
+    backoff_initial_s: float = Field(default=0.5, gt=0, le=60)
+    """First wait before a failed endpoint is tried again; doubles per failure, with jitter."""
+    backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
+    """Longest wait before a failed endpoint is tried again."""
+    tls: bool = False
+    """Speak TLS to the endpoints."""
+    tls_ca_file: Path | None = None
+    """PEM CA bundle to verify the servers with (default: the system's trust store)."""
+    tls_verify: bool = True
+    """Verify the server certificate and host name. Turn off only for tests."""
+    tls_server_name: str | None = None
+    """Name expected in the server certificate (default: the endpoint host); useful when
+    endpoints are addresses from ``dns_name``."""
+    shutdown_deadline_s: float = Field(default=10.0, ge=0, le=3600)
+    """On stop, how long to wait for acks of chunks in flight; the rest stays in the spool."""
+
+    @model_validator(mode="after")
+    def _endpoints_valid(self) -> Self:
+        for server in self.servers:
+            parse_host_port(server)
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+        if self.tls_ca_file is not None and not self.tls:
+            raise ValueError("tls_ca_file needs tls: true")
+        return self
+
+
+def parse_host_port(server: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); ValueError if malformed."""
+    host, sep, port_text = server.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"server {server!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port_text)
 
 
 class ForwarderConfig(ConfigModel):

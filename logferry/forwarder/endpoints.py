@@ -1,0 +1,249 @@
+"""The sender's aggregator endpoints: membership (static + DNS), health, backoff, selection.
+
+No I/O here except the resolver call, so selection and backoff are unit-testable with a fake
+clock. An endpoint is *up* (window of ``max_in_flight`` chunks), or *down* until its backoff
+expires; then it is *probing*: one chunk at a time until an ack brings it back up (so a
+blackhole costs one chunk per backoff period, not a whole window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+from logferry.common.logs import get_logger
+
+__all__ = [
+    "Backoff",
+    "Endpoint",
+    "EndpointSet",
+    "Resolver",
+    "getaddrinfo_resolver",
+    "refresh_dns_forever",
+    "refresh_dns_once",
+]
+
+log = get_logger(__name__)
+
+Resolver = Callable[[str, int], Awaitable[list[tuple[str, int]]]]
+"""``(name, port) -> [(address, port), ...]``: every address of a name."""
+
+
+async def getaddrinfo_resolver(name: str, port: int) -> list[tuple[str, int]]:
+    """All TCP addresses of ``name`` through the loop's resolver, deduplicated, in order."""
+    infos = await asyncio.get_running_loop().getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    out: list[tuple[str, int]] = []
+    for _family, _type, _proto, _canon, sockaddr in infos:
+        address = (str(sockaddr[0]), int(sockaddr[1]))
+        if address not in out:
+            out.append(address)
+    return out
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Exponential backoff with equal jitter: ``delay(n)`` in ``[d/2, d]``, ``d =
+    min(max_s, initial_s * 2**(n-1))``, so retries spread out but never come immediately."""
+
+    initial_s: float
+    max_s: float
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th consecutive failure (``failures >= 1``)."""
+        ceiling = min(self.max_s, self.initial_s * 2.0 ** min(max(failures - 1, 0), 62))
+        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
+
+
+class Endpoint:
+    """One aggregator address and its health. ``name`` (``host:port``) is the metric label."""
+
+    def __init__(self, host: str, port: int, *, from_dns: bool = False) -> None:
+        self.host = host
+        self.port = port
+        self.from_dns = from_dns
+        self.name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.in_flight = 0
+        self.failures = 0
+        """Consecutive failures; 0 means up."""
+        self.retry_at = 0.0
+        """Monotonic time before which a down endpoint is not tried."""
+        self.removed = False
+        """Dropped from DNS: finishes what it has, gets nothing new."""
+
+    @property
+    def up(self) -> bool:
+        """Healthy: last attempt succeeded (or none was made yet)."""
+        return self.failures == 0
+
+    def capacity(self, window: int) -> int:
+        """How many chunks it may hold in flight now: the window when up, one when probing."""
+        return window if self.up else 1
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.name}, failures={self.failures}, in_flight={self.in_flight})"
+
+
+class EndpointSet:
+    """The endpoints chunks may go to, and the choice among them.
+
+    Selection: among endpoints that are not removed, not in backoff and under their window,
+    the one with the fewest chunks in flight; ties go round robin. :meth:`acquire` waits until
+    one is available and counts the chunk against it; :meth:`release` settles it.
+    """
+
+    def __init__(
+        self,
+        static: Iterable[tuple[str, int]],
+        *,
+        window: int,
+        backoff: Backoff,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._window = window
+        self._backoff = backoff
+        self._clock = clock
+        self._endpoints: list[Endpoint] = [Endpoint(h, p) for h, p in dict.fromkeys(static)]
+        self._rr = 0
+        self._changed = asyncio.Event()
+        self.on_removed: Callable[[Endpoint], None] | None = None
+        """Called when DNS drops an endpoint (the sender closes its connection)."""
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        """Current members (static first, then DNS addresses)."""
+        return list(self._endpoints)
+
+    @property
+    def up_count(self) -> int:
+        """Members that are healthy."""
+        return sum(1 for e in self._endpoints if e.up)
+
+    def pick(self, *, avoid: Endpoint | None = None) -> Endpoint | None:
+        """The endpoint for the next chunk, or None if none can take one now.
+
+        ``avoid`` (where the chunk just failed) is used only if nothing else is available.
+        """
+        now = self._clock()
+        ready = [
+            e
+            for e in self._endpoints
+            if not e.removed and e.retry_at <= now and e.in_flight < e.capacity(self._window)
+        ]
+        if len(ready) > 1 and avoid is not None:
+            ready = [e for e in ready if e is not avoid] or ready
+        if not ready:
+            return None
+        # Healthy endpoints before probes; then fewest in flight; then round robin.
+        n = len(self._endpoints)
+        best = min(
+            ready,
+            key=lambda e: (
+                not e.up,
+                e.in_flight,
+                (self._endpoints.index(e) - self._rr) % n,
+            ),
+        )
+        self._rr = (self._endpoints.index(best) + 1) % n
+        return best
+
+    async def acquire(self, *, avoid: Endpoint | None = None) -> Endpoint:
+        """Wait for an endpoint that can take a chunk and count the chunk against it."""
+        while True:
+            self._changed.clear()
+            endpoint = self.pick(avoid=avoid)
+            if endpoint is not None:
+                endpoint.in_flight += 1
+                return endpoint
+            try:
+                async with asyncio.timeout(self._next_retry_in()):
+                    await self._changed.wait()
+            except TimeoutError:
+                pass
+
+    def _next_retry_in(self) -> float | None:
+        now = self._clock()
+        waits = [e.retry_at - now for e in self._endpoints if not e.removed and e.retry_at > now]
+        return max(min(waits), 0.0) + 0.001 if waits else None
+
+    def release(self, endpoint: Endpoint) -> None:
+        """A chunk counted by :meth:`acquire` is settled (acked or failed)."""
+        endpoint.in_flight -= 1
+        self._changed.set()
+
+    def mark_up(self, endpoint: Endpoint) -> bool:
+        """An ack came back; True if the endpoint was down before."""
+        was_down = not endpoint.up
+        endpoint.failures = 0
+        endpoint.retry_at = 0.0
+        self._changed.set()
+        return was_down
+
+    def mark_down(self, endpoint: Endpoint) -> float:
+        """A connect, handshake, write or ack failed; returns the backoff delay in seconds."""
+        endpoint.failures += 1
+        delay = self._backoff.delay(endpoint.failures)
+        endpoint.retry_at = self._clock() + delay
+        self._changed.set()
+        return delay
+
+    def set_dns_addresses(self, addresses: Iterable[tuple[str, int]]) -> None:
+        """Replace the DNS members with ``addresses``; members still present keep their state."""
+        wanted = dict.fromkeys(addresses)
+        static = {(e.host, e.port) for e in self._endpoints if not e.from_dns}
+        kept: list[Endpoint] = []
+        for endpoint in self._endpoints:
+            key = (endpoint.host, endpoint.port)
+            if not endpoint.from_dns or key in wanted:
+                kept.append(endpoint)
+            else:
+                endpoint.removed = True
+                log.info("sender.endpoint_removed", endpoint=endpoint.name)
+                if self.on_removed is not None:
+                    self.on_removed(endpoint)
+        present = {(e.host, e.port) for e in kept}
+        for host, port in wanted:
+            if (host, port) not in present and (host, port) not in static:
+                kept.append(Endpoint(host, port, from_dns=True))
+                log.info("sender.endpoint_added", endpoint=kept[-1].name)
+        self._endpoints = kept
+        self._rr %= max(len(kept), 1)
+        self._changed.set()
+
+
+async def refresh_dns_forever(
+    endpoints: EndpointSet,
+    resolver: Resolver,
+    name: str,
+    port: int,
+    interval_s: float,
+    stop: asyncio.Event,
+) -> None:
+    """Resolve ``name`` now and every ``interval_s`` until ``stop``; keep the last good list."""
+    while not stop.is_set():
+        await refresh_dns_once(endpoints, resolver, name, port)
+        try:
+            async with asyncio.timeout(interval_s):
+                await stop.wait()
+        except TimeoutError:
+            pass
+
+
+async def refresh_dns_once(
+    endpoints: EndpointSet, resolver: Resolver, name: str, port: int
+) -> bool:
+    """One resolution; False (and the members unchanged) if it failed or found nothing."""
+    try:
+        addresses = await resolver(name, port)
+    except OSError as exc:
+        log.warning("sender.dns_failed", name=name, error=type(exc).__name__, detail=str(exc))
+        return False
+    if not addresses:
+        log.warning("sender.dns_empty", name=name)
+        return False
+    endpoints.set_dns_addresses(addresses)
+    return True

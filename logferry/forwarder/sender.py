@@ -1,0 +1,499 @@
+"""The sender: spool batches -> CompressedPackedForward chunks -> aggregators -> ack -> commit.
+
+Each spool record is one packed entry ``[EventTime, record]``, so a chunk body is the
+concatenation of a batch's records. Invariants:
+
+- a batch is committed to the spool only after an aggregator acked its chunk (guarantee 2);
+- a chunk that fails (connect, handshake, write, connection lost, no ack within
+  ``ack_timeout_s``) is sent again, with the *same* chunk id, to another endpoint if there is
+  one; it is never dropped, only retried (forever, with per-endpoint backoff);
+- at most ``max_chunks_in_hand`` batches are held in memory (guarantee 6): the backlog stays
+  in the spool.
+
+On stop: no new batches are read, chunks in hand get ``shutdown_deadline_s`` to be acked,
+the rest is cancelled and stays in the spool (resent after the restart; ids make it harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+import socket
+import ssl
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+from logferry.common.errors import HandshakeError, ProtocolError
+from logferry.common.handshake import ClientHandshake, encode_ping
+from logferry.common.logs import get_logger
+from logferry.common.metrics import check_labels, counter
+from logferry.common.protocol import (
+    Ack,
+    ClientDecoder,
+    Helo,
+    Pong,
+    encode_compressed_packed_forward,
+)
+from logferry.common.spool import Spool, SpoolBatch
+from logferry.forwarder.config import SenderSettings, parse_host_port
+from logferry.forwarder.endpoints import (
+    Backoff,
+    Endpoint,
+    EndpointSet,
+    Resolver,
+    getaddrinfo_resolver,
+    refresh_dns_forever,
+)
+
+__all__ = ["Chunk", "Sender", "SenderStats", "chunk_id", "client_ssl_context"]
+
+log = get_logger(__name__)
+
+_READ_POLL_S = 0.25  # how long a spool read waits before the stop flag is looked at again
+_SEND_ERRORS = (OSError, TimeoutError, ProtocolError, ssl.SSLError)
+
+
+def chunk_id(node_name: str, first_seq: int, count: int) -> str:
+    """The deterministic chunk id of a batch: the same batch always gets the same id."""
+    key = f"{node_name}\0{first_seq}\0{count}".encode()
+    return hashlib.blake2b(key, digest_size=16).hexdigest()
+
+
+def client_ssl_context(settings: SenderSettings) -> ssl.SSLContext | None:
+    """The TLS context for the endpoints, or None without ``tls``."""
+    if not settings.tls:
+        return None
+    cafile = str(settings.tls_ca_file) if settings.tls_ca_file is not None else None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not settings.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@dataclass(slots=True)
+class Chunk:
+    """A spool batch on its way: encoded once, resent byte for byte under the same id."""
+
+    batch: SpoolBatch
+    chunk_id: str
+    payload: bytes
+    attempts: int = 0
+
+
+class SenderStats:
+    """Counters by endpoint (``host:port``), kept on the object and mirrored to Prometheus
+    (``logferry_sender_*``) when a registry is given."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.sent: Tally[str] = Tally()
+        """Chunks written to an endpoint (resends included)."""
+        self.acked: Tally[str] = Tally()
+        """Chunks acknowledged, by the endpoint that acked."""
+        self.retried: Tally[str] = Tally()
+        """Chunk attempts that failed on an endpoint and were sent again elsewhere."""
+        self.records_acked = 0
+        """Records in acked chunks, over all endpoints."""
+        self.records_acked_by: Tally[str] = Tally()
+        """Records in acked chunks, by the endpoint that acked."""
+        self.ack_latency_sum_s = 0.0
+        self.ack_latency_max_s = 0.0
+        self.endpoints_up = 0
+        self._registry = registry
+        if registry is None:
+            return
+        self._sent = counter(registry, "sender_chunks_sent", "Chunks sent.", ("endpoint",))
+        self._acked = counter(registry, "sender_chunks_acked", "Chunks acked.", ("endpoint",))
+        self._retried = counter(
+            registry, "sender_chunks_retried", "Chunk attempts that failed.", ("endpoint",)
+        )
+        self._records = counter(registry, "sender_records_acked", "Records acked.")
+        self._latency = Histogram(
+            "logferry_sender_ack_latency_seconds",
+            "From writing a chunk to its ack.",
+            check_labels(("endpoint",)),
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self._up = Gauge(
+            "logferry_sender_endpoints_up", "Endpoints that are healthy.", registry=registry
+        )
+
+    def chunk_sent(self, endpoint: str) -> None:
+        self.sent[endpoint] += 1
+        if self._registry is not None:
+            self._sent.labels(endpoint).inc()
+
+    def chunk_acked(self, endpoint: str, records: int, latency_s: float) -> None:
+        self.acked[endpoint] += 1
+        self.records_acked += records
+        self.records_acked_by[endpoint] += records
+        self.ack_latency_sum_s += latency_s
+        self.ack_latency_max_s = max(self.ack_latency_max_s, latency_s)
+        if self._registry is not None:
+            self._acked.labels(endpoint).inc()
+            self._records.inc(records)
+            self._latency.labels(endpoint).observe(latency_s)
+
+    def chunk_retried(self, endpoint: str) -> None:
+        self.retried[endpoint] += 1
+        if self._registry is not None:
+            self._retried.labels(endpoint).inc()
+
+    def set_endpoints_up(self, count: int) -> None:
+        self.endpoints_up = count
+        if self._registry is not None:
+            self._up.set(count)
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One open connection to an endpoint; a reader task settles ack futures by chunk id."""
+
+    endpoint: Endpoint
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    decoder: ClientDecoder
+    pending: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    closed: bool = False
+    task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._read_loop(), name=f"sender-read-{self.endpoint.name}")
+
+    def send(self, chunk: Chunk) -> asyncio.Future[None]:
+        """Write the chunk; the future resolves on its ack, fails if the connection does."""
+        if self.closed:
+            raise ConnectionResetError(f"connection to {self.endpoint.name} is closed")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        self.pending[chunk.chunk_id] = future
+        self.writer.write(chunk.payload)
+        return future
+
+    async def _read_loop(self) -> None:
+        error: BaseException = ConnectionResetError(f"{self.endpoint.name} closed the connection")
+        try:
+            while data := await self.reader.read(65536):
+                for message in self.decoder.feed(data):
+                    if not isinstance(message, Ack):
+                        raise ProtocolError(f"unexpected {type(message).__name__} after handshake")
+                    future = self.pending.pop(message.chunk, None)
+                    if future is not None and not future.done():
+                        future.set_result(None)
+        except (*_SEND_ERRORS, asyncio.IncompleteReadError) as exc:
+            error = exc
+        finally:
+            self.abort(error)
+
+    def abort(self, error: BaseException) -> None:
+        """Close now; every chunk waiting for an ack here fails with ``error``."""
+        if not self.closed:
+            self.closed = True
+            self.writer.close()
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+
+    async def wait_closed(self) -> None:
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        with contextlib.suppress(*_SEND_ERRORS):
+            await self.writer.wait_closed()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    # A failed ack future nobody awaits any more (its chunk task was cancelled) is not an error.
+    if not future.cancelled():
+        future.exception()
+
+
+class Sender:
+    """Sends the spool's batches to the aggregators and commits each one on its ack.
+
+    ``resolver`` and ``rng`` are for tests (a fake DNS, a seeded jitter).
+    """
+
+    def __init__(
+        self,
+        settings: SenderSettings,
+        spool: Spool,
+        *,
+        node_name: str,
+        metrics: CollectorRegistry | None = None,
+        resolver: Resolver = getaddrinfo_resolver,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not settings.servers and settings.dns_name is None:
+            raise ValueError("the sender needs sender.servers and/or sender.dns_name")
+        self.settings = settings
+        self.spool = spool
+        self.node_name = node_name
+        self.stats = SenderStats(metrics)
+        self.endpoints = EndpointSet(
+            [parse_host_port(s) for s in settings.servers],
+            window=settings.max_in_flight_per_endpoint,
+            backoff=Backoff(
+                settings.backoff_initial_s, settings.backoff_max_s, rng or random.Random()
+            ),
+        )
+        self.endpoints.on_removed = self._endpoint_removed
+        self._resolver = resolver
+        self._ssl = client_ssl_context(settings)
+        self._connections: dict[Endpoint, _Connection] = {}
+        self._connect_locks: dict[Endpoint, asyncio.Lock] = {}
+        self._closing: list[_Connection] = []
+        self._in_hand: set[asyncio.Task[None]] = set()
+        self._slot_free = asyncio.Event()
+        self._halt = asyncio.Event()
+        self.stats.set_endpoints_up(self.endpoints.up_count)
+
+    @property
+    def chunks_in_hand(self) -> int:
+        """Batches read from the spool and not yet acked (at most ``max_chunks_in_hand``)."""
+        return len(self._in_hand)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Send until ``stop`` is set, then wait up to ``shutdown_deadline_s`` for acks."""
+        log.info(
+            "sender.start",
+            servers=",".join(self.settings.servers),
+            dns_name=self.settings.dns_name or "",
+            tls=self._ssl is not None,
+            handshake=self.settings.shared_key is not None,
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                if self.settings.dns_name is not None:
+                    group.create_task(
+                        refresh_dns_forever(
+                            self.endpoints,
+                            self._resolver,
+                            self.settings.dns_name,
+                            self.settings.dns_port,
+                            self.settings.dns_refresh_interval_s,
+                            self._halt,
+                        )
+                    )
+                await self._read_loop(stop, group)
+                await self._drain()
+                self._halt.set()
+        finally:
+            self._halt.set()
+            await self._close_connections()
+
+    async def _read_loop(self, stop: asyncio.Event, group: asyncio.TaskGroup) -> None:
+        settings = self.settings
+        while not stop.is_set():
+            if len(self._in_hand) >= settings.max_chunks_in_hand:
+                self._slot_free.clear()
+                await _wait_any(self._slot_free, stop)
+                continue
+            batch = await self.spool.read(
+                max_records=settings.batch_max_records,
+                max_bytes=settings.batch_max_bytes,
+                timeout_s=_READ_POLL_S,
+            )
+            if batch is None:
+                continue
+            chunk = await self._encode(batch)
+            task = group.create_task(self._deliver(chunk), name=f"chunk-{chunk.chunk_id}")
+            self._in_hand.add(task)
+            task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._in_hand.discard(task)
+        self._slot_free.set()
+
+    async def _encode(self, batch: SpoolBatch) -> Chunk:
+        cid = chunk_id(self.node_name, batch.first_seq, len(batch.records))
+        # gzip of a few MiB would stall the loop; zlib releases the GIL.
+        payload = await asyncio.to_thread(
+            encode_compressed_packed_forward,
+            self.settings.tag,
+            b"".join(batch.records),
+            len(batch.records),
+            chunk=cid,
+        )
+        return Chunk(batch, cid, payload)
+
+    async def _drain(self) -> None:
+        """Give chunks in hand ``shutdown_deadline_s`` to be acked; cancel the rest."""
+        pending = set(self._in_hand)
+        if pending:
+            log.info("sender.draining", chunks=len(pending))
+            _done, pending = await asyncio.wait(pending, timeout=self.settings.shutdown_deadline_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("sender.stopped_unacked", chunks=len(pending))
+        log.info("sender.stopped", endpoints_up=self.endpoints.up_count)
+
+    async def _deliver(self, chunk: Chunk) -> None:
+        """Send ``chunk`` until an endpoint acks it, then commit its batch."""
+        loop = asyncio.get_running_loop()
+        avoid: Endpoint | None = None
+        while True:
+            endpoint = await self.endpoints.acquire(avoid=avoid)
+            connection: _Connection | None = None
+            try:
+                connection = await self._connection(endpoint)
+                chunk.attempts += 1
+                started = loop.time()
+                future = connection.send(chunk)
+                self.stats.chunk_sent(endpoint.name)
+                async with asyncio.timeout(self.settings.ack_timeout_s):
+                    await connection.writer.drain()
+                    await future
+            except _SEND_ERRORS as exc:
+                self.endpoints.release(endpoint)
+                self._failed(endpoint, connection, chunk, exc)
+                avoid = endpoint
+                continue
+            self.endpoints.release(endpoint)
+            if self.endpoints.mark_up(endpoint):
+                log.info("sender.endpoint_up", endpoint=endpoint.name)
+            self.stats.set_endpoints_up(self.endpoints.up_count)
+            self.stats.chunk_acked(endpoint.name, len(chunk.batch.records), loop.time() - started)
+            self.spool.commit(chunk.batch)
+            return
+
+    def _failed(
+        self, endpoint: Endpoint, connection: _Connection | None, chunk: Chunk, exc: BaseException
+    ) -> None:
+        """Count the failed attempt; the first failure seen on a connection marks the endpoint
+        down and closes it (its other chunks then fail over without counting it again)."""
+        self.stats.chunk_retried(endpoint.name)
+        current = self._connections.get(endpoint)
+        if connection is None or connection is current:
+            delay = self.endpoints.mark_down(endpoint)
+            self.stats.set_endpoints_up(self.endpoints.up_count)
+            if current is not None:
+                self._drop_connection(endpoint, exc)
+            log.warning(
+                "sender.endpoint_down",
+                endpoint=endpoint.name,
+                chunk=chunk.chunk_id,
+                error=type(exc).__name__,
+                detail=str(exc),
+                failures=endpoint.failures,
+                retry_in_s=round(delay, 3),
+            )
+        else:
+            log.info(
+                "sender.chunk_retry",
+                endpoint=endpoint.name,
+                chunk=chunk.chunk_id,
+                error=type(exc).__name__,
+            )
+
+    async def _connection(self, endpoint: Endpoint) -> _Connection:
+        """The endpoint's open connection, connecting (and shaking hands) if needed."""
+        lock = self._connect_locks.setdefault(endpoint, asyncio.Lock())
+        async with lock:
+            connection = self._connections.get(endpoint)
+            if connection is not None and not connection.closed:
+                return connection
+            if connection is not None:
+                self._drop_connection(endpoint, ConnectionResetError("closed"))
+            async with asyncio.timeout(self.settings.connect_timeout_s):
+                connection = await self._open(endpoint)
+            self._connections[endpoint] = connection
+            connection.start()
+            log.info("sender.connected", endpoint=endpoint.name)
+            return connection
+
+    async def _open(self, endpoint: Endpoint) -> _Connection:
+        server_hostname = None
+        if self._ssl is not None:
+            server_hostname = self.settings.tls_server_name or endpoint.host
+        reader, writer = await asyncio.open_connection(
+            endpoint.host, endpoint.port, ssl=self._ssl, server_hostname=server_hostname
+        )
+        _enable_tcp_keepalive(writer)
+        decoder = ClientDecoder()
+        try:
+            if self.settings.shared_key is not None:
+                await self._handshake(reader, writer, decoder, self.settings.shared_key)
+        except BaseException:
+            writer.close()
+            raise
+        return _Connection(endpoint, reader, writer, decoder)
+
+    async def _handshake(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        decoder: ClientDecoder,
+        shared_key: str,
+    ) -> None:
+        handshake = ClientHandshake(shared_key=shared_key, client_hostname=self.node_name)
+        helo = await _next_message(reader, decoder)
+        if not isinstance(helo, Helo):
+            raise HandshakeError(f"expected HELO, got {type(helo).__name__}")
+        writer.write(encode_ping(handshake.ping(helo)))
+        await writer.drain()
+        pong = await _next_message(reader, decoder)
+        if not isinstance(pong, Pong):
+            raise HandshakeError(f"expected PONG, got {type(pong).__name__}")
+        handshake.verify_pong(pong)
+
+    def _drop_connection(self, endpoint: Endpoint, error: BaseException) -> None:
+        connection = self._connections.pop(endpoint, None)
+        if connection is not None:
+            connection.abort(error)
+            self._closing.append(connection)
+
+    def _endpoint_removed(self, endpoint: Endpoint) -> None:
+        self._drop_connection(endpoint, ConnectionResetError(f"{endpoint.name} left DNS"))
+        self._connect_locks.pop(endpoint, None)
+
+    async def _close_connections(self) -> None:
+        for endpoint in list(self._connections):
+            self._drop_connection(endpoint, ConnectionResetError("sender stopped"))
+        closing, self._closing = self._closing, []
+        await asyncio.gather(*(c.wait_closed() for c in closing))
+
+
+async def _next_message(reader: asyncio.StreamReader, decoder: ClientDecoder) -> object:
+    """The next complete server message during the handshake (nothing else is pending then)."""
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            raise ConnectionResetError("server closed the connection during the handshake")
+        messages = decoder.feed(data)
+        if messages:
+            if len(messages) > 1:
+                raise HandshakeError("server sent more than one handshake message at once")
+            return messages[0]
+
+
+async def _wait_any(*events: asyncio.Event) -> None:
+    """Return as soon as one of ``events`` is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def _enable_tcp_keepalive(writer: asyncio.StreamWriter) -> None:
+    """Let the kernel notice a peer that vanished (node gone) on an idle connection."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)

@@ -1,0 +1,267 @@
+"""The sender against real aggregator subprocesses, a real spool and real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from logferry.common import protocol
+from logferry.common.spool import Spool
+from logferry.forwarder.config import SenderSettings
+from logferry.forwarder.sender import Sender
+from tests.support.daemon import DaemonProcess
+from tests.support.net import free_port, wait_until
+from tests.support.records import container_entries
+
+pytestmark = pytest.mark.integration
+MakeAggregator = Callable[..., DaemonProcess]
+
+
+@pytest.fixture
+async def make_aggregator(tmp_path: Path) -> AsyncIterator[MakeAggregator]:
+    started: list[DaemonProcess] = []
+
+    def make(name: str = "agg", **input_overrides: Any) -> DaemonProcess:
+        workdir = tmp_path / name
+        config = {
+            "input": {"listen_host": "127.0.0.1", "listen_port": free_port(), **input_overrides},
+            "spool": {
+                "directory": str(workdir / "spool"),
+                "max_bytes": "256MiB",
+                "tenant_max_bytes": "64MiB",
+                "segment_max_bytes": "4MiB",
+            },
+            "dlq": {"directory": str(workdir / "dlq")},
+            "output": {"type": "null"},
+            "shutdown_deadline_s": 10,
+        }
+        daemon = DaemonProcess("aggregator", workdir, config)
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in started:
+        daemon.ensure_dead()
+
+
+async def open_spool(directory: Path) -> Spool:
+    return await Spool.open(
+        directory,
+        max_bytes=256 * 1024 * 1024,
+        segment_max_bytes=4 * 1024 * 1024,
+        commit_flush_interval_s=0.05,
+    )
+
+
+@pytest.fixture
+async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
+    opened = await open_spool(tmp_path / "forwarder-spool")
+    yield opened
+    await opened.close()
+
+
+def address(daemon: DaemonProcess) -> str:
+    return f"127.0.0.1:{daemon.config['input']['listen_port']}"
+
+
+async def fill(spool: Spool, namespace: str, count: int) -> None:
+    """``count`` records, one packed ``[time, record]`` entry per spool record."""
+    entries = container_entries(namespace, count)
+    for start in range(0, count, 1000):
+        await spool.append([protocol.pack_entries([e]) for e in entries[start : start + 1000]])
+
+
+def settings(servers: list[str], **overrides: Any) -> SenderSettings:
+    base: dict[str, Any] = {
+        "servers": servers,
+        "batch_max_records": 100,
+        "ack_timeout_s": 5.0,
+        "connect_timeout_s": 2.0,
+        "backoff_initial_s": 0.05,
+        "backoff_max_s": 0.5,
+        "shutdown_deadline_s": 5.0,
+    }
+    return SenderSettings(**{**base, **overrides})
+
+
+@contextlib.asynccontextmanager
+async def running(sender: Sender) -> AsyncIterator[asyncio.Event]:
+    """Run ``sender`` in the background; on exit stop it and require a clean return."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def drained(spool: Spool, *, timeout_s: float) -> None:
+    async def empty() -> bool:
+        return spool.records_pending == 0
+
+    await wait_until(empty, timeout_s=timeout_s, what="the forwarder spool to drain")
+
+
+async def metric_reaches(daemon: DaemonProcess, name: str, value: float, timeout_s: float) -> None:
+    async def reached() -> bool:
+        return await daemon.metric(name) >= value
+
+    await wait_until(reached, timeout_s=timeout_s, what=f"{name} >= {value}")
+
+
+async def test_everything_in_the_spool_arrives_and_is_committed(
+    make_aggregator: MakeAggregator, spool: Spool
+) -> None:
+    agg = make_aggregator()
+    await agg.start()
+    await fill(spool, "tenant-a", 5000)
+    sender = Sender(settings([address(agg)]), spool, node_name="node-1")
+    async with running(sender):
+        await drained(spool, timeout_s=60)
+    assert await agg.metric("logferry_records_in_total") == 5000
+    assert await agg.metric("logferry_acks_total") == 50
+    assert sender.stats.records_acked == 5000
+    assert sender.stats.acked[address(agg)] == 50
+    assert sender.stats.retried.total() == 0
+    assert sender.chunks_in_hand == 0
+
+
+async def test_killed_aggregator_mid_stream_everything_is_acked_through_the_other(
+    make_aggregator: MakeAggregator, spool: Spool
+) -> None:
+    first, second = make_aggregator("agg-1"), make_aggregator("agg-2")
+    await asyncio.gather(first.start(), second.start())
+    total = 30_000
+    await fill(spool, "tenant-k", total)
+    sender = Sender(
+        settings([address(first), address(second)], batch_max_records=50),
+        spool,
+        node_name="node-1",
+    )
+    async with running(sender):
+
+        async def first_is_busy() -> bool:
+            return sender.stats.acked[address(first)] >= 5
+
+        await wait_until(first_is_busy, timeout_s=60, what="acks from the first aggregator")
+        first.kill()
+        await drained(spool, timeout_s=120)
+    assert spool.records_pending == 0
+    assert sender.stats.records_acked == total
+    via_first = sender.stats.records_acked_by[address(first)]
+    assert via_first < total
+    # Each chunk is acked once; the survivor holds everything the dead one did not ack.
+    assert await second.metric("logferry_records_in_total") >= total - via_first
+
+
+class Blackhole:
+    """A server that accepts connections and reads everything, but never acks."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.bytes_read = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+
+    async def __aenter__(self) -> Blackhole:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:  # Server.close_clients() is Python 3.13+
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                self.bytes_read += len(data)
+        writer.close()
+
+
+async def test_blackhole_endpoint_does_not_stall_delivery(
+    make_aggregator: MakeAggregator, spool: Spool
+) -> None:
+    agg = make_aggregator()
+    await agg.start()
+    await fill(spool, "tenant-b", 5000)
+    async with Blackhole() as hole:
+        blackhole = f"127.0.0.1:{hole.port}"
+        sender = Sender(
+            settings([blackhole, address(agg)], ack_timeout_s=0.5, backoff_initial_s=0.2),
+            spool,
+            node_name="node-1",
+        )
+        async with running(sender):
+            await drained(spool, timeout_s=60)
+    assert hole.bytes_read > 0  # chunks did go there and time out
+    assert sender.stats.acked[blackhole] == 0
+    assert sender.stats.retried[blackhole] >= 1
+    assert sender.stats.records_acked == 5000
+    assert await agg.metric("logferry_records_in_total") >= 5000
+
+
+async def test_shared_key_handshake_delivers_and_a_wrong_key_delivers_nothing(
+    make_aggregator: MakeAggregator, tmp_path: Path
+) -> None:
+    agg = make_aggregator(shared_key="s3cret")
+    await agg.start()
+    spool = await open_spool(tmp_path / "spool-h")
+    try:
+        await fill(spool, "tenant-h", 1000)
+        wrong = Sender(settings([address(agg)], shared_key="wrong"), spool, node_name="node-1")
+        async with running(wrong):
+
+            async def refused() -> bool:
+                return wrong.stats.retried[address(agg)] >= 2
+
+            await wait_until(refused, timeout_s=30, what="the wrong key to be refused twice")
+        assert wrong.stats.acked.total() == 0
+        assert spool.records_pending == 1000
+    finally:
+        await spool.close()
+
+    # A restart: the batches the refused sender held were never committed, so they are read again.
+    spool = await open_spool(tmp_path / "spool-h")
+    try:
+        assert spool.records_pending == 1000
+        right = Sender(settings([address(agg)], shared_key="s3cret"), spool, node_name="node-1")
+        async with running(right):
+            await drained(spool, timeout_s=60)
+        assert await agg.metric("logferry_records_in_total") >= 1000
+        assert right.stats.records_acked == 1000
+    finally:
+        await spool.close()
+
+
+async def test_stop_with_every_endpoint_down_returns_by_the_deadline_and_keeps_the_spool(
+    spool: Spool,
+) -> None:
+    await fill(spool, "tenant-d", 500)
+    sender = Sender(
+        settings([f"127.0.0.1:{free_port()}"], shutdown_deadline_s=0.5), spool, node_name="node-1"
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+
+    async def failing() -> bool:
+        return sender.stats.retried.total() >= 3
+
+    await wait_until(failing, timeout_s=30, what="connection failures")
+    assert sender.chunks_in_hand <= sender.settings.max_chunks_in_hand
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert spool.records_pending == 500
+    assert sender.stats.acked.total() == 0
