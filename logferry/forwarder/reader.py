@@ -92,6 +92,11 @@ class SourceReader:
         return self._buf_offset + len(self._carry)
 
     @property
+    def checkpoint(self) -> Checkpoint:
+        """The latest safe position (see the module docstring)."""
+        return self._checkpoint
+
+    @property
     def merger(self) -> PartialMerger:
         """The partial merger (its counters feed the metrics)."""
         return self._merger

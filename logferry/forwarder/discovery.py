@@ -1,0 +1,260 @@
+"""Which container log files exist: a glob, watched with inotify, rescanned as a safety net.
+
+kubelet keeps ``/var/log/containers/<pod>_<ns>_<container>-<id>.log`` as symlinks into
+``/var/log/pods/...``; a scan follows them and reports the target's device, inode and size,
+which is what positions are keyed on. Discovery only says *which* files exist now; noticing
+that a target was rotated behind an unchanged link is the tailer's job (the periodic rescan
+reports the new inode, but a rename inside /var/log/pods raises no event here).
+
+Batch-oriented: every change (inotify burst or timer) leads to one full scan and one
+``on_change(found)`` call with the complete current set, never a call per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import glob
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from logferry.common.logs import get_logger
+from logferry.forwarder.config import SourceSettings
+from logferry.forwarder.metadata import ContainerMeta, excluded, parse_file_name
+
+log = get_logger(__name__)
+
+SkipReason = Literal["not_container", "excluded", "dangling", "not_regular"]
+"""Why a path matching the glob is not reported."""
+
+OnChange = Callable[[dict[str, "FoundFile"]], Awaitable[None]]
+
+# inotify events that change the set of names; modify/open/close do not.
+_SET_CHANGING = frozenset({"created", "deleted", "moved"})
+# While the watched directory does not exist, look for it at least this often.
+_MISSING_DIR_RETRY_S = 1.0
+# A burst ends after this much quiet...
+DEBOUNCE_S = 0.1
+# ...or after this long, so a directory that never stops changing is still rescanned.
+DEBOUNCE_MAX_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class FoundFile:
+    """One container log file as found by a scan."""
+
+    path: str
+    """The path that matched the glob (usually kubelet's symlink)."""
+    real_path: str
+    """The file the link resolves to (``/var/log/pods/<ns>_<pod>_<uid>/<container>/0.log``)."""
+    stat: os.stat_result
+    """``os.stat`` of the target, taken during the scan."""
+    meta: ContainerMeta
+    """Kubernetes metadata from the file name."""
+
+    @property
+    def device(self) -> int:
+        return self.stat.st_dev
+
+    @property
+    def inode(self) -> int:
+        return self.stat.st_ino
+
+    @property
+    def size(self) -> int:
+        return self.stat.st_size
+
+
+@dataclass(slots=True)
+class ScanStats:
+    """What the last scan skipped, by reason, and how many scans ran (for gauges/tests)."""
+
+    scans: int = 0
+    found: int = 0
+    skipped: dict[SkipReason, int] = field(default_factory=dict)
+
+
+def watch_root(path_glob: str) -> tuple[str, bool]:
+    """The directory to watch for ``path_glob`` and whether the watch must be recursive
+    (when a wildcard appears in a directory part, e.g. ``/var/log/pods/*/*/0.log``)."""
+    directory = os.path.dirname(path_glob) or "."
+    parts = directory.split(os.sep)
+    fixed: list[str] = []
+    for part in parts:
+        if glob.has_magic(part):
+            return os.sep.join(fixed) or os.sep, True
+        fixed.append(part)
+    return directory, False
+
+
+class _Handler(FileSystemEventHandler):
+    """Runs on the observer thread: filters events and pokes the loop, nothing else."""
+
+    def __init__(self, pattern: str, poke: Callable[[], None]) -> None:
+        self._pattern = pattern
+        self._poke = poke
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in _SET_CHANGING:
+            return
+        # fnmatch's `*` also matches `/`, so this is a superset of what glob matches.
+        paths = (os.fsdecode(event.src_path), os.fsdecode(event.dest_path or b""))
+        if any(p and fnmatch.fnmatchcase(p, self._pattern) for p in paths):
+            self._poke()
+
+
+class Discovery:
+    """Finds the container log files matching ``settings.path_glob`` and reports changes.
+
+    ``scan()`` is synchronous and may be called from any thread; ``run()`` owns the watchdog
+    observer thread and stops and joins it before it returns, however it ends.
+    """
+
+    def __init__(self, settings: SourceSettings, host: str, *, use_inotify: bool = True) -> None:
+        self._settings = settings
+        self._host = host
+        self._use_inotify = use_inotify
+        self._root, self._recursive = watch_root(settings.path_glob)
+        self.stats = ScanStats()
+        self._observer: BaseObserver | None = None
+        self._watched: tuple[int, int] | None = None  # (st_dev, st_ino) of the watched dir
+        self._dirty: asyncio.Event | None = None
+
+    def scan(self) -> dict[str, FoundFile]:
+        """The files matching the glob now, keyed by the matched path, in sorted order."""
+        s = self._settings
+        found: dict[str, FoundFile] = {}
+        skipped: dict[SkipReason, int] = {}
+        for path in sorted(glob.glob(s.path_glob, recursive=self._recursive)):
+            reason: SkipReason | None = None
+            meta = parse_file_name(path, self._host)
+            if meta is None:
+                reason = "not_container"
+            elif excluded(meta, s.exclude_namespaces, s.exclude_pods, s.exclude_containers):
+                reason = "excluded"
+            else:
+                try:
+                    # stat first: a link whose target was rotated away raises here.
+                    st = os.stat(path)
+                    real = os.path.realpath(path)
+                except (FileNotFoundError, NotADirectoryError):
+                    reason = "dangling"
+                else:
+                    if stat.S_ISREG(st.st_mode):
+                        found[path] = FoundFile(path, real, st, meta)
+                    else:
+                        reason = "not_regular"
+            if reason is not None:
+                skipped[reason] = skipped.get(reason, 0) + 1
+        self.stats.scans += 1
+        self.stats.found = len(found)
+        self.stats.skipped = skipped
+        return found
+
+    async def run(self, on_change: OnChange, stop: asyncio.Event) -> None:
+        """Call ``on_change`` with a fresh scan now, after each burst of inotify events in
+        the watched directory, and every ``rescan_interval_s``, until ``stop`` is set.
+
+        An exception from ``on_change`` ends the run (after the observer is joined).
+        """
+        loop = asyncio.get_running_loop()
+        dirty = self._dirty = asyncio.Event()
+        try:
+            while not stop.is_set():
+                if self._use_inotify:
+                    self._ensure_watch(loop)
+                dirty.clear()  # events from here on lead to another scan
+                found = await asyncio.to_thread(self.scan)
+                log.debug("discovery.scanned", found=len(found), skipped=dict(self.stats.skipped))
+                await on_change(found)
+                interval = self._settings.rescan_interval_s
+                if self._use_inotify and self._observer is None:
+                    interval = min(interval, _MISSING_DIR_RETRY_S)
+                if await _wait_any((dirty, stop), interval) is dirty:
+                    await self._settle(dirty, stop)
+        finally:
+            self._stop_watch()
+            self._dirty = None
+
+    async def _settle(self, dirty: asyncio.Event, stop: asyncio.Event) -> None:
+        """Wait until the burst has been quiet for DEBOUNCE_S (at most DEBOUNCE_MAX_S)."""
+        deadline = asyncio.get_running_loop().time() + DEBOUNCE_MAX_S
+        while not stop.is_set():
+            dirty.clear()
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0 or await _wait_any((dirty, stop), min(DEBOUNCE_S, left)) is None:
+                return
+
+    def _poke_threadsafe(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+        def poke() -> None:
+            dirty = self._dirty
+            if dirty is not None:
+                dirty.set()
+
+        def from_thread() -> None:
+            # RuntimeError: the loop closed under a late event; there is nobody to tell.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(poke)
+
+        return from_thread
+
+    def _ensure_watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start watching the directory if it exists; re-watch if it was replaced."""
+        try:
+            st = os.stat(self._root)
+        except OSError:
+            current = None
+        else:
+            current = (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+        if self._observer is not None and current == self._watched:
+            return
+        self._stop_watch()
+        if current is None:
+            return
+        observer = Observer()
+        handler = _Handler(self._settings.path_glob, self._poke_threadsafe(loop))
+        try:
+            observer.schedule(handler, self._root, recursive=self._recursive)
+            observer.start()
+        except OSError as exc:  # removed between stat and watch, or out of inotify watches
+            log.warning("discovery.watch_failed", error=type(exc).__name__, detail=str(exc))
+            _join(observer)
+            return
+        self._observer, self._watched = observer, current
+        log.info("discovery.watching", directory=self._root, recursive=self._recursive)
+
+    def _stop_watch(self) -> None:
+        observer, self._observer, self._watched = self._observer, None, None
+        if observer is not None:
+            _join(observer)
+
+
+def _join(observer: BaseObserver) -> None:
+    # stop() closes the inotify fd, so the emitter threads end promptly; the observer joins
+    # them before its own thread ends.
+    observer.stop()
+    if observer.is_alive():
+        observer.join()
+
+
+async def _wait_any(events: tuple[asyncio.Event, ...], wait_s: float) -> asyncio.Event | None:
+    """The first of ``events`` that is set within ``wait_s`` seconds, or None."""
+    for event in events:
+        if event.is_set():
+            return event
+    waiters = {asyncio.ensure_future(event.wait()): event for event in events}
+    try:
+        done, _ = await asyncio.wait(waiters, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+    return next((waiters[w] for w in done), None)
