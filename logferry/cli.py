@@ -14,7 +14,7 @@ from logferry.aggregator.config import AggregatorConfig
 from logferry.common.config import iter_reference, load_config
 from logferry.common.errors import ConfigError
 from logferry.common.lifecycle import run_until_signalled
-from logferry.common.logs import get_logger, setup_logging
+from logferry.common.logs import setup_logging
 from logferry.forwarder.config import ForwarderConfig
 
 DESCRIPTION = """\
@@ -89,12 +89,11 @@ def _run_daemon(name: str, args: argparse.Namespace) -> int:
 
         aggregator_config = config
         return run_until_signalled(lambda stop: Aggregator(aggregator_config).run(stop))
-    get_logger("logferry.cli").error(
-        "daemon.unavailable",
-        daemon=name,
-        reason="this build validates the config; the daemon itself is not implemented yet",
-    )
-    return 2
+    from logferry.forwarder.app import Forwarder
+
+    assert isinstance(config, ForwarderConfig)
+    forwarder_config = config
+    return run_until_signalled(lambda stop: Forwarder(forwarder_config).run(stop))
 
 
 def _print_reference(daemon: str) -> int:

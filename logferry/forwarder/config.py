@@ -27,6 +27,10 @@ class SourceSettings(ConfigModel):
     """Container name globs that are not tailed."""
     rescan_interval_s: float = Field(default=10.0, gt=0, le=3600)
     """Full rescan of the glob as a safety net beside inotify."""
+    poll_interval_s: float = Field(default=0.25, gt=0, le=10)
+    """How often open files are checked for new bytes when the last round found none."""
+    read_budget_bytes: ByteSize = Field(default=4 * 1024 * KiB, ge=64 * KiB)
+    """Most bytes read from one file per round, so one busy file cannot starve the others."""
     max_line_bytes: ByteSize = Field(default=1024 * KiB, ge=16 * KiB)
     """A merged line longer than this is cut and marked truncated (never dropped)."""
 
@@ -113,3 +117,17 @@ class ForwarderConfig(ConfigModel):
     """Container log discovery."""
     sender: SenderSettings = SenderSettings()
     """Aggregator endpoints."""
+    positions_file: Path | None = None
+    """Where file positions are kept (default: ``<spool.directory>/../positions``); on the
+    same host path as the spool, since positions only ever trail what the spool holds."""
+
+    @model_validator(mode="after")
+    def _has_endpoints(self) -> ForwarderConfig:
+        if not self.sender.servers and self.sender.dns_name is None:
+            raise ValueError("sender needs servers or dns_name: somewhere to send to")
+        return self
+
+    @property
+    def positions_path(self) -> Path:
+        """The effective positions file."""
+        return self.positions_file or Path(self.spool.directory).parent / "positions"

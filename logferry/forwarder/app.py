@@ -1,0 +1,228 @@
+"""The forwarder daemon: discovery -> tails -> node spool -> sender, with positions that trail
+durability.
+
+The order of one round is the invariant of DESIGN.md guarantee 2: read a file, append its
+records to the spool (``append`` returns only once they are fsynced), and only then move that
+file's position to the reader's checkpoint. The sender commits spool batches only after an
+aggregator acked them. A kill at any instant can therefore only make something be read or
+sent again, never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from logferry.common.logs import get_logger
+from logferry.common.metrics import check_labels
+from logferry.common.spool import Spool
+from logferry.common.status_http import StatusServer
+from logferry.forwarder.config import ForwarderConfig
+from logferry.forwarder.discovery import Discovery, FoundFile
+from logferry.forwarder.positions import PositionStore, fingerprint, resolve
+from logferry.forwarder.sender import Sender
+from logferry.forwarder.tail import FileTail, TailBatch, TailStatus
+
+log = get_logger(__name__)
+Key = tuple[int, int]
+POSITIONS_SAVE_INTERVAL_S = 0.5
+IDLE_ROUNDS_TO_RELEASE = 2
+
+
+class ForwarderMetrics:
+    """The forwarder's own metrics (the sender registers its own on the same registry)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(f"logferry_{name}", doc, check_labels(labels), registry=registry)
+
+        self.lines_read = counter("lines_read", "Physical log lines read.", "tenant")
+        self.bytes_read = counter("bytes_read", "Log file bytes read.", "tenant")
+        self.records_spooled = counter("records_spooled", "Records made durable in the spool.")
+        self.rotations = counter("rotations", "Files drained and released after rotation/deletion.")
+        self.truncations = counter("truncations", "Files found truncated (a new generation).")
+        self.open_files = Gauge("logferry_open_files", "Files being tailed.", registry=registry)
+        self.lag_bytes = Gauge(
+            "logferry_lag_bytes",
+            "Bytes written to tailed files but not read yet.",
+            registry=registry,
+        )
+
+
+class Forwarder:
+    """One forwarder process. ``run`` returns when ``stop`` is set and shutdown is done."""
+
+    def __init__(self, config: ForwarderConfig) -> None:
+        self.config = config
+        self.registry = CollectorRegistry()
+        self.metrics = ForwarderMetrics(self.registry)
+        self.positions = PositionStore(config.positions_path)
+        self.discovery = Discovery(config.source, config.node_name)
+        self._tails: dict[Key, FileTail] = {}
+        self._live: set[Key] = set()
+        self._idle_rounds: dict[Key, int] = {}
+        self._wake = asyncio.Event()
+        self._spool: Spool | None = None
+        self._ready = False
+        self.status = StatusServer(
+            config.http.listen_host,
+            config.http.listen_port,
+            self.registry,
+            live=lambda: (True, "ok"),
+            ready=lambda: (self._ready, "ok" if self._ready else "starting"),
+            before_scrape=self._update_gauges,
+        )
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Serve until ``stop``; returns the exit code."""
+        spool_settings = self.config.spool
+        spool = self._spool = await Spool.open(
+            spool_settings.directory,
+            max_bytes=spool_settings.max_bytes,
+            segment_max_bytes=spool_settings.segment_max_bytes,
+        )
+        sender = Sender(
+            self.config.sender, spool, node_name=self.config.node_name, metrics=self.registry
+        )
+        sender_stop = asyncio.Event()
+        tailing_stop = asyncio.Event()
+        try:
+            await self.status.start()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.discovery.run(self._on_change, tailing_stop))
+                tail_task = group.create_task(self._tail_loop(tailing_stop))
+                group.create_task(sender.run(sender_stop))
+                self._ready = True
+                log.info(
+                    "forwarder.started", node=self.config.node_name, http_port=self.status.port
+                )
+                await stop.wait()
+                self._ready = False
+                log.info("forwarder.stopping")
+                tailing_stop.set()
+                self._wake.set()
+                await tail_task  # the last round's records are spooled and positions saved
+                sender_stop.set()
+        finally:
+            await asyncio.to_thread(self.positions.save, force=True)
+            for tail in self._tails.values():
+                tail.close()
+            self._tails.clear()
+            await spool.close()
+            await self.status.stop()
+            log.info("forwarder.stopped")
+        return 0
+
+    async def _on_change(self, found: dict[str, FoundFile]) -> None:
+        live: set[Key] = set()
+        for item in found.values():
+            key = (item.device, item.inode)
+            live.add(key)
+            if key not in self._tails:
+                self._open(item)
+        self._live = live
+        self._wake.set()
+
+    def _open(self, item: FoundFile) -> None:
+        try:
+            fd = os.open(item.real_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # rotated between the scan and now: the next scan sees the new one
+        stat = os.fstat(fd)
+        key = (stat.st_dev, stat.st_ino)
+        if key in self._tails:
+            os.close(fd)
+            return
+        state, resolution = resolve(
+            self.positions, self.config.node_name, item.real_path, stat, fingerprint(fd), fd=fd
+        )
+        if resolution.value in ("truncated", "replaced"):
+            self.metrics.truncations.inc()
+        self._tails[key] = FileTail(state, item.meta, fd, self.config.source.max_line_bytes)
+        log.info(
+            "tail.opened",
+            namespace=item.meta.namespace_name,
+            pod=item.meta.pod_name,
+            container=item.meta.container_name,
+            source=state.source_id,
+            offset=state.offset,
+            resolution=resolution.value,
+        )
+
+    async def _tail_loop(self, stop: asyncio.Event) -> None:
+        last_save = time.monotonic()
+        settings = self.config.source
+        while True:
+            stopping = stop.is_set()
+            progressed = False
+            for key, tail in list(self._tails.items()):
+                batch = tail.read(settings.read_budget_bytes)
+                if batch.status is TailStatus.TRUNCATED:
+                    self._truncated(key, tail)
+                    continue
+                if batch.entries or batch.bytes_read:
+                    progressed = True
+                    await self._make_durable(tail, batch)
+                    self._idle_rounds.pop(key, None)
+                elif key not in self._live and not stopping:
+                    await self._maybe_release(key, tail)
+            now = time.monotonic()
+            if self.positions.dirty and (stopping or now - last_save >= POSITIONS_SAVE_INTERVAL_S):
+                await asyncio.to_thread(self.positions.save)
+                last_save = now
+            if stopping and not progressed:
+                return
+            if not progressed:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(settings.poll_interval_s):
+                        await self._wake.wait()
+
+    async def _make_durable(self, tail: FileTail, batch: TailBatch) -> None:
+        namespace = tail.meta.namespace_name
+        self.metrics.bytes_read.labels(namespace).inc(batch.bytes_read)
+        self.metrics.lines_read.labels(namespace).inc(batch.lines)
+        if batch.entries:
+            assert self._spool is not None
+            await self._spool.append(batch.entries)  # waits while the spool is full
+            self.metrics.records_spooled.inc(len(batch.entries))
+        checkpoint = batch.checkpoint
+        if checkpoint.offset > tail.state.offset:
+            tail.state = tail.state.advanced(checkpoint.offset, checkpoint.next_seq)
+            self.positions.update(tail.state)
+
+    async def _maybe_release(self, key: Key, tail: FileTail) -> None:
+        # Rotated away or deleted: read to the end through the descriptor; release only after
+        # the file has stayed at its end for a few rounds (a writer may finish a last line).
+        rounds = self._idle_rounds.get(key, 0) + 1
+        self._idle_rounds[key] = rounds
+        if rounds < IDLE_ROUNDS_TO_RELEASE:
+            return
+        await self._make_durable(tail, tail.finish())
+        self.positions.remove(*key)
+        tail.close()
+        del self._tails[key]
+        self._idle_rounds.pop(key, None)
+        self.metrics.rotations.inc()
+        log.info("tail.released", source=tail.state.source_id, offset=tail.state.offset)
+
+    def _truncated(self, key: Key, tail: FileTail) -> None:
+        # The bytes past the new size are gone from the file; what was read is spooled. The
+        # next scan reopens it, and resolve() starts a new generation (a new source id).
+        log.warning("tail.truncated", source=tail.state.source_id, offset=tail.state.offset)
+        tail.close()
+        del self._tails[key]
+        self._live.discard(key)
+        self._wake.set()
+
+    def _update_gauges(self) -> None:
+        lag = 0
+        for tail in list(self._tails.values()):
+            with contextlib.suppress(OSError):
+                lag += tail.lag_bytes()
+        self.metrics.lag_bytes.set(lag)
+        self.metrics.open_files.set(len(self._tails))
