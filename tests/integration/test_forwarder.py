@@ -99,3 +99,51 @@ async def test_files_arrive_once_with_contiguous_seqs_across_rotation(
     assert big == ["0:" + "d" * (40_000 - 2)]  # a 40 KB line split by docker, merged back
     assert await fwd.stop() == 0
     assert await agg.stop() == 0
+
+
+async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
+    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+) -> None:
+    import asyncio
+    import random
+
+    kills = 40 if os.environ.get("CHAOS_LONG") else 20
+    ns = f"kill-{uuid.uuid4().hex[:8]}"
+    agg = make_aggregator(opensearch.url)
+    await agg.start()
+    logs, pods = tmp_path / "containers", tmp_path / "pods"
+    logs.mkdir()
+    pods.mkdir()
+    files = [pods / f"p{i}.log" for i in range(3)]
+    for i, path in enumerate(files):
+        path.write_bytes(b"")
+        os.symlink(path, logs / f"pod-{i}_{ns}_app-{str(i) * 64}.log")
+    written = [0, 0, 0]
+    rng = random.Random(7)
+
+    async def write_some() -> None:
+        for i, path in enumerate(files):
+            count = rng.randint(50, 400)
+            with path.open("ab") as f:
+                f.write(cri_lines(written[i], count, f"f{i}"))
+            written[i] += count
+
+    fwd = forwarder(tmp_path, logs, int(agg.config["input"]["listen_port"]))
+    for _ in range(kills):
+        await write_some()
+        fwd.spawn()
+        await asyncio.sleep(rng.uniform(0.05, 1.5))  # the fault's timing, not synchronisation
+        await write_some()
+        fwd.kill()
+    await write_some()
+    await fwd.start()
+    store = StoreReader(opensearch.url)
+    await wait_count(store, f"logs-{ns}-*", sum(written), timeout_s=180)
+    assert await store.count(f"logs-{ns}-*") == sum(written)
+    stats = await store.seq_stats(f"logs-{ns}-*")
+    # per source: every seq from 0 to the last, each exactly once
+    assert sorted(count for count, _lo, _hi, _doubled in stats.values()) == sorted(written)
+    for count, lo, hi, doubled in stats.values():
+        assert (lo, hi, doubled) == (0, count - 1, 0)
+    assert await fwd.stop() == 0
+    await agg.stop()

@@ -53,3 +53,31 @@ class StoreReader:
 
     async def delete(self, path: str) -> tuple[int, Any]:
         return await self._request("DELETE", path)
+
+    async def seq_stats(self, pattern: str) -> dict[str, tuple[int, int, int, int]]:
+        """Per ``_lf.src``: (documents, min seq, max seq, seqs held by more than one document),
+        by aggregation (exact on a single shard; no scan of the documents)."""
+        await self.refresh(pattern)
+        body = {
+            "size": 0,
+            "aggs": {
+                "src": {
+                    "terms": {"field": "_lf.src.keyword", "size": 10_000},
+                    "aggs": {
+                        "lo": {"min": {"field": "_lf.seq"}},
+                        "hi": {"max": {"field": "_lf.seq"}},
+                        "doubled": {"terms": {"field": "_lf.seq", "min_doc_count": 2, "size": 100}},
+                    },
+                }
+            },
+        }
+        _status, payload = await self._request("POST", f"/{pattern}/_search", body)
+        return {
+            bucket["key"]: (
+                int(bucket["doc_count"]),
+                int(bucket["lo"]["value"]),
+                int(bucket["hi"]["value"]),
+                len(bucket["doubled"]["buckets"]),
+            )
+            for bucket in payload["aggregations"]["src"]["buckets"]
+        }
