@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 
@@ -23,6 +24,7 @@ from logferry.common.spool import Spool
 from logferry.common.status_http import StatusServer
 from logferry.forwarder.config import ForwarderConfig
 from logferry.forwarder.discovery import Discovery, FoundFile
+from logferry.forwarder.metadata import parse_file_name
 from logferry.forwarder.positions import PositionStore, fingerprint, resolve
 from logferry.forwarder.sender import Sender
 from logferry.forwarder.tail import FileTail, TailBatch, TailStatus
@@ -68,6 +70,7 @@ class Forwarder:
         self._wake = asyncio.Event()
         self._spool: Spool | None = None
         self._ready = False
+        self._recovered = False
         self.status = StatusServer(
             config.http.listen_host,
             config.http.listen_port,
@@ -125,7 +128,29 @@ class Forwarder:
             if key not in self._tails:
                 self._open(item)
         self._live = live
+        if not self._recovered:
+            self._recovered = True
+            self._reopen_rotated_while_down()
         self._wake.set()
+
+    def _reopen_rotated_while_down(self) -> None:
+        """Sources with a saved position that the glob no longer shows were rotated away while
+        we were down: find each by device and inode beside where it was last seen, and drain
+        it from its saved position (never from the start, never skipped)."""
+        for state in self.positions.all():
+            if state.key in self._tails or not state.link:
+                continue
+            meta = parse_file_name(state.link, self.config.node_name)
+            directory = os.path.dirname(state.path)
+            if meta is None or not os.path.isdir(directory):
+                continue
+            for entry in os.scandir(directory):
+                with contextlib.suppress(OSError):
+                    stat = entry.stat(follow_symlinks=False)
+                    if (stat.st_dev, stat.st_ino) == state.key and entry.is_file():
+                        self._open(FoundFile(state.link, entry.path, stat, meta))
+                        log.info("tail.rotated_while_down", source=state.source_id, path=entry.path)
+                        break
 
     def _open(self, item: FoundFile) -> None:
         try:
@@ -142,6 +167,9 @@ class Forwarder:
         )
         if resolution.value in ("truncated", "replaced"):
             self.metrics.truncations.inc()
+        if state.link != item.path:
+            state = dataclasses.replace(state, link=item.path)
+            self.positions.update(state)
         self._tails[key] = FileTail(state, item.meta, fd, self.config.source.max_line_bytes)
         log.info(
             "tail.opened",

@@ -130,6 +130,9 @@ class SourceState:
     """The ``_lf.seq`` of the next record; sequence numbers are contiguous from 0 per source."""
     draining: bool = False
     """The file was seen rotated away or deleted: read it to its end, then release it."""
+    link: str = ""
+    """The container log name that led to the file (``/var/log/containers/...``): its name
+    carries the Kubernetes metadata, needed to drain a file rotated while we were down."""
 
     @property
     def key(self) -> FileKey:
@@ -374,6 +377,7 @@ def _state_from(item: dict[str, Any]) -> SourceState:
         offset=_uint(item["offset"]),
         next_seq=_uint(item["next_seq"]),
         draining=item["draining"],
+        link=str(item.get("link", "")),
     )
 
 

@@ -147,3 +147,60 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         assert (lo, hi, doubled) == (0, count - 1, 0)
     assert await fwd.stop() == 0
     await agg.stop()
+
+
+async def setup_one_file(
+    tmp_path: Path, ns: str, make_aggregator: MakeAggregator, opensearch: Any
+) -> tuple[DaemonProcess, DaemonProcess, Path, StoreReader]:
+    agg = make_aggregator(opensearch.url)
+    await agg.start()
+    logs, pods = tmp_path / "containers", tmp_path / "pods"
+    logs.mkdir()
+    pods.mkdir()
+    path = pods / "0.log"
+    path.write_bytes(cri_lines(0, 1000, "one"))
+    os.symlink(path, logs / f"web-0_{ns}_app-{'c' * 64}.log")
+    fwd = forwarder(tmp_path, logs, int(agg.config["input"]["listen_port"]))
+    await fwd.start()
+    store = StoreReader(opensearch.url)
+    await wait_count(store, f"logs-{ns}-*", 1000, timeout_s=120)
+    return agg, fwd, path, store
+
+
+async def assert_sources(store: StoreReader, ns: str, expected: list[int]) -> None:
+    await wait_count(store, f"logs-{ns}-*", sum(expected), timeout_s=120)
+    assert await store.count(f"logs-{ns}-*") == sum(expected)
+    stats = await store.seq_stats(f"logs-{ns}-*")
+    assert sorted(count for count, *_rest in stats.values()) == sorted(expected)
+    for count, lo, hi, doubled in stats.values():
+        assert (lo, hi, doubled) == (0, count - 1, 0)
+
+
+async def test_rotation_while_stopped_is_drained_from_the_saved_position(
+    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+) -> None:
+    ns = f"rot-{uuid.uuid4().hex[:8]}"
+    agg, fwd, path, store = await setup_one_file(tmp_path, ns, make_aggregator, opensearch)
+    assert await fwd.stop() == 0
+    with path.open("ab") as f:
+        f.write(cri_lines(1000, 400, "one"))  # written after we stopped, then rotated away
+    os.rename(path, path.with_name("0.log.20261125-000000"))
+    path.write_bytes(cri_lines(0, 300, "two"))
+    await fwd.start()
+    await assert_sources(store, ns, [1400, 300])
+    assert await fwd.stop() == 0
+    await agg.stop()
+
+
+async def test_copytruncate_starts_a_new_generation(
+    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+) -> None:
+    ns = f"ct-{uuid.uuid4().hex[:8]}"
+    agg, fwd, path, store = await setup_one_file(tmp_path, ns, make_aggregator, opensearch)
+    with path.open("r+b") as f:
+        f.truncate(0)  # logrotate's copytruncate: the copy is not ours to read
+    with path.open("ab") as f:
+        f.write(cri_lines(0, 250, "after-truncate"))
+    await assert_sources(store, ns, [1000, 250])
+    assert await fwd.stop() == 0
+    await agg.stop()
