@@ -19,7 +19,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from logferry.common.logs import get_logger
-from logferry.common.metrics import check_labels
+from logferry.common.metrics import check_labels, count_and_log
 from logferry.common.spool import Spool
 from logferry.common.status_http import StatusServer
 from logferry.forwarder.config import ForwarderConfig
@@ -47,11 +47,30 @@ class ForwarderMetrics:
         self.records_spooled = counter("records_spooled", "Records made durable in the spool.")
         self.rotations = counter("rotations", "Files drained and released after rotation/deletion.")
         self.truncations = counter("truncations", "Files found truncated (a new generation).")
+        self.sources_lost = counter(
+            "sources_lost",
+            "Sources with unread bytes whose file was gone before it could be drained "
+            "(rotated and deleted while the forwarder was down).",
+        )
+        self.partial_merges = counter("partial_merges", "Split lines merged into one record.")
+        self.truncated_lines = counter(
+            "truncated_lines", "Lines cut at source.max_line_bytes (kept, flagged)."
+        )
+        self.malformed_lines = counter(
+            "malformed_lines", "Lines not in the file's format, forwarded raw and flagged."
+        )
         self.open_files = Gauge("logferry_open_files", "Files being tailed.", registry=registry)
         self.lag_bytes = Gauge(
             "logferry_lag_bytes",
-            "Bytes written to tailed files but not read yet.",
+            "Bytes written to tailed files but not read yet (file size minus position).",
+            ["tenant"],
             registry=registry,
+        )
+        self.spool_bytes = Gauge(
+            "logferry_spool_bytes", "Bytes in the node spool.", registry=registry
+        )
+        self.spool_records = Gauge(
+            "logferry_spool_records", "Records spooled and not yet acked.", registry=registry
         )
 
 
@@ -71,6 +90,8 @@ class Forwarder:
         self._spool: Spool | None = None
         self._ready = False
         self._recovered = False
+        self._released_counts: dict[str, int] = {}
+        self._counted: dict[str, int] = {}
         self.status = StatusServer(
             config.http.listen_host,
             config.http.listen_port,
@@ -144,13 +165,25 @@ class Forwarder:
             directory = os.path.dirname(state.path)
             if meta is None or not os.path.isdir(directory):
                 continue
+            found = False
             for entry in os.scandir(directory):
                 with contextlib.suppress(OSError):
                     stat = entry.stat(follow_symlinks=False)
                     if (stat.st_dev, stat.st_ino) == state.key and entry.is_file():
                         self._open(FoundFile(state.link, entry.path, stat, meta))
                         log.info("tail.rotated_while_down", source=state.source_id, path=entry.path)
+                        found = True
                         break
+            if not found:
+                count_and_log(
+                    self.metrics.sources_lost,
+                    log,
+                    "tail.source_lost",
+                    source=state.source_id,
+                    offset=state.offset,
+                    path=state.path,
+                )
+                self.positions.remove(*state.key)
 
     def _open(self, item: FoundFile) -> None:
         try:
@@ -231,6 +264,13 @@ class Forwarder:
         if rounds < IDLE_ROUNDS_TO_RELEASE:
             return
         await self._make_durable(tail, tail.finish())
+        merger = tail.reader.merger
+        for name, value in (
+            ("merges", merger.partial_merges),
+            ("truncated", merger.truncated_lines),
+            ("malformed", merger.malformed_lines),
+        ):
+            self._released_counts[name] = self._released_counts.get(name, 0) + value
         self.positions.remove(*key)
         tail.close()
         del self._tails[key]
@@ -247,10 +287,33 @@ class Forwarder:
         self._live.discard(key)
         self._wake.set()
 
+    def _bump(self, metric: Counter, name: str, total_open: int) -> None:
+        # Counters of open tails plus those already released; a counter never goes back.
+        current = self._released_counts.get(name, 0) + total_open
+        seen = self._counted.get(name, 0)
+        if current > seen:
+            metric.inc(current - seen)
+            self._counted[name] = current
+
     def _update_gauges(self) -> None:
-        lag = 0
+        lag: dict[str, int] = {}
         for tail in list(self._tails.values()):
             with contextlib.suppress(OSError):
-                lag += tail.lag_bytes()
-        self.metrics.lag_bytes.set(lag)
+                namespace = tail.meta.namespace_name
+                lag[namespace] = lag.get(namespace, 0) + tail.lag_bytes()
+        for namespace, value in lag.items():
+            self.metrics.lag_bytes.labels(namespace).set(value)
         self.metrics.open_files.set(len(self._tails))
+        merges = truncated = malformed = 0
+        for tail in list(self._tails.values()):
+            merger = tail.reader.merger
+            merges += merger.partial_merges
+            truncated += merger.truncated_lines
+            malformed += merger.malformed_lines
+        self._bump(self.metrics.partial_merges, "merges", merges)
+        self._bump(self.metrics.truncated_lines, "truncated", truncated)
+        self._bump(self.metrics.malformed_lines, "malformed", malformed)
+        if self._spool is not None:
+            with contextlib.suppress(Exception):
+                self.metrics.spool_bytes.set(self._spool.bytes_used)
+                self.metrics.spool_records.set(self._spool.records_pending)

@@ -97,6 +97,9 @@ async def test_files_arrive_once_with_contiguous_seqs_across_rotation(
         assert sorted(seqs) == list(range(len(seqs)))  # contiguous from 0, no duplicates
     big = [h["_source"]["log"] for h in hits if h["_source"]["log"].startswith("0:")]
     assert big == ["0:" + "d" * (40_000 - 2)]  # a 40 KB line split by docker, merged back
+    assert await fwd.metric("logferry_partial_merges_total") == 30  # the 30 lines over 16 KB
+    assert await fwd.metric("logferry_records_spooled_total") >= 4500
+    assert await fwd.metric("logferry_sender_records_acked_total") >= 4500
     assert await fwd.stop() == 0
     assert await agg.stop() == 0
 
