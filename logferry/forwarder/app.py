@@ -249,7 +249,18 @@ class Forwarder:
         self.metrics.lines_read.labels(namespace).inc(batch.lines)
         if batch.entries:
             assert self._spool is not None
-            await self._spool.append(batch.entries)  # waits while the spool is full
+            # Appends sized to a fraction of the spool, so one big read always fits; each
+            # waits while the spool is full (backpressure). The position moves only after all.
+            limit = max(64 * 1024, self._spool.max_bytes // 8)
+            group: list[bytes] = []
+            size = 0
+            for entry in batch.entries:
+                if group and size + len(entry) > limit:
+                    await self._spool.append(group)
+                    group, size = [], 0
+                group.append(entry)
+                size += len(entry) + 4
+            await self._spool.append(group)
             self.metrics.records_spooled.inc(len(batch.entries))
         checkpoint = batch.checkpoint
         if checkpoint.offset > tail.state.offset:

@@ -29,7 +29,7 @@ class SourceSettings(ConfigModel):
     """Full rescan of the glob as a safety net beside inotify."""
     poll_interval_s: float = Field(default=0.25, gt=0, le=10)
     """How often open files are checked for new bytes when the last round found none."""
-    read_budget_bytes: ByteSize = Field(default=4 * 1024 * KiB, ge=64 * KiB)
+    read_budget_bytes: ByteSize = Field(default=1024 * KiB, ge=64 * KiB)
     """Most bytes read from one file per round, so one busy file cannot starve the others."""
     max_line_bytes: ByteSize = Field(default=1024 * KiB, ge=16 * KiB)
     """A merged line longer than this is cut and marked truncated (never dropped)."""

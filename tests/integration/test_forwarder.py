@@ -207,3 +207,91 @@ async def test_copytruncate_starts_a_new_generation(
     await assert_sources(store, ns, [1000, 250])
     assert await fwd.stop() == 0
     await agg.stop()
+
+
+async def test_one_aggregator_killed_and_one_blackholed_everything_arrives_via_the_third(
+    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+) -> None:
+    import asyncio
+
+    ns = f"ha-{uuid.uuid4().hex[:8]}"
+    first = make_aggregator(opensearch.url, name="agg-1")
+    second = make_aggregator(opensearch.url, name="agg-2")
+    await first.start()
+    await second.start()
+
+    async def blackhole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass  # accepts and reads everything, acks nothing
+        writer.close()
+
+    hole = await asyncio.start_server(blackhole, "127.0.0.1", 0)
+    hole_port = hole.sockets[0].getsockname()[1]
+    logs, pods = tmp_path / "containers", tmp_path / "pods"
+    logs.mkdir()
+    pods.mkdir()
+    path = pods / "0.log"
+    path.write_bytes(b"")
+    os.symlink(path, logs / f"web-0_{ns}_app-{'d' * 64}.log")
+    ports = [int(a.config["input"]["listen_port"]) for a in (first, second)]
+    fwd = forwarder(tmp_path, logs, ports[0])
+    fwd.config["sender"] = {
+        "servers": [f"127.0.0.1:{p}" for p in (*ports, hole_port)],
+        "ack_timeout_s": 2,
+        "batch_max_records": 200,
+    }
+    await fwd.start()
+    written = 0
+    for round_no in range(10):
+        with path.open("ab") as f:
+            f.write(cri_lines(written, 500, "ha"))
+        written += 500
+        if round_no == 3:
+            first.kill()  # mid-stream
+        await asyncio.sleep(0.2)  # the writer's pace, not synchronisation
+    store = StoreReader(opensearch.url)
+    await assert_sources(store, ns, [written])
+    assert await fwd.metric("logferry_sender_chunks_retried_total") >= 1
+    assert await fwd.stop() == 0
+    await second.stop()
+    hole.close()
+    await hole.wait_closed()
+
+
+async def test_spool_full_with_aggregators_down_pauses_tailing_then_everything_arrives(
+    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+) -> None:
+    ns = f"full-{uuid.uuid4().hex[:8]}"
+    agg = make_aggregator(opensearch.url)
+    port = int(agg.config["input"]["listen_port"])  # not started yet: nothing listens
+    logs, pods = tmp_path / "containers", tmp_path / "pods"
+    logs.mkdir()
+    pods.mkdir()
+    path = pods / "0.log"
+    path.write_bytes(cri_lines(0, 100_000, "x" * 60))  # ~11 MB of lines for a 2 MiB spool
+    os.symlink(path, logs / f"web-0_{ns}_app-{'e' * 64}.log")
+    fwd = forwarder(tmp_path, logs, port)
+    fwd.config["spool"] = {
+        "directory": str(tmp_path / "fwd" / "spool"),
+        "max_bytes": "2MiB",
+        "segment_max_bytes": "1MiB",
+    }
+    await fwd.start()
+
+    async def paused() -> bool:
+        return (
+            await fwd.metric("logferry_spool_bytes") >= 1024 * 1024
+            and await fwd.metric("logferry_lag_bytes") > 0
+        )
+
+    from tests.support.net import wait_until
+
+    await wait_until(paused, timeout_s=60, what="a full spool and a growing lag")
+    lag = await fwd.metric("logferry_lag_bytes")
+    assert lag > 5 * 1024 * 1024  # tailing waits instead of reading (and dropping) more
+    await agg.start()
+    store = StoreReader(opensearch.url)
+    await assert_sources(store, ns, [100_000])
+    assert await fwd.metric("logferry_lag_bytes") == 0
+    assert await fwd.stop() == 0
+    await agg.stop()
