@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
 from logferry.common.logs import get_logger
 
@@ -26,7 +29,7 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
+def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[int]]) -> NoReturn:
     """Run ``main(stop)`` in a fresh event loop; SIGTERM/SIGINT set ``stop``.
 
     A second signal exits at once: the operator asked twice, and the spools are crash-safe, so
@@ -55,4 +58,15 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
 
-    return asyncio.run(runner())
+    try:
+        code = asyncio.run(runner())
+    except Exception:
+        log.exception("daemon.crashed")
+        code = 1
+    # Leave now, whatever threads a library left behind (a watchdog observer, an executor
+    # worker blocked in I/O): a daemon that failed must exit so its supervisor restarts it,
+    # and everything that matters (spool, positions) was closed or is crash-safe anyway.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,20 @@ def docker_split_line(n: int, size: int) -> bytes:
     return "".join(out).encode()
 
 
+_STARTED: list[DaemonProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_forwarder_left_behind() -> Iterator[None]:
+    """A failing test must not leave its forwarder process running."""
+    yield
+    while _STARTED:
+        _STARTED.pop().ensure_dead()
+
+
 def forwarder(tmp_path: Path, logs: Path, agg_port: int) -> DaemonProcess:
     workdir = tmp_path / "fwd"
-    return DaemonProcess(
+    daemon = DaemonProcess(
         "forwarder",
         workdir,
         {
@@ -56,6 +68,8 @@ def forwarder(tmp_path: Path, logs: Path, agg_port: int) -> DaemonProcess:
             "sender": {"servers": [f"127.0.0.1:{agg_port}"], "ack_timeout_s": 10},
         },
     )
+    _STARTED.append(daemon)
+    return daemon
 
 
 async def test_files_arrive_once_with_contiguous_seqs_across_rotation(
