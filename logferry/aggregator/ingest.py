@@ -21,7 +21,7 @@ import msgspec
 
 from logferry.aggregator.filters import FilterChain
 from logferry.aggregator.metrics import AggregatorMetrics
-from logferry.aggregator.routing import NAMESPACE, IndexNamer
+from logferry.aggregator.routing import IndexNamer, TenantResolver
 from logferry.aggregator.spools import TenantSpools
 from logferry.common.protocol import EventMessage, EventTime
 from logferry.common.records import derived_record_id
@@ -92,29 +92,16 @@ class Ingest:
         self._spools = spools
         self._metrics = metrics
         self._namer = namer
-        self._default_tenant = default_tenant
         self._chain_for = chain_for
         self.instance = instance
-        self._namespaces: set[str] = set()
+        self._tenant_of = TenantResolver(default_tenant)
         self._stamps = _Stamps()
         self._budget = ByteBudget(inflight_max_bytes)
-
-    def _tenant(self, record: dict[str, Any]) -> str:
-        k8s = record.get("kubernetes")
-        if k8s.__class__ is dict:
-            namespace = k8s.get("namespace_name")
-            if namespace in self._namespaces:
-                return namespace  # type: ignore[no-any-return]
-            if isinstance(namespace, str) and NAMESPACE.match(namespace):
-                if len(self._namespaces) < 100_000:
-                    self._namespaces.add(namespace)
-                return namespace
-        return self._default_tenant
 
     def render(self, message: EventMessage, receipt: Receipt) -> dict[str, tuple[bytes, int]]:
         """Route, filter and render a message: tenant -> (fragment, document count)."""
         by_tenant: dict[str, list[tuple[int, Any, dict[str, Any]]]] = {}
-        tenant_of = self._tenant
+        tenant_of = self._tenant_of
         for position, (when, record) in enumerate(message.entries):
             tenant = tenant_of(record)
             group = by_tenant.get(tenant)

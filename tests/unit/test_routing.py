@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logferry.aggregator.routing import NAMESPACE, SUFFIX, IndexNamer, tenant_of
+from logferry.aggregator.routing import NAMESPACE, SUFFIX, IndexNamer, TenantResolver, tenant_of
 
 namespaces = st.from_regex(NAMESPACE, fullmatch=True)
 suffixes = st.none() | st.from_regex(SUFFIX, fullmatch=True)
@@ -45,3 +45,17 @@ def test_two_tenants_never_share_an_index(
     assert namer.tenant_of_index(ib) == b
     if a != b:
         assert ia != ib
+
+
+def test_the_cached_resolver_agrees_with_tenant_of_and_survives_odd_values() -> None:
+    resolve = TenantResolver("_default")
+    records = [
+        {"kubernetes": {"namespace_name": "payments"}},
+        {"kubernetes": {"namespace_name": "payments"}},  # the cached path
+        {"kubernetes": {"namespace_name": {"not": "hashable"}}},
+        {"kubernetes": {"namespace_name": ["x"]}},
+        {"kubernetes": {"namespace_name": "Bad_Name"}},
+        {},
+    ]
+    for record in records:
+        assert resolve(record) == tenant_of(record, "_default")
