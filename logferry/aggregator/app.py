@@ -70,6 +70,7 @@ class Aggregator:
         self._accepting = False
         self._failure: BaseException | None = None
         self._stop: asyncio.Event | None = None
+        self._shut_down = False
 
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until ``stop`` is set (or a task fails); returns the exit code."""
@@ -97,7 +98,7 @@ class Aggregator:
 
     async def shutdown(self) -> None:
         """The shutdown sequence (safe to call twice)."""
-        if getattr(self, "_shut_down", False):
+        if self._shut_down:
             return
         self._shut_down = True
         deadline = self.config.shutdown_deadline_s

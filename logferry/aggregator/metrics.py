@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from logferry.common.metrics import check_labels
+from logferry.common import metrics
 
 
 class AggregatorMetrics:
@@ -14,10 +14,10 @@ class AggregatorMetrics:
         r = self.registry = registry or CollectorRegistry()
 
         def counter(name: str, doc: str, *labels: str) -> Counter:
-            return Counter(f"logferry_{name}", doc, check_labels(labels), registry=r)
+            return metrics.counter(r, name, doc, labels)
 
         def gauge(name: str, doc: str, *labels: str) -> Gauge:
-            return Gauge(f"logferry_{name}", doc, check_labels(labels), registry=r)
+            return metrics.gauge(r, name, doc, labels)
 
         # input
         self.connections = gauge("connections", "Open Forward Protocol connections.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from logferry.common.logs import EventLogger
 
@@ -30,6 +30,11 @@ def counter(
 ) -> Counter:
     """A ``logferry_<name>_total`` counter registered on ``registry``."""
     return Counter(f"logferry_{name}", doc, check_labels(labels), registry=registry)
+
+
+def gauge(registry: CollectorRegistry, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+    """A ``logferry_<name>`` gauge registered on ``registry``."""
+    return Gauge(f"logferry_{name}", doc, check_labels(labels), registry=registry)
 
 
 def count_and_log(

@@ -18,8 +18,9 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from logferry.common import metrics
 from logferry.common.logs import get_logger
-from logferry.common.metrics import check_labels, count_and_log
+from logferry.common.metrics import count_and_log
 from logferry.common.spool import Spool
 from logferry.common.status_http import StatusServer
 from logferry.forwarder.config import ForwarderConfig
@@ -40,7 +41,10 @@ class ForwarderMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         def counter(name: str, doc: str, *labels: str) -> Counter:
-            return Counter(f"logferry_{name}", doc, check_labels(labels), registry=registry)
+            return metrics.counter(registry, name, doc, labels)
+
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            return metrics.gauge(registry, name, doc, labels)
 
         self.lines_read = counter("lines_read", "Physical log lines read.", "tenant")
         self.bytes_read = counter("bytes_read", "Log file bytes read.", "tenant")
@@ -59,19 +63,14 @@ class ForwarderMetrics:
         self.malformed_lines = counter(
             "malformed_lines", "Lines not in the file's format, forwarded raw and flagged."
         )
-        self.open_files = Gauge("logferry_open_files", "Files being tailed.", registry=registry)
-        self.lag_bytes = Gauge(
-            "logferry_lag_bytes",
+        self.open_files = gauge("open_files", "Files being tailed.")
+        self.lag_bytes = gauge(
+            "lag_bytes",
             "Bytes written to tailed files but not read yet (file size minus position).",
-            ["tenant"],
-            registry=registry,
+            "tenant",
         )
-        self.spool_bytes = Gauge(
-            "logferry_spool_bytes", "Bytes in the node spool.", registry=registry
-        )
-        self.spool_records = Gauge(
-            "logferry_spool_records", "Records spooled and not yet acked.", registry=registry
-        )
+        self.spool_bytes = gauge("spool_bytes", "Bytes in the node spool.")
+        self.spool_records = gauge("spool_records", "Records spooled and not yet acked.")
 
 
 class Forwarder:
