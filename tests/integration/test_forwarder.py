@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 
 from tests.integration.test_aggregator import MakeAggregator, make_aggregator, wait_count
 from tests.support.daemon import DaemonProcess
+from tests.support.net import wait_until
 from tests.support.opensearch_client import StoreReader
 
 pytestmark = pytest.mark.integration
@@ -121,9 +124,6 @@ async def test_files_arrive_once_with_contiguous_seqs_across_rotation(
 async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
 ) -> None:
-    import asyncio
-    import random
-
     kills = 40 if os.environ.get("CHAOS_LONG") else 20
     ns = f"kill-{uuid.uuid4().hex[:8]}"
     agg = make_aggregator(opensearch.url)
@@ -226,8 +226,6 @@ async def test_copytruncate_starts_a_new_generation(
 async def test_one_aggregator_killed_and_one_blackholed_everything_arrives_via_the_third(
     opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
 ) -> None:
-    import asyncio
-
     ns = f"ha-{uuid.uuid4().hex[:8]}"
     first = make_aggregator(opensearch.url, name="agg-1")
     second = make_aggregator(opensearch.url, name="agg-2")
@@ -297,8 +295,6 @@ async def test_spool_full_with_aggregators_down_pauses_tailing_then_everything_a
             await fwd.metric("logferry_spool_bytes") >= 1024 * 1024
             and await fwd.metric("logferry_lag_bytes") > 0
         )
-
-    from tests.support.net import wait_until
 
     await wait_until(paused, timeout_s=60, what="a full spool and a growing lag")
     lag = await fwd.metric("logferry_lag_bytes")
