@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib import import_module
 from pathlib import Path
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING
 
 from logferry import __version__
-from logferry.aggregator.config import AggregatorConfig
 from logferry.common.config import iter_reference, load_config
 from logferry.common.errors import ConfigError
 from logferry.common.lifecycle import run_until_signalled
 from logferry.common.logs import setup_logging
-from logferry.forwarder.config import ForwarderConfig
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 DESCRIPTION = """\
 logferry ships Kubernetes container logs without losing or duplicating an acknowledged line.
@@ -28,18 +29,27 @@ Each daemon reads one YAML file (--config). A bad file is refused before anythin
 with the file, line, key path and reason. Example configs live in examples/.
 """
 
-DAEMONS: dict[str, tuple[type[BaseModel], str]] = {
+# Config models are imported only for the daemon that runs: a forwarder on every node should
+# not load the aggregator's modules (and their HTTP client) into its memory.
+DAEMONS: dict[str, tuple[str, str]] = {
     "forwarder": (
-        ForwarderConfig,
+        "logferry.forwarder.config:ForwarderConfig",
         "Tail container log files on this node, spool them durably and send them to "
         "aggregators with acknowledgements.",
     ),
     "aggregator": (
-        AggregatorConfig,
+        "logferry.aggregator.config:AggregatorConfig",
         "Receive Forward Protocol v1 batches, apply tenant filters, spool them with fsync "
         "before acking, and bulk-write them to Elasticsearch/OpenSearch.",
     ),
 }
+
+
+def config_model(daemon: str) -> type[BaseModel]:
+    """The config model class of ``daemon``."""
+    module, _, name = DAEMONS[daemon][0].partition(":")
+    model: type[BaseModel] = getattr(import_module(module), name)
+    return model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,8 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(name: str, path: Path) -> BaseModel:
-    model, _help = DAEMONS[name]
-    return load_config(path, model)
+    return load_config(path, config_model(name))
 
 
 def _run_daemon(name: str, args: argparse.Namespace) -> int:
@@ -84,12 +93,15 @@ def _run_daemon(name: str, args: argparse.Namespace) -> int:
         return 0
     log_settings = getattr(config, "log")  # noqa: B009 - both daemon models have it
     setup_logging(log_settings.level, log_settings.format)
-    if isinstance(config, AggregatorConfig):
+    if name == "aggregator":
         from logferry.aggregator.app import Aggregator
+        from logferry.aggregator.config import AggregatorConfig
 
+        assert isinstance(config, AggregatorConfig)
         aggregator_config = config
         return run_until_signalled(lambda stop: Aggregator(aggregator_config).run(stop))
     from logferry.forwarder.app import Forwarder
+    from logferry.forwarder.config import ForwarderConfig
 
     assert isinstance(config, ForwarderConfig)
     forwarder_config = config
@@ -97,7 +109,7 @@ def _run_daemon(name: str, args: argparse.Namespace) -> int:
 
 
 def _print_reference(daemon: str) -> int:
-    model, _help = DAEMONS[daemon]
+    model = config_model(daemon)
     print("| key | default | meaning |")
     print("| --- | --- | --- |")
     for path, default, doc in iter_reference(model):

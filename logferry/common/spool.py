@@ -28,11 +28,11 @@ import contextlib
 import fcntl
 import os
 import time
-import zlib
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 
+from logferry.common.deflate import crc32
 from logferry.common.errors import SpoolClosedError, SpoolError, SpoolFullError
 from logferry.common.logs import get_logger
 from logferry.common.spool_reader import CommitTracker, SegmentReader
@@ -257,9 +257,7 @@ class Spool:
             self._reserved -= size
             raise SpoolClosedError(f"spool {self._dir} is closed")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._writer.submit(
-            PendingAppend(payload, zlib.crc32(payload), len(records), _now_ms(), future)
-        )
+        self._writer.submit(PendingAppend(payload, crc32(payload), len(records), _now_ms(), future))
         # If the caller is cancelled now, the frame may still be written: harmless (resend).
         return await future
 
@@ -313,10 +311,21 @@ class Spool:
     # ------------------------------------------------------------------- consuming
 
     async def read(
-        self, *, max_records: int, max_bytes: int, timeout_s: float | None = None
+        self,
+        *,
+        max_records: int,
+        max_bytes: int,
+        timeout_s: float | None = None,
+        weigh: Callable[[bytes], int] | None = None,
+        size: Callable[[bytes], int] | None = None,
     ) -> SpoolBatch | None:
         """The next unread durable records in order (at least one, at most ``max_records``,
         at most ``max_bytes`` of record bytes unless a single record is larger).
+
+        With ``weigh``, ``max_records`` limits the sum of ``weigh(record)`` instead of the
+        number of records (a record that holds several items counts as that many); with
+        ``size``, ``max_bytes`` limits the sum of ``size(record)`` instead of ``len(record)``
+        (a compressed record counts as its uncompressed size).
 
         Waits for data up to ``timeout_s`` (forever if None) and returns None on timeout.
         Raises :class:`SpoolCorruptError` if a frame went bad on disk since open (a restart
@@ -332,7 +341,7 @@ class Spool:
                 self._check_open()
                 self._data_ready.clear()  # before reading, so no wake-up is lost
                 try:
-                    chunk = await self._reader.read(max_records, max_bytes)
+                    chunk = await self._reader.read(max_records, max_bytes, weigh, size)
                 except OSError as exc:
                     raise SpoolError(f"spool {self._dir}: read failed: {exc}") from exc
                 if chunk is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from logferry.common.errors import SpoolCorruptError, SpoolError
@@ -85,12 +86,20 @@ class SegmentReader:
             self._fd = None
         self._buf, self._buf_offset = b"", 0
 
-    async def read(self, max_records: int, max_bytes: int) -> tuple[int, list[bytes], int] | None:
+    async def read(
+        self,
+        max_records: int,
+        max_bytes: int,
+        weigh: Callable[[bytes], int] | None = None,
+        size: Callable[[bytes], int] | None = None,
+    ) -> tuple[int, list[bytes], int] | None:
         """The next records as (first_seq, records, append_time_ms); None if none is durable.
 
+        ``weigh`` makes ``max_records`` a limit on the sum of the records' weights, ``size``
+        makes ``max_bytes`` one on the sum of their sizes (see :meth:`Spool.read`).
         Raises :class:`SpoolCorruptError` for a frame damaged on disk since open.
         """
-        batch = _BatchBuilder(max_records, max_bytes)
+        batch = _BatchBuilder(max_records, max_bytes, weigh, size)
         while not batch.records and self._position() is not None:
             await self._read_into(batch)
         if not batch.records:
@@ -106,7 +115,11 @@ class SegmentReader:
         assert segment is not None
         base = self._offset
         avail = segment.size - base
-        budget = batch.max_bytes + batch.max_records * RECORD_OVERHEAD + HEADER_SIZE
+        if batch.weigh is None and batch.size is None:
+            budget = batch.max_bytes + batch.max_records * RECORD_OVERHEAD + HEADER_SIZE
+        else:
+            budget = _READ_CHUNK  # record sizes on disk are not what the limits count
+
         data = self._cached(base)
         if data is None:
             data = memoryview(await self._pread(min(avail, max(_READ_CHUNK, budget)), base))
@@ -193,13 +206,22 @@ class SegmentReader:
 
 
 class _BatchBuilder:
-    """Collects records for one batch within its record and byte limits."""
+    """Collects records for one batch within its record (or weight) and byte limits."""
 
-    def __init__(self, max_records: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        max_records: int,
+        max_bytes: int,
+        weigh: Callable[[bytes], int] | None = None,
+        size: Callable[[bytes], int] | None = None,
+    ) -> None:
         self.max_records = max_records
         self.max_bytes = max_bytes
+        self.weigh = weigh
+        self.size = size
         self.records: list[bytes] = []
         self.nbytes = 0
+        self.weight = 0
         self.first_seq = 0
         self.time_ms = 0
         self.full = False
@@ -207,21 +229,25 @@ class _BatchBuilder:
     def take(self, records: list[bytes], skip: int, header: FrameHeader) -> int:
         """Append ``records[skip:]`` while within limits; return how many were taken.
 
-        A batch always takes its first record, even one larger than ``max_bytes``.
+        A batch always takes its first record, even one larger than the limits.
         """
         taken = 0
+        weigh, size = self.weigh, self.size
         for record in records[skip:]:
-            if len(self.records) >= self.max_records or (
-                self.records and self.nbytes + len(record) > self.max_bytes
+            weight = 1 if weigh is None else weigh(record)
+            nbytes = len(record) if size is None else size(record)
+            if self.records and (
+                self.weight + weight > self.max_records or self.nbytes + nbytes > self.max_bytes
             ):
                 self.full = True
                 break
             if not self.records:
                 self.first_seq, self.time_ms = header.first_seq + skip, header.time_ms
             self.records.append(record)
-            self.nbytes += len(record)
+            self.nbytes += nbytes
+            self.weight += weight
             taken += 1
-        self.full = self.full or len(self.records) >= self.max_records
+        self.full = self.full or self.weight >= self.max_records
         return taken
 
 

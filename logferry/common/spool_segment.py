@@ -7,7 +7,7 @@ A segment is an append-only file named after the sequence number of its first re
     header  = magic "LFS1" | payload_len u32 | count u32 | first_seq u64 | time_ms u64 | crc u32
     payload = (record_len u32 | record bytes) * count          (all integers little-endian)
 
-``crc`` is ``zlib.crc32(header fields, zlib.crc32(payload))``: CRC32 over the payload then
+``crc`` is ``crc32(header fields, crc32(payload))`` (zlib's CRC-32): over the payload, then
 the four header fields after the magic, so a payload CRC can be computed when the batch is
 queued and the header (sequence number, time) completed when it is written.
 
@@ -23,9 +23,10 @@ from __future__ import annotations
 import os
 import re
 import struct
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+from logferry.common.deflate import crc32
 
 MAGIC = b"LFS1"
 _FIELDS = struct.Struct("<IIQQ")  # payload_len, count, first_seq, time_ms
@@ -83,7 +84,7 @@ def encode_header(
 ) -> bytes:
     """The 32-byte header of a frame whose payload CRC32 is ``payload_crc``."""
     fields = _FIELDS.pack(payload_len, count, first_seq, time_ms)
-    return MAGIC + fields + _CRC.pack(zlib.crc32(fields, payload_crc))
+    return MAGIC + fields + _CRC.pack(crc32(fields, payload_crc))
 
 
 def decode_records(payload: bytes | memoryview, count: int) -> list[bytes] | None:
@@ -128,7 +129,7 @@ def read_frame(
     if count == 0 or start + payload_len > len(data):
         return None
     payload = memoryview(data)[start : start + payload_len]
-    if zlib.crc32(fields, zlib.crc32(payload)) != crc:
+    if crc32(fields, crc32(payload)) != crc:
         return None
     records = decode_records(payload, count)
     if records is None:
@@ -225,7 +226,7 @@ def write_file_atomic(path: str, data: bytes) -> None:
 
 def encode_commit(low_water: int) -> bytes:
     """Contents of the committed-position file for ``low_water``."""
-    return _COMMIT.pack(_COMMIT_MAGIC, low_water, zlib.crc32(struct.pack("<Q", low_water)))
+    return _COMMIT.pack(_COMMIT_MAGIC, low_water, crc32(struct.pack("<Q", low_water)))
 
 
 def decode_commit(data: bytes) -> int | None:
@@ -233,7 +234,7 @@ def decode_commit(data: bytes) -> int | None:
     if len(data) != _COMMIT.size:
         return None
     magic, low_water, crc = _COMMIT.unpack(data)
-    if magic != _COMMIT_MAGIC or zlib.crc32(struct.pack("<Q", low_water)) != crc:
+    if magic != _COMMIT_MAGIC or crc32(struct.pack("<Q", low_water)) != crc:
         return None
     return int(low_water)
 

@@ -1,16 +1,32 @@
-"""The HTTP endpoint both daemons serve: /metrics (Prometheus), /healthz and /readyz."""
+"""The HTTP endpoint both daemons serve: /metrics (Prometheus), /healthz and /readyz.
+
+Three GET routes answered from memory need no web framework: this is a minimal HTTP/1.1
+server on ``asyncio.start_server`` (one request per connection, ``Connection: close``), so
+the forwarder, which must stay small on every node, does not load aiohttp's server for it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+from collections.abc import Callable
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from logferry.common.logs import get_logger
 
 log = get_logger(__name__)
 Check = Callable[[], tuple[bool, str]]
+
+_HEAD_LIMIT = 16 * 1024
+_READ_TIMEOUT_S = 10.0
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
 
 
 class StatusServer:
@@ -31,39 +47,57 @@ class StatusServer:
         self._registry = registry
         self._live, self._ready = live, ready
         self._before_scrape = before_scrape
-        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
         self.port = 0
 
     async def start(self) -> None:
         """Bind and serve."""
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._probe(self._live))
-        app.router.add_get("/readyz", self._probe(self._ready))
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self._port
+        self._server = await asyncio.start_server(
+            self._serve, self._host, self._port, reuse_address=True, limit=_HEAD_LIMIT
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
         log.info("http.listening", host=self._host, port=self.port)
 
     async def stop(self) -> None:
         """Stop serving. Safe to call twice."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 5)
 
-    async def _metrics(self, _request: web.Request) -> web.Response:
-        if self._before_scrape is not None:
-            self._before_scrape()
-        body = generate_latest(self._registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(_READ_TIMEOUT_S):
+                head = await reader.readuntil(b"\r\n\r\n")
+            status, content_type, body = self._respond(head)
+            method = head.split(b" ", 1)[0]
+            writer.write(
+                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            )
+            if method != b"HEAD":
+                writer.write(body)
+            await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass  # a probe that hung up or sent garbage: nothing to answer
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
-    def _probe(self, check: Check) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        async def handler(_request: web.Request) -> web.StreamResponse:
-            ok, reason = check()
-            return web.Response(status=200 if ok else 503, text=(reason or "ok") + "\n")
-
-        return handler
+    def _respond(self, head: bytes) -> tuple[int, str, bytes]:
+        parts = head.split(b"\r\n", 1)[0].split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            return 400, "text/plain", b"bad request\n"
+        method, target = parts[0], parts[1].split(b"?", 1)[0]
+        if target not in (b"/metrics", b"/healthz", b"/readyz"):
+            return 404, "text/plain", b"not found\n"
+        if method not in (b"GET", b"HEAD"):
+            return 405, "text/plain", b"method not allowed\n"
+        if target == b"/metrics":
+            if self._before_scrape is not None:
+                self._before_scrape()
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
+        ok, reason = (self._live if target == b"/healthz" else self._ready)()
+        return (200 if ok else 503), "text/plain", ((reason or "ok") + "\n").encode()

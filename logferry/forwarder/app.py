@@ -70,7 +70,9 @@ class ForwarderMetrics:
             "tenant",
         )
         self.spool_bytes = gauge("spool_bytes", "Bytes in the node spool.")
-        self.spool_records = gauge("spool_records", "Records spooled and not yet acked.")
+        self.spool_blocks = gauge(
+            "spool_blocks", "Spool blocks (compressed groups of records) not yet acked."
+        )
 
 
 class Forwarder:
@@ -202,7 +204,14 @@ class Forwarder:
         if state.link != item.path:
             state = dataclasses.replace(state, link=item.path)
             self.positions.update(state)
-        self._tails[key] = FileTail(state, item.meta, fd, self.config.source.max_line_bytes)
+        self._tails[key] = FileTail(
+            state,
+            item.meta,
+            fd,
+            self.config.source.max_line_bytes,
+            block_records=self.config.sender.batch_max_records,
+            block_bytes=self.config.sender.batch_max_bytes,
+        )
         log.info(
             "tail.opened",
             namespace=item.meta.namespace_name,
@@ -260,7 +269,7 @@ class Forwarder:
                 group.append(entry)
                 size += len(entry) + 4
             await self._spool.append(group)
-            self.metrics.records_spooled.inc(len(batch.entries))
+            self.metrics.records_spooled.inc(batch.records)
         checkpoint = batch.checkpoint
         if checkpoint.offset > tail.state.offset:
             tail.state = tail.state.advanced(checkpoint.offset, checkpoint.next_seq)
@@ -326,4 +335,4 @@ class Forwarder:
         if self._spool is not None:
             with contextlib.suppress(Exception):
                 self.metrics.spool_bytes.set(self._spool.bytes_used)
-                self.metrics.spool_records.set(self._spool.records_pending)
+                self.metrics.spool_blocks.set(self._spool.records_pending)

@@ -23,6 +23,7 @@ from typing import Literal, NamedTuple
 import orjson
 
 __all__ = [
+    "FRACTION_SCALE",
     "Format",
     "ParseResult",
     "ParsedLine",
@@ -69,8 +70,9 @@ class ParseResult(NamedTuple):
 _SECONDS_RE = re.compile(rb"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d\Z")
 _SECONDS_CACHE: dict[bytes, int] = {}
 _SECONDS_CACHE_MAX = 4096
+_MAX_EVENT_SECONDS = 2**32 - 1
 # 10 ** (9 - digits): scales a fraction of 1..9 digits to nanoseconds.
-_FRACTION_SCALE: list[int] = [0] + [10 ** (9 - n) for n in range(1, 10)]
+FRACTION_SCALE: list[int] = [0] + [10 ** (9 - n) for n in range(1, 10)]
 
 
 def _prefix_seconds(prefix: bytes) -> int:
@@ -96,7 +98,8 @@ def _prefix_seconds(prefix: bytes) -> int:
 def parse_rfc3339_ns(ts: bytes) -> int:
     """Nanoseconds since the epoch of an RFC 3339 timestamp with 0-9 fraction digits.
 
-    Accepts ``Z`` or a ``+HH:MM``/``-HH:MM`` offset; raises ``ValueError`` otherwise.
+    Accepts ``Z`` or a ``+HH:MM``/``-HH:MM`` offset; raises ``ValueError`` otherwise, and for
+    a time an EventTime cannot carry (before 1970 or after 2106).
     Only the first call for a given second does date arithmetic (the prefix cache).
     """
     seconds = _prefix_seconds(ts[:19])
@@ -113,12 +116,14 @@ def parse_rfc3339_ns(ts: bytes) -> int:
         body = rest[:-6]
     else:
         raise ValueError(f"timestamp without zone {ts!r}")
+    if not 0 <= seconds <= _MAX_EVENT_SECONDS:
+        raise ValueError(f"timestamp outside 1970-2106 (EventTime is uint32 seconds) {ts!r}")
     if not body:
         return seconds * 1_000_000_000
     digits = body[1:]
     if body[0] != 0x2E or not 1 <= len(digits) <= 9 or not digits.isdigit():  # 0x2E is "."
         raise ValueError(f"bad fraction {ts!r}")
-    return seconds * 1_000_000_000 + int(digits) * _FRACTION_SCALE[len(digits)]
+    return seconds * 1_000_000_000 + int(digits) * FRACTION_SCALE[len(digits)]
 
 
 # -- line parsers --------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Kubernetes metadata from a container log file name, and the record a line becomes.
+"""Kubernetes metadata from a container log file name.
 
 kubelet names the files ``/var/log/containers/<pod>_<namespace>_<container>-<id>.log``. Pod,
 namespace and container names cannot contain ``_`` (they are DNS names), and the id is 64 hex
@@ -11,13 +11,6 @@ import fnmatch
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
-
-import msgpack
-
-from logferry.common.protocol import EventTime
-from logferry.common.records import record_id
-from logferry.forwarder.partials import MergedRecord
 
 _NAME = re.compile(
     r"^(?P<pod>[a-z0-9][-a-z0-9.]*)_(?P<namespace>[a-z0-9][-a-z0-9]*)_"
@@ -65,23 +58,3 @@ def excluded(
         or any(fnmatch.fnmatchcase(meta.pod_name, glob) for glob in pods)
         or any(fnmatch.fnmatchcase(meta.container_name, glob) for glob in containers)
     )
-
-
-def pack_record(record: MergedRecord, seq: int, source: str, kubernetes: dict[str, str]) -> bytes:
-    """The spool entry for one record: msgpack ``[EventTime, record]``, ready to be joined
-    into a PackedForward stream without re-encoding."""
-    seconds, nanoseconds = divmod(record.time_ns, 1_000_000_000)
-    body: dict[str, Any] = {
-        "log": record.log,
-        "stream": record.stream,
-        "kubernetes": kubernetes,
-        "_lf": {"id": record_id(source, record.offset), "src": source, "seq": seq},
-    }
-    if record.truncated:
-        body["_lf"]["truncated"] = True
-    if record.malformed:
-        body["_lf"]["malformed"] = True
-    if record.partial_at_eof:
-        body["_lf"]["partial_at_eof"] = True
-    packed: bytes = msgpack.packb([EventTime(seconds, nanoseconds), body], use_bin_type=True)
-    return packed

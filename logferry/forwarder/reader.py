@@ -22,10 +22,16 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+import msgspec
+
+from logferry.forwarder.entries import Entry, kubernetes_raw, make_entry
+from logferry.forwarder.fastpath import fast_entries
 from logferry.forwarder.formats import Format, ParsedLine, detect_format, parse
 from logferry.forwarder.partials import MergedRecord, PartialMerger
 
-__all__ = ["Checkpoint", "NumberedRecord", "ReadResult", "SourceReader"]
+__all__ = ["Checkpoint", "ReadResult", "SourceReader"]
+
+_NO_KUBERNETES = kubernetes_raw({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,19 +42,12 @@ class Checkpoint:
     next_seq: int
 
 
-@dataclass(frozen=True, slots=True)
-class NumberedRecord:
-    """A complete record and its per-source sequence number."""
-
-    seq: int
-    record: MergedRecord
-
-
 @dataclass(slots=True)
 class ReadResult:
     """What one feed produced."""
 
-    records: list[NumberedRecord]
+    records: list[Entry]
+    """Complete records in offset order, numbered (``_lf.seq``) and ready to encode."""
     checkpoint: Checkpoint
     """Persist this once ``records`` (and everything emitted before) are durable."""
     lines: int = 0
@@ -62,6 +61,12 @@ class SourceReader:
     start: Checkpoint
     max_line_bytes: int
     fmt: Format | None = None
+    source: str = ""
+    """The source id every record's ``_lf`` carries."""
+    kubernetes: msgspec.Raw = field(default_factory=lambda: _NO_KUBERNETES)
+    """The file's ``kubernetes`` map, encoded once (``entries.kubernetes_raw``)."""
+    fast: bool = True
+    """Take plain lines through ``fastpath`` (False: the general path only, for tests)."""
     max_carry_bytes: int = 0
     """A line longer than this without a newline is cut into a malformed record (0: 4x the
     line cap plus 64 KiB), so a file without newlines cannot grow memory without bound."""
@@ -112,6 +117,26 @@ class SourceReader:
                 else:
                     self._carry = buf
                     return ReadResult([], self._checkpoint)
+        fast: list[Entry] = []
+        if self.fast and self._idle():
+            run = fast_entries(
+                self.fmt,
+                buf,
+                self._buf_offset,
+                self._next_seq,
+                self._last_time_ns,
+                self.max_line_bytes,
+                self.source,
+                self.kubernetes,
+            )
+            if run.entries:
+                fast = run.entries
+                self._buf_offset += run.consumed
+                self._next_seq += len(fast)
+                self._last_time_ns = run.last_time_ns
+                self._cut = self._buf_offset
+                self._checkpoint = Checkpoint(self._buf_offset, self._next_seq)
+                buf = buf[run.consumed :]
         result = parse(self.fmt, buf, self._buf_offset, self._last_time_ns)
         lines = result.lines
         consumed = result.consumed
@@ -123,7 +148,22 @@ class SourceReader:
             rest = buf[consumed:]
         self._carry = rest
         self._buf_offset += consumed
-        return self._take(lines, self._buf_offset)
+        taken = self._take(lines, self._buf_offset)
+        if fast:
+            taken.records = fast + taken.records
+            taken.lines += len(fast)
+        return taken
+
+    def _idle(self) -> bool:
+        """No split line open, nothing waiting, the checkpoint at the read position: the state
+        the fast path starts from and leaves behind."""
+        return (
+            not self._open
+            and not self._pending
+            and not self._emitted
+            and self._merger.open_lines == 0
+            and self._cut == self._buf_offset == self._checkpoint.offset
+        )
 
     def finish(self) -> ReadResult:
         """The file ended for good (rotated away and drained, or deleted): emit open split
@@ -164,7 +204,7 @@ class SourceReader:
         self._advance_checkpoint(cut)
         return ReadResult(records, self._checkpoint, len(lines))
 
-    def _emit(self, completed: list[MergedRecord], barrier: int | None) -> list[NumberedRecord]:
+    def _emit(self, completed: list[MergedRecord], barrier: int | None) -> list[Entry]:
         pending = self._pending
         pending.extend(completed)
         if not pending:
@@ -176,8 +216,9 @@ class SourceReader:
             split = bisect.bisect_left(pending, barrier, key=_offset)
             ready, self._pending = pending[:split], pending[split:]
         out = []
+        source, kubernetes = self.source, self.kubernetes
         for record in ready:
-            out.append(NumberedRecord(self._next_seq, record))
+            out.append(make_entry(record, self._next_seq, source, kubernetes))
             self._emitted.append(record.offset)
             self._next_seq += 1
         return out

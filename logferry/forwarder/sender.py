@@ -1,7 +1,8 @@
 """The sender: spool batches -> CompressedPackedForward chunks -> aggregators -> ack -> commit.
 
-Each spool record is one packed entry ``[EventTime, record]``, so a chunk body is the
-concatenation of a batch's records. Invariants:
+Each spool record is a block of entries already compressed (``entries``), so a chunk body is
+the concatenation of a batch's gzip members, and ``batch_max_records`` limits the entries in a
+chunk (blocks weighed by their entry counts). Invariants:
 
 - a batch is committed to the spool only after an aggregator acked its chunk (guarantee 2);
 - a chunk that fails (connect, handshake, write, connection lost, no ack within
@@ -37,7 +38,6 @@ from logferry.common.protocol import (
     Helo,
     Pong,
     encode_compressed_packed_forward,
-    gzip_entries,
 )
 from logferry.common.spool import Spool, SpoolBatch
 from logferry.forwarder.config import SenderSettings, parse_host_port
@@ -49,6 +49,7 @@ from logferry.forwarder.endpoints import (
     getaddrinfo_resolver,
     refresh_dns_forever,
 )
+from logferry.forwarder.entries import block_count, block_gzip, block_raw_size
 
 __all__ = ["Chunk", "Sender", "SenderStats", "chunk_id", "client_ssl_context"]
 
@@ -84,6 +85,8 @@ class Chunk:
     batch: SpoolBatch
     chunk_id: str
     payload: bytes
+    records: int
+    """Entries in the chunk (its blocks' counts summed)."""
     attempts: int = 0
 
 
@@ -303,10 +306,12 @@ class Sender:
                 max_records=settings.batch_max_records,
                 max_bytes=settings.batch_max_bytes,
                 timeout_s=_READ_POLL_S,
+                weigh=block_count,
+                size=block_raw_size,
             )
             if batch is None:
                 continue
-            chunk = await self._encode(batch)
+            chunk = self._encode(batch)
             task = group.create_task(self._deliver(chunk), name=f"chunk-{chunk.chunk_id}")
             self._in_hand.add(task)
             task.add_done_callback(self._settled)
@@ -315,21 +320,14 @@ class Sender:
         self._in_hand.discard(task)
         self._slot_free.set()
 
-    async def _encode(self, batch: SpoolBatch) -> Chunk:
+    def _encode(self, batch: SpoolBatch) -> Chunk:
         cid = chunk_id(self.node_name, batch.first_seq, len(batch.records))
-        # gzip of a few MiB would stall the loop; zlib releases the GIL. Level 1: CPU on the
-        # node matters more than the last few percent of bytes on the wire.
-        packed = b"".join(batch.records)
-        payload = await asyncio.to_thread(
-            lambda: encode_compressed_packed_forward(
-                self.settings.tag,
-                packed,
-                len(batch.records),
-                chunk=cid,
-                gzipped=gzip_entries(packed, 1),
-            )
+        records = sum(block_count(block) for block in batch.records)
+        gzipped = b"".join(block_gzip(block) for block in batch.records)
+        payload = encode_compressed_packed_forward(
+            self.settings.tag, b"", records, chunk=cid, gzipped=gzipped
         )
-        return Chunk(batch, cid, payload)
+        return Chunk(batch, cid, payload, records)
 
     async def _drain(self) -> None:
         """Give chunks in hand ``shutdown_deadline_s`` to be acked; cancel the rest."""
@@ -368,7 +366,7 @@ class Sender:
             if self.endpoints.mark_up(endpoint):
                 log.info("sender.endpoint_up", endpoint=endpoint.name)
             self.stats.set_endpoints_up(self.endpoints.up_count)
-            self.stats.chunk_acked(endpoint.name, len(chunk.batch.records), loop.time() - started)
+            self.stats.chunk_acked(endpoint.name, chunk.records, loop.time() - started)
             self.spool.commit(chunk.batch)
             return
 

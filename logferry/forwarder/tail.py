@@ -12,9 +12,10 @@ import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from logferry.forwarder.metadata import ContainerMeta, pack_record
+from logferry.forwarder.entries import encode_blocks, kubernetes_raw
+from logferry.forwarder.metadata import ContainerMeta
 from logferry.forwarder.positions import SourceState
-from logferry.forwarder.reader import Checkpoint, ReadResult, SourceReader
+from logferry.forwarder.reader import Checkpoint, SourceReader
 
 __all__ = ["FileTail", "TailBatch", "TailStatus"]
 
@@ -33,13 +34,16 @@ class TailStatus(StrEnum):
 
 @dataclass(slots=True)
 class TailBatch:
-    """Spool entries from one read, and the checkpoint to persist once they are durable."""
+    """Spool blocks from one read, and the checkpoint to persist once they are durable."""
 
     entries: list[bytes]
+    """Spool records: blocks of encoded entries (``entries.encode_blocks``)."""
     checkpoint: Checkpoint
     status: TailStatus
     bytes_read: int = 0
     lines: int = 0
+    records: int = 0
+    """Records in the blocks."""
 
 
 @dataclass(slots=True)
@@ -51,15 +55,20 @@ class FileTail:
     fd: int
     max_line_bytes: int
     read_bytes: int = 1 << 20
+    block_records: int = 2000
+    """Most records in one spool block (the sender's records-per-chunk cap)."""
+    block_bytes: int = 4 << 20
+    """Most uncompressed bytes in one spool block (the sender's bytes-per-chunk cap)."""
     _reader: SourceReader = field(init=False)
-    _kubernetes: dict[str, str] = field(init=False)
     _closed: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self._reader = SourceReader(
-            Checkpoint(self.state.offset, self.state.next_seq), self.max_line_bytes
+            Checkpoint(self.state.offset, self.state.next_seq),
+            self.max_line_bytes,
+            source=self.state.source_id,
+            kubernetes=kubernetes_raw(self.meta.as_record()),
         )
-        self._kubernetes = self.meta.as_record()
 
     @classmethod
     def open(
@@ -94,7 +103,7 @@ class FileTail:
             return TailBatch([], self._reader.checkpoint, TailStatus.TRUNCATED)
         entries: list[bytes] = []
         checkpoint = None
-        read = lines = 0
+        read = lines = records = 0
         while read < budget_bytes:
             data = os.pread(self.fd, self.read_bytes, self._reader.read_offset)
             if not data:
@@ -102,28 +111,27 @@ class FileTail:
             read += len(data)
             result = self._reader.feed(data)
             lines += result.lines
-            entries += self._pack(result)
+            records += len(result.records)
+            entries += encode_blocks(result.records, self.block_records, self.block_bytes)
             checkpoint = result.checkpoint
             if len(data) < self.read_bytes:
                 break
         if checkpoint is None:
             checkpoint = self._reader.checkpoint
         status = TailStatus.DATA if read else TailStatus.IDLE
-        return TailBatch(entries, checkpoint, status, read, lines)
+        return TailBatch(entries, checkpoint, status, read, lines, records)
 
     def finish(self) -> TailBatch:
         """The file will grow no more (rotated away and drained, or deleted): emit what is
         left, including split lines whose last part never came."""
         result = self._reader.finish()
-        return TailBatch(self._pack(result), result.checkpoint, TailStatus.IDLE, 0, result.lines)
+        blocks = encode_blocks(result.records, self.block_records, self.block_bytes)
+        return TailBatch(
+            blocks, result.checkpoint, TailStatus.IDLE, 0, result.lines, len(result.records)
+        )
 
     def close(self) -> None:
         """Release the descriptor. Safe to call twice."""
         if not self._closed:
             self._closed = True
             os.close(self.fd)
-
-    def _pack(self, result: ReadResult) -> list[bytes]:
-        source = self.state.source_id
-        kubernetes = self._kubernetes
-        return [pack_record(r.record, r.seq, source, kubernetes) for r in result.records]

@@ -280,7 +280,15 @@ async def test_spool_full_with_aggregators_down_pauses_tailing_then_everything_a
     logs.mkdir()
     pods.mkdir()
     path = pods / "0.log"
-    path.write_bytes(cri_lines(0, 100_000, "x" * 60))  # ~11 MB of lines for a 2 MiB spool
+    # ~14 MB of lines that do not compress away (the spool holds compressed blocks): 2 MiB of
+    # spool holds well under half of them.
+    noise = os.urandom(50 * 100_000).hex()
+    path.write_bytes(
+        b"".join(
+            f"{TS.format(n)} stdout F {noise[n * 100 : n * 100 + 100]} line {n}\n".encode()
+            for n in range(100_000)
+        )
+    )
     os.symlink(path, logs / f"web-0_{ns}_app-{'e' * 64}.log")
     fwd = forwarder(tmp_path, logs, port)
     fwd.config["spool"] = {

@@ -13,6 +13,7 @@ import pytest
 from logferry.common import protocol
 from logferry.common.spool import Spool
 from logferry.forwarder.config import SenderSettings
+from logferry.forwarder.entries import make_block
 from logferry.forwarder.sender import Sender
 from tests.support.daemon import DaemonProcess
 from tests.support.net import free_port, wait_until
@@ -69,11 +70,20 @@ def address(daemon: DaemonProcess) -> str:
     return f"127.0.0.1:{daemon.config['input']['listen_port']}"
 
 
-async def fill(spool: Spool, namespace: str, count: int) -> None:
-    """``count`` records, one packed ``[time, record]`` entry per spool record."""
+async def fill(spool: Spool, namespace: str, count: int) -> int:
+    """``count`` records in spool blocks of 10, 20, 30 and 40 entries in turn (any 100 in a
+    row fill one chunk of ``batch_max_records=100`` exactly), as the forwarder writes them;
+    returns the number of blocks."""
     entries = container_entries(namespace, count)
-    for start in range(0, count, 1000):
-        await spool.append([protocol.pack_entries([e]) for e in entries[start : start + 1000]])
+    blocks = []
+    start = 0
+    while start < count:
+        group = entries[start : start + 10 * (1 + len(blocks) % 4)]
+        blocks.append(make_block(protocol.pack_entries(group), len(group)))
+        start += len(group)
+    for i in range(0, len(blocks), 100):
+        await spool.append(blocks[i : i + 100])
+    return len(blocks)
 
 
 def settings(servers: list[str], **overrides: Any) -> SenderSettings:
@@ -220,7 +230,7 @@ async def test_shared_key_handshake_delivers_and_a_wrong_key_delivers_nothing(
     await agg.start()
     spool = await open_spool(tmp_path / "spool-h")
     try:
-        await fill(spool, "tenant-h", 1000)
+        blocks = await fill(spool, "tenant-h", 1000)
         wrong = Sender(settings([address(agg)], shared_key="wrong"), spool, node_name="node-1")
         async with running(wrong):
 
@@ -229,14 +239,14 @@ async def test_shared_key_handshake_delivers_and_a_wrong_key_delivers_nothing(
 
             await wait_until(refused, timeout_s=30, what="the wrong key to be refused twice")
         assert wrong.stats.acked.total() == 0
-        assert spool.records_pending == 1000
+        assert spool.records_pending == blocks
     finally:
         await spool.close()
 
     # A restart: the batches the refused sender held were never committed, so they are read again.
     spool = await open_spool(tmp_path / "spool-h")
     try:
-        assert spool.records_pending == 1000
+        assert spool.records_pending == blocks
         right = Sender(settings([address(agg)], shared_key="s3cret"), spool, node_name="node-1")
         async with running(right):
             await drained(spool, timeout_s=60)
@@ -249,7 +259,7 @@ async def test_shared_key_handshake_delivers_and_a_wrong_key_delivers_nothing(
 async def test_stop_with_every_endpoint_down_returns_by_the_deadline_and_keeps_the_spool(
     spool: Spool,
 ) -> None:
-    await fill(spool, "tenant-d", 500)
+    blocks = await fill(spool, "tenant-d", 500)
     sender = Sender(
         settings([f"127.0.0.1:{free_port()}"], shutdown_deadline_s=0.5), spool, node_name="node-1"
     )
@@ -263,5 +273,5 @@ async def test_stop_with_every_endpoint_down_returns_by_the_deadline_and_keeps_t
     assert sender.chunks_in_hand <= sender.settings.max_chunks_in_hand
     stop.set()
     await asyncio.wait_for(task, 10)
-    assert spool.records_pending == 500
+    assert spool.records_pending == blocks
     assert sender.stats.acked.total() == 0

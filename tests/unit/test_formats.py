@@ -56,11 +56,25 @@ def read_all(fmt: Format, data: bytes, max_line_bytes: int = 1 << 20) -> list[Me
 # -- timestamps ----------------------------------------------------------------------
 
 
-@given(st.integers(0, 253_402_300_799 * 1_000_000_000 + 999_999_999))
+@given(st.integers(0, (2**32 - 1) * 1_000_000_000 + 999_999_999))
 def test_timestamp_is_exact_to_the_nanosecond(ns: int) -> None:
     assert parse_rfc3339_ns(ts(ns).encode()) == ns
     assert parse("cri", cri_line(b"x", time_ns=ns), 0).lines[0].time_ns == ns
     assert parse("docker", docker_line("x\n", time_ns=ns), 0).lines[0].time_ns == ns
+
+
+@given(st.integers(2**32 * 1_000_000_000, 253_402_300_799 * 1_000_000_000 + 999_999_999))
+def test_times_an_event_time_cannot_carry_make_the_line_malformed_not_lost(ns: int) -> None:
+    with pytest.raises(ValueError, match="EventTime"):
+        parse_rfc3339_ns(ts(ns).encode())
+    for fmt, raw in (
+        ("cri", cri_line(b"x", time_ns=ns)),
+        ("docker", docker_line("x\n", time_ns=ns)),
+    ):
+        (line,) = parse(fmt, raw, 0, last_time_ns=7).lines  # type: ignore[arg-type]
+        assert line.malformed
+        assert line.text == raw[:-1]
+        assert line.time_ns == 7
 
 
 @given(st.lists(st.integers(T0 - 3 * 10**9, T0 + 3 * 10**9), max_size=30).map(sorted))

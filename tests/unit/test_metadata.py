@@ -1,12 +1,8 @@
-"""File names to Kubernetes metadata; records as the aggregator expects them."""
+"""File names to Kubernetes metadata, and exclusions."""
 
 from __future__ import annotations
 
-import msgpack
-
-from logferry.common.protocol import EventTime, decode_entries
-from logferry.forwarder.metadata import excluded, pack_record, parse_file_name
-from logferry.forwarder.partials import MergedRecord
+from logferry.forwarder.metadata import excluded, parse_file_name
 
 CID = "a" * 64
 
@@ -36,16 +32,3 @@ def test_exclusion_globs() -> None:
     assert excluded(meta, ["kube-*"], [], [])
     assert excluded(meta, [], ["coredns-*"], [])
     assert not excluded(meta, ["default"], ["web-*"], ["nginx"])
-
-
-def test_packed_record_is_a_forward_entry_with_identity() -> None:
-    record = MergedRecord(4096, 4200, 1764100231_123456789, "stderr", "boom", True, False, False, 3)
-    packed = pack_record(record, 17, "src0", {"namespace_name": "ns"})
-    ((when, body),) = decode_entries(packed)
-    assert when == EventTime(1764100231, 123456789)
-    assert body["_lf"] == {"id": "src0-1000", "src": "src0", "seq": 17, "truncated": True}
-    assert body["log"] == "boom"
-    assert body["stream"] == "stderr"
-    assert msgpack.unpackb(packed, raw=False, strict_map_key=False, ext_hook=lambda c, d: d)[1][
-        "kubernetes"
-    ] == {"namespace_name": "ns"}

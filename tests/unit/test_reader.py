@@ -8,7 +8,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logferry.forwarder.reader import Checkpoint, NumberedRecord, SourceReader
+from logferry.forwarder.entries import Entry
+from logferry.forwarder.reader import Checkpoint, SourceReader
 
 TS = "2026-11-25T19:50:31.123456789Z"
 
@@ -57,7 +58,7 @@ def render(fmt: str, lines: list[tuple[str, list[str]]], order: list[int]) -> by
 
 def read_all(
     data: bytes, start: Checkpoint, chunks: list[int]
-) -> tuple[list[NumberedRecord], list[Checkpoint]]:
+) -> tuple[list[Entry], list[Checkpoint]]:
     reader = SourceReader(start, max_line_bytes=1 << 20)
     records, checkpoints = [], []
     position = start.offset
@@ -72,8 +73,8 @@ def read_all(
     return records + final.records, [*checkpoints, final.checkpoint]
 
 
-def key(records: list[NumberedRecord]) -> list[tuple[int, int, str]]:
-    return [(r.seq, r.record.offset, r.record.log) for r in records]
+def key(records: list[Entry]) -> list[tuple[int, int, str]]:
+    return [(r.seq, r.offset, r.record.log) for r in records]
 
 
 @settings(max_examples=150, deadline=None)
@@ -96,7 +97,7 @@ def test_seqs_are_offset_ranks_whatever_the_chunking(
     second, _ = read_all(data, Checkpoint(0, 0), chunks_b)
     assert key(first) == key(second)
     assert [r.seq for r in first] == list(range(len(lines)))
-    assert [r.record.offset for r in first] == sorted(r.record.offset for r in first)
+    assert [r.offset for r in first] == sorted(r.offset for r in first)
     assert sorted(r.record.log for r in first) == sorted("".join(parts) for _s, parts in lines)
 
 
@@ -118,7 +119,7 @@ def test_resuming_from_any_checkpoint_reproduces_the_rest_exactly(
     # What the restarted reader emits is exactly the records from the checkpoint's seq on.
     assert key(resumed) == key([r for r in full if r.seq >= crash_at.next_seq])
     if crash_at.offset < len(data):
-        assert all(r.record.offset >= crash_at.offset for r in resumed)
+        assert all(r.offset >= crash_at.offset for r in resumed)
 
 
 def test_an_open_split_line_holds_back_later_records_and_the_checkpoint() -> None:
@@ -138,8 +139,8 @@ def test_a_line_without_newline_beyond_the_cap_becomes_a_malformed_record() -> N
     reader = SourceReader(Checkpoint(0, 0), max_line_bytes=16, max_carry_bytes=100, fmt="cri")
     result = reader.feed(b"x" * 250)
     # two 100-byte pieces, each cut to the 16-byte line cap and flagged, none dropped
-    assert [(r.record.offset, len(r.record.log)) for r in result.records] == [(0, 16), (100, 16)]
-    assert all(r.record.malformed and r.record.truncated for r in result.records)
+    assert [(r.offset, len(r.record.log)) for r in result.records] == [(0, 16), (100, 16)]
+    assert all(r.record.lf.malformed and r.record.lf.truncated for r in result.records)
     final = reader.finish()
-    assert [(r.record.offset, len(r.record.log)) for r in final.records] == [(200, 16)]
+    assert [(r.offset, len(r.record.log)) for r in final.records] == [(200, 16)]
     assert final.checkpoint == Checkpoint(250, 3)

@@ -70,6 +70,27 @@ async def test_read_limits_split_batches_even_inside_a_frame(spool: Spool) -> No
     assert first.records + second.records + third.records == [bytes([i]) * 10 for i in range(10)]
 
 
+async def test_read_limits_can_weigh_and_size_records(spool: Spool) -> None:
+    # Records that stand for several items: the first byte is the item count, the second the
+    # uncompressed size in tens (as the forwarder's blocks carry both in their header).
+    records = [bytes([3, 1]), bytes([4, 9]), bytes([2, 1]), bytes([5, 1]), bytes([1, 20])]
+    await spool.append(records)
+
+    def weigh(record: bytes) -> int:
+        return record[0]
+
+    def size(record: bytes) -> int:
+        return record[1] * 10
+
+    batches = []
+    while batch := await spool.read(
+        max_records=7, max_bytes=100, timeout_s=0, weigh=weigh, size=size
+    ):
+        batches.append(batch.records)
+    # [3+4 items, 100 bytes] [2+5 items, 20 bytes] [1 item, 200 bytes: over, but alone]
+    assert batches == [records[0:2], records[2:4], records[4:5]]
+
+
 async def test_a_record_larger_than_max_bytes_is_returned_alone(spool: Spool) -> None:
     await spool.append([b"x" * 500, b"y"])
     batch = await spool.read(max_records=10, max_bytes=100)

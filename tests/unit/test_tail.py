@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from logferry.common.protocol import decode_entries
+from logferry.forwarder.entries import block_stream
 from logferry.forwarder.metadata import parse_file_name
 from logferry.forwarder.positions import PositionStore, fingerprint, resolve
 from logferry.forwarder.tail import FileTail, TailStatus
@@ -28,7 +29,7 @@ def open_tail(tmp_path: Path, path: Path) -> FileTail:
 
 
 def records(entries: list[bytes]) -> list[dict[str, object]]:
-    return [record for entry in entries for _time, record in decode_entries(entry)]
+    return [record for block in entries for _time, record in decode_entries(block_stream(block))]
 
 
 def test_lines_become_records_with_ids_and_contiguous_seqs(tmp_path: Path) -> None:

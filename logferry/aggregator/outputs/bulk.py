@@ -16,7 +16,6 @@ import base64
 import random
 import re
 import ssl
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from pydantic import Field, model_validator
 
 from logferry.aggregator.documents import Document
 from logferry.common.config import ConfigModel
+from logferry.common.deflate import gzip_parts
 from logferry.common.errors import OutputError
 from logferry.common.units import ByteSize
 
@@ -228,9 +228,9 @@ class BulkClient:
         size = sum(len(part) for part in parts)
         if self.settings.gzip:
             if size > _GZIP_IN_THREAD_BYTES:
-                body = await asyncio.to_thread(_gzip_parts, parts)
+                body = await asyncio.to_thread(gzip_parts, parts)
             else:
-                body = _gzip_parts(parts)
+                body = gzip_parts(parts)
         else:
             body = parts[0] if len(parts) == 1 else b"".join(parts)
         endpoint = self._endpoint()
@@ -282,15 +282,6 @@ class BulkClient:
             return settle(count, response_json)
         except OutputError as exc:
             raise BulkRequestError(str(exc), status="bad_response", endpoint=endpoint) from exc
-
-
-def _gzip_parts(parts: Sequence[bytes]) -> bytes:
-    """One gzip member over the concatenation of ``parts`` (level 1: CPU matters more here
-    than the last few percent of size)."""
-    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # 16 + 15: gzip header and trailer
-    out = [compressor.compress(part) for part in parts]
-    out.append(compressor.flush())
-    return b"".join(out)
 
 
 def backoff_delay(attempt: int, initial_s: float, max_s: float) -> float:
