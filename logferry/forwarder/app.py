@@ -239,6 +239,8 @@ class Forwarder:
                     self._idle_rounds.pop(key, None)
                 elif key not in self._live and not stopping:
                     await self._maybe_release(key, tail)
+                elif not stopping and _rotated_behind_link(key, tail):
+                    self.discovery.request_scan()
             now = time.monotonic()
             if self.positions.dirty and (stopping or now - last_save >= POSITIONS_SAVE_INTERVAL_S):
                 await asyncio.to_thread(self.positions.save)
@@ -336,3 +338,13 @@ class Forwarder:
             with contextlib.suppress(Exception):
                 self.metrics.spool_bytes.set(self._spool.bytes_used)
                 self.metrics.spool_blocks.set(self._spool.records_pending)
+
+
+def _rotated_behind_link(key: Key, tail: FileTail) -> bool:
+    """Whether the path a file was found by now names another file (or none): at its end,
+    a tailed file is checked so a rotation is noticed within a poll, not at the next rescan."""
+    try:
+        st = os.stat(tail.state.link or tail.state.path)
+    except OSError:
+        return True
+    return (st.st_dev, st.st_ino) != key

@@ -3,8 +3,10 @@
 kubelet keeps ``/var/log/containers/<pod>_<ns>_<container>-<id>.log`` as symlinks into
 ``/var/log/pods/...``; a scan follows them and reports the target's device, inode and size,
 which is what positions are keyed on. Discovery only says *which* files exist now; noticing
-that a target was rotated behind an unchanged link is the tailer's job (the periodic rescan
-reports the new inode, but a rename inside /var/log/pods raises no event here).
+that a target was rotated behind an unchanged link is the tailer's job: a rename inside
+/var/log/pods raises no event here, so the tail loop asks for a scan (``request_scan``) when a
+file it has read to the end is no longer what its link points to, and the periodic rescan
+reports the new inode anyway.
 
 Batch-oriented: every change (inotify burst or timer) leads to one full scan and one
 ``on_change(found)`` call with the complete current set, never a call per event.
@@ -183,6 +185,12 @@ class Discovery:
         finally:
             self._stop_watch()
             self._dirty = None
+
+    def request_scan(self) -> None:
+        """Scan again soon (debounced), e.g. because a tailed file was rotated behind its link,
+        which no inotify event here reports."""
+        if self._dirty is not None:
+            self._dirty.set()
 
     async def _settle(self, dirty: asyncio.Event, stop: asyncio.Event) -> None:
         """Wait until the burst has been quiet for DEBOUNCE_S (at most DEBOUNCE_MAX_S)."""

@@ -209,6 +209,68 @@ async def test_rotation_while_stopped_is_drained_from_the_saved_position(
     await agg.stop()
 
 
+async def test_rename_rotation_every_few_megabytes_under_steady_writes(
+    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+) -> None:
+    ns = f"rr-{uuid.uuid4().hex[:8]}"
+    agg, fwd, path, store = await setup_one_file(tmp_path, ns, make_aggregator, opensearch)
+    counts = [1000]  # lines per file generation; the first already holds 1000
+    rotated: list[Path] = []
+    filler = "r" * 150
+    for generation in range(7):
+        size = path.stat().st_size
+        with path.open("ab") as f:
+            while size < 2 * 1024 * 1024:
+                n = counts[-1]
+                batch = "".join(
+                    f"{TS.format(i)} stdout F g{generation} line {i} {filler}\n"
+                    for i in range(n, n + 50)
+                ).encode()
+                f.write(batch)
+                f.flush()
+                size += len(batch)
+                counts[-1] += 50
+                await asyncio.sleep(0.01)  # paces the writer at about 1 MB/s; waits for nothing
+        if generation == 6:
+            break
+        # kubelet: rename, a new 0.log behind the same link, the oldest rotated file deleted
+        rotated.append(path.with_name(f"0.log.2026112{generation}"))
+        os.rename(path, rotated[-1])
+        path.write_bytes(b"")
+        counts.append(0)
+        if len(rotated) > 2:
+            os.unlink(rotated.pop(0))
+    await assert_sources(store, ns, counts)
+    assert await fwd.metric("logferry_rotations_total") >= 6
+    assert await fwd.metric("logferry_sources_lost_total") == 0
+    assert await fwd.stop() == 0
+    await agg.stop()
+
+
+async def test_inode_reuse_while_stopped_is_read_as_a_new_source(
+    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+) -> None:
+    ns = f"ino-{uuid.uuid4().hex[:8]}"
+    agg, fwd, path, store = await setup_one_file(tmp_path, ns, make_aggregator, opensearch)
+    assert await fwd.stop() == 0
+    old = path.stat()
+    os.unlink(path)
+    # ext4 and tmpfs hand a freed inode number to the next file; hold on to any other one.
+    for attempt in range(20):
+        path.write_bytes(cri_lines(0, 1500, "two"))  # longer than the saved position
+        if (path.stat().st_dev, path.stat().st_ino) == (old.st_dev, old.st_ino):
+            break
+        os.rename(path, path.with_name(f"held-{attempt}"))
+    else:
+        pytest.skip("this filesystem did not reuse the inode number")
+    await fwd.start()
+    # Same device and inode, other content: the head fingerprint makes it a new source read
+    # from 0; resuming at the old offset would skip its first 1000 lines.
+    await assert_sources(store, ns, [1000, 1500])
+    assert await fwd.stop() == 0
+    await agg.stop()
+
+
 async def test_copytruncate_starts_a_new_generation(
     opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
 ) -> None:
