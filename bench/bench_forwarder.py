@@ -5,7 +5,8 @@ each) in all, starts a real aggregator (null output) and a real forwarder pointe
 and waits until the forwarder reports every record acked. Prints lines/s, the forwarder's CPU
 seconds per million lines (its lines/s per core) and its peak RSS.
 
-Run: ``.venv/bin/python bench/bench_forwarder.py [--lines 1000000] [--files 4]``. Asserts
+Run: ``.venv/bin/python bench/bench_forwarder.py [--lines 1000000] [--files 4]
+[--format docker|cri]``; ``--files 500`` gives the peak RSS while tailing 500 files. Asserts
 nothing about time.
 """
 
@@ -29,18 +30,18 @@ from tests.support.daemon import DaemonProcess  # noqa: E402
 from tests.support.net import free_port, wait_until  # noqa: E402
 
 
-def write_files(root: Path, files: int, lines: int) -> None:
+def write_files(root: Path, files: int, lines: int, fmt: str) -> None:
     per_file = lines // files
     text = "GET /api/v1/orders/12345 200 3.2ms user=alice trace=4bf92f3577b34da6a3ce929d0e0e4736 "
+    stamp = "2026-11-25T19:50:31.123456789Z"
     for i in range(files):
         path = root / f"web-{i}_bench_app-{str(i % 10) * 64}.log"
         with path.open("wb", buffering=1 << 20) as f:
             for n in range(per_file):
-                line = {
-                    "log": f"{text}{n}\n",
-                    "stream": "stdout",
-                    "time": "2026-11-25T19:50:31.123456789Z",
-                }
+                if fmt == "cri":
+                    f.write(f"{stamp} stdout F {text}{n}\n".encode())
+                    continue
+                line = {"log": f"{text}{n}\n", "stream": "stdout", "time": stamp}
                 f.write(json.dumps(line).encode() + b"\n")
 
 
@@ -48,13 +49,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--format", choices=["docker", "cri"], default="docker")
     args = parser.parse_args()
     (REPO / ".cache").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="lf-bench-fwd-", dir=str(REPO / ".cache")))
     try:
         logs = work / "containers"
         logs.mkdir()
-        write_files(logs, args.files, args.lines)
+        write_files(logs, args.files, args.lines, args.format)
         total = (args.lines // args.files) * args.files
         size = sum(p.stat().st_size for p in logs.iterdir())
         port = free_port()
@@ -96,7 +98,7 @@ async def main() -> None:
         elapsed = time.perf_counter() - t0
         cpu = proc_cpu_s(pid)
         print(
-            f"{total:,} docker lines ({size / total:.0f} bytes each) in {args.files} files: "
+            f"{total:,} {args.format} lines ({size / total:.0f} bytes each) in {args.files} files: "
             f"{total / elapsed:,.0f} lines/s; forwarder CPU {cpu:.1f}s = "
             f"{cpu / total * 1e6:.2f} CPU s per million ({total / cpu:,.0f} lines/s per core); "
             f"peak RSS {proc_peak_rss_mb(pid):.0f} MB"
