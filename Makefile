@@ -44,7 +44,7 @@ test: lint typecheck java
 	$(BIN)/pytest
 
 run: venv java
-	$(BIN)/python scripts/run_local.py
+	$(BIN)/python scripts/run_local.py $(RUN_ARGS)
 
 docs: venv
 	$(BIN)/python scripts/update_readme.py

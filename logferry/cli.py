@@ -24,6 +24,8 @@ logferry ships Kubernetes container logs without losing or duplicating an acknow
   forwarder    per-node daemon: tails /var/log/containers, spools to disk, sends to aggregators
   aggregator   receives Forward Protocol v1, filters per tenant, spools, bulk-writes to the store
   config-reference   prints every config key of a daemon with its default and meaning
+  verify       proof of delivery: per source, seqs contiguous and stored once (exit 1 if not)
+  loadgen      writes realistic container log files laid out like /var/log/containers
 
 Each daemon reads one YAML file (--config). A bad file is refused before anything starts,
 with the file, line, key path and reason. Example configs live in examples/.
@@ -75,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print every config key of a daemon with its default and meaning.",
     )
     ref.add_argument("daemon", choices=sorted(DAEMONS))
+    # Listed for --help; main() hands their arguments to their own parsers.
+    sub.add_parser("verify", help="proof of delivery against the store (logferry verify -h)")
+    sub.add_parser("loadgen", help="write realistic container log files (logferry loadgen -h)")
     return parser
 
 
@@ -125,6 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from logferry.aggregator.dlq_cli import dlq_main
 
         return dlq_main(argv[2:])
+    if argv[:1] == ["loadgen"]:
+        from logferry.tools.loadgen import loadgen_main
+
+        return loadgen_main(argv[1:])
+    if argv[:1] == ["verify"]:
+        from logferry.tools.verify import verify_main
+
+        return verify_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command in DAEMONS:
         return _run_daemon(args.command, args)

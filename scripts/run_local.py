@@ -1,22 +1,27 @@
-"""`make run` at the foundation stage: push real container-style records through the parts
-that exist today and show where they went.
+"""`make run`: the whole pipeline on this machine, then proof that nothing was lost.
 
-1. starts (or reuses) the local OpenSearch node (scripts/opensearch start);
-2. builds docker-style records for a few namespaces and pods, encodes them as Forward
-   Protocol CompressedPackedForward chunks and decodes them again with the server decoder;
-3. appends them to a durable spool under ./run/spool (group commit, fsync);
-4. reads the spool back in batches and bulk-writes each record to OpenSearch with `create` and
-   its deterministic `_id`, committing a batch only once the store confirmed every item;
-5. prints the indices, counts and a curl command to look at the logs.
+Starts, on 127.0.0.1 and under ./run:
 
-The daemons that do this continuously (forwarder, aggregator) replace this script as they land.
+1. the local OpenSearch node (``scripts/opensearch start``; without Java, the aggregators
+   write NDJSON files instead);
+2. two aggregators and one forwarder (real ``logferry`` processes, configs in ./run/*/);
+3. ``logferry loadgen``, writing container log files laid out like a node's
+   ``/var/log/containers`` (docker and CRI, three namespaces, rotation, multi-KB lines).
+
+A status line shows lines written, read, acked, indexed and the spool backlog. Ctrl-C (or
+``--duration``) stops the load, lets the pipeline drain, stops every process cleanly, prints
+where the logs are and runs ``logferry verify``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,161 +29,319 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgpack
-import orjson
-
-from logferry.common import protocol
-from logferry.common.protocol import EventMessage, EventTime, ServerDecoder
-from logferry.common.records import record_id, source_id
-from logferry.common.spool import Spool
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "run"
-NAMESPACES = ("payments", "checkout", "search")
-RECORDS_PER_POD = 2000
-CHUNK_RECORDS = 1000
+NODE = "local-node"
+PREFIX = "demo"
+INDEX = f"logs-{PREFIX}-*"
 
 
-def start_opensearch() -> str:
-    """The local node's URL (started if it is not running)."""
-    out = subprocess.run(
-        [str(REPO / "scripts" / "opensearch"), "start"],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_opensearch() -> str | None:
+    """The local node's URL, or None when it cannot run here (no Java)."""
+    try:
+        out = subprocess.run(
+            [str(REPO / "scripts" / "opensearch"), "start"],
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        print(f"OpenSearch not available ({exc}); the aggregators write files instead.")
+        return None
     return out.stdout.strip().splitlines()[-1]
 
 
-def make_records() -> list[tuple[EventTime, dict[str, Any]]]:
-    """Records shaped like the forwarder's: a log line, kubernetes metadata, _lf identity."""
-    entries = []
-    now = time.time()
-    for ns in NAMESPACES:
-        for pod_index in range(2):
-            pod = f"{ns}-api-7d9f{pod_index}-x2k4"
-            src = source_id("local-node", 2049, hash((ns, pod)) & 0xFFFFFF, 0)
-            offset = 0
-            for seq in range(RECORDS_PER_POD):
-                line = f"{time.strftime('%H:%M:%S')} INFO request {seq} handled path=/api/v1/{ns}"
-                entries.append(
-                    (
-                        EventTime.from_float(now + seq / 1000),
-                        {
-                            "log": line,
-                            "stream": "stdout" if seq % 7 else "stderr",
-                            "kubernetes": {
-                                "namespace_name": ns,
-                                "pod_name": pod,
-                                "container_name": "api",
-                                "container_id": f"containerd://{src}",
-                                "host": "local-node",
-                            },
-                            "_lf": {"id": record_id(src, offset), "src": src, "seq": seq},
-                        },
-                    )
-                )
-                offset += len(line) + 60
-    return entries
+class Process:
+    """A child in its own session, so Ctrl-C reaches only this script, which stops the
+    children in the right order."""
 
-
-def through_the_wire(entries: list[tuple[EventTime, dict[str, Any]]]) -> list[EventMessage]:
-    """Encode as CompressedPackedForward chunks, then decode them as a server would."""
-    decoder = ServerDecoder()
-    messages: list[EventMessage] = []
-    for start in range(0, len(entries), CHUNK_RECORDS):
-        batch = entries[start : start + CHUNK_RECORDS]
-        wire = protocol.encode_compressed_packed_forward(
-            "kube.var.log.containers",
-            protocol.pack_entries(batch),
-            len(batch),
-            chunk=f"demo-{start}",
-        )
-        for message in decoder.feed(wire):
-            assert isinstance(message, EventMessage)
-            messages.append(message)
-    return messages
-
-
-def to_document(time_value: Any, record: dict[str, Any]) -> tuple[str, str, bytes]:
-    """(index, _id, JSON source) for a record, as the aggregator's bulk output will do."""
-    when = EventTime.from_time(time_value)
-    ns = record["kubernetes"]["namespace_name"]
-    day = time.strftime("%Y.%m.%d", time.gmtime(when.seconds))
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when.seconds))
-    record["@timestamp"] = f"{stamp}.{when.nanoseconds:09d}Z"
-    return f"logs-{ns}-{day}", record["_lf"]["id"], orjson.dumps(record)
-
-
-async def spool_and_ship(messages: list[EventMessage], url: str) -> dict[str, int]:
-    spool_dir = RUN / "spool"
-    shutil.rmtree(spool_dir, ignore_errors=True)
-    spool = await Spool.open(str(spool_dir), max_bytes=256 * 1024 * 1024)
-    counts: dict[str, int] = {}
-    try:
-        # Concurrent appends, as concurrent connections would make: they share fsyncs.
-        await asyncio.gather(
-            *(
-                spool.append([msgpack.packb([t, r], use_bin_type=True) for t, r in m.entries])
-                for m in messages
+    def __init__(self, name: str, args: list[str], workdir: Path) -> None:
+        self.name = name
+        self.log = workdir / f"{name}.log"
+        workdir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                args, stdout=out, stderr=out, cwd=workdir, start_new_session=True
             )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    async def stop(self, timeout_s: float = 60) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return int(await asyncio.to_thread(self.proc.wait, timeout_s))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return int(self.proc.wait())
+
+
+class Daemon(Process):
+    """``logferry <kind> --config <file>`` with its metrics port."""
+
+    def __init__(self, name: str, kind: str, config: dict[str, Any]) -> None:
+        workdir = RUN / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.http_port = free_port()
+        config["http"] = {"listen_host": "127.0.0.1", "listen_port": self.http_port}
+        config["log"] = {"level": "info", "format": "logfmt"}
+        self.config_path = workdir / f"{kind}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.config = config
+        args = [sys.executable, "-m", "logferry", kind, "--config", str(self.config_path)]
+        super().__init__(name, args, workdir)
+
+    async def metrics(self, session: aiohttp.ClientSession) -> dict[str, float]:
+        """Each metric summed over its labels ({} while the daemon is not answering)."""
+        try:
+            async with session.get(f"http://127.0.0.1:{self.http_port}/metrics") as response:
+                text = await response.text()
+        except (aiohttp.ClientError, OSError):
+            return {}
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+        return out
+
+    async def ready(self, session: aiohttp.ClientSession) -> bool:
+        try:
+            async with session.get(f"http://127.0.0.1:{self.http_port}/readyz") as response:
+                return response.status == 200
+        except (aiohttp.ClientError, OSError):
+            return False
+
+
+def aggregator_config(name: str, store: str | None) -> dict[str, Any]:
+    workdir = RUN / name
+    output: dict[str, Any] = (
+        {"type": "opensearch", "urls": [store]}
+        if store
+        else {"type": "file", "directory": str(workdir / "out")}
+    )
+    return {
+        "input": {"listen_host": "127.0.0.1", "listen_port": free_port()},
+        "spool": {"directory": str(workdir / "spool"), "max_bytes": "2GiB"},
+        "dlq": {"directory": str(workdir / "dlq")},
+        "output": output,
+    }
+
+
+def forwarder_config(servers: list[str]) -> dict[str, Any]:
+    workdir = RUN / "forwarder"
+    return {
+        "node_name": NODE,
+        "spool": {"directory": str(workdir / "spool"), "max_bytes": "1GiB"},
+        "source": {"path_glob": str(RUN / "node" / "containers" / "*.log")},
+        "sender": {"servers": servers},
+    }
+
+
+async def store_count(session: aiohttp.ClientSession, store: str | None) -> int | None:
+    if store is None:
+        return None
+    try:
+        async with session.get(f"{store}/{INDEX}/_count?ignore_unavailable=true") as response:
+            body = await response.json()
+            return int(body.get("count", 0))
+    except (aiohttp.ClientError, OSError, ValueError):
+        return None
+
+
+def written(manifest: Path) -> int:
+    try:
+        return int(json.loads(manifest.read_text()).get("messages_total", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+class Status:
+    """The live status line."""
+
+    def __init__(self, store: str | None, fwd: Daemon, aggs: list[Daemon], manifest: Path):
+        self.store, self.fwd, self.aggs, self.manifest = store, fwd, aggs, manifest
+        self.tty = sys.stdout.isatty()
+        self._last_print = 0.0
+
+    async def sample(self, session: aiohttp.ClientSession) -> dict[str, int | None]:
+        fwd = await self.fwd.metrics(session)
+        aggs = [await agg.metrics(session) for agg in self.aggs]
+        return {
+            "written": written(self.manifest),
+            "read": int(fwd.get("logferry_records_spooled_total", 0)),
+            "acked": int(fwd.get("logferry_sender_records_acked_total", 0)),
+            "indexed": await store_count(session, self.store),
+            "spool": int(
+                fwd.get("logferry_spool_bytes", 0)
+                + sum(a.get("logferry_spool_bytes", 0) for a in aggs)
+            ),
+        }
+
+    def show(self, values: dict[str, int | None], *, final: bool = False) -> None:
+        indexed = values["indexed"]
+        line = (
+            f"written {values['written']:>9,}  read {values['read']:>9,}  "
+            f"acked {values['acked']:>9,}  "
+            f"indexed {'-' if indexed is None else f'{indexed:,}':>9}  "
+            f"spool {(values['spool'] or 0) / 1e6:7.1f} MB"
         )
-        print(f"  spooled {spool.records_pending} records durably ({spool.fsyncs} fsyncs)")
-        async with aiohttp.ClientSession() as session:
-            while spool.records_pending:
-                batch = await spool.read(max_records=2000, max_bytes=4 << 20, timeout_s=1.0)
-                if batch is None:
+        if self.tty:
+            print("\r" + line, end="\n" if final else "", flush=True)
+        elif final or time.monotonic() - self._last_print >= 5:
+            print(line, flush=True)
+            self._last_print = time.monotonic()
+
+
+async def wait_for(condition: Any, timeout_s: float, poll_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await condition():
+            return True
+        await asyncio.sleep(poll_s)
+    return False
+
+
+async def run(duration_s: float | None, rate: int) -> int:
+    if RUN.exists():
+        shutil.rmtree(RUN)
+    RUN.mkdir()
+    store = start_opensearch()
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        if store:
+            # The demo's own indices from an earlier run go, so verify covers exactly this one.
+            async with session.delete(f"{store}/{INDEX}?ignore_unavailable=true"):
+                pass
+        aggs = [
+            Daemon(name, "aggregator", aggregator_config(name, store)) for name in ("agg0", "agg1")
+        ]
+        servers = [f"127.0.0.1:{a.config['input']['listen_port']}" for a in aggs]
+        fwd = Daemon("forwarder", "forwarder", forwarder_config(servers))
+        children: list[Process] = [*aggs, fwd]
+        manifest = RUN / "node" / "manifest.json"
+        try:
+            for daemon in [*aggs, fwd]:
+
+                async def is_ready(d: Daemon = daemon) -> bool:
+                    if not d.alive():
+                        raise SystemExit(f"{d.name} exited; see {d.log}")
+                    return await d.ready(session)
+
+                if not await wait_for(is_ready, 60):
+                    raise SystemExit(f"{daemon.name} did not become ready; see {daemon.log}")
+            loadgen = Process(
+                "loadgen",
+                [
+                    sys.executable, "-m", "logferry", "loadgen",
+                    "--dir", str(RUN / "node"),
+                    "--manifest", str(manifest),
+                    "--namespace-prefix", PREFIX,
+                    "--rate", str(rate),
+                    "--rotate-bytes", "8MiB",
+                    "--quiet",
+                ],
+                RUN / "loadgen",
+            )  # fmt: skip
+            children.append(loadgen)
+            print(f"logferry is running: {len(aggs)} aggregators, 1 forwarder, loadgen at "
+                  f"{rate:,} lines/s into {RUN / 'node' / 'containers'}")  # fmt: skip
+            print("Ctrl-C stops the load, drains the pipeline and verifies it.\n")
+            status = Status(store, fwd, aggs, manifest)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+            started = time.monotonic()
+            while not stop.is_set():
+                status.show(await status.sample(session))
+                if duration_s is not None and time.monotonic() - started >= duration_s:
                     break
-                lines = []
-                for raw in batch.records:
-                    t, record = msgpack.unpackb(raw, raw=False, ext_hook=protocol.ext_hook)
-                    index, doc_id, source = to_document(t, record)
-                    counts[index] = counts.get(index, 0) + 1
-                    lines.append(orjson.dumps({"create": {"_index": index, "_id": doc_id}}))
-                    lines.append(source)
-                body = b"\n".join(lines) + b"\n"
-                async with session.post(
-                    f"{url}/_bulk",
-                    data=body,
-                    headers={"Content-Type": "application/x-ndjson"},
-                ) as response:
-                    result = await response.json()
-                failed = [
-                    item
-                    for item in result["items"]
-                    if item["create"]["status"] not in (200, 201, 409)
-                ]
-                if failed:
-                    raise SystemExit(f"the store refused {len(failed)} records: {failed[0]}")
-                spool.commit(batch)
-            async with session.post(f"{url}/logs-*/_refresh") as response:
-                await response.read()
-    finally:
-        await spool.close()
-    return counts
+                if not all(child.alive() for child in children):
+                    gone = [c.name for c in children if not c.alive()]
+                    print(f"\n{', '.join(gone)} exited; see {RUN}/*/*.log")
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+            # Second Ctrl-C from here on: default behaviour (the children are in their own
+            # sessions and get stopped by the finally below).
+            loop.remove_signal_handler(signal.SIGINT)
+            print("\nstopping the load; waiting for the pipeline to drain...")
+            await loadgen.stop()
+
+            async def drained() -> bool:
+                values = await status.sample(session)
+                status.show(values)
+                done = values["acked"] >= values["written"] and (values["spool"] or 0) == 0
+                return bool(
+                    done and (store is None or (values["indexed"] or 0) >= values["written"])
+                )
+
+            await wait_for(drained, 120, poll_s=1.0)
+            status.show(await status.sample(session), final=True)
+        finally:
+            for child in reversed(children):  # loadgen, forwarder, then the aggregators
+                await child.stop()
+    print()
+    print_where(store, aggs, fwd)
+    return verify(store, aggs)
+
+
+def print_where(store: str | None, aggs: list[Daemon], fwd: Daemon) -> None:
+    print("Where the logs went:")
+    print(f"  container log files   {RUN / 'node' / 'containers'} (-> {RUN / 'node' / 'pods'})")
+    if store:
+        print(f"  OpenSearch            {store}  indices {INDEX}")
+        print(f"    curl -s '{store}/_cat/indices/{INDEX}?v'")
+        print(f"    curl -s '{store}/{INDEX}/_search?size=3&pretty' \\")
+        query = '{"query":{"match":{"stream":"stderr"}}}'
+        print(f"      -H 'Content-Type: application/json' -d '{query}'")
+    else:
+        for agg in aggs:
+            print(f"  NDJSON files          {agg.config['output']['directory']}")
+    print(f"  daemon logs, configs  {RUN}/agg0, {RUN}/agg1, {RUN}/forwarder")
+    print(f"  metrics               http://127.0.0.1:{fwd.http_port}/metrics (while running)")
+    print()
+
+
+def verify(store: str | None, aggs: list[Daemon]) -> int:
+    if store is None:
+        print("verify needs the store; skipped (no OpenSearch here).")
+        return 0
+    args = [
+        sys.executable, "-m", "logferry", "verify",
+        "--store", store,
+        "--index", INDEX,
+        "--positions", str(RUN / "forwarder" / "positions"),
+        "--manifest", str(RUN / "node" / "manifest.json"),
+        "--node", NODE,
+    ]  # fmt: skip
+    for agg in aggs:
+        if Path(agg.config["dlq"]["directory"]).is_dir():  # made at the first dead letter
+            args += ["--dlq", agg.config["dlq"]["directory"]]
+    print("$ logferry verify --store", store, "--index", f"'{INDEX}'", "...")
+    return subprocess.run(args, check=False).returncode
 
 
 def main() -> int:
-    print("logferry make run (foundation stage)")
-    print("- starting the local OpenSearch node (scripts/opensearch start) ...")
-    url = start_opensearch()
-    print(f"  OpenSearch is up at {url}")
-    entries = make_records()
-    print(f"- built {len(entries)} container log records ({len(NAMESPACES)} namespaces, 6 pods)")
-    messages = through_the_wire(entries)
-    print(f"- encoded and decoded {len(messages)} CompressedPackedForward chunks")
-    print("- spooling them under ./run/spool and bulk-writing them to OpenSearch ...")
-    counts = asyncio.run(spool_and_ship(messages, url))
-    print("- done. Your logs are in OpenSearch:")
-    for index, count in sorted(counts.items()):
-        print(f"    {index:40s} {count:6d} documents")
-    print("\nLook at them:")
-    print(f"  curl -s '{url}/_cat/indices/logs-*?v'")
-    print(f"  curl -s '{url}/logs-payments-*/_search?size=3&pretty'")
-    print("Stop the node with: scripts/opensearch stop")
-    return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=None, help="stop after this many s")
+    parser.add_argument("--rate", type=int, default=2000, help="lines per second (loadgen)")
+    args = parser.parse_args()
+    os.chdir(REPO)
+    return asyncio.run(run(args.duration, args.rate))
 
 
 if __name__ == "__main__":
-    os.chdir(REPO)
     sys.exit(main())

@@ -22,6 +22,7 @@ from logferry.aggregator.config import ForwardInputSettings
 from logferry.aggregator.ingest import Ingest, Receipt
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.common.errors import HandshakeError, ProtocolError, SpoolClosedError
+from logferry.common.faults import crash_point
 from logferry.common.handshake import ServerHandshake, encode_helo, encode_pong
 from logferry.common.logs import get_logger
 from logferry.common.protocol import EventMessage, Ping, ServerDecoder
@@ -224,6 +225,7 @@ class ForwardServer:
         queue: asyncio.Queue[_Batch | None],
     ) -> None:
         """Start making one read's messages durable together; the acker acks them in order."""
+        crash_point("after_receive")
         events: list[EventMessage] = []
         for message in messages:
             if isinstance(message, Ping):
@@ -254,8 +256,10 @@ class ForwardServer:
             finally:
                 conn.inflight -= 1
             if batch.acks:
+                crash_point("before_ack")  # durable, not acked: the sender must resend
                 conn.writer.write(b"".join(batch.acks))
                 await conn.writer.drain()
+                crash_point("after_ack")
                 self._metrics.acks.inc(len(batch.acks))
                 self._metrics.ack_latency.observe(time.monotonic() - batch.received)
             if conn.inflight == 0:

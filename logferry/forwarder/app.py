@@ -70,6 +70,19 @@ class ForwarderMetrics:
             "tenant",
         )
         self.spool_bytes = gauge("spool_bytes", "Bytes in the node spool.")
+        self.spool_quarantined_frames = counter(
+            "spool_quarantined_frames",
+            "Damaged node spool frames moved to quarantine at start (their records are lost; "
+            "verify reports them missing).",
+        )
+        self.spool_quarantined_bytes = counter(
+            "spool_quarantined_bytes", "Damaged node spool bytes moved to quarantine at start."
+        )
+        self.positions_quarantined = counter(
+            "positions_quarantined",
+            "Damaged position files set aside at start (every file is then read again from "
+            "its start; record ids make the resend harmless).",
+        )
         self.spool_blocks = gauge(
             "spool_blocks", "Spool blocks (compressed groups of records) not yet acked."
         )
@@ -110,6 +123,9 @@ class Forwarder:
             max_bytes=spool_settings.max_bytes,
             segment_max_bytes=spool_settings.segment_max_bytes,
         )
+        self.metrics.spool_quarantined_frames.inc(spool.quarantined_frames)
+        self.metrics.spool_quarantined_bytes.inc(spool.quarantined_bytes)
+        self.metrics.positions_quarantined.inc(self.positions.corrupt_loads)
         sender = Sender(
             self.config.sender, spool, node_name=self.config.node_name, metrics=self.registry
         )

@@ -32,6 +32,8 @@ class DaemonProcess:
         self.log_path = workdir / f"{kind}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.env: dict[str, str] = {}
+        """Extra environment for the next spawn (e.g. a crash point)."""
 
     def write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -48,7 +50,7 @@ class DaemonProcess:
                 stdout=log,
                 stderr=log,
                 cwd=self.workdir,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
 
     async def start(self, *, timeout_s: float = 60.0) -> None:

@@ -29,6 +29,7 @@ from logferry.aggregator.documents import Document
 from logferry.common.config import ConfigModel
 from logferry.common.deflate import gzip_parts
 from logferry.common.errors import OutputError
+from logferry.common.faults import crash_point
 from logferry.common.units import ByteSize
 
 MiB = 1024 * 1024
@@ -242,6 +243,7 @@ class BulkClient:
                 timeout=self._timeout,
                 ssl=self._ssl,
             ) as response:
+                crash_point("during_bulk")  # the store has the batch, we have no answer
                 payload = await response.read()
                 status = response.status
         except TimeoutError as exc:

@@ -1,0 +1,204 @@
+"""Chaos on the node's disk: rotation outrunning the reader, files changed while the forwarder
+is down, a full aggregator volume, and bytes damaged in spools and position files.
+
+Same judge as test_chaos.py: ``logferry verify`` against the loadgen manifest, positions and
+DLQs, polled until it passes or a deadline; the counts are printed and asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chaos.conftest import MakePipeline
+from tests.chaos.damage import flip_byte, forwarder_records, frames, segments
+from tests.chaos.harness import Pipeline, scale
+from tests.support.net import wait_until
+from tests.support.tcp_proxy import TcpProxy
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+
+def assert_proven(outcome: Any) -> None:
+    assert outcome.missing == 0, outcome.line()
+    assert outcome.duplicates == 0, outcome.line()
+    assert outcome.written > 0, outcome.line()
+
+
+async def read_everything(pipeline: Pipeline) -> None:
+    """Wait until the forwarder has read every byte written (its lag is 0)."""
+
+    async def caught_up() -> bool:
+        return (
+            await pipeline.forwarder.metric("logferry_lag_bytes") == 0
+            and await pipeline.forwarder.metric("logferry_records_spooled_total") > 0
+        )
+
+    await wait_until(caught_up, timeout_s=120, what="the forwarder to read everything")
+
+
+async def test_4_rotation_faster_than_the_forwarder_reads(make_pipeline: MakePipeline) -> None:
+    # The aggregators start late: the forwarder's 2 MiB spool fills, tailing pauses, and the
+    # files keep rotating every 256 KiB behind it. The backlog outlives every rotation.
+    pipeline = make_pipeline(
+        forwarder={"spool": {"max_bytes": "2MiB", "segment_max_bytes": "1MiB"}}
+    )
+    await pipeline.forwarder.start()
+    pipeline.start_loadgen(lines=scale(60_000, 300_000), rate=0, rotate_bytes="256KiB")
+    await pipeline.wait_loadgen()
+    manifest = json.loads(pipeline.manifest.read_text())
+    rotated = sum(1 for f in manifest["files"] if f.get("rotated"))
+    assert rotated >= 10, rotated
+    assert await pipeline.forwarder.metric("logferry_lag_bytes") > 0  # it is behind
+    for aggregator in pipeline.aggregators:
+        await aggregator.start()
+    outcome = await pipeline.settle(f"4. rotation outruns the reader ({rotated} rotations)")
+    assert_proven(outcome)
+    assert await pipeline.forwarder.metric("logferry_sources_lost_total") == 0
+    await pipeline.stop()
+
+
+def cri(count: int, tag: str) -> bytes:
+    stamp = "2026-11-25T19:50:31.000000001Z"
+    return b"".join(f"{stamp} stdout F {tag} line {n}\n".encode() for n in range(count))
+
+
+async def test_5_rotations_and_truncations_while_the_forwarder_is_down(
+    make_pipeline: MakePipeline,
+) -> None:
+    pipeline = make_pipeline()
+    pods, links = pipeline.logs / "pods", pipeline.logs / "containers"
+    pods.mkdir(parents=True)
+    links.mkdir(parents=True)
+    files = {}
+    for name in ("rotated", "truncated", "both"):
+        path = pods / f"{name}.log"
+        path.write_bytes(cri(2000, f"{name}-0"))
+        os.symlink(path, links / f"{name}-0_{pipeline.prefix}-a_app-{'d' * 64}.log")
+        files[name] = path
+    await pipeline.start()
+    entries: list[dict[str, Any]] = []  # the manifest verify checks against, as loadgen writes
+
+    def record(path: Path, messages: int) -> None:
+        st = path.stat()
+        entries.append(
+            {"path": str(path), "device": st.st_dev, "inode": st.st_ino, "messages": messages}
+        )
+
+    await read_everything(pipeline)
+    assert await pipeline.forwarder.stop() == 0
+    # While it is down: a rename rotation with lines written before it, a truncation of a file
+    # whose lines were all read (copytruncate), and a file rotated and then truncated.
+    with files["rotated"].open("ab") as f:
+        f.write(cri(700, "rotated-0-more"))
+    record(files["rotated"], 2700)
+    os.rename(files["rotated"], pods / "rotated.log.1")
+    files["rotated"].write_bytes(cri(500, "rotated-1"))
+    record(files["rotated"], 500)
+    with files["truncated"].open("r+b") as f:
+        f.truncate(0)
+    files["truncated"].write_bytes(cri(900, "truncated-1"))  # a new generation, same inode
+    os.rename(files["both"], pods / "both.log.1")
+    record(pods / "both.log.1", 2000)
+    files["both"].write_bytes(cri(300, "both-1"))
+    with files["both"].open("r+b") as f:
+        f.truncate(0)
+    files["both"].write_bytes(cri(400, "both-2"))
+    record(files["both"], 400)
+    pipeline.manifest.write_text(json.dumps({"files": entries}))
+    await pipeline.forwarder.start()
+    outcome = await pipeline.settle("5. rotations and truncations while down")
+    assert_proven(outcome)
+    # The truncated file's new generation is its own source, complete from seq 0.
+    stats = {row.source: row for row in outcome_rows(pipeline)}
+    assert sorted(row.found for row in stats.values()) == sorted([2700, 500, 2000, 900, 2000, 400])
+    await pipeline.stop()
+
+
+def outcome_rows(pipeline: Pipeline) -> list[Any]:
+    assert pipeline.last_report is not None
+    return list(pipeline.last_report.sources)
+
+
+async def test_7_aggregator_volume_full_acks_stop_and_resume(
+    make_pipeline: MakePipeline, opensearch: Any
+) -> None:
+    host, port = opensearch.url.removeprefix("http://").rsplit(":", 1)
+    proxy = TcpProxy(host, int(port))
+    await proxy.start()
+    try:
+        pipeline = make_pipeline(
+            output_url=proxy.url,
+            aggregator={
+                "spool": {
+                    "max_bytes": "6MiB",
+                    "tenant_max_bytes": "2MiB",
+                    "segment_max_bytes": "1MiB",
+                }
+            },
+        )
+        await pipeline.start()
+        proxy.set_down()
+        pipeline.start_loadgen(lines=scale(40_000, 200_000), rate=0)
+        await pipeline.wait_loadgen()
+
+        async def held_by_forwarder() -> bool:
+            # The aggregators' volumes are full: they stop acking, the node spool keeps the rest.
+            return await pipeline.forwarder.metric("logferry_spool_bytes") > 256 * 1024
+
+        await wait_until(held_by_forwarder, timeout_s=120, what="the node spool to hold data")
+        for aggregator in pipeline.aggregators:
+            held = await aggregator.metric("logferry_spool_bytes")
+            assert 0 < held <= 6 * 1024 * 1024
+            assert await aggregator.ready()  # full is not broken
+        proxy.set_up()
+        outcome = await pipeline.settle("7. aggregator volume full")
+        assert_proven(outcome)
+        await pipeline.stop()
+    finally:
+        await proxy.stop()
+
+
+async def test_8_damaged_spool_and_positions_are_quarantined_and_reported(
+    make_pipeline: MakePipeline,
+) -> None:
+    pipeline = make_pipeline(
+        forwarder={"spool": {"max_bytes": "64MiB", "segment_max_bytes": "1MiB"}}
+    )
+    await pipeline.forwarder.start()  # the aggregators stay down: records wait in the spool
+    pipeline.start_loadgen(lines=scale(20_000, 100_000), rate=0, rotate_bytes="64MiB")
+    await pipeline.wait_loadgen()
+    await read_everything(pipeline)
+    assert await pipeline.forwarder.stop() == 0
+
+    # Damage one frame in the middle of the node spool: its records are lost for good (the
+    # position has moved past them), and verify must report exactly those as missing.
+    spool_dir = Path(pipeline.forwarder.config["spool"]["directory"])
+    segment = segments(spool_dir)[0]
+    found = frames(segment)
+    assert len(found) >= 3, len(found)
+    offset, size, blocks = found[len(found) // 2]
+    lost = forwarder_records(blocks)
+    flip_byte(segment, offset + size // 2)
+
+    await pipeline.start()
+    outcome = await pipeline.settle("8a. spool frame damaged", expected_missing=sum(lost.values()))
+    assert outcome.missing == sum(lost.values()), outcome.line()
+    assert outcome.duplicates == 0
+    missing_by_source = {row.source: row.missing for row in outcome_rows(pipeline) if row.missing}
+    assert missing_by_source == dict(lost)
+    assert await pipeline.forwarder.metric("logferry_spool_quarantined_frames_total") >= 1
+
+    # Now damage the position file while stopped: it is quarantined, every file is read again
+    # from the start, the store's create-if-absent drops what it has, and the records lost with
+    # the spool frame come back from the files still on disk.
+    assert await pipeline.forwarder.stop() == 0
+    flip_byte(pipeline.positions, pipeline.positions.stat().st_size // 2)
+    await pipeline.forwarder.start()
+    outcome = await pipeline.settle("8b. position file damaged")
+    assert_proven(outcome)
+    await pipeline.stop()
