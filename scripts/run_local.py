@@ -187,6 +187,12 @@ class Status:
                 fwd.get("logferry_spool_bytes", 0)
                 + sum(a.get("logferry_spool_bytes", 0) for a in aggs)
             ),
+            # Spool bytes include delivered records until their segment file is recycled; what
+            # is still owed is the pending count.
+            "pending": int(
+                fwd.get("logferry_spool_blocks", 0)
+                + sum(a.get("logferry_spool_records", 0) for a in aggs)
+            ),
         }
 
     def show(self, values: dict[str, int | None], *, final: bool = False) -> None:
@@ -213,11 +219,11 @@ async def wait_for(condition: Any, timeout_s: float, poll_s: float = 0.2) -> boo
     return False
 
 
-async def run(duration_s: float | None, rate: int) -> int:
+async def run(duration_s: float | None, rate: int, store_arg: str | None) -> int:
     if RUN.exists():
         shutil.rmtree(RUN)
-    RUN.mkdir()
-    store = start_opensearch()
+    RUN.mkdir(parents=True)
+    store = None if store_arg == "none" else (store_arg or start_opensearch())
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         if store:
@@ -283,10 +289,10 @@ async def run(duration_s: float | None, rate: int) -> int:
             async def drained() -> bool:
                 values = await status.sample(session)
                 status.show(values)
-                done = values["acked"] >= values["written"] and (values["spool"] or 0) == 0
-                return bool(
-                    done and (store is None or (values["indexed"] or 0) >= values["written"])
-                )
+                written_all = values["written"] or 0
+                done = (values["acked"] or 0) >= written_all and values["pending"] == 0
+                indexed = values["indexed"]
+                return done and (store is None or (indexed or 0) >= written_all)
 
             await wait_for(drained, 120, poll_s=1.0)
             status.show(await status.sample(session), final=True)
@@ -335,12 +341,20 @@ def verify(store: str | None, aggs: list[Daemon]) -> int:
 
 
 def main() -> int:
+    global RUN
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=None, help="stop after this many s")
     parser.add_argument("--rate", type=int, default=2000, help="lines per second (loadgen)")
+    parser.add_argument(
+        "--store",
+        default=None,
+        help="an OpenSearch URL to use instead of starting the local node; 'none' for files",
+    )
+    parser.add_argument("--workdir", type=Path, default=RUN, help="where everything goes")
     args = parser.parse_args()
+    RUN = args.workdir.resolve()
     os.chdir(REPO)
-    return asyncio.run(run(args.duration, args.rate))
+    return asyncio.run(run(args.duration, args.rate, args.store))
 
 
 if __name__ == "__main__":

@@ -42,17 +42,19 @@ async def read_everything(pipeline: Pipeline) -> None:
 
 
 async def test_4_rotation_faster_than_the_forwarder_reads(make_pipeline: MakePipeline) -> None:
-    # The aggregators start late: the forwarder's 2 MiB spool fills, tailing pauses, and the
-    # files keep rotating every 256 KiB behind it. The backlog outlives every rotation.
+    # The aggregators start late: the forwarder's 2 MiB spool fills within seconds, tailing
+    # pauses, and every container's file keeps rotating (each 1 MiB, every few seconds, as
+    # kubelet does every 10 s at most) behind it: generations are found and held open but not
+    # read. The backlog must outlive every rotation: nothing is released before it is drained.
     pipeline = make_pipeline(
         forwarder={"spool": {"max_bytes": "2MiB", "segment_max_bytes": "1MiB"}}
     )
     await pipeline.forwarder.start()
-    pipeline.start_loadgen(lines=scale(60_000, 300_000), rate=0, rotate_bytes="256KiB")
+    pipeline.start_loadgen(lines=scale(70_000, 300_000), rate=7000, rotate_bytes="1MiB")
     await pipeline.wait_loadgen()
     manifest = json.loads(pipeline.manifest.read_text())
     rotated = sum(1 for f in manifest["files"] if f.get("rotated"))
-    assert rotated >= 10, rotated
+    assert rotated >= 12, rotated
     assert await pipeline.forwarder.metric("logferry_lag_bytes") > 0  # it is behind
     for aggregator in pipeline.aggregators:
         await aggregator.start()
@@ -175,8 +177,9 @@ async def test_8_damaged_spool_and_positions_are_quarantined_and_reported(
     await read_everything(pipeline)
     assert await pipeline.forwarder.stop() == 0
 
-    # Damage one frame in the middle of the node spool: its records are lost for good (the
-    # position has moved past them), and verify must report exactly those as missing.
+    # Damage one frame in the middle of the node spool and tear the last one: their records
+    # are lost for good (the position has moved past them), and verify must report exactly
+    # those as missing, source by source.
     spool_dir = Path(pipeline.forwarder.config["spool"]["directory"])
     segment = segments(spool_dir)[0]
     found = frames(segment)
@@ -184,6 +187,12 @@ async def test_8_damaged_spool_and_positions_are_quarantined_and_reported(
     offset, size, blocks = found[len(found) // 2]
     lost = forwarder_records(blocks)
     flip_byte(segment, offset + size // 2)
+    # And a torn tail: the newest segment cut in the middle of its last frame.
+    newest = segments(spool_dir)[-1]
+    tail_offset, tail_size, tail_blocks = frames(newest)[-1]
+    assert (newest, tail_offset) != (segment, offset)
+    lost += forwarder_records(tail_blocks)
+    os.truncate(newest, tail_offset + tail_size // 2)
 
     await pipeline.start()
     outcome = await pipeline.settle("8a. spool frame damaged", expected_missing=sum(lost.values()))
