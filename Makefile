@@ -43,7 +43,9 @@ integration: venv java
 test: lint typecheck java
 	$(BIN)/pytest
 
-run: venv java
+# Without Java, make run still runs: the aggregators then write NDJSON files instead.
+run: venv
+	@scripts/ensure-java || echo "make run: no Java; the logs go to NDJSON files instead"
 	$(BIN)/python scripts/run_local.py $(RUN_ARGS)
 
 docs: venv

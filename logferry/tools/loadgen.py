@@ -11,12 +11,14 @@ parts as the runtimes split it, and a file is rotated as kubelet does (``0.log``
 generation, its device and inode and how many logical messages (the records a forwarder must
 deliver), physical lines and bytes it holds, so an end-to-end test can compare what arrived
 with what was written. Python API: :func:`run_loadgen`; command line: :func:`loadgen_main`.
+
+What the messages say is in :mod:`.loadgen_content`; how a runtime writes them as lines
+(docker, CRI, split parts) in :mod:`.loadgen_formats`.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import random
 import signal
@@ -29,12 +31,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Literal
 
 import orjson
 
 from logferry.common.errors import LogferryError
 from logferry.common.units import parse_byte_size
+from logferry.tools.loadgen_content import Clock, Kind, Messages
+from logferry.tools.loadgen_formats import (
+    PART_BYTES,
+    Format,
+    render_message,
+    rfc3339_ns,
+    split_message,
+)
 
 __all__ = [
     "PART_BYTES",
@@ -49,12 +58,6 @@ __all__ = [
     "split_message",
 ]
 
-Format = Literal["docker", "cri"]
-Stream = Literal["stdout", "stderr"]
-Kind = Literal["access", "json", "java"]
-
-PART_BYTES = 16384
-"""The runtimes' line buffer: a longer message is written as several lines (docker, CRI)."""
 _BURST = 50_000  # most messages rendered in one tick, so memory stays bounded when behind
 _TICK_S = 0.05
 _MANIFEST_EVERY_S = 1.0
@@ -237,219 +240,6 @@ def _topology(options: LoadgenOptions, rng: random.Random) -> list[_Spec]:
     return specs
 
 
-# -- content -------------------------------------------------------------------------------
-
-_PATHS = (
-    "/",
-    "/healthz",
-    "/api/v1/orders",
-    "/api/v1/orders/{n}",
-    "/api/v1/users/{n}/cart",
-    "/static/js/app.{h}.js",
-    "/search?q={w}&page={p}",
-    "/login",
-    "/metrics",
-)
-_METHODS = ("GET", "GET", "GET", "GET", "GET", "POST", "POST", "PUT", "DELETE")
-_STATUSES = (200,) * 14 + (201, 204, 301, 304, 400, 401, 403, 404, 404, 499, 500, 502, 503)
-_AGENTS = (
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 "
-    "Safari/537.36",
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
-    "curl/8.5.0",
-    "kube-probe/1.29",
-    "Go-http-client/1.1",
-    "python-requests/2.31.0",
-)
-_WORDS = ("order", "refund", "cart", "shoes", "invoice", "gift", "caf%C3%A9", "t-shirt")
-_CUSTOMERS = ("Alice Martin", "Zoë Müller", "Bjørn Ødegård", "李雷", "José Núñez", "Sam Lee")
-_LEVELS = ("debug",) * 10 + ("info",) * 70 + ("warn",) * 12 + ("error",) * 5
-_EVENTS = (
-    ("order placed", "orders.service"),
-    ("payment authorised", "payments.client"),
-    ("cache miss", "cache"),
-    ("request completed", "http.server"),
-    ("token refreshed", "auth.session"),
-    ("retrying upstream call", "http.client"),
-)
-_JAVA_LINES = (
-    ("INFO ", "c.e.payments.PaymentService", "Charged card ending {d4} amount={amt} EUR"),
-    ("INFO ", "o.s.web.servlet.DispatcherServlet", "Completed initialization in {ms} ms"),
-    ("DEBUG", "c.e.orders.OrderRepository", "Loaded order {n} with {p} items in {ms} ms"),
-    ("WARN ", "c.z.hikari.pool.HikariPool", "HikariPool-1 - Connection is not available"),
-    ("INFO ", "c.e.auth.TokenFilter", "Authenticated user {n} via bearer token"),
-)
-_FRAMES = (
-    "com.example.payments.PaymentService.charge(PaymentService.java:{l})",
-    "com.example.payments.api.PaymentController.create(PaymentController.java:{l})",
-    "org.springframework.web.servlet.FrameworkServlet.service(FrameworkServlet.java:{l})",
-    "jakarta.servlet.http.HttpServlet.service(HttpServlet.java:{l})",
-    "org.apache.catalina.core.ApplicationFilterChain.doFilter(ApplicationFilterChain.java:{l})",
-    "org.apache.tomcat.util.threads.ThreadPoolExecutor.runWorker(ThreadPoolExecutor.java:{l})",
-    "java.base/java.lang.Thread.run(Thread.java:{l})",
-)
-
-
-@dataclass(frozen=True)
-class _Clock:
-    """The wall time of one tick in the shapes the log lines embed (all fixed width)."""
-
-    clf: str
-    iso_ms: str
-    java: str
-
-    @classmethod
-    def at(cls, time_ns: int) -> _Clock:
-        seconds, rest = divmod(time_ns, 1_000_000_000)
-        tm = time.gmtime(seconds)
-        ms = rest // 1_000_000
-        return cls(
-            time.strftime("%d/%b/%Y:%H:%M:%S +0000", tm),
-            time.strftime("%Y-%m-%dT%H:%M:%S", tm) + f".{ms:03d}Z",
-            time.strftime("%Y-%m-%d %H:%M:%S", tm) + f".{ms:03d}",
-        )
-
-
-class _Messages:
-    """One container's message stream: deterministic from its seed, numbered with ``seq``."""
-
-    def __init__(self, kind: Kind, seed: int, long_every: int) -> None:
-        self.kind = kind
-        self.rng = random.Random(seed)
-        self.long_every = long_every
-        self.seq = 0
-        self._frames: list[str] = []  # the rest of a stack trace being written
-
-    def next(self, clock: _Clock) -> tuple[Stream, str]:
-        seq = self.seq
-        self.seq += 1
-        if self._frames:
-            return "stderr", f"{self._frames.pop(0)} seq={seq}"
-        if self.long_every and self.rng.random() * self.long_every < 1:
-            return "stdout", self._long(clock, seq)
-        if self.kind == "access":
-            return self._access(clock, seq)
-        if self.kind == "json":
-            return self._json(clock, seq)
-        return self._java(clock, seq)
-
-    def _access(self, clock: _Clock, seq: int) -> tuple[Stream, str]:
-        rng = self.rng
-        ip = f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
-        if rng.random() < 0.02:
-            return "stderr", (
-                f"{clock.java[:19].replace('-', '/')} [error] 29#29: *{seq} upstream timed out "
-                f"(110: Connection timed out) while reading response header from upstream, "
-                f'client: {ip}, server: _, request: "GET /api/v1/orders HTTP/1.1", '
-                f'upstream: "http://10.0.{rng.randrange(256)}.7:8080/api/v1/orders" seq={seq}'
-            )
-        path = rng.choice(_PATHS).format(
-            n=rng.randrange(1, 10**6), h=f"{rng.getrandbits(32):08x}",
-            w=rng.choice(_WORDS), p=rng.randrange(1, 20),
-        )  # fmt: skip
-        status, size = rng.choice(_STATUSES), rng.randrange(0, 60000)
-        return "stdout", (
-            f'{ip} - - [{clock.clf}] "{rng.choice(_METHODS)} {path} HTTP/1.1" {status} {size} '
-            f'"-" "{rng.choice(_AGENTS)}" rt={rng.random() * 0.8:.3f} seq={seq}'
-        )
-
-    def _json(self, clock: _Clock, seq: int) -> tuple[Stream, str]:
-        rng = self.rng
-        level = rng.choice(_LEVELS)
-        msg, logger = rng.choice(_EVENTS)
-        record: dict[str, object] = {"ts": clock.iso_ms, "level": level, "logger": logger}
-        record["msg"] = msg
-        record["trace_id"] = f"{rng.getrandbits(128):032x}"
-        if rng.random() < 0.5:
-            record["customer"] = rng.choice(_CUSTOMERS)
-        record["duration_ms"] = round(rng.expovariate(1 / 40), 2)
-        if level == "error":
-            record["error"] = "context deadline exceeded"
-        record["seq"] = seq
-        return ("stderr" if level == "error" else "stdout"), orjson.dumps(record).decode()
-
-    def _java(self, clock: _Clock, seq: int) -> tuple[Stream, str]:
-        rng = self.rng
-        thread = f"nio-8080-exec-{rng.randrange(1, 11)}"
-        if rng.random() < 0.015:
-            # An exception: the header line now, its frames as the next messages (stderr).
-            count = rng.randrange(4, 20)
-            self._frames = [
-                f"\tat {rng.choice(_FRAMES).format(l=rng.randrange(20, 900))}" for _ in range(count)
-            ]
-            self._frames.append(f"\t... {rng.randrange(10, 80)} more")
-            return "stderr", (
-                f"{clock.java} ERROR 1 --- [{thread}] c.e.payments.PaymentService : "
-                f"java.lang.IllegalStateException: card processor returned 502 seq={seq}"
-            )
-        level, logger, template = rng.choice(_JAVA_LINES)
-        text = template.format(
-            d4=rng.randrange(10000), amt=f"{rng.randrange(1, 50000) / 100:.2f}",
-            ms=rng.randrange(1, 3000), n=rng.randrange(1, 10**6), p=rng.randrange(1, 30),
-        )  # fmt: skip
-        return "stdout", f"{clock.java} {level} 1 --- [{thread}] {logger} : {text} seq={seq}"
-
-    def _long(self, clock: _Clock, seq: int) -> str:
-        """A 2-40 KB message: a response body dump, ASCII only."""
-        rng = self.rng
-        size = rng.randrange(2048, 40961)
-        blob = base64.b64encode(rng.randbytes(size * 3 // 4)).decode()
-        return (
-            f'{{"ts":"{clock.iso_ms}","level":"debug","logger":"http.client",'
-            f'"msg":"response body","body":"{blob}","seq":{seq}}}'
-        )
-
-
-# -- rendering -----------------------------------------------------------------------------
-
-
-def split_message(text: bytes, limit: int = PART_BYTES) -> list[bytes]:
-    """The parts a runtime writes ``text`` as: ``limit``-byte parts, then the rest.
-
-    Like docker's copier, a message whose length is a multiple of ``limit`` ends with an
-    empty part (the buffer filled before the newline came). Cuts back off to a UTF-8
-    character start, so each docker part is a valid JSON string.
-    """
-    parts: list[bytes] = []
-    start = 0
-    while len(text) - start >= limit:
-        cut = start + limit
-        while cut < len(text) and cut > start + 1 and text[cut] & 0xC0 == 0x80:
-            cut -= 1
-        parts.append(text[start:cut])
-        start = cut
-    parts.append(text[start:])
-    return parts
-
-
-def _docker_line(text: str, stream: Stream, timestamp: str) -> bytes:
-    line = orjson.dumps({"log": text, "stream": stream, "time": timestamp})
-    # Docker's Go encoder escapes these for HTML safety; readers must undo it.
-    return line.replace(b"<", b"\\u003c").replace(b">", b"\\u003e").replace(b"&", b"\\u0026")
-
-
-def render_message(fmt: Format, stream: Stream, text: bytes, timestamp: str) -> tuple[bytes, int]:
-    """The bytes a runtime writes for one message (no newline in ``text``) and their lines."""
-    parts = split_message(text)
-    if fmt == "cri":
-        head = f"{timestamp} {stream} ".encode()
-        lines = [head + b"P " + part + b"\n" for part in parts[:-1]]
-        lines.append(head + b"F " + parts[-1] + b"\n")
-    else:
-        lines = [_docker_line(part.decode(), stream, timestamp) + b"\n" for part in parts[:-1]]
-        lines.append(_docker_line(parts[-1].decode() + "\n", stream, timestamp) + b"\n")
-    return b"".join(lines), len(lines)
-
-
-def _rfc3339_ns(time_ns: int) -> str:
-    seconds, fraction = divmod(time_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}Z"
-
-
-def _iso_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 # -- files ---------------------------------------------------------------------------------
 
 
@@ -584,12 +374,16 @@ class Pacer:
         return self.rate_per_s <= 0 or self.sent >= int(self.rate_per_s * self.duration_s)
 
 
+def _iso_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 @dataclass
 class _Run:
     options: LoadgenOptions
     seed: int
     logs: list[_ContainerLog]
-    sources: list[_Messages]
+    sources: list[Messages]
     pick: Callable[[int], list[int]]
     started: str = field(default_factory=_iso_now)
     messages: int = 0
@@ -600,19 +394,19 @@ class _Run:
         for index in self.pick(count):
             per_container[index] += 1
         now_ns = time.time_ns()
-        clock = _Clock.at(now_ns)
+        clock = Clock.at(now_ns)
         for index, n in enumerate(per_container):
             if n:
                 self._write(index, n, now_ns, clock)
         self.messages += count
 
-    def _write(self, index: int, count: int, now_ns: int, clock: _Clock) -> None:
+    def _write(self, index: int, count: int, now_ns: int, clock: Clock) -> None:
         log, source = self.logs[index], self.sources[index]
         fmt = log.spec.fmt
         batch = []
         for i in range(count):
             stream, text = source.next(clock)
-            timestamp = _rfc3339_ns(now_ns + i * 1000)  # a microsecond apart: in order
+            timestamp = rfc3339_ns(now_ns + i * 1000)  # a microsecond apart: in order
             batch.append(render_message(fmt, stream, text.encode(), timestamp))
         log.append(batch)
 
@@ -643,7 +437,7 @@ def _start(options: LoadgenOptions) -> _Run:
     specs = _topology(options, rng)
     root = options.root.absolute()  # kubelet's links hold absolute targets
     logs = [_ContainerLog(spec, root, options) for spec in specs]
-    sources = [_Messages(s.kind, rng.getrandbits(64), options.long_every) for s in specs]
+    sources = [Messages(s.kind, rng.getrandbits(64), options.long_every) for s in specs]
     cum_weights: list[int] = []
     for spec in specs:
         cum_weights.append((cum_weights[-1] if cum_weights else 0) + spec.weight)

@@ -23,142 +23,100 @@ How it is counted, without reading documents:
 ``missing = expected - found - in_dlq`` and ``duplicates = documents - found``; the run passes
 (exit 0) when both are 0 for every source, fails with exit 1 otherwise, and exits 2 on usage,
 input-file or store errors.
+
+This module judges, renders and runs the command line; the options and time parsing are in
+:mod:`.verify_options`, the store's queries in :mod:`.verify_store`, and the readers of the
+position file, manifest and DLQ in :mod:`.verify_inputs`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import re
-import ssl
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import quote
+from typing import Any
 
-import aiohttp
 import orjson
 
-from logferry.aggregator.dlq import decode_entry
-from logferry.common.errors import LogferryError
-from logferry.common.records import source_id
-from logferry.forwarder.metadata import parse_file_name
-from logferry.forwarder.positions import decode_positions
+from logferry.tools.verify_inputs import (
+    DlqSource,
+    Expectation,
+    load_manifest,
+    load_positions,
+    read_dlq,
+)
+from logferry.tools.verify_options import VerifyError, VerifyOptions, epoch_ms, parse_time
+from logferry.tools.verify_store import (
+    BLOCK,
+    NAMESPACE_FIELD,
+    PAGE_BUCKETS,
+    PRECISION_THRESHOLD,
+    PRESENCE_BATCH,
+    RECOUNT_BATCH,
+    SEQ_FIELD,
+    SRC_FIELD,
+    TIME_FIELD,
+    BlockStats,
+    StoreClient,
+    StoredSource,
+    apply_recount,
+    blocks_to_recount,
+    fold_buckets,
+    open_store,
+    window_query,
+)
 
-SRC_FIELD = "_lf.src.keyword"
-"""``_lf.src`` as the aggregator's documents get it from dynamic mapping (text + keyword)."""
-SEQ_FIELD = "_lf.seq"
-NAMESPACE_FIELD = "kubernetes.namespace_name.keyword"
-TIME_FIELD = "@timestamp"
+__all__ = [
+    "BLOCK",
+    "MAX_RANGES",
+    "NAMESPACE_FIELD",
+    "PAGE_BUCKETS",
+    "PRECISION_THRESHOLD",
+    "PRESENCE_BATCH",
+    "RECOUNT_BATCH",
+    "SEQ_FIELD",
+    "SRC_FIELD",
+    "TIME_FIELD",
+    "WORST_SOURCES",
+    "BlockStats",
+    "DlqSource",
+    "Expectation",
+    "MissingRange",
+    "SourceRow",
+    "StoreClient",
+    "StoredSource",
+    "Totals",
+    "VerifyError",
+    "VerifyOptions",
+    "VerifyReport",
+    "apply_recount",
+    "blocks_to_recount",
+    "build_parser",
+    "fold_buckets",
+    "judge",
+    "load_manifest",
+    "load_positions",
+    "options_from_args",
+    "parse_time",
+    "read_dlq",
+    "render_table",
+    "summarize",
+    "verify",
+    "verify_main",
+    "window_query",
+]
 
-BLOCK = 1000
-"""Seqs per histogram block: well below the cardinality's precision threshold."""
-PRECISION_THRESHOLD = 4000
-PAGE_BUCKETS = 1000
-"""Composite buckets per request (up to a million documents a page)."""
-RECOUNT_BATCH = 50
-"""Blocks recounted exactly per request."""
-PRESENCE_BATCH = 5000
-"""DLQ seqs of one source looked up in the store per request."""
 WORST_SOURCES = 20
 MAX_RANGES = 8
 """Missing ranges listed per source."""
 
-_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-_T = TypeVar("_T")
 
-
-class VerifyError(LogferryError):
-    """A usage, input-file or store problem: the verification could not run (exit 2)."""
-
-
-# ------------------------------------------------------------------------------------ model
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyOptions:
-    """What to verify and where; the CLI flags of ``logferry verify``."""
-
-    store_url: str
-    index: str = "logs-*"
-    namespace: str | None = None
-    since: datetime | None = None
-    """Start of the window (inclusive); seqs before it are out of scope."""
-    until: datetime | None = None
-    """End of the window (exclusive)."""
-    dlq_dirs: tuple[Path, ...] = ()
-    positions_file: Path | None = None
-    manifest_file: Path | None = None
-    node: str | None = None
-    """Node name of the manifest's files (part of their source ids)."""
-    username: str | None = None
-    password: str | None = None
-    api_key: str | None = None
-    """``id:key`` or its base64, sent as ``Authorization: ApiKey``."""
-    ca_file: Path | None = None
-    insecure: bool = False
-    request_timeout_s: float = 300.0
-
-
-@dataclass(slots=True)
-class BlockStats:
-    """One (source, 1000-seq block) bucket of the store."""
-
-    documents: int
-    distinct: int
-    """Distinct seqs: the cardinality, made exact by a recount when it was below documents."""
-    lo: int
-    hi: int
-    exact: bool
-    """True once ``distinct`` is known exactly (cardinality == documents, or recounted)."""
-
-
-@dataclass(slots=True)
-class StoredSource:
-    """What the store holds of one source, by block start."""
-
-    namespace: str
-    blocks: dict[int, BlockStats] = field(default_factory=dict)
-
-    @property
-    def documents(self) -> int:
-        return sum(b.documents for b in self.blocks.values())
-
-    @property
-    def distinct(self) -> int:
-        return sum(b.distinct for b in self.blocks.values())
-
-    @property
-    def lo(self) -> int:
-        return min(b.lo for b in self.blocks.values())
-
-    @property
-    def hi(self) -> int:
-        return max(b.hi for b in self.blocks.values())
-
-
-@dataclass(frozen=True, slots=True)
-class Expectation:
-    """A count of records a source must have, from outside the store."""
-
-    next_seq: int
-    namespace: str
-    origin: str
-    """``positions`` or ``manifest``."""
-
-
-@dataclass(slots=True)
-class DlqSource:
-    """Seqs of one source found in the dead-letter queue (within the window)."""
-
-    namespace: str
-    seqs: set[int] = field(default_factory=set)
+# ----------------------------------------------------------------------------------- report
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,157 +221,6 @@ class VerifyReport:
 # ----------------------------------------------------------------------------- pure logic
 
 
-def parse_time(text: str, now: datetime) -> datetime:
-    """ISO 8601 (naive means UTC) or a span back from ``now``: ``90s``, ``15m``, ``2h``, ``1d``."""
-    match = _RELATIVE.match(text)
-    if match:
-        return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError as exc:
-        raise VerifyError(f"not a time: {text!r} (ISO 8601, or 15m / 2h / 1d ago)") from exc
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-def fold_buckets(buckets: Iterable[Mapping[str, Any]], into: dict[str, StoredSource]) -> None:
-    """Add one page of composite buckets to the per-source block tables."""
-    for bucket in buckets:
-        src = str(bucket["key"]["src"])
-        start = int(bucket["key"]["block"])
-        documents = int(bucket["doc_count"])
-        if documents == 0:
-            continue
-        namespaces = bucket.get("ns", {}).get("buckets", [])
-        stored = into.get(src)
-        if stored is None:
-            stored = into[src] = StoredSource(str(namespaces[0]["key"]) if namespaces else "")
-        elif not stored.namespace and namespaces:
-            stored.namespace = str(namespaces[0]["key"])
-        # Collisions only ever lower the cardinality: never above the distinct count.
-        distinct = min(int(bucket["seqs"]["value"]), documents)
-        stored.blocks[start] = BlockStats(
-            documents=documents,
-            distinct=distinct,
-            lo=int(bucket["lo"]["value"]),
-            hi=int(bucket["hi"]["value"]),
-            exact=distinct == documents,
-        )
-
-
-def blocks_to_recount(stored: Mapping[str, StoredSource]) -> list[tuple[str, int]]:
-    """(source, block start) of every block whose distinct count is not yet exact."""
-    return [
-        (src, start)
-        for src, source in sorted(stored.items())
-        for start, block in sorted(source.blocks.items())
-        if not block.exact
-    ]
-
-
-def apply_recount(block: BlockStats, doubled: Iterable[Mapping[str, Any]]) -> None:
-    """Make ``block.distinct`` exact from the seqs that more than one document holds."""
-    extra = sum(int(bucket["doc_count"]) - 1 for bucket in doubled)
-    block.distinct = block.documents - extra
-    block.exact = True
-
-
-def load_positions(path: Path) -> tuple[dict[str, Expectation], dict[tuple[int, int], int]]:
-    """From a forwarder position file: each live source's ``next_seq``, and the generation of
-    the last source on each (device, inode), live or released.
-
-    Decoded without :class:`PositionStore`, which would move a damaged file aside: this tool
-    only reads the forwarder's state.
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise VerifyError(f"cannot read position file: {exc}") from exc
-    try:
-        states, released = decode_positions(data)
-    except ValueError as exc:
-        raise VerifyError(f"{path}: damaged position file: {exc}") from exc
-    generations = {(dev, ino): gen for dev, ino, gen in released}
-    expectations: dict[str, Expectation] = {}
-    for state in states:
-        generations[state.key] = state.generation
-        namespace = _namespace_of(state.link) or _namespace_of(state.path)
-        expectations[state.source_id] = Expectation(state.next_seq, namespace, "positions")
-    return expectations, generations
-
-
-def load_manifest(
-    path: Path, node: str, generations: Mapping[tuple[int, int], int]
-) -> dict[str, Expectation]:
-    """Messages per source of a load generator's manifest ``{"files": [{"path", "device",
-    "inode", "messages"}, ..]}`` (other keys ignored).
-
-    A file's generation is the positions file's last one for its (device, inode), else 0.
-    Files of the manifest that share an inode (reuse after deletion) took one generation each,
-    in manifest order, so the last of them has that generation and each earlier one one less.
-    """
-    try:
-        doc = orjson.loads(path.read_bytes())
-        files = doc["files"]
-        entries = [
-            (str(f["path"]), _uint(f["device"]), _uint(f["inode"]), _uint(f["messages"]))
-            for f in files
-        ]
-    except OSError as exc:
-        raise VerifyError(f"cannot read manifest: {exc}") from exc
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise VerifyError(f"{path}: not a manifest ({type(exc).__name__}: {exc})") from exc
-    later: dict[tuple[int, int], int] = defaultdict(int)
-    expectations: dict[str, Expectation] = {}
-    for file_path, device, inode, messages in reversed(entries):
-        key = (device, inode)
-        generation = max(generations.get(key, 0) - later[key], 0)
-        later[key] += 1
-        src = source_id(node, device, inode, generation)
-        expectations[src] = Expectation(messages, _namespace_of(file_path), "manifest")
-    return expectations
-
-
-def read_dlq(
-    directories: Iterable[Path],
-    *,
-    since_ms: int | None = None,
-    until_ms: int | None = None,
-    namespace: str | None = None,
-) -> dict[str, DlqSource]:
-    """(source -> seqs) of the dead-lettered documents in the window and namespace.
-
-    Read straight from the queue's files (no lock file created, no entry held in memory):
-    appends and rewrites are line- and rename-atomic, and a torn last line is skipped.
-    """
-    found: dict[str, DlqSource] = {}
-    for directory in directories:
-        if not directory.is_dir():
-            raise VerifyError(f"not a dead-letter queue directory: {directory}")
-        for file in sorted(directory.glob("dlq-*.jsonl")):
-            for line in _lines(file):
-                entry = decode_entry(line, file.name) if line.endswith(b"\n") else None
-                if entry is None:
-                    continue
-                try:
-                    doc = orjson.loads(entry.source)
-                except orjson.JSONDecodeError:
-                    continue
-                lf = doc.get("_lf") if isinstance(doc, dict) else None
-                src = lf.get("src") if isinstance(lf, dict) else None
-                seq = lf.get("seq") if isinstance(lf, dict) else None
-                if not isinstance(src, str) or not isinstance(seq, int) or isinstance(seq, bool):
-                    continue
-                kubernetes = doc.get("kubernetes")
-                ns = kubernetes.get("namespace_name") if isinstance(kubernetes, dict) else None
-                ns = ns if isinstance(ns, str) and ns else entry.tenant
-                if namespace is not None and ns != namespace:
-                    continue
-                if not _in_window(doc.get(TIME_FIELD), since_ms, until_ms):
-                    continue
-                found.setdefault(src, DlqSource(ns)).seqs.add(seq)
-    return found
-
-
 def judge(
     stored: Mapping[str, StoredSource],
     dlq: Mapping[str, DlqSource],
@@ -494,147 +301,7 @@ def render_table(report: VerifyReport) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------- the store
-
-
-class StoreClient:
-    """The few REST calls verify makes, over one aiohttp session."""
-
-    def __init__(self, options: VerifyOptions, session: aiohttp.ClientSession) -> None:
-        self.url = options.store_url.rstrip("/")
-        self.options = options
-        self._session = session
-        self._ssl = _ssl_option(options)
-        self._index = quote(options.index, safe="*,")
-
-    async def request(self, method: str, path: str, body: Any = None) -> Any:
-        """The JSON answer; VerifyError on any failure, with the store's reason."""
-        url = f"{self.url}{path}"
-        try:
-            async with self._session.request(
-                method,
-                url,
-                data=None if body is None else orjson.dumps(body),
-                headers={"Content-Type": "application/json"},
-                ssl=self._ssl,
-            ) as response:
-                payload = await response.json(content_type=None)
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            raise VerifyError(f"store {self.url}: {type(exc).__name__}: {exc}") from exc
-        if status >= 300:
-            raise VerifyError(
-                f"store {method} {path.split('?')[0]}: {_store_reason(status, payload)}"
-            )
-        return payload
-
-    async def refresh(self) -> None:
-        await self.request("POST", f"/{self._index}/_refresh?{_LENIENT}")
-
-    async def search(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
-        payload = await self.request("POST", f"/{self._index}/_search?{_LENIENT}", body)
-        aggregations: Mapping[str, Any] = payload.get("aggregations") or {}
-        return aggregations
-
-    async def stored_sources(self, query: Mapping[str, Any]) -> dict[str, StoredSource]:
-        """Every source's blocks, a composite page at a time."""
-        stored: dict[str, StoredSource] = {}
-        after: Any = None
-        while True:
-            composite: dict[str, Any] = {
-                "size": PAGE_BUCKETS,
-                "sources": [
-                    {"src": {"terms": {"field": SRC_FIELD}}},
-                    {"block": {"histogram": {"field": SEQ_FIELD, "interval": BLOCK}}},
-                ],
-            }
-            if after is not None:
-                composite["after"] = after
-            aggs = await self.search(
-                {
-                    "size": 0,
-                    "track_total_hits": False,
-                    "query": query,
-                    "aggs": {"blocks": {"composite": composite, "aggs": _BLOCK_AGGS}},
-                }
-            )
-            page = aggs.get("blocks") or {}
-            buckets = page.get("buckets") or []
-            fold_buckets(buckets, stored)
-            after = page.get("after_key")
-            if not buckets or after is None:
-                return stored
-
-    async def recount(self, query: Mapping[str, Any], stored: Mapping[str, StoredSource]) -> None:
-        """Exact distinct counts for the blocks whose cardinality was below their count."""
-        pending = blocks_to_recount(stored)
-        for batch in _batches(pending, RECOUNT_BATCH):
-            filters = {
-                str(i): _bool_filter(
-                    [
-                        {"term": {SRC_FIELD: src}},
-                        {"range": {SEQ_FIELD: {"gte": start, "lt": start + BLOCK}}},
-                    ]
-                )
-                for i, (src, start) in enumerate(batch)
-            }
-            doubled = {"terms": {"field": SEQ_FIELD, "min_doc_count": 2, "size": BLOCK}}
-            aggs = await self.search(
-                {
-                    "size": 0,
-                    "track_total_hits": False,
-                    "query": query,
-                    "aggs": {"b": {"filters": {"filters": filters}, "aggs": {"doubled": doubled}}},
-                }
-            )
-            answers = aggs["b"]["buckets"]
-            for i, (src, start) in enumerate(batch):
-                apply_recount(stored[src].blocks[start], answers[str(i)]["doubled"]["buckets"])
-
-    async def present_seqs(
-        self, query: Mapping[str, Any], src: str, seqs: Sequence[int]
-    ) -> set[int]:
-        """Which of ``seqs`` of ``src`` the store holds (within ``query``)."""
-        present: set[int] = set()
-        for batch in _batches(sorted(seqs), PRESENCE_BATCH):
-            filtered = _bool_filter(
-                [*_filters(query), {"term": {SRC_FIELD: src}}, {"terms": {SEQ_FIELD: batch}}]
-            )
-            aggs = await self.search(
-                {
-                    "size": 0,
-                    "track_total_hits": False,
-                    "query": filtered,
-                    "aggs": {"seqs": {"terms": {"field": SEQ_FIELD, "size": len(batch)}}},
-                }
-            )
-            present.update(int(b["key"]) for b in aggs["seqs"]["buckets"])
-        return present
-
-
-_LENIENT = "ignore_unavailable=true&allow_no_indices=true"
-_BLOCK_AGGS = {
-    "seqs": {"cardinality": {"field": SEQ_FIELD, "precision_threshold": PRECISION_THRESHOLD}},
-    "lo": {"min": {"field": SEQ_FIELD}},
-    "hi": {"max": {"field": SEQ_FIELD}},
-    # A source is one file, of one namespace: the first term is the only one.
-    "ns": {"terms": {"field": NAMESPACE_FIELD, "size": 1}},
-}
-
-
-def window_query(options: VerifyOptions) -> dict[str, Any]:
-    """The filter every aggregation runs under: time window and namespace."""
-    filters: list[dict[str, Any]] = []
-    if options.since is not None or options.until is not None:
-        bounds: dict[str, Any] = {"format": "epoch_millis"}
-        if options.since is not None:
-            bounds["gte"] = _epoch_ms(options.since)
-        if options.until is not None:
-            bounds["lt"] = _epoch_ms(options.until)
-        filters.append({"range": {TIME_FIELD: bounds}})
-    if options.namespace is not None:
-        filters.append({"term": {NAMESPACE_FIELD: options.namespace}})
-    return _bool_filter(filters)
+# ---------------------------------------------------------------------------------- the run
 
 
 async def verify(options: VerifyOptions) -> VerifyReport:
@@ -655,16 +322,14 @@ async def verify(options: VerifyOptions) -> VerifyReport:
     if options.namespace is not None and expectations:
         expectations = {s: e for s, e in expectations.items() if e.namespace == options.namespace}
         notes.append("positions/manifest sources are matched to --namespace by their file name")
-    since_ms = None if options.since is None else _epoch_ms(options.since)
-    until_ms = None if options.until is None else _epoch_ms(options.until)
+    since_ms = None if options.since is None else epoch_ms(options.since)
+    until_ms = None if options.until is None else epoch_ms(options.until)
     dlq = read_dlq(
         options.dlq_dirs, since_ms=since_ms, until_ms=until_ms, namespace=options.namespace
     )
 
     query = window_query(options)
-    timeout = aiohttp.ClientTimeout(total=options.request_timeout_s)
-    async with aiohttp.ClientSession(headers=_auth_header(options), timeout=timeout) as session:
-        client = StoreClient(options, session)
+    async with open_store(options) as client:
         await client.refresh()
         stored = await client.stored_sources(query)
         await client.recount(query, stored)
@@ -889,89 +554,6 @@ def _counts(t: Totals) -> tuple[str, ...]:
     return tuple(
         str(v) for v in (t.sources, t.expected, t.found, t.missing, t.duplicates, t.in_dlq)
     )
-
-
-def _namespace_of(path: str) -> str:
-    meta = parse_file_name(path, "") if path else None
-    return meta.namespace_name if meta is not None else ""
-
-
-def _uint(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"expected a non-negative integer, got {value!r}")
-    return value
-
-
-def _lines(path: Path) -> Iterator[bytes]:
-    try:
-        with path.open("rb") as file:
-            yield from file
-    except FileNotFoundError:  # rewritten away while listing
-        return
-    except OSError as exc:
-        raise VerifyError(f"cannot read {path}: {exc}") from exc
-
-
-def _in_window(stamp: object, since_ms: int | None, until_ms: int | None) -> bool:
-    if since_ms is None and until_ms is None:
-        return True
-    if not isinstance(stamp, str):
-        return False
-    try:
-        when = _epoch_ms(parse_time(stamp, datetime.now(UTC)))
-    except VerifyError:
-        return False
-    return (since_ms is None or when >= since_ms) and (until_ms is None or when < until_ms)
-
-
-def _epoch_ms(when: datetime) -> int:
-    # The store keeps dates in milliseconds: compare at that resolution on both sides.
-    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-
-
-def _bool_filter(filters: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"bool": {"filter": filters}}
-
-
-def _filters(query: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return list(query.get("bool", {}).get("filter", []))
-
-
-def _batches(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def _store_reason(status: int, payload: Any) -> str:
-    error = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(error, dict):
-        root = (error.get("root_cause") or [error])[0]
-        return f"HTTP {status}: {root.get('type', '')}: {root.get('reason', '')}"
-    return f"HTTP {status}: {str(error or payload)[:300]}"
-
-
-def _auth_header(options: VerifyOptions) -> dict[str, str]:
-    if options.api_key:
-        key = options.api_key.strip()
-        if ":" in key:
-            key = base64.b64encode(key.encode()).decode()
-        return {"Authorization": f"ApiKey {key}"}
-    if options.username:
-        token = base64.b64encode(f"{options.username}:{options.password or ''}".encode())
-        return {"Authorization": f"Basic {token.decode()}"}
-    return {}
-
-
-def _ssl_option(options: VerifyOptions) -> ssl.SSLContext | bool:
-    if options.insecure:
-        return False
-    if options.ca_file is None:
-        return True
-    try:
-        return ssl.create_default_context(cafile=str(options.ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise VerifyError(f"cannot load --ca-file: {exc}") from exc
 
 
 if __name__ == "__main__":
