@@ -331,6 +331,7 @@ def verify(store: str | None, aggs: list[Daemon]) -> int:
         "--index", INDEX,
         "--positions", str(RUN / "forwarder" / "positions"),
         "--manifest", str(RUN / "node" / "manifest.json"),
+        "--files", str(RUN / "node" / "pods" / "*" / "*" / "*.log*"),
         "--node", NODE,
     ]  # fmt: skip
     for agg in aggs:

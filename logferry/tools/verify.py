@@ -46,6 +46,7 @@ import orjson
 from logferry.tools.verify_inputs import (
     DlqSource,
     Expectation,
+    count_files,
     load_manifest,
     load_positions,
     read_dlq,
@@ -306,8 +307,8 @@ def render_table(report: VerifyReport) -> str:
 
 async def verify(options: VerifyOptions) -> VerifyReport:
     """Verify the store (and DLQ, positions, manifest) as ``options`` say. Raises VerifyError."""
-    if options.manifest_file is not None and not options.node:
-        raise VerifyError("--manifest needs --node (the node name is part of the source ids)")
+    if (options.manifest_file is not None or options.files) and not options.node:
+        raise VerifyError("--manifest/--files need --node (the node name is part of source ids)")
     notes: list[str] = []
     expectations: dict[str, Expectation] = {}
     generations: dict[tuple[int, int], int] = {}
@@ -316,6 +317,12 @@ async def verify(options: VerifyOptions) -> VerifyReport:
         expectations.update(positions)
     if options.manifest_file is not None and options.node:
         for src, exp in load_manifest(options.manifest_file, options.node, generations).items():
+            known = expectations.get(src)
+            if known is None or exp.next_seq > known.next_seq:
+                expectations[src] = exp
+    if options.files and options.node:
+        counted = await asyncio.to_thread(count_files, options.files, options.node, generations)
+        for src, exp in counted.items():
             known = expectations.get(src)
             if known is None or exp.next_seq > known.next_seq:
                 expectations[src] = exp
@@ -386,7 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--positions", type=Path, metavar="FILE", help="forwarder position file")
     parser.add_argument("--manifest", type=Path, metavar="FILE", help="load generator manifest")
-    parser.add_argument("--node", metavar="NAME", help="node name of the manifest's files")
+    parser.add_argument(
+        "--files",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="container log files still on disk to count records in, e.g. "
+        "'/var/log/pods/*/*/*.log*' (repeatable; needs --node)",
+    )
+    parser.add_argument("--node", metavar="NAME", help="node name of the manifest's/files' node")
     parser.add_argument("--user", metavar="U", help="basic auth user")
     parser.add_argument("--password", metavar="P", help="basic auth password")
     parser.add_argument("--api-key", metavar="K", help="API key (id:key or its base64)")
@@ -406,8 +421,8 @@ def options_from_args(args: argparse.Namespace, now: datetime | None = None) -> 
         raise VerifyError("use either --user/--password or --api-key")
     if args.password and not args.user:
         raise VerifyError("--password needs --user")
-    if args.manifest and not args.node:
-        raise VerifyError("--manifest needs --node")
+    if (args.manifest or args.files) and not args.node:
+        raise VerifyError("--manifest and --files need --node")
     since = parse_time(args.since, now) if args.since else None
     until = parse_time(args.until, now) if args.until else None
     if since is not None and until is not None and since >= until:
@@ -421,6 +436,7 @@ def options_from_args(args: argparse.Namespace, now: datetime | None = None) -> 
         dlq_dirs=tuple(args.dlq),
         positions_file=args.positions,
         manifest_file=args.manifest,
+        files=tuple(args.files),
         node=args.node,
         username=args.user,
         password=args.password,

@@ -5,6 +5,9 @@ dead-letter queue (seqs accounted for outside the store).
 
 from __future__ import annotations
 
+import glob
+import os
+import stat
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +20,7 @@ from logferry.aggregator.dlq import decode_entry
 from logferry.common.records import source_id
 from logferry.forwarder.metadata import parse_file_name
 from logferry.forwarder.positions import decode_positions
+from logferry.forwarder.reader import Checkpoint, SourceReader
 from logferry.tools.verify_options import VerifyError, epoch_ms, parse_time
 from logferry.tools.verify_store import TIME_FIELD
 
@@ -167,3 +171,51 @@ def _in_window(stamp: object, since_ms: int | None, until_ms: int | None) -> boo
     except VerifyError:
         return False
     return (since_ms is None or when >= since_ms) and (until_ms is None or when < until_ms)
+
+
+def count_files(
+    patterns: Iterable[str], node: str, generations: Mapping[tuple[int, int], int]
+) -> dict[str, Expectation]:
+    """Records per source of the container log files matching ``patterns`` (globs, e.g.
+    ``/var/log/pods/*/*/*.log*``), counted by reading each file through the forwarder's own
+    reader: partial lines merged as the forwarder merges them, so a count is what the pipeline
+    must deliver. Compressed rotated files (``.gz``, a copy under another inode) are skipped;
+    so are files that are not container logs."""
+    expectations: dict[str, Expectation] = {}
+    seen: set[tuple[int, int]] = set()
+    for pattern in patterns:
+        for name in sorted(glob.glob(pattern, recursive=True)):
+            if name.endswith(".gz"):
+                continue
+            try:
+                st = os.stat(name)
+                if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in seen:
+                    continue
+                records = _count_records(name)
+            except OSError as exc:
+                raise VerifyError(f"cannot read {name}: {exc}") from exc
+            key = (st.st_dev, st.st_ino)
+            seen.add(key)
+            src = source_id(node, st.st_dev, st.st_ino, generations.get(key, 0))
+            expectations[src] = Expectation(records, _namespace_of_pod_path(name), "files")
+    return expectations
+
+
+def _count_records(path: str) -> int:
+    reader = SourceReader(Checkpoint(0, 0), max_line_bytes=1 << 20)
+    count = 0
+    with open(path, "rb") as file:
+        while data := file.read(1 << 20):
+            count += len(reader.feed(data).records)
+    return count + len(reader.finish().records)
+
+
+def _namespace_of_pod_path(path: str) -> str:
+    """The namespace of ``/var/log/pods/<ns>_<pod>_<uid>/<container>/0.log`` or of a kubelet
+    link name; "" when neither."""
+    by_link = _namespace_of(path)
+    if by_link:
+        return by_link
+    parts = Path(path).parts
+    pod_dir = parts[-3] if len(parts) >= 3 else ""
+    return pod_dir.split("_", 1)[0] if pod_dir.count("_") >= 2 else ""

@@ -34,6 +34,8 @@ class VerifyOptions:
     positions_file: Path | None = None
     manifest_file: Path | None = None
     node: str | None = None
+    files: tuple[str, ...] = ()
+    """Globs of container log files still on disk, whose records are counted (needs node)."""
     """Node name of the manifest's files (part of their source ids)."""
     username: str | None = None
     password: str | None = None

@@ -4,7 +4,8 @@ A :class:`Pipeline` runs, on 127.0.0.1: ``logferry loadgen`` writing container l
 out like a node's ``/var/log``, one forwarder tailing them, two or three aggregators and the
 real OpenSearch node (or a fault proxy in front of it). A scenario starts load, injects its
 fault, lets the system settle, and checks with ``logferry verify`` (the same code as the
-command) against the loadgen manifest, the forwarder's positions and the aggregators' DLQs:
+command) against the loadgen manifest, the files still on disk, the forwarder's positions and
+the aggregators' DLQs:
 missing = 0, duplicates in the store = 0, every DLQ entry accounted for.
 
 ``CHAOS_LONG=1`` makes scenarios run more iterations and longer outages.
@@ -224,7 +225,9 @@ class Pipeline:
             index=self.index_pattern,
             # Absent until the first save, and for a moment after a damaged one is set aside.
             positions_file=self.positions if self.positions.exists() else None,
-            manifest_file=self.manifest,
+            manifest_file=self.manifest if self.manifest.exists() else None,
+            # The files still on disk are counted too: every line in them must arrive.
+            files=(str(self.logs / "pods" / "**" / "*.log*"),),
             node=NODE,
             dlq_dirs=tuple(
                 Path(a.config["dlq"]["directory"])

@@ -368,3 +368,28 @@ def test_json_report_has_rows_and_totals() -> None:
     assert doc["sources"][0]["source"] == "s1"
     assert doc["sources"][0]["missing_ranges"] == []
     orjson.dumps(doc)  # serialisable as is
+
+
+def test_files_on_disk_are_counted_as_the_forwarder_reads_them(tmp_path: Path) -> None:
+    from logferry.common.records import source_id
+    from logferry.tools.verify_inputs import count_files
+
+    pod = tmp_path / "pods" / "team-a_web-1_0f1e" / "app"
+    pod.mkdir(parents=True)
+    stamp = "2026-11-25T19:50:31.000000001Z"
+    # 3 CRI records, one of them split into P/P/F parts: 3, not 5.
+    (pod / "0.log").write_bytes(
+        f"{stamp} stdout F one\n{stamp} stdout P tw\n{stamp} stdout P o-\n"
+        f"{stamp} stdout F two\n{stamp} stderr F three\n".encode()
+    )
+    (pod / "0.log.20261125-1").write_bytes(f"{stamp} stdout F old\n".encode())
+    (pod / "0.log.20261124-1.gz").write_bytes(b"\x1f\x8b not ours")
+    current, rotated = (pod / "0.log").stat(), (pod / "0.log.20261125-1").stat()
+    generations = {(current.st_dev, current.st_ino): 2}  # as the position file would say
+
+    counted = count_files([str(tmp_path / "pods" / "**" / "*.log*")], "n1", generations)
+
+    assert {src: (e.next_seq, e.namespace) for src, e in counted.items()} == {
+        source_id("n1", current.st_dev, current.st_ino, 2): (3, "team-a"),
+        source_id("n1", rotated.st_dev, rotated.st_ino, 0): (1, "team-a"),
+    }
