@@ -26,6 +26,7 @@ logferry ships Kubernetes container logs without losing or duplicating an acknow
   config-reference   prints every config key of a daemon with its default and meaning
   verify       proof of delivery: per source, seqs contiguous and stored once (exit 1 if not)
   loadgen      writes realistic container log files laid out like /var/log/containers
+  pipelines    validate|render tenant LogPipelines offline (the aggregator's own rules)
 
 Each daemon reads one YAML file (--config). A bad file is refused before anything starts,
 with the file, line, key path and reason. Example configs live in examples/.
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; main() hands their arguments to their own parsers.
     sub.add_parser("verify", help="proof of delivery against the store (logferry verify -h)")
     sub.add_parser("loadgen", help="write realistic container log files (logferry loadgen -h)")
+    sub.add_parser("pipelines", help="validate|render tenant LogPipelines offline (-h)")
     return parser
 
 
@@ -134,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from logferry.tools.loadgen import loadgen_main
 
         return loadgen_main(argv[1:])
+    if argv[:1] == ["pipelines"]:
+        from logferry.aggregator.pipelines.cli import pipelines_main
+
+        return pipelines_main(argv[1:])
     if argv[:1] == ["verify"]:
         from logferry.tools.verify import verify_main
 

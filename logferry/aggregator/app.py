@@ -14,6 +14,8 @@ import os
 import socket
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 from logferry.aggregator.config import AggregatorConfig
 from logferry.aggregator.dlq import DeadLetterQueue
@@ -22,6 +24,7 @@ from logferry.aggregator.ingest import Ingest
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.outputs import build_output
 from logferry.aggregator.outputs.base import Output
+from logferry.aggregator.pipeline_watch import PipelineRegistry, PipelineWatcher
 from logferry.aggregator.routing import IndexNamer
 from logferry.aggregator.server import ForwardServer
 from logferry.aggregator.spools import TenantSpools
@@ -48,6 +51,18 @@ class Aggregator:
             for tenant, settings in config.tenants.items()
         }
         self._no_filters = FilterChain()
+        self.pipelines = PipelineRegistry()
+        self.pipeline_watcher: PipelineWatcher | None = None
+        if config.pipelines is not None:
+            status_file = config.pipelines.status_file or (
+                Path(config.spool.directory).parent / "pipelines-status.json"
+            )
+            self.pipeline_watcher = PipelineWatcher(
+                config.pipelines,
+                self.pipelines,
+                status_file=status_file,
+                on_applied=self._pipelines_applied,
+            )
         self.ingest = Ingest(
             self.spools,
             self.metrics,
@@ -55,6 +70,8 @@ class Aggregator:
             default_tenant=config.routing.default_tenant,
             chain_for=lambda tenant: self._chains.get(tenant, self._no_filters),
             instance=self.instance,
+            pipelines=self.pipelines if config.pipelines is not None else None,
+            pipeline_budget_s=config.pipelines.batch_budget_s if config.pipelines else 0.5,
         )
         self.server = ForwardServer(config.input, self.ingest, self.metrics, hostname=self.hostname)
         self.status = StatusServer(
@@ -65,6 +82,8 @@ class Aggregator:
             ready=self._ready,
             before_scrape=self._update_gauges,
         )
+        self._pipelines_stop = asyncio.Event()
+        self._pipeline_task: asyncio.Task[None] | None = None
         self._drain_stop = asyncio.Event()
         self._drains: set[asyncio.Task[None]] = set()
         self._accepting = False
@@ -80,8 +99,15 @@ class Aggregator:
             await self.output.start()
             self.spools.on_new_tenant(self._start_drain)
             await self.spools.start()
+            if self.pipeline_watcher is not None:
+                # Pipelines in force before the first record is accepted, not just after.
+                await asyncio.to_thread(self.pipeline_watcher.reload)
             await self.server.start()
             await self.status.start()
+            if self.pipeline_watcher is not None:
+                self._pipeline_task = asyncio.create_task(
+                    self.pipeline_watcher.run(self._pipelines_stop), name="pipelines"
+                )
             self._accepting = True
             log.info(
                 "aggregator.started",
@@ -96,6 +122,17 @@ class Aggregator:
             await self.shutdown()
         return 1 if self._failure is not None else 0
 
+    def _pipelines_applied(self, states: dict[str, Any]) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for key, state in states.items():
+            tenant = key.split("/", 1)[0]
+            counts[(tenant, state.state)] = counts.get((tenant, state.state), 0) + 1
+            if state.state == "Rejected":
+                self.metrics.pipeline_rejections.labels(tenant).inc()
+        self.metrics.pipeline_states.clear()
+        for (tenant, status), count in counts.items():
+            self.metrics.pipeline_states.labels(tenant, status).set(count)
+
     async def shutdown(self) -> None:
         """The shutdown sequence (safe to call twice)."""
         if self._shut_down:
@@ -105,6 +142,9 @@ class Aggregator:
         began = time.monotonic()
         self._accepting = False
         log.info("aggregator.stopping", deadline_s=deadline)
+        self._pipelines_stop.set()
+        if self._pipeline_task is not None:
+            await asyncio.gather(self._pipeline_task, return_exceptions=True)
         await self.server.stop_accepting()
         await self.server.drain(deadline_s=deadline / 2)
         self._drain_stop.set()

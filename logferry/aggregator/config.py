@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from logferry.aggregator.dlq import DeadLetterSettings
 from logferry.aggregator.filters import FilterConfig
 from logferry.aggregator.outputs import OutputSettings
+from logferry.aggregator.pipeline_watch import PipelineSettings
 from logferry.aggregator.routing import DEFAULT_TENANT, NAMESPACE, PREFIX
 from logferry.aggregator.spools import AggregatorSpoolSettings
 from logferry.common.config import ConfigModel
@@ -111,6 +112,8 @@ class AggregatorConfig(ConfigModel):
     ``<spool.directory>/../dlq``."""
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
     """Per-tenant filters, keyed by namespace."""
+    pipelines: PipelineSettings | None = None
+    """Tenant LogPipelines from a watched directory, applied without a restart."""
     shutdown_deadline_s: float = Field(default=20.0, gt=0, le=3600)
     """On SIGTERM: time to finish in-flight acks and let the output flush, before exiting with
     the rest left safely in the spool."""

@@ -21,6 +21,8 @@ import msgspec
 
 from logferry.aggregator.filters import FilterChain
 from logferry.aggregator.metrics import AggregatorMetrics
+from logferry.aggregator.pipeline_watch import PipelineRegistry
+from logferry.aggregator.pipelines.compiled import TenantPipelines
 from logferry.aggregator.routing import IndexNamer, TenantResolver
 from logferry.aggregator.spools import TenantSpools
 from logferry.common.protocol import EventMessage, EventTime
@@ -88,11 +90,15 @@ class Ingest:
         chain_for: ChainFor,
         instance: str,
         inflight_max_bytes: int = 64 * 1024 * 1024,
+        pipelines: PipelineRegistry | None = None,
+        pipeline_budget_s: float = 0.5,
     ) -> None:
         self._spools = spools
         self._metrics = metrics
         self._namer = namer
         self._chain_for = chain_for
+        self._pipelines = pipelines
+        self._pipeline_budget_s = pipeline_budget_s
         self.instance = instance
         self._tenant_of = TenantResolver(default_tenant)
         self._stamps = _Stamps()
@@ -109,6 +115,8 @@ class Ingest:
                 group = by_tenant[tenant] = []
             group.append((position, when, record))
         out: dict[str, tuple[bytes, int]] = {}
+        # One snapshot per message: a pipeline change applies between messages, never inside.
+        in_force = self._pipelines.snapshot() if self._pipelines is not None else None
         for tenant, group in by_tenant.items():
             self._metrics.records_in.labels(tenant).inc(len(group))
             chain = self._chain_for(tenant)
@@ -118,9 +126,41 @@ class Ingest:
                     self._metrics.records_filtered.labels(tenant).inc(discarded)
                     kept = {id(record) for record in kept_records}
                     group = [item for item in group if id(item[2]) in kept]
+            suffixes: list[str | None] | None = None
+            compiled = in_force.get(tenant) if in_force else None
+            if compiled is not None and group:
+                group, suffixes = self._run_pipelines(tenant, compiled, group)
             if group:
-                out[tenant] = (self._render_group(tenant, group, message, receipt), len(group))
+                rendered = self._render_group(tenant, group, message, receipt, suffixes)
+                out[tenant] = (rendered, len(group))
         return out
+
+    def _run_pipelines(
+        self,
+        tenant: str,
+        compiled: TenantPipelines,
+        group: list[tuple[int, Any, dict[str, Any]]],
+    ) -> tuple[list[tuple[int, Any, dict[str, Any]]], list[str | None]]:
+        """The tenant's LogPipelines over its records: kept records with their index suffix."""
+        processed = compiled.process([record for _p, _w, record in group], self._pipeline_budget_s)
+        metrics = self._metrics
+        if processed.dropped:
+            metrics.records_filtered.labels(tenant).inc(processed.dropped)
+        if processed.merged:
+            metrics.records_merged.labels(tenant).inc(processed.merged)
+        if processed.over_budget:
+            metrics.pipeline_over_budget.labels(tenant).inc()
+        if processed.errors:
+            metrics.pipeline_errors.labels(tenant).inc(processed.errors)
+        where = {id(record): (position, when) for position, when, record in group}
+        first_position, first_when, _r = group[0]
+        kept: list[tuple[int, Any, dict[str, Any]]] = []
+        suffixes: list[str | None] = []
+        for record, suffix in processed.kept:
+            position, when = where.get(id(record), (first_position, first_when))
+            kept.append((position, when, record))
+            suffixes.append(suffix)
+        return kept, suffixes
 
     def _render_group(
         self,
@@ -128,6 +168,7 @@ class Ingest:
         group: list[tuple[int, Any, dict[str, Any]]],
         message: EventMessage,
         receipt: Receipt,
+        suffixes: list[str | None] | None = None,
     ) -> bytes:
         # The hot loop: per record only dict lookups and two small dicts; all JSON is written
         # by one C call (encode_lines) that emits the _bulk body, action and source lines.
@@ -138,7 +179,10 @@ class Ingest:
         day_span = 86400
         current_day = -1
         index = ""
-        for position, when, record in group:
+        suffix: str | None = None
+        for i, (position, when, record) in enumerate(group):
+            if suffixes is not None and suffixes[i] != suffix:
+                suffix, current_day = suffixes[i], -1  # another destination: index again
             if when.__class__ is EventTime:
                 seconds, nanoseconds = unpack(when[1])
             else:
@@ -153,7 +197,7 @@ class Ingest:
                 doc_id = self._derived_id(message, receipt, position, seconds, nanoseconds, record)
             if seconds // day_span != current_day:
                 current_day = seconds // day_span
-                index = self._namer.index(tenant, seconds)
+                index = self._namer.index(tenant, seconds, suffix)
             log = record.get("log")
             if log.__class__ is bytes:
                 # Raw container bytes sent as msgpack bin: text, as a log line is, not base64.

@@ -35,6 +35,29 @@ class AggregatorMetrics:
         self.records_filtered = counter(
             "records_filtered", "Records discarded by a tenant filter, on purpose.", "tenant"
         )
+        self.records_merged = counter(
+            "records_merged",
+            "Records joined into the record before them by a multiline filter.",
+            "tenant",
+        )
+        self.pipeline_over_budget = counter(
+            "pipeline_over_budget",
+            "Messages whose tenant pipelines ran out of time (the rest went on unfiltered).",
+            "tenant",
+        )
+        self.pipeline_errors = counter(
+            "pipeline_errors",
+            "Records a pipeline filter failed on (kept unchanged, never dropped).",
+            "tenant",
+        )
+        self.pipeline_states = gauge(
+            "pipelines", "LogPipelines by state (Accepted, Rejected).", "tenant", "status"
+        )
+        self.pipeline_rejections = counter(
+            "pipeline_rejections",
+            "Pipeline changes refused (the tenant keeps the last good version).",
+            "tenant",
+        )
         self.acks = counter("acks", "Chunks acknowledged after their records were fsynced.")
         self.ack_latency = Histogram(
             "logferry_ack_latency_seconds",

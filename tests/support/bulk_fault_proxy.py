@@ -210,6 +210,8 @@ class BulkFaultProxy:
     Policy, read for every item so a test can change it at any time:
 
     - ``fail_429_every``: when > 0, every n-th item seen (over all requests) gets a 429;
+    - ``fail_429_index``: a predicate on the item's index: matching items always get a 429 (a
+      destination that keeps refusing, e.g. one tenant's overloaded or blocked index);
     - ``fail_400_ids``: items with these ``_id`` get a 400 ``mapper_parsing_exception``;
     - ``fail_400``: a predicate on (``_id``, source dict) with the same effect;
     - ``down``: every request is answered 503, as by a load balancer with no backend.
@@ -230,6 +232,7 @@ class BulkFaultProxy:
         self.fail_429_every = 0
         self.fail_400_ids: set[str] = set()
         self.fail_400: Callable[[str, dict[str, Any]], bool] | None = None
+        self.fail_429_index: Callable[[str], bool] | None = None
         # OpenSearch 2 names it rejected_execution_exception, Elasticsearch
         # es_rejected_execution_exception; status 429 is what clients act on.
         self.error_429_type = "es_rejected_execution_exception"
@@ -370,7 +373,9 @@ class BulkFaultProxy:
         self.items_seen += 1
         index = str(item.meta.get("_index", default_index or ""))
         doc_id = item.doc_id
-        if self.fail_429_every > 0 and self.items_seen % self.fail_429_every == 0:
+        if (self.fail_429_every > 0 and self.items_seen % self.fail_429_every == 0) or (
+            self.fail_429_index is not None and self.fail_429_index(index)
+        ):
             self.items_429 += 1
             return _item_result(
                 item.action, index, doc_id, 429, error_429(index, self.error_429_type)

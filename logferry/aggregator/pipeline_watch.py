@@ -1,0 +1,268 @@
+"""Tenant pipelines applied without a restart: watch a directory, validate, swap, report.
+
+The directory holds LogPipeline documents (on Kubernetes, the ConfigMap the operator writes,
+mounted read-only: its files are symlinks into a ``..data`` directory that kubelet swaps in
+one rename). A change — an inotify burst, debounced, or the periodic rescan — reloads every
+document and runs the same validation as ``logferry pipelines validate``:
+
+- a valid pipeline is compiled and takes effect for the next message: the registry holds one
+  immutable mapping of tenants to compiled pipelines and a change replaces it whole, so a
+  message is processed entirely by the old or entirely by the new version, never half;
+- an invalid pipeline is refused and its tenant keeps that pipeline's last good version (the
+  last-known-good); other pipelines and other tenants are untouched;
+- every pipeline's state (Accepted/Rejected with the reasons, the hash observed and the hash
+  in force) is written to a status file and counted in metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+from pydantic import Field
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from logferry.aggregator.pipelines.compiled import TenantPipelines, compile_tenants
+from logferry.aggregator.pipelines.validate import (
+    TenantLimits,
+    Verdict,
+    load_directory,
+    validate_documents,
+)
+from logferry.common.config import ConfigModel
+from logferry.common.logs import get_logger
+from logferry.common.spool_segment import write_file_atomic
+
+log = get_logger(__name__)
+
+__all__ = ["PipelineRegistry", "PipelineSettings", "PipelineWatcher"]
+
+
+class PipelineSettings(ConfigModel):
+    """Tenant LogPipelines, applied at run time (``logferry pipelines validate`` checks the
+    same rules offline)."""
+
+    directory: Path
+    """Where the LogPipeline files are (the operator's ConfigMap, mounted)."""
+    debounce_s: float = Field(default=1.0, ge=0, le=60)
+    """A burst of changes applies once, this long after the last one."""
+    rescan_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    """Reload as a safety net beside inotify, even without an event."""
+    status_file: Path | None = None
+    """Per-pipeline state (JSON). Default: ``pipelines-status.json`` beside the spool."""
+    batch_budget_s: float = Field(default=0.5, gt=0, le=60)
+    """Most time one tenant's pipelines may spend on one message; past it the rest of the
+    records go on unfiltered (never dropped) and it is counted."""
+    max_pipelines_per_tenant: int = Field(default=20, ge=1, le=1000)
+    """More pipelines than this in one namespace are refused."""
+
+
+class PipelineRegistry:
+    """The compiled pipelines in force, per tenant. Readers take :meth:`snapshot` once per
+    message; a change replaces the whole mapping in one assignment."""
+
+    def __init__(self) -> None:
+        self._tenants: Mapping[str, TenantPipelines] = MappingProxyType({})
+        self.version = 0
+
+    def snapshot(self) -> Mapping[str, TenantPipelines]:
+        return self._tenants
+
+    def swap(self, tenants: dict[str, TenantPipelines]) -> None:
+        self._tenants = MappingProxyType(dict(tenants))
+        self.version += 1
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineState:
+    """What the status file says about one pipeline."""
+
+    pipeline: str
+    state: str
+    """``Accepted`` or ``Rejected``."""
+    observed_hash: str | None
+    applied_hash: str | None
+    """The version in force: the observed one when accepted, the last good one otherwise."""
+    source: str
+    issues: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline,
+            "state": self.state,
+            "observed_hash": self.observed_hash,
+            "applied_hash": self.applied_hash,
+            "source": self.source,
+            "issues": list(self.issues),
+        }
+
+
+class PipelineWatcher:
+    """Keeps :class:`PipelineRegistry` in step with the directory."""
+
+    def __init__(
+        self,
+        settings: PipelineSettings,
+        registry: PipelineRegistry,
+        *,
+        status_file: Path,
+        on_applied: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.status_file = status_file
+        self._on_applied = on_applied
+        self._last_good: dict[str, Verdict] = {}
+        self._states: dict[str, PipelineState] = {}
+        self._loaded_hash: str | None = None
+        self.applies = 0
+        self.rejections = 0
+
+    @property
+    def states(self) -> dict[str, PipelineState]:
+        return dict(self._states)
+
+    def reload(self) -> bool:
+        """Load, validate and apply the directory if it changed; True if anything was applied.
+
+        Synchronous and quick (YAML of a few files, validation with bounded dry runs): run it
+        in a thread from the event loop.
+        """
+        directory = self.settings.directory
+        docs = load_directory(directory) if directory.is_dir() else []
+        digest = hashlib.sha256(
+            orjson.dumps([(src, doc) for src, doc in docs], default=str)
+        ).hexdigest()
+        if digest == self._loaded_hash:
+            return False
+        self._loaded_hash = digest
+        limits = TenantLimits(max_pipelines=self.settings.max_pipelines_per_tenant)
+        verdicts = validate_documents(docs, limits=limits)
+        self._apply(verdicts)
+        return True
+
+    def _apply(self, verdicts: list[Verdict]) -> None:
+        seen: set[str] = set()
+        states: dict[str, PipelineState] = {}
+        for verdict in verdicts:
+            key = verdict.pipeline
+            seen.add(key)
+            if verdict.ok:
+                self._last_good[key] = verdict
+                states[key] = PipelineState(
+                    key, "Accepted", verdict.spec_hash, verdict.spec_hash, verdict.source
+                )
+                continue
+            self.rejections += 1
+            good = self._last_good.get(key)
+            issues = tuple(f"{i.path}: {i.reason} ({i.layer})" for i in verdict.issues)
+            states[key] = PipelineState(
+                key,
+                "Rejected",
+                verdict.spec_hash,
+                good.spec_hash if good is not None else None,
+                verdict.source,
+                issues,
+            )
+            log.warning(
+                "pipeline.rejected",
+                pipeline=key,
+                kept=good.spec_hash if good is not None else "none",
+                issues="; ".join(issues)[:2000],
+            )
+        for key in list(self._last_good):
+            if key not in seen:  # removed from the directory: no longer in force
+                del self._last_good[key]
+        self._states = states
+        self.registry.swap(compile_tenants(self._last_good.values()))
+        self.applies += 1
+        self._write_status()
+        log.info(
+            "pipeline.applied",
+            pipelines=len(self._last_good),
+            rejected=sum(1 for s in states.values() if s.state == "Rejected"),
+            version=self.registry.version,
+        )
+        if self._on_applied is not None:
+            self._on_applied(states)
+
+    def _write_status(self) -> None:
+        body = {
+            "version": self.registry.version,
+            "pipelines": [s.as_json() for _k, s in sorted(self._states.items())],
+        }
+        self.status_file.parent.mkdir(parents=True, exist_ok=True)
+        write_file_atomic(str(self.status_file), orjson.dumps(body, option=orjson.OPT_INDENT_2))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Apply now, then after every debounced burst of events and every rescan interval."""
+        loop = asyncio.get_running_loop()
+        dirty = asyncio.Event()
+        observer = self._watch(loop, dirty)
+        try:
+            await asyncio.to_thread(self.reload)
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.rescan_interval_s):
+                        await _first(dirty, stop)
+                if stop.is_set():
+                    break
+                if dirty.is_set():
+                    await self._settle(dirty, stop)
+                dirty.clear()
+                try:
+                    await asyncio.to_thread(self.reload)
+                except Exception as exc:  # a reload must never take the aggregator down
+                    log.error("pipeline.reload_failed", error=type(exc).__name__, detail=str(exc))
+        finally:
+            if observer is not None:
+                observer.stop()
+                await asyncio.to_thread(observer.join, 5)
+
+    async def _settle(self, dirty: asyncio.Event, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            dirty.clear()
+            try:
+                async with asyncio.timeout(self.settings.debounce_s):
+                    await _first(dirty, stop)
+            except TimeoutError:
+                return
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, dirty: asyncio.Event) -> BaseObserver | None:
+        directory = self.settings.directory
+        if not directory.is_dir():
+            log.warning("pipeline.no_directory", directory=str(directory))
+            return None
+
+        class Poke(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop closed under a late event
+                    loop.call_soon_threadsafe(dirty.set)
+
+        observer = Observer()
+        try:
+            observer.schedule(Poke(), os.fspath(directory), recursive=True)
+            observer.start()
+        except OSError as exc:
+            log.warning("pipeline.watch_failed", error=type(exc).__name__, detail=str(exc))
+            return None
+        return observer
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

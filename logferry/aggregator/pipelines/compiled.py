@@ -1,0 +1,315 @@
+"""Accepted pipelines compiled for batch runs: selection, first-match routing, time budget.
+
+A batch of one tenant's records is split by pipeline (each record goes to the first pipeline,
+by ``order`` then name, whose selector matches it) and each pipeline's filter chain runs over
+its group, filter by filter. Records matching no pipeline pass unchanged to the tenant's main
+index.
+
+Nothing is lost on the way: a filter that raises on a record leaves that record exactly as it
+came (it skips the rest of the pipeline) and is counted in ``errors``; a pipeline that runs out
+of the batch's time budget passes its whole group on unfiltered, to its own destination, and
+sets ``over_budget``. Records are changed in place (copy-on-write at the top level, see
+:mod:`.steps`), which is what makes both undoable.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from logferry.aggregator.pipelines.filters_extra import (
+    Add,
+    AnyFilter,
+    DropLevel,
+    Grep,
+    Multiline,
+    ParseJson,
+    ParseRegex,
+    Remove,
+    Rename,
+    Sample,
+)
+from logferry.aggregator.pipelines.multiline import MultilineStep
+from logferry.aggregator.pipelines.steps import (
+    AddStep,
+    BudgetExceeded,
+    DropLevelStep,
+    GrepStep,
+    ParseJsonStep,
+    ParseRegexStep,
+    Record,
+    RemoveStep,
+    RenameStep,
+    RunContext,
+    SampleStep,
+    Step,
+)
+
+if TYPE_CHECKING:
+    from logferry.aggregator.pipelines.spec import LogPipeline
+    from logferry.aggregator.pipelines.validate import Verdict
+
+Clock = Callable[[], float]
+_MAX_CACHED_NAMES = 10_000
+
+
+STEPS: dict[type[Any], Callable[[int, Any], Step]] = {
+    Grep: GrepStep,
+    ParseJson: ParseJsonStep,
+    ParseRegex: ParseRegexStep,
+    Add: AddStep,
+    Remove: RemoveStep,
+    Rename: RenameStep,
+    DropLevel: DropLevelStep,
+    Sample: SampleStep,
+    Multiline: MultilineStep,
+}
+
+
+def compile_step(index: int, config: AnyFilter) -> Step:
+    """The step for a validated filter config."""
+    return STEPS[type(config)](index, config)
+
+
+def _globs(patterns: list[str]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+@dataclass
+class GroupResult:
+    """What one pipeline did to its group of records."""
+
+    kept: list[Record]
+    """Records to write, in group order (restored ones included)."""
+    dropped: int = 0
+    """Discarded by a filter (grep, drop_level, sample)."""
+    merged: int = 0
+    """Folded into another record by multiline."""
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    """(filter index, reason) of each record a filter raised on."""
+    over_budget_at: int | None = None
+    """Filter index during which the budget ran out (-1: before the first); None if it did not."""
+
+
+class CompiledPipeline:
+    """One accepted LogPipeline, ready to select and process records."""
+
+    __slots__ = (
+        "_containers",
+        "_labels",
+        "_names",
+        "_pods",
+        "audit",
+        "index_suffix",
+        "name",
+        "namespace",
+        "order",
+        "spec_hash",
+        "steps",
+    )
+
+    def __init__(self, pipeline: LogPipeline, spec_hash: str) -> None:
+        spec = pipeline.spec
+        self.name = pipeline.metadata.name
+        self.namespace = pipeline.metadata.namespace
+        self.order = spec.order
+        self.spec_hash = spec_hash
+        self.index_suffix = spec.destination.index_suffix
+        self.audit = spec.destination.audit
+        self.steps: tuple[Step, ...] = tuple(
+            compile_step(i, cfg) for i, cfg in enumerate(spec.filters)
+        )
+        self._pods = _globs(spec.selector.pods)
+        self._containers = _globs(spec.selector.containers)
+        self._labels = tuple(spec.selector.labels.items())
+        # Pods and containers repeat across batches: the glob result is remembered.
+        self._names: dict[tuple[str, str], bool] = {}
+
+    def __repr__(self) -> str:
+        return f"CompiledPipeline({self.namespace}/{self.name}, order={self.order})"
+
+    def selects(self, record: Record) -> bool:
+        """Whether the selector matches the record's pod, container and labels."""
+        k8s = record.get("kubernetes")
+        if not isinstance(k8s, dict):
+            k8s = {}
+        pod, container = k8s.get("pod_name"), k8s.get("container_name")
+        if not isinstance(pod, str) or not isinstance(container, str):
+            return False  # also keeps unhashable junk out of the cache
+        names = self._names.get((pod, container))
+        if names is None:
+            names = (
+                self._pods.match(pod) is not None and self._containers.match(container) is not None
+            )
+            if len(self._names) >= _MAX_CACHED_NAMES:
+                self._names.clear()
+            self._names[(pod, container)] = names
+        if not names:
+            return False
+        if self._labels:
+            labels = k8s.get("labels")
+            if not isinstance(labels, dict):
+                return False
+            return all(labels.get(key) == value for key, value in self._labels)
+        return True
+
+    def run_group(self, records: list[Record], deadline: float, clock: Clock) -> GroupResult:
+        """Run the filter chain over ``records`` (changed in place) before ``deadline``."""
+        snapshots = [dict(r) for r in records]
+        ctx = RunContext(deadline, clock)
+        flow = records
+        try:
+            ctx.check(-1)
+            for step in self.steps:
+                if not flow:
+                    break
+                flow = step.run(flow, ctx)
+                ctx.check(step.index)
+        except BudgetExceeded as exc:
+            # Unfiltered, never half-filtered: every record of the group goes back to what it
+            # was, including those an earlier filter had already discarded or joined.
+            for record, snapshot in zip(records, snapshots, strict=True):
+                _restore(record, snapshot)
+            return GroupResult(kept=list(records), over_budget_at=exc.index)
+        restored: set[int] = set()
+        errors: list[tuple[int, str]] = []
+        for key, (_record, index, reason) in ctx.failed.items():
+            errors.append((index, reason))
+            restored.add(key)
+            # A joined record that fails later gives its continuations back too.
+            restored.update(id(member) for member in ctx.merged.get(key, ()))
+        survivors = {id(r) for r in flow}
+        merged = {id(m) for members in ctx.merged.values() for m in members} - restored
+        result = GroupResult(kept=[], errors=errors)
+        for record, snapshot in zip(records, snapshots, strict=True):
+            key = id(record)
+            if key in restored:
+                _restore(record, snapshot)
+                result.kept.append(record)
+            elif key in survivors:
+                result.kept.append(record)
+            elif key in merged:
+                result.merged += 1
+            else:
+                result.dropped += 1
+        return result
+
+
+def _restore(record: Record, snapshot: Record) -> None:
+    record.clear()
+    record.update(snapshot)
+
+
+@dataclass
+class Processed:
+    """The outcome of one batch."""
+
+    kept: list[tuple[Record, str | None]]
+    """(record, index suffix) in input order; None is the tenant's main index."""
+    dropped: int = 0
+    """Records discarded by filters."""
+    by_pipeline: dict[str, int] = field(default_factory=dict)
+    """Records selected by each pipeline (by name), including passed-through ones."""
+    over_budget: bool = False
+    """A pipeline ran out of the time budget; its records passed through unfiltered."""
+    errors: int = 0
+    """Records a filter raised on (kept unchanged)."""
+    merged: int = 0
+    """Records folded into another by multiline (their lines are in that record)."""
+    dropped_by_pipeline: dict[str, int] = field(default_factory=dict)
+    """Discarded records per pipeline name (only pipelines that discarded any)."""
+    over_budget_pipelines: list[str] = field(default_factory=list)
+    """Names of the pipelines that ran out of budget."""
+
+
+class TenantPipelines:
+    """All accepted pipelines of one tenant, in run order, with a version for the set."""
+
+    __slots__ = ("clock", "pipelines", "tenant", "version")
+
+    def __init__(
+        self,
+        tenant: str,
+        pipelines: Iterable[CompiledPipeline],
+        clock: Clock = time.perf_counter,
+    ) -> None:
+        self.tenant = tenant
+        self.pipelines = tuple(sorted(pipelines, key=lambda p: (p.order, p.name)))
+        self.clock = clock
+        listing = [[p.name, p.order, p.spec_hash] for p in self.pipelines]
+        text = json.dumps([tenant, listing], separators=(",", ":"))
+        self.version = hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"TenantPipelines({self.tenant}, {len(self.pipelines)} pipelines, {self.version})"
+
+    def pipeline_for(self, record: Record) -> CompiledPipeline | None:
+        """The first pipeline (order, then name) that selects the record."""
+        for pipeline in self.pipelines:
+            if pipeline.selects(record):
+                return pipeline
+        return None
+
+    def process(self, records: list[Record], budget_s: float = 0.5) -> Processed:
+        """Run a batch: route each record to its pipeline, filter, and say where it goes.
+
+        Records are changed in place. The budget is for the whole batch; pipelines run in
+        order, and those that start after it ran out pass their records through unfiltered.
+        """
+        deadline = self.clock() + budget_s
+        suffixes: list[str | None] = [None] * len(records)
+        keep = [True] * len(records)
+        groups: dict[int, list[int]] = {}
+        for position, record in enumerate(records):
+            for number, pipeline in enumerate(self.pipelines):
+                if pipeline.selects(record):
+                    groups.setdefault(number, []).append(position)
+                    break
+        result = Processed(kept=[])
+        for number in sorted(groups):
+            pipeline = self.pipelines[number]
+            positions = groups[number]
+            result.by_pipeline[pipeline.name] = len(positions)
+            group = [records[p] for p in positions]
+            outcome = pipeline.run_group(group, deadline, self.clock)
+            if outcome.over_budget_at is not None:
+                result.over_budget = True
+                result.over_budget_pipelines.append(pipeline.name)
+            result.errors += len(outcome.errors)
+            result.merged += outcome.merged
+            if outcome.dropped:
+                result.dropped += outcome.dropped
+                result.dropped_by_pipeline[pipeline.name] = outcome.dropped
+            survivors = {id(r) for r in outcome.kept}
+            for position in positions:
+                suffixes[position] = pipeline.index_suffix
+                keep[position] = id(records[position]) in survivors
+        result.kept = [(r, suffixes[p]) for p, r in enumerate(records) if keep[p]]
+        return result
+
+
+def compile_pipeline(pipeline: LogPipeline, spec_hash: str) -> CompiledPipeline:
+    """Compile one validated pipeline."""
+    return CompiledPipeline(pipeline, spec_hash)
+
+
+def compile_tenants(
+    verdicts: Iterable[Verdict], clock: Clock = time.perf_counter
+) -> dict[str, TenantPipelines]:
+    """Compile the accepted verdicts (others are ignored), grouped by tenant."""
+    by_tenant: dict[str, list[CompiledPipeline]] = {}
+    for verdict in verdicts:
+        if not verdict.ok or verdict.spec is None or verdict.spec_hash is None:
+            continue
+        compiled = CompiledPipeline(verdict.spec, verdict.spec_hash)
+        by_tenant.setdefault(compiled.namespace, []).append(compiled)
+    return {
+        tenant: TenantPipelines(tenant, pipelines, clock)
+        for tenant, pipelines in sorted(by_tenant.items())
+    }

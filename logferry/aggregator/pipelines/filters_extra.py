@@ -1,0 +1,180 @@
+"""The filter whitelist of a LogPipeline: the aggregator's tenant filter configs
+(:mod:`logferry.aggregator.filters`), made strict and with safe regexes, plus the filters
+only pipelines have: parse_regex, drop_level, sample and multiline.
+
+These are configs only (what a tenant may write); :mod:`.steps` compiles them into the code
+that runs. The reserved-field rules are the aggregator's: ``_lf``, ``kubernetes`` and
+``@timestamp`` may be read but never written, because they carry the proof of delivery and
+the routing to the tenant's own index.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, field_validator
+
+from logferry.aggregator.filters import (
+    AddFilter,
+    GrepFilter,
+    ParseJsonFilter,
+    RemoveFilter,
+    RenameFilter,
+    _field_path,
+)
+from logferry.aggregator.pipelines.regexes import check_pattern, compile_pattern
+from logferry.common.config import ConfigModel
+
+# Kubernetes validates a CRD against its OpenAPI schema without coercion ("10" is not an
+# integer), so the offline validation does not coerce either: the two must agree.
+_STRICT = ConfigDict(strict=True)
+
+
+class Grep(GrepFilter):
+    """Keep (``include``) or discard (``exclude``) records whose field matches a regex."""
+
+    model_config = _STRICT
+
+    @field_validator("regex")
+    @classmethod
+    def _safe_regex(cls, value: str) -> str:
+        return check_pattern(value)
+
+
+class ParseJson(ParseJsonFilter):
+    """Parse JSON text found in a field into fields; on failure the record is kept unchanged."""
+
+    model_config = _STRICT
+
+
+class Add(AddFilter):
+    """Set fields to constant values (overwriting)."""
+
+    model_config = _STRICT
+
+
+class Remove(RemoveFilter):
+    """Remove fields (absent ones are ignored)."""
+
+    model_config = _STRICT
+
+
+class Rename(RenameFilter):
+    """Move fields to new names (absent ones are ignored)."""
+
+    model_config = _STRICT
+
+
+class ParseRegex(ConfigModel):
+    """Extract the named groups of a regex match on a field into fields; a record that does
+    not match is kept unchanged."""
+
+    model_config = _STRICT
+
+    type: Literal["parse_regex"]
+    field: str = "log"
+    """Dotted path of the field to parse."""
+    regex: str
+    """Regular expression with named groups (``(?P<name>...)``), searched in the field."""
+    target: str | None = None
+    """Put the groups under this key; by default they are set at the record's root."""
+    keep_original: bool = True
+    """Keep the source field after a successful match."""
+
+    _check_field = field_validator("field")(lambda v: _field_path(v, writable=False))
+
+    @field_validator("regex")
+    @classmethod
+    def _check_regex(cls, value: str) -> str:
+        check_pattern(value)
+        groups = compile_pattern(value).groupindex
+        if not groups:
+            raise ValueError("parse_regex needs named groups, e.g. (?P<status>\\d+)")
+        for name in groups:
+            _field_path(name, writable=True)
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _check_target(cls, value: str | None) -> str | None:
+        return None if value is None else _field_path(value, writable=True)
+
+
+class DropLevel(ConfigModel):
+    """Discard records whose level field is one of ``levels`` (compared case-insensitively)."""
+
+    model_config = _STRICT
+
+    type: Literal["drop_level"]
+    field: str = "level"
+    """Dotted path of the level field (e.g. set by parse_json); records without it are kept."""
+    levels: list[str] = Field(min_length=1, max_length=32)
+    """Levels to discard, e.g. ``[debug, trace]``."""
+
+    _check_field = field_validator("field")(lambda v: _field_path(v, writable=False))
+
+    @field_validator("levels")
+    @classmethod
+    def _check_levels(cls, value: list[str]) -> list[str]:
+        if any(not level or len(level) > 32 for level in value):
+            raise ValueError("each level is a non-empty word of at most 32 characters")
+        return [level.lower() for level in value]
+
+
+class Sample(ConfigModel):
+    """Keep one record in ``rate``, chosen by a hash of the record's id (``_lf.id``, else its
+    content): the same record always gets the same decision, so a resend is sampled the same
+    way and never half-stored."""
+
+    model_config = _STRICT
+
+    type: Literal["sample"]
+    rate: int = Field(ge=1, le=1_000_000)
+    """Keep 1 record in this many (1 keeps everything)."""
+
+
+class Multiline(ConfigModel):
+    """Join continuation lines (stack traces) to the record that started them.
+
+    Records are joined per source (``_lf.src``), in sequence order, and only inside one
+    batch: a record whose field does not match ``start`` is appended (after a newline) to the
+    previous record of the same source that did, if that one is in the same batch and the
+    sequence numbers are consecutive. The joined record keeps the first record's identity
+    (``_lf.id``, ``_lf.seq``) and gets ``_lf.seq_end``, the last sequence number it covers.
+    A continuation that cannot be joined inside its batch stays a record of its own: nothing
+    is dropped.
+    """
+
+    model_config = _STRICT
+
+    type: Literal["multiline"]
+    start: str
+    """Regular expression matching the first line of a record (e.g. a timestamp)."""
+    field: str = "log"
+    """Dotted path of the text field to join."""
+    max_lines: int = Field(default=500, ge=2, le=10_000)
+    """A joined record holds at most this many lines; later continuations stay on their own."""
+
+    _check_field = field_validator("field")(lambda v: _field_path(v, writable=True))
+    _check_start = field_validator("start")(check_pattern)
+
+
+PipelineFilter = Annotated[
+    Grep | ParseJson | ParseRegex | Add | Remove | Rename | DropLevel | Sample | Multiline,
+    Field(discriminator="type"),
+]
+"""One filter of a LogPipeline, chosen by ``type``."""
+
+AnyFilter = Grep | ParseJson | ParseRegex | Add | Remove | Rename | DropLevel | Sample | Multiline
+
+DROPPING_TYPES = frozenset({"grep", "drop_level", "sample"})
+"""Filters that discard records: refused in audit pipelines."""
+
+
+def regex_fields(config: AnyFilter) -> list[tuple[str, str]]:
+    """``(key, pattern)`` of every regex in a filter config (for the size policy)."""
+    if isinstance(config, Grep | ParseRegex):
+        return [("regex", config.regex)]
+    if isinstance(config, Multiline):
+        return [("start", config.start)]
+    return []

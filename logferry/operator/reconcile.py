@@ -1,0 +1,436 @@
+"""Reconcile decisions for LogPipelines: status, events and the aggregators' ConfigMap.
+
+Pure functions, no Kubernetes I/O: ``main`` feeds them the object the API server returned
+and the operator's state, and carries out the result. Validation is the same code as the
+offline ``logferry pipelines validate`` (``validate_document``), so a pipeline that passes
+in CI passes here.
+
+The state is the set of *accepted* pipelines, keyed ``"<namespace>/<name>"``, each value the
+normalized document that is (or is about to be) in the ConfigMap (the offline renderer's
+``rendered_document``: defaults filled in, ``metadata.generation`` and the
+``logferry.io/spec-hash`` annotation). It is also what the ConfigMap holds, so a restarted
+operator rebuilds it from there (:func:`accepted_from_configmap`) and last-known-good
+survives restarts.
+
+Last-known-good: an invalid new generation of a pipeline that was accepted before leaves
+the accepted version in place; the status says ``Accepted=False`` for the new generation
+and ``Applied=True`` (reason ``KeptLastKnownGood``) with the old hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+import yaml
+
+from logferry.aggregator.pipelines.render import rendered_document
+from logferry.aggregator.pipelines.spec import API_VERSION, KIND, SPEC_HASH_ANNOTATION
+from logferry.aggregator.pipelines.validate import Issue, TenantLimits, Verdict, validate_document
+
+HASH_ANNOTATION: Final = SPEC_HASH_ANNOTATION
+
+# A ConfigMap (like any object) is capped at 1 MiB by etcd; keep headroom for metadata so
+# the write that would cross the cap is refused here, with a status, not by the API server.
+CONFIGMAP_BUDGET_BYTES: Final = 900 * 1024
+# Kubernetes caps an Event message at 1 KiB; a condition message at 32 KiB.
+EVENT_MESSAGE_MAX_CHARS: Final = 1024
+CONDITION_MESSAGE_MAX_CHARS: Final = 32 * 1024
+
+ACCEPTED: Final = "Accepted"
+APPLIED: Final = "Applied"
+
+REASON_VALID: Final = "Valid"
+REASON_APPLIED: Final = "Applied"
+REASON_KEPT_LAST_KNOWN_GOOD: Final = "KeptLastKnownGood"
+REASON_NOT_APPLIED: Final = "NotApplied"
+# The first layer that failed names the rejection; layers run schema -> policy -> dry run.
+REASON_BY_LAYER: Final[Mapping[str, str]] = {
+    "schema": "SchemaError",
+    "policy": "PolicyError",
+    "dry_run": "DryRunError",
+}
+
+Accepted = Mapping[str, Mapping[str, Any]]
+"""Accepted pipelines: ``"<namespace>/<name>"`` -> normalized, annotated document."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the LogPipeline."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconcileResult:
+    """What reconciling one LogPipeline decided; ``main`` carries it out in this order:
+    write ``configmap_data`` (when ``configmap_changed``), then patch ``status``, then
+    post ``events``, then adopt ``accepted`` as the new state."""
+
+    key: str
+    """``"<namespace>/<name>"``."""
+    verdict: Verdict
+    status: dict[str, Any]
+    """The ``status`` merge patch (``appliedHash: None`` removes a stale hash)."""
+    events: tuple[Event, ...]
+    accepted: dict[str, dict[str, Any]]
+    """The new state of accepted pipelines."""
+    configmap_data: dict[str, str]
+    """The ConfigMap ``data`` for the new state."""
+    configmap_changed: bool
+    """Whether ``configmap_data`` differs from the data of the previous state."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DeleteResult:
+    """What deleting one LogPipeline decided."""
+
+    key: str
+    accepted: dict[str, dict[str, Any]]
+    configmap_data: dict[str, str]
+    configmap_changed: bool
+
+
+def pipeline_key(namespace: str, name: str) -> str:
+    """The state key of a pipeline."""
+    return f"{namespace}/{name}"
+
+
+def configmap_key(namespace: str, name: str) -> str:
+    """The ConfigMap key of a pipeline. Namespaces hold no dots (DNS labels), so the first
+    dot separates namespace from name and two pipelines never share a key."""
+    return f"{namespace}.{name}.yaml"
+
+
+def spec_hash_of(document: Mapping[str, Any]) -> str | None:
+    """The spec hash annotation of an accepted document."""
+    value = _annotations(document).get(HASH_ANNOTATION)
+    return value if isinstance(value, str) else None
+
+
+def generation_of(document: Mapping[str, Any]) -> int | None:
+    """The generation of an accepted document (``metadata.generation``)."""
+    metadata = document.get("metadata")
+    value = metadata.get("generation") if isinstance(metadata, Mapping) else None
+    return value if isinstance(value, int) else None
+
+
+def render_configmap(accepted: Accepted) -> dict[str, str]:
+    """The ``data`` of the aggregators' ConfigMap: one ``<namespace>.<name>.yaml`` key per
+    accepted pipeline, holding its normalized document.
+
+    Deterministic: the same pipelines give byte-identical data whatever the mapping's
+    order, so an unchanged state never rewrites the ConfigMap (nor wakes the aggregators).
+    """
+    data: dict[str, str] = {}
+    for document in accepted.values():
+        metadata = document["metadata"]
+        data[configmap_key(metadata["namespace"], metadata["name"])] = _dump(document)
+    return dict(sorted(data.items()))
+
+
+def accepted_from_configmap(data: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Rebuild the state from the ConfigMap's ``data`` (at operator start).
+
+    Returns the accepted pipelines and the keys that could not be read back (not ours, or
+    damaged); those are dropped from the next write rather than served to the aggregators.
+    """
+    accepted: dict[str, dict[str, Any]] = {}
+    unreadable: list[str] = []
+    for key, text in sorted(data.items()):
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError:
+            unreadable.append(key)
+            continue
+        metadata = document.get("metadata") if isinstance(document, dict) else None
+        if (
+            not isinstance(metadata, dict)
+            or not isinstance(metadata.get("namespace"), str)
+            or not isinstance(metadata.get("name"), str)
+            or configmap_key(metadata["namespace"], metadata["name"]) != key
+            or spec_hash_of(document) is None
+        ):
+            unreadable.append(key)
+            continue
+        accepted[pipeline_key(metadata["namespace"], metadata["name"])] = document
+    return accepted, unreadable
+
+
+def reconcile(
+    obj: Mapping[str, Any],
+    accepted: Accepted,
+    *,
+    limits: TenantLimits | None = None,
+    samples: Sequence[dict[str, Any]] | None = None,
+    now: datetime | None = None,
+) -> ReconcileResult:
+    """Validate one LogPipeline as the API server returned it and decide status, events and
+    the new ConfigMap content. ``accepted`` is not modified.
+
+    ``samples`` are records for the dry run (the built-in samples when None); ``now`` stamps
+    condition transitions.
+    """
+    metadata = obj.get("metadata") or {}
+    namespace = str(metadata.get("namespace", ""))
+    name = str(metadata.get("name", ""))
+    generation = int(metadata.get("generation") or 0)
+    key = pipeline_key(namespace, name)
+    timestamp = _timestamp(now or datetime.now(UTC))
+
+    limits = limits if limits is not None else TenantLimits()
+    verdict = validate_document(
+        tenant_document(obj),
+        source=f"LogPipeline {key}",
+        namespace=namespace,
+        limits=limits,
+        samples=samples,
+    )
+    new_state = {k: dict(v) for k, v in accepted.items()}
+    issues: tuple[Issue, ...] = verdict.issues
+    if verdict.ok and verdict.spec_hash is not None:
+        new_state[key] = rendered_document(verdict)
+        issues = _state_policy(key, namespace, accepted, new_state, limits)
+        if issues:
+            # Refused: the previous accepted version (if any) stays.
+            if key in accepted:
+                new_state[key] = dict(accepted[key])
+            else:
+                del new_state[key]
+    previous_data = render_configmap(accepted)
+    data = render_configmap(new_state)
+    ok = verdict.ok and verdict.spec_hash is not None and not issues
+
+    old_conditions = _conditions_by_type(obj)
+
+    def condition(type_: str, true: bool, reason: str, message: str) -> dict[str, Any]:
+        return _condition(type_, true, reason, message, generation, timestamp, old_conditions)
+
+    current = new_state.get(key)
+    applied_hash = spec_hash_of(current) if current is not None else None
+    if ok:
+        accepted_cond = condition(ACCEPTED, True, REASON_VALID, f"generation {generation} is valid")
+        applied_cond = condition(
+            APPLIED,
+            True,
+            REASON_APPLIED,
+            f"generation {generation} (hash {applied_hash}) is in the aggregators' configuration",
+        )
+    else:
+        reason = rejection_reason(issues)
+        accepted_cond = condition(ACCEPTED, False, reason, describe_issues(issues, generation))
+        if current is not None:
+            applied_cond = condition(
+                APPLIED,
+                True,
+                REASON_KEPT_LAST_KNOWN_GOOD,
+                f"generation {generation} was rejected; the aggregators keep generation "
+                f"{generation_of(current)} (hash {applied_hash})",
+            )
+        else:
+            applied_cond = condition(
+                APPLIED,
+                False,
+                REASON_NOT_APPLIED,
+                "no generation of this pipeline has been accepted yet",
+            )
+
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "appliedHash": applied_hash,
+        "conditions": [accepted_cond, applied_cond],
+    }
+    events = _events(obj, accepted_cond, applied_cond, applied_hash, accepted.get(key))
+    return ReconcileResult(
+        key=key,
+        verdict=verdict,
+        status=status,
+        events=events,
+        accepted=new_state,
+        configmap_data=data,
+        configmap_changed=data != previous_data,
+    )
+
+
+def forget(namespace: str, name: str, accepted: Accepted) -> DeleteResult:
+    """A LogPipeline was deleted: its key leaves the ConfigMap."""
+    key = pipeline_key(namespace, name)
+    new_state = {k: dict(v) for k, v in accepted.items() if k != key}
+    return DeleteResult(
+        key=key,
+        accepted=new_state,
+        configmap_data=render_configmap(new_state),
+        configmap_changed=key in accepted,
+    )
+
+
+def _state_policy(
+    key: str,
+    namespace: str,
+    accepted: Accepted,
+    candidate: Mapping[str, Mapping[str, Any]],
+    limits: TenantLimits,
+) -> tuple[Issue, ...]:
+    """The checks that need every accepted pipeline, not just this one."""
+    if key not in accepted:
+        # Offline, validate_documents refuses the pipelines last in run order; the operator
+        # sees one object at a time, so it refuses the newcomer and never evicts a running one.
+        owned = sum(1 for k in accepted if k.startswith(f"{namespace}/"))
+        if owned >= limits.max_pipelines:
+            return (
+                Issue(
+                    pipeline=key,
+                    path="metadata.namespace",
+                    reason=f"tenant {namespace} already has {owned} pipelines; the limit is "
+                    f"{limits.max_pipelines}",
+                    layer="policy",
+                ),
+            )
+    if _size(render_configmap(candidate)) > CONFIGMAP_BUDGET_BYTES:
+        return (
+            Issue(
+                pipeline=key,
+                path="spec",
+                reason="the rendered pipelines would exceed the aggregators' ConfigMap budget "
+                f"of {CONFIGMAP_BUDGET_BYTES} bytes",
+                layer="policy",
+            ),
+        )
+    return ()
+
+
+def tenant_document(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of an API object the tenant wrote and the validator judges.
+
+    The server adds uid, resourceVersion, managedFields, status, kopf's annotations...;
+    none of them is the tenant's configuration, so none of them reaches validation or the
+    rendered document (a kopf bookkeeping change must not rewrite the ConfigMap).
+    """
+    metadata = obj.get("metadata") or {}
+    tenant_metadata = {"name": metadata.get("name"), "namespace": metadata.get("namespace")}
+    if isinstance(metadata.get("generation"), int):
+        # Not configuration, but rendered into the ConfigMap: status reports it back.
+        tenant_metadata["generation"] = metadata["generation"]
+    return {
+        "apiVersion": obj.get("apiVersion", API_VERSION),
+        "kind": obj.get("kind", KIND),
+        "metadata": tenant_metadata,
+        "spec": obj.get("spec"),
+    }
+
+
+def rejection_reason(issues: tuple[Issue, ...]) -> str:
+    """The condition reason for a rejection: the earliest layer with an issue."""
+    for layer, reason in REASON_BY_LAYER.items():
+        if any(issue.layer == layer for issue in issues):
+            return reason
+    return REASON_BY_LAYER["schema"]
+
+
+def describe_issues(issues: tuple[Issue, ...], generation: int) -> str:
+    """A condition message: one ``path: reason`` per issue."""
+    lines = [f"{issue.path}: {issue.reason}" for issue in issues] or ["rejected"]
+    message = f"generation {generation} rejected: " + "; ".join(lines)
+    return _truncate(message, CONDITION_MESSAGE_MAX_CHARS)
+
+
+def _events(
+    obj: Mapping[str, Any],
+    accepted_cond: Mapping[str, Any],
+    applied_cond: Mapping[str, Any],
+    applied_hash: str | None,
+    previous: Mapping[str, Any] | None,
+) -> tuple[Event, ...]:
+    # Only a new verdict makes events: resuming after an operator restart re-reconciles
+    # every pipeline, and repeating the same event for each would bury the real ones.
+    old = _conditions_by_type(obj).get(ACCEPTED)
+    same_verdict = old is not None and all(
+        old.get(field) == accepted_cond[field]
+        for field in ("status", "reason", "message", "observedGeneration")
+    )
+    previous_hash = spec_hash_of(previous) if previous is not None else None
+    if same_verdict and applied_hash == previous_hash:
+        return ()
+    if accepted_cond["status"] == "True":
+        message = f"{accepted_cond['message']}; applied hash {applied_hash}"
+        return (Event("Normal", REASON_APPLIED, _truncate(message, EVENT_MESSAGE_MAX_CHARS)),)
+    events = [
+        Event(
+            "Warning",
+            accepted_cond["reason"],
+            _truncate(accepted_cond["message"], EVENT_MESSAGE_MAX_CHARS),
+        )
+    ]
+    if applied_cond["reason"] == REASON_KEPT_LAST_KNOWN_GOOD:
+        events.append(
+            Event(
+                "Warning",
+                REASON_KEPT_LAST_KNOWN_GOOD,
+                _truncate(applied_cond["message"], EVENT_MESSAGE_MAX_CHARS),
+            )
+        )
+    return tuple(events)
+
+
+def _condition(
+    type_: str,
+    ok: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    timestamp: str,
+    old_conditions: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    status = "True" if ok else "False"
+    old = old_conditions.get(type_)
+    # lastTransitionTime moves only when the status flips (the Kubernetes convention).
+    if old is not None and old.get("status") == status and old.get("lastTransitionTime"):
+        timestamp = str(old["lastTransitionTime"])
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": timestamp,
+        "observedGeneration": generation,
+    }
+
+
+def _conditions_by_type(obj: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    status = obj.get("status") or {}
+    conditions = status.get("conditions") if isinstance(status, Mapping) else None
+    if not isinstance(conditions, list):
+        return {}
+    return {str(c["type"]): c for c in conditions if isinstance(c, Mapping) and "type" in c}
+
+
+def _annotations(document: Mapping[str, Any]) -> Mapping[str, Any]:
+    metadata = document.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+    return annotations if isinstance(annotations, Mapping) else {}
+
+
+def _dump(document: Mapping[str, Any]) -> str:
+    # Sorted keys and a fixed width: byte-identical output for equal documents, whatever
+    # order the tenant wrote map keys (selector labels, add/rename fields) in.
+    text: str = yaml.safe_dump(
+        document, sort_keys=True, default_flow_style=False, allow_unicode=True, width=4096
+    )
+    return text
+
+
+def _size(data: Mapping[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in data.items())
+
+
+def _timestamp(now: datetime) -> str:
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,185 @@
+"""Tenant LogPipelines in a running aggregator: hot changes under load, last-known-good,
+isolation between tenants. Real aggregator process, real sockets, real OpenSearch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.test_aggregator import (
+    MakeAggregator,
+    input_port,
+    make_aggregator,
+    unique_ns,
+    wait_count,
+)
+from tests.support.bulk_fault_proxy import BulkFaultProxy
+from tests.support.forward_client import ForwardClient
+from tests.support.net import wait_until
+from tests.support.opensearch_client import StoreReader
+from tests.support.records import compressed_chunk, container_entries
+
+pytestmark = pytest.mark.integration
+__all__ = ["make_aggregator"]
+
+
+def pipeline(ns: str, name: str, filters: list[dict[str, Any]], **destination: Any) -> str:
+    doc = {
+        "apiVersion": "logferry.io/v1alpha1",
+        "kind": "LogPipeline",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"order": 10, "filters": filters, "destination": destination},
+    }
+    return yaml.safe_dump(doc)
+
+
+def write(directory: Path, name: str, text: str) -> None:
+    # As kubelet updates a ConfigMap mount: never a half-written file.
+    tmp = directory / f".{name}.tmp"
+    tmp.write_text(text)
+    tmp.replace(directory / name)
+
+
+def statuses(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {p["pipeline"]: p for p in body["pipelines"]}
+
+
+async def _applied_other_than(status_file: Path, key: str, old_hash: str) -> bool:
+    state = statuses(status_file).get(key, {})
+    return state.get("state") == "Accepted" and state.get("applied_hash") not in (None, old_hash)
+
+
+def with_pipelines(tmp_path: Path) -> dict[str, Any]:
+    directory = tmp_path / "pipelines"
+    directory.mkdir()
+    return {
+        "pipelines": {
+            "directory": str(directory),
+            "debounce_s": 0.1,
+            "rescan_interval_s": 1,
+            "status_file": str(tmp_path / "pipelines-status.json"),
+        }
+    }
+
+
+async def test_hot_change_under_load_each_record_processed_by_exactly_one_version(
+    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+) -> None:
+    ns = unique_ns("hot")
+    settings = with_pipelines(tmp_path)
+    directory = Path(settings["pipelines"]["directory"])
+    status_file = Path(settings["pipelines"]["status_file"])
+    write(directory, "p.yaml", pipeline(ns, "mark", [{"type": "add", "fields": {"v1": True}}]))
+    agg = make_aggregator(opensearch.url, **settings)
+    await agg.start()
+    entries = container_entries(ns, 6000)
+    chunks = 60
+    async with ForwardClient("127.0.0.1", input_port(agg)) as client:
+        for n in range(chunks):
+            await client.send(compressed_chunk(entries[n * 100 : (n + 1) * 100], f"c-{n}"))
+            if n == chunks // 2:
+                first_hash = statuses(status_file)[f"{ns}/mark"]["applied_hash"]
+                marked = pipeline(ns, "mark", [{"type": "add", "fields": {"v2": True}}])
+                write(directory, "p.yaml", marked)
+                await wait_until(
+                    lambda old=first_hash: _applied_other_than(status_file, f"{ns}/mark", old),
+                    timeout_s=30,
+                    what="v2 to be applied",
+                )
+        for n in range(chunks):
+            await client.wait_ack(f"c-{n}")
+    store = StoreReader(opensearch.url)
+    await wait_count(store, f"logs-{ns}-*", 6000, timeout_s=120)
+    hits = await store.search(f"logs-{ns}-*", size=10_000)
+    assert len(hits) == 6000
+    versions = [(h["_source"].get("v1", False), h["_source"].get("v2", False)) for h in hits]
+    assert all(v1 != v2 for v1, v2 in versions)  # one version each, never both or neither
+    assert sum(1 for v1, _v2 in versions if v1) >= 3000  # the first half went through v1
+    assert sum(1 for _v1, v2 in versions if v2) >= 100  # after the change: v2
+    assert await agg.stop() == 0
+
+
+async def test_an_invalid_change_keeps_the_last_good_pipeline_and_other_tenants_move_on(
+    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+) -> None:
+    ns_a, ns_b = unique_ns("lkg-a"), unique_ns("lkg-b")
+    settings = with_pipelines(tmp_path)
+    directory = Path(settings["pipelines"]["directory"])
+    status_file = Path(settings["pipelines"]["status_file"])
+    write(directory, "a.yaml", pipeline(ns_a, "a", [{"type": "add", "fields": {"good": 1}}]))
+    write(directory, "b.yaml", pipeline(ns_b, "b", [{"type": "add", "fields": {"b": 1}}]))
+    agg = make_aggregator(opensearch.url, **settings)
+    await agg.start()
+    good_hash = statuses(status_file)[f"{ns_a}/a"]["applied_hash"]
+    # Tenant A breaks its pipeline (a catastrophic regex); tenant B changes its own.
+    bad = [{"type": "grep", "field": "log", "regex": "(a+)+$"}]
+    write(directory, "a.yaml", pipeline(ns_a, "a", bad))
+    write(directory, "b.yaml", pipeline(ns_b, "b", [{"type": "add", "fields": {"b": 2}}]))
+
+    async def settled() -> bool:
+        states = statuses(status_file)
+        a, b = states.get(f"{ns_a}/a", {}), states.get(f"{ns_b}/b", {})
+        return (
+            a.get("state") == "Rejected"
+            and b.get("observed_hash") == b.get("applied_hash") != statuses_b_first
+        )
+
+    statuses_b_first = statuses(status_file)[f"{ns_b}/b"]["applied_hash"]
+    await wait_until(settled, timeout_s=30, what="A rejected and B applied")
+    state_a = statuses(status_file)[f"{ns_a}/a"]
+    assert state_a["applied_hash"] == good_hash  # the last good version stays in force
+    assert any("regex" in issue for issue in state_a["issues"]), state_a["issues"]
+    assert await agg.metric("logferry_pipeline_rejections_total", tenant=ns_a) >= 1
+    entries_a, entries_b = container_entries(ns_a, 50), container_entries(ns_b, 50)
+    async with ForwardClient("127.0.0.1", input_port(agg)) as client:
+        await client.send(compressed_chunk(entries_a + entries_b, "mixed"))
+        await client.wait_ack("mixed")
+    store = StoreReader(opensearch.url)
+    await wait_count(store, f"logs-{ns_a}-*", 50)
+    await wait_count(store, f"logs-{ns_b}-*", 50)
+    assert {h["_source"].get("good") for h in await store.search(f"logs-{ns_a}-*")} == {1}
+    assert {h["_source"].get("b") for h in await store.search(f"logs-{ns_b}-*")} == {2}
+    assert await agg.stop() == 0
+
+
+async def test_a_destination_suffix_stays_inside_the_tenant_and_a_failing_one_stalls_no_other(
+    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+) -> None:
+    ns_a, ns_b = unique_ns("iso-a"), unique_ns("iso-b")
+    settings = with_pipelines(tmp_path)
+    directory = Path(settings["pipelines"]["directory"])
+    # Tenant A names B in its suffix: the index is still A's own (logs-<A>.<suffix>-date).
+    write(directory, "a.yaml", pipeline(ns_a, "a", [], indexSuffix=f"to-{ns_b}"))
+    proxy = BulkFaultProxy(opensearch.url)
+    proxy.fail_429_index = lambda index: index.startswith(f"logs-{ns_a}.")  # A's store refuses
+    await proxy.start()
+    try:
+        agg = make_aggregator(proxy.url, **settings)
+        await agg.start()
+        total = 40
+        async with ForwardClient("127.0.0.1", input_port(agg)) as client:
+            for n in range(total):
+                a = container_entries(ns_a, 100, start_seq=n * 100)
+                b = container_entries(ns_b, 100, start_seq=n * 100)
+                await client.send(compressed_chunk(a + b, f"m-{n}"))
+            for n in range(total):
+                await client.wait_ack(f"m-{n}")
+        store = StoreReader(opensearch.url)
+        # B flows while every one of A's items keeps being refused; A's backlog is visible.
+        await wait_count(store, f"logs-{ns_b}-*", total * 100, timeout_s=120)
+        assert await store.count(f"logs-{ns_a}*") == 0
+        assert await agg.metric("logferry_spool_records", tenant=ns_a) > 0
+        proxy.fail_429_index = None  # A's destination recovers: nothing of A was lost
+        await wait_count(store, f"logs-{ns_a}.to-{ns_b}-*", total * 100, timeout_s=120)
+        assert await store.count(f"logs-{ns_b}-*") == total * 100  # nothing of A went to B
+        assert await agg.stop() == 0
+    finally:
+        await proxy.stop()

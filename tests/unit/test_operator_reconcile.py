@@ -1,0 +1,403 @@
+"""Reconcile decisions of the LogPipeline operator, with the real validation code."""
+
+from __future__ import annotations
+
+import copy
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import yaml
+
+from logferry.aggregator.pipelines import validate
+from logferry.aggregator.pipelines.validate import TenantLimits, validate_document
+from logferry.operator import reconcile as rc
+
+NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+LATER = datetime(2026, 11, 26, 13, 0, 0, tzinfo=UTC)
+
+VALID_SPEC: dict[str, Any] = {
+    "order": 10,
+    "selector": {"pods": ["web-*"], "containers": ["app"]},
+    "filters": [
+        {"type": "grep", "field": "log", "regex": "healthz", "mode": "exclude"},
+        {"type": "parse_json", "field": "log", "target": "json"},
+        {"type": "add", "fields": {"team": "a"}},
+    ],
+    "destination": {"indexSuffix": "web"},
+}
+
+
+def _obj(
+    name: str = "web",
+    namespace: str = "team-a",
+    generation: int = 1,
+    spec: dict[str, Any] | None = None,
+    status: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A LogPipeline as the API server returns it, server-set fields included."""
+    obj: dict[str, Any] = {
+        "apiVersion": "logferry.io/v1alpha1",
+        "kind": "LogPipeline",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "generation": generation,
+            "uid": "0d6f3c7e-8a51-4f7e-9a35-4d0e1f6a2b11",
+            "resourceVersion": "4711",
+            "creationTimestamp": "2026-11-26T11:00:00Z",
+            "finalizers": ["logferry.io/operator"],
+            "annotations": {"logferry.io/last-handled-configuration": "{}"},
+            "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+        },
+        "spec": copy.deepcopy(spec if spec is not None else VALID_SPEC),
+    }
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def _with_filter(filter_: dict[str, Any]) -> dict[str, Any]:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["filters"] = [*spec["filters"], filter_]
+    return spec
+
+
+def _conditions(result: rc.ReconcileResult) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in result.status["conditions"]}
+
+
+SCHEMA_INVALID = _with_filter({"type": "grep", "regex": "x", "mode": "sometimes"})
+CATASTROPHIC = _with_filter({"type": "grep", "field": "log", "regex": "(a+)+$"})
+
+
+def test_valid_pipeline_is_accepted_applied_and_written_to_the_configmap() -> None:
+    result = rc.reconcile(_obj(generation=3), {}, now=NOW)
+
+    assert result.verdict.ok
+    conditions = _conditions(result)
+    assert conditions["Accepted"]["status"] == "True"
+    assert conditions["Accepted"]["reason"] == "Valid"
+    assert conditions["Applied"]["status"] == "True"
+    assert conditions["Applied"]["reason"] == "Applied"
+    assert conditions["Accepted"]["lastTransitionTime"] == "2026-11-26T12:00:00Z"
+    assert result.status["observedGeneration"] == 3
+    assert all(c["observedGeneration"] == 3 for c in conditions.values())
+    assert result.status["appliedHash"] == result.verdict.spec_hash
+
+    assert list(result.configmap_data) == ["team-a.web.yaml"]
+    assert result.configmap_changed
+    document = yaml.safe_load(result.configmap_data["team-a.web.yaml"])
+    annotations = document["metadata"]["annotations"]
+    assert annotations["logferry.io/spec-hash"] == result.verdict.spec_hash
+    assert document["metadata"]["generation"] == 3
+    assert document["spec"]["destination"]["indexSuffix"] == "web"
+    assert set(result.accepted) == {"team-a/web"}
+
+    assert [(e.type, e.reason) for e in result.events] == [("Normal", "Applied")]
+    assert result.verdict.spec_hash in result.events[0].message
+
+
+def test_the_configmap_document_passes_the_offline_validation_with_the_same_hash() -> None:
+    # The aggregators load these files with the same validator: what the operator writes
+    # must be valid there, and its hash must not change on the way.
+    result = rc.reconcile(_obj(), {}, now=NOW)
+    document = yaml.safe_load(result.configmap_data["team-a.web.yaml"])
+    verdict = validate_document(document, namespace="team-a")
+    assert verdict.ok, verdict.issues
+    assert verdict.spec_hash == result.verdict.spec_hash
+
+
+def test_server_fields_and_kopf_annotations_do_not_change_the_hash() -> None:
+    plain = {
+        "apiVersion": "logferry.io/v1alpha1",
+        "kind": "LogPipeline",
+        "metadata": {"name": "web", "namespace": "team-a"},
+        "spec": copy.deepcopy(VALID_SPEC),
+    }
+    offline = validate_document(plain, namespace="team-a")
+    assert rc.reconcile(_obj(), {}, now=NOW).verdict.spec_hash == offline.spec_hash
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason", "path"),
+    [
+        (SCHEMA_INVALID, "SchemaError", "spec.filters[3].mode"),
+        (_with_filter({"type": "exec", "command": "rm"}), "SchemaError", "spec.filters[3]"),
+        (CATASTROPHIC, "SchemaError", "spec.filters[3].regex"),
+        (
+            {**VALID_SPEC, "destination": {"indexSuffix": "web", "namespace": "team-b"}},
+            "PolicyError",
+            "spec.destination.namespace",
+        ),
+        (
+            {**VALID_SPEC, "destination": {"indexSuffix": "web", "index": "logs-team-b"}},
+            "PolicyError",
+            "spec.destination.index",
+        ),
+        (
+            {**VALID_SPEC, "selector": {"namespaces": ["team-b"]}},
+            "PolicyError",
+            "spec.selector.namespaces",
+        ),
+        (
+            {**VALID_SPEC, "destination": {"indexSuffix": "x.team-b"}},
+            "PolicyError",
+            "spec.destination.indexSuffix",
+        ),
+        (
+            {**VALID_SPEC, "destination": {"indexSuffix": "audit", "audit": True}},
+            "PolicyError",
+            "spec.filters[0].type",
+        ),
+    ],
+    ids=[
+        "bad-enum",
+        "unknown-filter",
+        "catastrophic-regex",
+        "other-namespace-destination",
+        "other-tenants-index",
+        "other-namespace-selector",
+        "index-suffix-escaping-the-prefix",
+        "dropping-filter-in-audit-stream",
+    ],
+)
+def test_invalid_pipeline_is_rejected_with_the_layer_and_field_path(
+    spec: dict[str, Any], reason: str, path: str
+) -> None:
+    result = rc.reconcile(_obj(spec=spec, generation=2), {}, now=NOW)
+
+    assert not result.verdict.ok
+    conditions = _conditions(result)
+    assert conditions["Accepted"]["status"] == "False"
+    assert conditions["Accepted"]["reason"] == reason
+    assert path in conditions["Accepted"]["message"]
+    assert conditions["Accepted"]["message"].startswith("generation 2 rejected: ")
+    assert conditions["Applied"]["status"] == "False"
+    assert conditions["Applied"]["reason"] == "NotApplied"
+    assert result.status["appliedHash"] is None
+    assert result.status["observedGeneration"] == 2
+    assert result.configmap_data == {}
+    assert not result.configmap_changed
+    assert result.accepted == {}
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", reason)]
+    assert path in result.events[0].message
+
+
+def test_a_filter_over_the_dry_run_budget_is_a_dry_run_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A budget already spent: the real dry run reports the pipeline as too slow.
+    monkeypatch.setattr(validate, "DRY_RUN_BUDGET_S", -1.0)
+    result = rc.reconcile(_obj(), {}, now=NOW)
+    accepted = _conditions(result)["Accepted"]
+    assert accepted["status"] == "False"
+    assert accepted["reason"] == "DryRunError"
+    assert "spec.filters" in accepted["message"]
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", "DryRunError")]
+    assert result.configmap_data == {}
+
+
+def test_a_filter_failing_on_the_tenants_sample_records_is_a_dry_run_error() -> None:
+    # sample hashes the record's content when it has no id; an integer beyond 64 bits
+    # cannot be serialized, so the filter raises on this record during the dry run.
+    spec = _with_filter({"type": "sample", "rate": 10})
+    samples = [{"log": "x", "counter": 2**70, "kubernetes": {"namespace_name": "team-a"}}]
+    result = rc.reconcile(_obj(spec=spec), {}, samples=samples, now=NOW)
+    accepted = _conditions(result)["Accepted"]
+    assert accepted["reason"] == "DryRunError"
+    assert "spec.filters[3]" in accepted["message"]
+    assert result.configmap_data == {}
+
+
+def test_a_tenant_over_its_pipeline_limit_has_the_newcomer_refused() -> None:
+    limits = TenantLimits(max_pipelines=2)
+    state: rc.Accepted = {}
+    for name in ("a", "b"):
+        state = rc.reconcile(_obj(name=name), state, limits=limits, now=NOW).accepted
+    other_tenant = rc.reconcile(_obj(name="c", namespace="team-b"), state, limits=limits)
+    assert other_tenant.verdict.ok
+    assert "team-b/c" in other_tenant.accepted
+
+    third = rc.reconcile(_obj(name="c"), state, limits=limits, now=NOW)
+    accepted = _conditions(third)["Accepted"]
+    assert accepted["reason"] == "PolicyError"
+    assert "metadata.namespace" in accepted["message"]
+    assert set(third.accepted) == {"team-a/a", "team-a/b"}
+    # An update of an already accepted pipeline is not a newcomer.
+    update = rc.reconcile(_obj(name="a", generation=2), state, limits=limits, now=NOW)
+    assert _conditions(update)["Accepted"]["reason"] == "Valid"
+
+
+def test_rejection_reason_names_the_earliest_failing_layer() -> None:
+    from logferry.aggregator.pipelines.validate import Issue
+
+    def issue(layer: str) -> Issue:
+        return Issue(pipeline="team-a/web", path="spec", reason="x", layer=layer)
+
+    assert rc.rejection_reason((issue("dry_run"), issue("policy"))) == "PolicyError"
+    assert rc.rejection_reason((issue("dry_run"),)) == "DryRunError"
+    assert rc.rejection_reason((issue("policy"), issue("schema"))) == "SchemaError"
+
+
+def test_invalid_update_of_an_accepted_pipeline_keeps_the_last_known_good() -> None:
+    first = rc.reconcile(_obj(generation=1), {}, now=NOW)
+    good_hash = first.status["appliedHash"]
+    good_data = first.configmap_data
+
+    second = rc.reconcile(
+        _obj(generation=2, spec=SCHEMA_INVALID, status=first.status), first.accepted, now=LATER
+    )
+
+    conditions = _conditions(second)
+    assert conditions["Accepted"]["status"] == "False"
+    assert conditions["Accepted"]["reason"] == "SchemaError"
+    assert conditions["Accepted"]["observedGeneration"] == 2
+    assert conditions["Applied"]["status"] == "True"
+    assert conditions["Applied"]["reason"] == "KeptLastKnownGood"
+    assert "generation 1" in conditions["Applied"]["message"]
+    assert good_hash in conditions["Applied"]["message"]
+    assert second.status["appliedHash"] == good_hash
+    assert second.status["observedGeneration"] == 2
+    assert second.configmap_data == good_data
+    assert not second.configmap_changed
+    assert second.accepted == first.accepted
+    assert [(e.type, e.reason) for e in second.events] == [
+        ("Warning", "SchemaError"),
+        ("Warning", "KeptLastKnownGood"),
+    ]
+    # Applied stayed True: its transition time is the first one's.
+    assert conditions["Applied"]["lastTransitionTime"] == "2026-11-26T12:00:00Z"
+    assert conditions["Accepted"]["lastTransitionTime"] == "2026-11-26T13:00:00Z"
+
+
+def test_a_fixed_pipeline_replaces_the_last_known_good() -> None:
+    first = rc.reconcile(_obj(generation=1), {}, now=NOW)
+    bad = rc.reconcile(_obj(generation=2, spec=CATASTROPHIC), first.accepted, now=NOW)
+    fixed_spec = {**VALID_SPEC, "destination": {"indexSuffix": "web-v2"}}
+    fixed = rc.reconcile(_obj(generation=3, spec=fixed_spec), bad.accepted, now=LATER)
+
+    assert _conditions(fixed)["Accepted"]["reason"] == "Valid"
+    assert fixed.status["appliedHash"] == fixed.verdict.spec_hash != first.status["appliedHash"]
+    assert fixed.configmap_changed
+    document = yaml.safe_load(fixed.configmap_data["team-a.web.yaml"])
+    assert document["spec"]["destination"]["indexSuffix"] == "web-v2"
+    assert document["metadata"]["generation"] == 3
+
+
+def test_one_tenants_invalid_pipeline_leaves_other_pipelines_untouched() -> None:
+    a = rc.reconcile(_obj(name="web", namespace="team-a"), {}, now=NOW)
+    b = rc.reconcile(_obj(name="api", namespace="team-b"), a.accepted, now=NOW)
+    broken = rc.reconcile(
+        _obj(name="api", namespace="team-b", generation=2, spec=SCHEMA_INVALID),
+        b.accepted,
+        now=NOW,
+    )
+    assert broken.configmap_data == b.configmap_data
+    assert sorted(broken.configmap_data) == ["team-a.web.yaml", "team-b.api.yaml"]
+
+
+def test_observed_generation_follows_metadata_generation() -> None:
+    accepted: rc.Accepted = {}
+    status: dict[str, Any] | None = None
+    for generation in (1, 2, 5):
+        result = rc.reconcile(_obj(generation=generation, status=status), accepted, now=NOW)
+        assert result.status["observedGeneration"] == generation
+        assert {c["observedGeneration"] for c in result.status["conditions"]} == {generation}
+        accepted, status = result.accepted, result.status
+
+
+def test_reconciling_the_same_generation_again_posts_no_event_and_writes_nothing() -> None:
+    # What happens for every pipeline when the operator restarts (kopf's resume).
+    first = rc.reconcile(_obj(), {}, now=NOW)
+    again = rc.reconcile(_obj(status=first.status), first.accepted, now=LATER)
+    assert again.events == ()
+    assert not again.configmap_changed
+    assert again.status == first.status
+
+    bad = rc.reconcile(_obj(generation=2, spec=SCHEMA_INVALID), first.accepted, now=NOW)
+    bad_again = rc.reconcile(
+        _obj(generation=2, spec=SCHEMA_INVALID, status=bad.status), bad.accepted, now=LATER
+    )
+    assert bad_again.events == ()
+
+
+def test_delete_removes_the_key_and_only_that_key() -> None:
+    a = rc.reconcile(_obj(name="web"), {}, now=NOW)
+    b = rc.reconcile(_obj(name="api"), a.accepted, now=NOW)
+
+    deleted = rc.forget("team-a", "web", b.accepted)
+
+    assert deleted.configmap_changed
+    assert list(deleted.configmap_data) == ["team-a.api.yaml"]
+    assert set(deleted.accepted) == {"team-a/api"}
+    assert deleted.configmap_data["team-a.api.yaml"] == b.configmap_data["team-a.api.yaml"]
+
+
+def test_deleting_a_never_accepted_pipeline_changes_nothing() -> None:
+    a = rc.reconcile(_obj(name="web"), {}, now=NOW)
+    deleted = rc.forget("team-a", "never-valid", a.accepted)
+    assert not deleted.configmap_changed
+    assert deleted.configmap_data == a.configmap_data
+
+
+def test_render_configmap_is_deterministic() -> None:
+    state: dict[str, dict[str, Any]] = {}
+    for namespace, name in [("team-b", "x"), ("team-a", "web"), ("team-a", "api"), ("c", "z")]:
+        state = rc.reconcile(_obj(name=name, namespace=namespace), state, now=NOW).accepted
+    rendered = rc.render_configmap(state)
+
+    items = list(state.items())
+    for seed in range(5):
+        random.Random(seed).shuffle(items)
+        shuffled = {k: copy.deepcopy(v) for k, v in items}
+        again = rc.render_configmap(shuffled)
+        assert again == rendered
+        assert list(again) == sorted(rendered)
+        assert [v.encode() for v in again.values()] == [v.encode() for v in rendered.values()]
+
+
+def test_render_configmap_keys_are_namespace_dot_name() -> None:
+    state = rc.reconcile(_obj(name="web.v2", namespace="team-a"), {}, now=NOW).accepted
+    assert list(rc.render_configmap(state)) == ["team-a.web.v2.yaml"]
+
+
+def test_state_is_rebuilt_from_the_configmap_after_a_restart() -> None:
+    first = rc.reconcile(_obj(generation=4), {}, now=NOW)
+    data = {**first.configmap_data, "stray.key": "not: [a pipeline", "team-x.y.yaml": "a: 1\n"}
+
+    accepted, unreadable = rc.accepted_from_configmap(data)
+
+    assert accepted == first.accepted
+    assert unreadable == ["stray.key", "team-x.y.yaml"]
+    # The restarted operator still keeps the last good version of a now-invalid pipeline.
+    bad = rc.reconcile(_obj(generation=5, spec=SCHEMA_INVALID), accepted, now=NOW)
+    assert _conditions(bad)["Applied"]["reason"] == "KeptLastKnownGood"
+    assert "generation 4" in _conditions(bad)["Applied"]["message"]
+    assert bad.configmap_data == first.configmap_data
+
+
+def test_a_pipeline_that_would_overflow_the_configmap_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = rc.reconcile(_obj(name="web"), {}, now=NOW)
+    size = sum(len(k) + len(v) for k, v in first.configmap_data.items())
+    monkeypatch.setattr(rc, "CONFIGMAP_BUDGET_BYTES", size + 10)
+
+    second = rc.reconcile(_obj(name="api"), first.accepted, now=NOW)
+
+    conditions = _conditions(second)
+    assert conditions["Accepted"]["status"] == "False"
+    assert conditions["Accepted"]["reason"] == "PolicyError"
+    assert "ConfigMap budget" in conditions["Accepted"]["message"]
+    assert second.configmap_data == first.configmap_data
+    assert not second.configmap_changed
+
+
+def test_long_issue_lists_are_truncated_to_the_kubernetes_limits() -> None:
+    spec = copy.deepcopy(VALID_SPEC)
+    spec["filters"] = [{"type": "grep", "regex": "x", "mode": f"m{i}"} for i in range(200)]
+    result = rc.reconcile(_obj(spec=spec), {}, now=NOW)
+    assert len(result.events[0].message) <= rc.EVENT_MESSAGE_MAX_CHARS
+    assert len(_conditions(result)["Accepted"]["message"]) <= rc.CONDITION_MESSAGE_MAX_CHARS
