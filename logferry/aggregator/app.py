@@ -62,6 +62,7 @@ class Aggregator:
                 self.pipelines,
                 status_file=status_file,
                 on_applied=self._pipelines_applied,
+                samples_for=lambda tenant: self.ingest.recent_records(tenant),
             )
         self.ingest = Ingest(
             self.spools,

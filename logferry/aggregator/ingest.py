@@ -18,6 +18,7 @@ from typing import Any
 
 import msgpack
 import msgspec
+import orjson
 
 from logferry.aggregator.filters import FilterChain
 from logferry.aggregator.metrics import AggregatorMetrics
@@ -77,6 +78,12 @@ class _Stamps:
         self.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
+# Every n-th message leaves one record per tenant as a sample for pipeline dry runs.
+_SAMPLE_EVERY = 50
+_SAMPLES_PER_TENANT = 20
+_SAMPLE_TENANTS = 10_000
+
+
 class Ingest:
     """Turns messages into durable tenant fragments; shared by every connection."""
 
@@ -99,6 +106,8 @@ class Ingest:
         self._chain_for = chain_for
         self._pipelines = pipelines
         self._pipeline_budget_s = pipeline_budget_s
+        self._recent: dict[str, deque[dict[str, Any]]] = {}
+        self._sample_tick = 0
         self.instance = instance
         self._tenant_of = TenantResolver(default_tenant)
         self._stamps = _Stamps()
@@ -117,8 +126,12 @@ class Ingest:
         out: dict[str, tuple[bytes, int]] = {}
         # One snapshot per message: a pipeline change applies between messages, never inside.
         in_force = self._pipelines.snapshot() if self._pipelines is not None else None
+        self._sample_tick += 1
+        keep_sample = self._pipelines is not None and self._sample_tick % _SAMPLE_EVERY == 0
         for tenant, group in by_tenant.items():
             self._metrics.records_in.labels(tenant).inc(len(group))
+            if keep_sample:
+                self._keep_sample(tenant, group[0][2])
             chain = self._chain_for(tenant)
             if chain.filters:
                 kept_records, discarded = chain.run([record for _p, _w, record in group])
@@ -134,6 +147,22 @@ class Ingest:
                 rendered = self._render_group(tenant, group, message, receipt, suffixes)
                 out[tenant] = (rendered, len(group))
         return out
+
+    def _keep_sample(self, tenant: str, record: dict[str, Any]) -> None:
+        try:  # a deep copy that owes nothing to the original (filters change records in place)
+            copy = orjson.loads(orjson.dumps(record, default=str))
+        except (TypeError, orjson.JSONEncodeError, orjson.JSONDecodeError):
+            return
+        recent = self._recent.get(tenant)
+        if recent is None:
+            if len(self._recent) >= _SAMPLE_TENANTS:
+                return
+            recent = self._recent[tenant] = deque(maxlen=_SAMPLES_PER_TENANT)
+        recent.append(copy)
+
+    def recent_records(self, tenant: str) -> list[dict[str, Any]]:
+        """A few of the tenant's recent records (as received), for a pipeline's dry run."""
+        return list(self._recent.get(tenant, ()))
 
     def _run_pipelines(
         self,

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -95,11 +95,14 @@ class PipelineState:
     """The version in force: the observed one when accepted, the last good one otherwise."""
     source: str
     issues: tuple[str, ...] = ()
+    observed_generation: int | None = None
+    """``metadata.generation`` of the document seen (set by Kubernetes), if any."""
 
     def as_json(self) -> dict[str, Any]:
         return {
             "pipeline": self.pipeline,
             "state": self.state,
+            "observed_generation": self.observed_generation,
             "observed_hash": self.observed_hash,
             "applied_hash": self.applied_hash,
             "source": self.source,
@@ -117,11 +120,13 @@ class PipelineWatcher:
         *,
         status_file: Path,
         on_applied: Any = None,
+        samples_for: Callable[[str], Sequence[Mapping[str, Any]]] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.status_file = status_file
         self._on_applied = on_applied
+        self._samples_for = samples_for
         self._last_good: dict[str, Verdict] = {}
         self._states: dict[str, PipelineState] = {}
         self._loaded_hash: str | None = None
@@ -147,7 +152,7 @@ class PipelineWatcher:
             return False
         self._loaded_hash = digest
         limits = TenantLimits(max_pipelines=self.settings.max_pipelines_per_tenant)
-        verdicts = validate_documents(docs, limits=limits)
+        verdicts = validate_documents(docs, limits=limits, samples_for=self._samples_for)
         self._apply(verdicts)
         return True
 
@@ -157,10 +162,16 @@ class PipelineWatcher:
         for verdict in verdicts:
             key = verdict.pipeline
             seen.add(key)
+            generation = verdict.spec.metadata.generation if verdict.spec is not None else None
             if verdict.ok:
                 self._last_good[key] = verdict
                 states[key] = PipelineState(
-                    key, "Accepted", verdict.spec_hash, verdict.spec_hash, verdict.source
+                    key,
+                    "Accepted",
+                    verdict.spec_hash,
+                    verdict.spec_hash,
+                    verdict.source,
+                    observed_generation=generation,
                 )
                 continue
             self.rejections += 1
@@ -173,6 +184,7 @@ class PipelineWatcher:
                 good.spec_hash if good is not None else None,
                 verdict.source,
                 issues,
+                observed_generation=generation,
             )
             log.warning(
                 "pipeline.rejected",

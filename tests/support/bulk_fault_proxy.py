@@ -11,6 +11,7 @@ a test knows exactly which documents must be in the index and which in the DLQ.
 from __future__ import annotations
 
 import gzip
+import io
 import re
 import time
 import zlib
@@ -288,7 +289,12 @@ class BulkFaultProxy:
         assert self._session is not None, "start() first"
         url = URL(self.target_url + str(rel_url), encoded=True)
         async with self._session.request(
-            method, url, headers=headers, data=body or None, allow_redirects=False
+            method,
+            url,
+            headers=headers,
+            # A file-like body: aiohttp warns (an error under pytest) on large raw bytes.
+            data=io.BytesIO(body) if body else None,
+            allow_redirects=False,
         ) as response:
             payload = await response.read()
             kept = CIMultiDict(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -334,13 +334,24 @@ def validate_documents(
     *,
     namespace: str | None = None,
     limits: TenantLimits = TenantLimits(),  # frozen: safe to share
+    samples_for: Callable[[str], Sequence[Mapping[str, Any]]] | None = None,
 ) -> list[Verdict]:
     """Validate ``(source, document)`` pairs, then the checks that need all of them: a
     ``namespace/name`` defined twice refuses every copy (which one is meant is not ours to
     guess; the tenant keeps its last good one), and a tenant over its pipeline limit has the
-    pipelines last in run order refused. Verdicts come back in input order."""
+    pipelines last in run order refused. Verdicts come back in input order.
+
+    ``samples_for(namespace)`` gives the dry run the tenant's own recent records (the built-in
+    samples when it returns none)."""
     verdicts = [
-        validate_document(doc, source=src, namespace=namespace, limits=limits) for src, doc in docs
+        validate_document(
+            doc,
+            source=src,
+            namespace=namespace,
+            limits=limits,
+            samples=_samples(samples_for, doc),
+        )
+        for src, doc in docs
     ]
     by_key: dict[str, list[int]] = {}
     for number, verdict in enumerate(verdicts):
@@ -384,3 +395,16 @@ def validate_documents(
 def _run_order(verdict: Verdict) -> tuple[int, str]:
     assert verdict.spec is not None
     return verdict.spec.spec.order, verdict.spec.metadata.name
+
+
+def _samples(
+    samples_for: Callable[[str], Sequence[Mapping[str, Any]]] | None, doc: Mapping[str, Any]
+) -> Sequence[dict[str, Any]] | None:
+    if samples_for is None:
+        return None
+    metadata = doc.get("metadata") if isinstance(doc, Mapping) else None
+    namespace = metadata.get("namespace") if isinstance(metadata, Mapping) else None
+    if not isinstance(namespace, str):
+        return None
+    recent = [dict(record) for record in samples_for(namespace)]
+    return recent or None
