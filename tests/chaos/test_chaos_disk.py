@@ -101,11 +101,18 @@ async def test_5_rotations_and_truncations_while_the_forwarder_is_down(
     files["both"].write_bytes(cri(400, "both-2"))
     # No loadgen here: verify counts the records in the files on disk (``--files``).
     await pipeline.forwarder.start()
+    expected = sorted([2700, 500, 2000, 900, 2000, 400])  # every generation, its own source
+
+    async def every_generation_complete() -> bool:
+        # Verify alone could pass a moment early: until the forwarder saves the truncated
+        # file's new generation, the files on disk are matched to the old one.
+        report = await pipeline.verify()
+        return sorted(row.found for row in report.sources) == expected
+
+    await wait_until(every_generation_complete, timeout_s=120, what="all six sources complete")
     outcome = await pipeline.settle("5. rotations and truncations while down")
     assert_proven(outcome)
-    # The truncated file's new generation is its own source, complete from seq 0.
-    stats = {row.source: row for row in outcome_rows(pipeline)}
-    assert sorted(row.found for row in stats.values()) == sorted([2700, 500, 2000, 900, 2000, 400])
+    assert sorted(row.found for row in outcome_rows(pipeline)) == expected
     await pipeline.stop()
 
 
