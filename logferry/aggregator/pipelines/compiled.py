@@ -185,7 +185,13 @@ class CompiledPipeline:
             # A joined record that fails later gives its continuations back too.
             restored.update(id(member) for member in ctx.merged.get(key, ()))
         survivors = {id(r) for r in flow}
-        merged = {id(m) for members in ctx.merged.values() for m in members} - restored
+        by_id = {id(r): r for r in records}
+        folded_into = {
+            id(member): by_id[key]
+            for key, members in ctx.merged.items()
+            if key not in restored and key in by_id
+            for member in members
+        }
         result = GroupResult(kept=[], errors=errors)
         for record, snapshot in zip(records, snapshots, strict=True):
             key = id(record)
@@ -194,11 +200,33 @@ class CompiledPipeline:
                 result.kept.append(record)
             elif key in survivors:
                 result.kept.append(record)
-            elif key in merged:
+            elif key in folded_into:
                 result.merged += 1
+                _fold(record, folded_into[key])
+                result.kept.append(record)
             else:
                 result.dropped += 1
         return result
+
+
+def _fold(record: Record, into: Record) -> None:
+    """Turn a record joined into another (multiline) into a marker that keeps its identity.
+
+    The marker is stored under the record's own id: a resend cut into other batches, where
+    this line is not joined, then finds its id taken (create-if-absent) instead of storing the
+    line a second time; and every sequence number stays in the store, so the proof of delivery
+    sees no gap. The text is in the record it was folded into."""
+    lf = record.get("_lf")
+    target = into.get("_lf")
+    marker: Record = {}
+    for key in ("@timestamp", "stream", "kubernetes"):
+        if key in record:
+            marker[key] = record[key]
+    folded = target.get("id") if isinstance(target, dict) else None
+    if isinstance(lf, dict):
+        marker["_lf"] = {**lf, "folded_into": folded}
+    record.clear()
+    record.update(marker)
 
 
 def _restore(record: Record, snapshot: Record) -> None:
