@@ -73,6 +73,7 @@ class Aggregator:
             instance=self.instance,
             pipelines=self.pipelines if config.pipelines is not None else None,
             pipeline_budget_s=config.pipelines.batch_budget_s if config.pipelines else 0.5,
+            drop_markers=config.pipelines.drop_markers if config.pipelines else True,
         )
         self.server = ForwardServer(config.input, self.ingest, self.metrics, hostname=self.hostname)
         self.status = StatusServer(

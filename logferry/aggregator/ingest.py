@@ -99,6 +99,7 @@ class Ingest:
         inflight_max_bytes: int = 64 * 1024 * 1024,
         pipelines: PipelineRegistry | None = None,
         pipeline_budget_s: float = 0.5,
+        drop_markers: bool = True,
     ) -> None:
         self._spools = spools
         self._metrics = metrics
@@ -106,6 +107,7 @@ class Ingest:
         self._chain_for = chain_for
         self._pipelines = pipelines
         self._pipeline_budget_s = pipeline_budget_s
+        self._drop_markers = drop_markers
         self._recent: dict[str, deque[dict[str, Any]]] = {}
         self._sample_tick = 0
         self.instance = instance
@@ -171,7 +173,11 @@ class Ingest:
         group: list[tuple[int, Any, dict[str, Any]]],
     ) -> tuple[list[tuple[int, Any, dict[str, Any]]], list[str | None]]:
         """The tenant's LogPipelines over its records: kept records with their index suffix."""
-        processed = compiled.process([record for _p, _w, record in group], self._pipeline_budget_s)
+        processed = compiled.process(
+            [record for _p, _w, record in group],
+            self._pipeline_budget_s,
+            drop_markers=self._drop_markers,
+        )
         metrics = self._metrics
         if processed.dropped:
             metrics.records_filtered.labels(tenant).inc(processed.dropped)

@@ -65,6 +65,11 @@ class PipelineSettings(ConfigModel):
     records go on unfiltered (never dropped) and it is counted."""
     max_pipelines_per_tenant: int = Field(default=20, ge=1, le=1000)
     """More pipelines than this in one namespace are refused."""
+    drop_markers: bool = True
+    """Keep each record a pipeline discards (grep, drop_level, sample) as a small marker
+    document under its own id (``_lf.filtered_by``, no content), so ``logferry verify`` can
+    tell a filtered line from a lost one. ``false`` saves that space; verify then reports
+    filtered lines as missing."""
 
 
 class PipelineRegistry:

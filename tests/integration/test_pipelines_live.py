@@ -183,3 +183,43 @@ async def test_a_destination_suffix_stays_inside_the_tenant_and_a_failing_one_st
         assert await agg.stop() == 0
     finally:
         await proxy.stop()
+
+
+async def test_filtered_and_joined_lines_stay_provable_and_a_resend_cut_elsewhere_adds_nothing(
+    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+) -> None:
+    from logferry.tools.verify import VerifyOptions, verify
+
+    ns = unique_ns("proof")
+    settings = with_pipelines(tmp_path)
+    directory = Path(settings["pipelines"]["directory"])
+    filters = [
+        {"type": "multiline", "field": "log", "start": "^START"},
+        {"type": "grep", "field": "log", "regex": "keep", "mode": "include"},
+    ]
+    write(directory, "p.yaml", pipeline(ns, "p", filters))
+    agg = make_aggregator(opensearch.url, **settings)
+    await agg.start()
+    entries = container_entries(ns, 400)
+    texts = ["START keep {}", "\tat frame {}", "START drop {}", "\tat frame {}"]
+    for seq, (_time, record) in enumerate(entries):
+        record["log"] = texts[seq % 4].format(seq)
+    # First as 4 chunks of 100, then again cut elsewhere (as after a forwarder restart): the
+    # continuations that open those chunks are not joined this time, and must not be stored
+    # a second time.
+    cuts = [(n * 100, n * 100 + 100) for n in range(4)] + [(1, 151), (151, 301), (301, 400)]
+    async with ForwardClient("127.0.0.1", input_port(agg)) as client:
+        for number, (start, end) in enumerate(cuts):
+            await client.send(compressed_chunk(entries[start:end], f"k-{number}"))
+        for number in range(len(cuts)):
+            await client.wait_ack(f"k-{number}")
+    store = StoreReader(opensearch.url)
+    await wait_count(store, f"logs-{ns}-*", 400)
+    report = await verify(VerifyOptions(store_url=opensearch.url, index=f"logs-{ns}-*"))
+    assert (report.totals.found, report.totals.missing, report.totals.duplicates) == (400, 0, 0)
+    hits = [h["_source"] for h in await store.search(f"logs-{ns}-*", size=1000)]
+    kept = sorted(h["log"] for h in hits if "log" in h)
+    assert kept == sorted(f"START keep {s}\n\tat frame {s + 1}" for s in range(0, 400, 4))
+    assert sum(1 for h in hits if "filtered_by" in h["_lf"]) == 100  # the "START drop" lines
+    assert sum(1 for h in hits if "folded_into" in h["_lf"]) == 200  # every continuation
+    assert await agg.stop() == 0

@@ -209,6 +209,22 @@ class CompiledPipeline:
         return result
 
 
+def _drop_marker(record: Record, pipeline: str) -> bool:
+    """Turn a discarded record into its marker; False when it has no identity to keep."""
+    lf = record.get("_lf")
+    if not isinstance(lf, dict) or "seq" not in lf:
+        return False
+    marker: Record = {"_lf": {**lf, "filtered_by": pipeline}}
+    if "@timestamp" in record:
+        marker["@timestamp"] = record["@timestamp"]
+    k8s = record.get("kubernetes")
+    if isinstance(k8s, dict) and "namespace_name" in k8s:
+        marker["kubernetes"] = {"namespace_name": k8s["namespace_name"]}
+    record.clear()
+    record.update(marker)
+    return True
+
+
 def _fold(record: Record, into: Record) -> None:
     """Turn a record joined into another (multiline) into a marker that keeps its identity.
 
@@ -284,11 +300,16 @@ class TenantPipelines:
                 return pipeline
         return None
 
-    def process(self, records: list[Record], budget_s: float = 0.5) -> Processed:
+    def process(
+        self, records: list[Record], budget_s: float = 0.5, *, drop_markers: bool = False
+    ) -> Processed:
         """Run a batch: route each record to its pipeline, filter, and say where it goes.
 
         Records are changed in place. The budget is for the whole batch; pipelines run in
         order, and those that start after it ran out pass their records through unfiltered.
+        With ``drop_markers``, a record a filter discards (and that carries ``_lf``) is kept
+        as a small marker under its own id (``_lf.filtered_by``, no content): the drop is then
+        visible, per source and seq, to the proof of delivery.
         """
         deadline = self.clock() + budget_s
         suffixes: list[str | None] = [None] * len(records)
@@ -318,6 +339,8 @@ class TenantPipelines:
             for position in positions:
                 suffixes[position] = pipeline.index_suffix
                 keep[position] = id(records[position]) in survivors
+                if not keep[position] and drop_markers:
+                    keep[position] = _drop_marker(records[position], pipeline.name)
         result.kept = [(r, suffixes[p]) for p, r in enumerate(records) if keep[p]]
         return result
 
