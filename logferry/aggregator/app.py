@@ -74,6 +74,8 @@ class Aggregator:
             pipelines=self.pipelines if config.pipelines is not None else None,
             pipeline_budget_s=config.pipelines.batch_budget_s if config.pipelines else 0.5,
             drop_markers=config.pipelines.drop_markers if config.pipelines else True,
+            dlq=self.dlq,
+            divert_stuck_after_s=config.spool.divert_stuck_after_s,
         )
         self.server = ForwardServer(config.input, self.ingest, self.metrics, hostname=self.hostname)
         self.status = StatusServer(

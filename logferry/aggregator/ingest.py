@@ -12,7 +12,7 @@ import asyncio
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,14 +20,18 @@ import msgpack
 import msgspec
 import orjson
 
+from logferry.aggregator.dlq import DeadLetter, DeadLetterQueue
 from logferry.aggregator.filters import FilterChain
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.pipeline_watch import PipelineRegistry
 from logferry.aggregator.pipelines.compiled import TenantPipelines
 from logferry.aggregator.routing import IndexNamer, TenantResolver
 from logferry.aggregator.spools import TenantSpools
+from logferry.common.errors import OutputError
+from logferry.common.logs import get_logger
 from logferry.common.protocol import EventMessage, EventTime
 from logferry.common.records import derived_record_id
+from logferry.common.spool import Spool
 
 _TIME = struct.Struct(">II")
 ChainFor = Callable[[str], FilterChain]
@@ -78,6 +82,9 @@ class _Stamps:
         self.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
+log = get_logger(__name__)
+_DIVERT_CHECK_S = 2.0
+"""How often a fragment waiting for a full tenant spool re-checks whether the tenant is stuck."""
 # Every n-th message leaves one record per tenant as a sample for pipeline dry runs.
 _SAMPLE_EVERY = 50
 _SAMPLES_PER_TENANT = 20
@@ -100,6 +107,8 @@ class Ingest:
         pipelines: PipelineRegistry | None = None,
         pipeline_budget_s: float = 0.5,
         drop_markers: bool = True,
+        dlq: DeadLetterQueue | None = None,
+        divert_stuck_after_s: float = 0.0,
     ) -> None:
         self._spools = spools
         self._metrics = metrics
@@ -108,6 +117,8 @@ class Ingest:
         self._pipelines = pipelines
         self._pipeline_budget_s = pipeline_budget_s
         self._drop_markers = drop_markers
+        self._dlq = dlq
+        self._divert_after_s = divert_stuck_after_s if dlq is not None else 0.0
         self._recent: dict[str, deque[dict[str, Any]]] = {}
         self._sample_tick = 0
         self.instance = instance
@@ -277,16 +288,70 @@ class Ingest:
         await self._budget.acquire(size)
         try:
             await self._spools.wait_for_space()
-            appends = []
+            appends: list[Coroutine[Any, Any, object]] = []
             for tenant, (fragment, _count) in fragments.items():
                 spool = await self._spools.get(tenant)
                 if spool.bytes_used + len(fragment) > spool.max_bytes:
                     self._metrics.backpressure_waits.labels(tenant).inc()
-                appends.append(spool.append([fragment]))
+                if self._divert_after_s > 0:
+                    appends.append(self._append_or_divert(tenant, spool, fragment))
+                else:
+                    appends.append(spool.append([fragment]))
             await asyncio.gather(*appends)
         finally:
             self._budget.release(size)
         return sum(count for _fragment, count in fragments.values())
+
+    async def _append_or_divert(self, tenant: str, spool: Spool, fragment: bytes) -> None:
+        """Append, waiting for space as usual, unless the tenant is stuck: then park the
+        fragment's documents in the DLQ, so the other tenants' records of the same chunk are
+        not held up by a store that refuses this tenant (nothing is dropped either way)."""
+        while True:
+            stuck = (
+                spool.bytes_used + len(fragment) > spool.max_bytes
+                and spool.oldest_pending_age_s >= self._divert_after_s
+            )
+            if stuck and await self._divert(tenant, fragment):
+                return
+            try:
+                # Re-judged every few seconds while waiting: a tenant can become stuck meanwhile.
+                # Cancelling a waiting append is safe; one cancelled after its space was granted
+                # may still be written, and a record both spooled and parked is delivered once.
+                await asyncio.wait_for(spool.append([fragment]), _DIVERT_CHECK_S)
+                return
+            except TimeoutError:
+                continue
+
+    async def _divert(self, tenant: str, fragment: bytes) -> bool:
+        assert self._dlq is not None
+        lines = fragment.split(b"\n")
+        letters = []
+        for action_line, source in zip(lines[0::2], lines[1::2], strict=False):
+            if not action_line:
+                continue
+            action = orjson.loads(action_line)["create"]
+            letters.append(
+                DeadLetter(
+                    tenant=tenant,
+                    index=str(action["_index"]),
+                    doc_id=str(action["_id"]),
+                    status=507,
+                    reason=(
+                        f"tenant spool full and nothing delivered for {self._divert_after_s:.0f}"
+                        " s: parked here so other tenants keep flowing; replay when its store"
+                        " accepts again"
+                    ),
+                    source=source,
+                )
+            )
+        try:
+            await self._dlq.append(letters)
+        except OutputError as exc:  # the DLQ is full too: wait for the spool after all
+            log.warning("ingest.divert_failed", tenant=tenant, error=str(exc))
+            return False
+        self._metrics.records_diverted.labels(tenant).inc(len(letters))
+        log.warning("ingest.diverted", tenant=tenant, documents=len(letters))
+        return True
 
 
 class ByteBudget:

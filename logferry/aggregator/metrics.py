@@ -35,6 +35,12 @@ class AggregatorMetrics:
         self.records_filtered = counter(
             "records_filtered", "Records discarded by a tenant filter, on purpose.", "tenant"
         )
+        self.records_diverted = counter(
+            "records_diverted",
+            "Records of a stuck tenant (share full, nothing delivered for "
+            "spool.divert_stuck_after_s) parked in the DLQ instead of holding up others.",
+            "tenant",
+        )
         self.records_merged = counter(
             "records_merged",
             "Records joined into the record before them by a multiline filter.",

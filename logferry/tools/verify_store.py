@@ -228,7 +228,8 @@ class StoreClient:
                     "aggs": {"seqs": {"terms": {"field": SEQ_FIELD, "size": len(batch)}}},
                 }
             )
-            present.update(int(b["key"]) for b in aggs["seqs"]["buckets"])
+            # No aggregation comes back when the pattern matches no index yet.
+            present.update(int(b["key"]) for b in (aggs.get("seqs") or {}).get("buckets", []))
         return present
 
 

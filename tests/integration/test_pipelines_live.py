@@ -3,6 +3,7 @@ isolation between tenants. Real aggregator process, real sockets, real OpenSearc
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -223,3 +224,59 @@ async def test_filtered_and_joined_lines_stay_provable_and_a_resend_cut_elsewher
     assert sum(1 for h in hits if "filtered_by" in h["_lf"]) == 100  # the "START drop" lines
     assert sum(1 for h in hits if "folded_into" in h["_lf"]) == 200  # every continuation
     assert await agg.stop() == 0
+
+
+async def test_a_stuck_tenant_past_its_share_is_parked_in_the_dlq_and_others_keep_flowing(
+    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+) -> None:
+    from logferry.aggregator.dlq_cli import dlq_main
+    from logferry.tools.verify import VerifyOptions, verify
+
+    ns_a, ns_b = unique_ns("stuck-a"), unique_ns("stuck-b")
+    proxy = BulkFaultProxy(opensearch.url)
+    proxy.fail_429_index = lambda index: index.startswith(f"logs-{ns_a}-")  # A: always refused
+    await proxy.start()
+    try:
+        agg = make_aggregator(
+            proxy.url,
+            spool={
+                "max_bytes": "64MiB",
+                "tenant_max_bytes": "2MiB",
+                "segment_max_bytes": "1MiB",
+                "divert_stuck_after_s": 2,
+            },
+        )
+        await agg.start()
+        chunks = 80  # 8,000 of A's records: well over its 2 MiB share
+        async with ForwardClient("127.0.0.1", input_port(agg)) as client:
+            for n in range(chunks):
+                a = container_entries(ns_a, 100, start_seq=n * 100)
+                b = container_entries(ns_b, 100, start_seq=n * 100)
+                await client.send(compressed_chunk(a + b, f"s-{n}"))
+            for n in range(chunks):  # every chunk acked: A's overflow did not hold B up
+                await client.wait_ack(f"s-{n}", timeout_s=120)
+        store = StoreReader(opensearch.url)
+        await wait_count(store, f"logs-{ns_b}-*", chunks * 100, timeout_s=120)
+        parked = await agg.metric("logferry_records_diverted_total", tenant=ns_a)
+        assert 0 < parked < chunks * 100  # A's share took the first part, the DLQ the rest
+        # A's store recovers: its spool drains by itself, the parked part comes back by replay.
+        proxy.fail_429_index = None
+        dlq_dir = Path(agg.config["dlq"]["directory"])
+        report = await verify(
+            VerifyOptions(store_url=opensearch.url, index=f"logs-{ns_a}-*", dlq_dirs=(dlq_dir,))
+        )
+        assert report.totals.duplicates == 0
+        await wait_count(store, f"logs-{ns_a}-*", chunks * 100 - int(parked), timeout_s=120)
+        replay = ["replay", "--dlq-dir", str(dlq_dir), "--url", opensearch.url, "--tenant", ns_a]
+        assert await asyncio.to_thread(dlq_main, replay) == 0
+        await wait_count(store, f"logs-{ns_a}-*", chunks * 100, timeout_s=120)
+        for ns in (ns_a, ns_b):
+            final = await verify(VerifyOptions(store_url=opensearch.url, index=f"logs-{ns}-*"))
+            assert (final.totals.found, final.totals.missing, final.totals.duplicates) == (
+                chunks * 100,
+                0,
+                0,
+            )
+        assert await agg.stop() == 0
+    finally:
+        await proxy.stop()
