@@ -309,7 +309,7 @@ class Ingest:
         while True:
             stuck = (
                 spool.bytes_used + len(fragment) > spool.max_bytes
-                and spool.oldest_pending_age_s >= self._divert_after_s
+                and spool.commit_idle_s >= self._divert_after_s
             )
             if stuck and await self._divert(tenant, fragment):
                 return

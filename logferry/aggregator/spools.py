@@ -37,10 +37,11 @@ class AggregatorSpoolSettings(SpoolSettings):
     segment_max_bytes: ByteSize = Field(default=16 * MiB)
     """Segment file size within each tenant's spool; disk is freed a segment at a time."""
     divert_stuck_after_s: float = Field(default=600.0, ge=0, le=7 * 86400)
-    """A tenant whose share is full and whose oldest record has waited this long is stuck
-    (its store refuses everything): its new records are parked in the dead-letter queue
-    (replay with ``logferry aggregator dlq replay``) instead of holding up the chunks they
-    share with other tenants. 0: never; the tenant then slows every sender once full."""
+    """A tenant whose share is full and that has delivered nothing for this long is stuck
+    (its store refuses everything; a slow store still delivers): its new records are parked
+    in the dead-letter queue (replay with ``logferry aggregator dlq replay``) instead of
+    holding up the chunks they share with other tenants. 0: never; the tenant then slows
+    every sender once its share is full."""
 
     @model_validator(mode="after")
     def _shares_fit(self) -> Self:

@@ -127,6 +127,7 @@ class Spool:
         self._stop = asyncio.Event()
         self._closing = False
         self._closed = False
+        self._last_commit = time.monotonic()
         self._closed_event = asyncio.Event()
         self._failure: BaseException | None = None
         self._events = list(recovered.events)
@@ -372,7 +373,13 @@ class Spool:
         if batch.owner is not self:
             raise SpoolError("batch was read from another spool instance")
         self._inflight.commit(batch.first_seq, batch.end_seq)
+        self._last_commit = time.monotonic()
         self._update_low_water()
+
+    @property
+    def commit_idle_s(self) -> float:
+        """Seconds since a batch was last committed (delivered), or since the spool opened."""
+        return time.monotonic() - self._last_commit
 
     def _update_low_water(self) -> None:
         """Every record below the mark is committed (or was lost to quarantine)."""

@@ -247,16 +247,19 @@ async def test_a_stuck_tenant_past_its_share_is_parked_in_the_dlq_and_others_kee
             },
         )
         await agg.start()
-        chunks = 80  # 8,000 of A's records: well over its 2 MiB share
+        # 8,000 of A's records: well over its 2 MiB share; B's 1,600 fit in its own share,
+        # so B is never the one judged stuck, however slow this machine is.
+        chunks = 80
         async with ForwardClient("127.0.0.1", input_port(agg)) as client:
             for n in range(chunks):
                 a = container_entries(ns_a, 100, start_seq=n * 100)
-                b = container_entries(ns_b, 100, start_seq=n * 100)
+                b = container_entries(ns_b, 20, start_seq=n * 20)
                 await client.send(compressed_chunk(a + b, f"s-{n}"))
             for n in range(chunks):  # every chunk acked: A's overflow did not hold B up
                 await client.wait_ack(f"s-{n}", timeout_s=120)
         store = StoreReader(opensearch.url)
-        await wait_count(store, f"logs-{ns_b}-*", chunks * 100, timeout_s=120)
+        await wait_count(store, f"logs-{ns_b}-*", chunks * 20, timeout_s=120)
+        assert await agg.metric("logferry_records_diverted_total", tenant=ns_b) == 0
         parked = await agg.metric("logferry_records_diverted_total", tenant=ns_a)
         assert 0 < parked < chunks * 100  # A's share took the first part, the DLQ the rest
         # A's store recovers: its spool drains by itself, the parked part comes back by replay.
@@ -270,13 +273,10 @@ async def test_a_stuck_tenant_past_its_share_is_parked_in_the_dlq_and_others_kee
         replay = ["replay", "--dlq-dir", str(dlq_dir), "--url", opensearch.url, "--tenant", ns_a]
         assert await asyncio.to_thread(dlq_main, replay) == 0
         await wait_count(store, f"logs-{ns_a}-*", chunks * 100, timeout_s=120)
-        for ns in (ns_a, ns_b):
+        for ns, count in ((ns_a, chunks * 100), (ns_b, chunks * 20)):
             final = await verify(VerifyOptions(store_url=opensearch.url, index=f"logs-{ns}-*"))
-            assert (final.totals.found, final.totals.missing, final.totals.duplicates) == (
-                chunks * 100,
-                0,
-                0,
-            )
+            totals = final.totals
+            assert (totals.found, totals.missing, totals.duplicates) == (count, 0, 0)
         assert await agg.stop() == 0
     finally:
         await proxy.stop()
