@@ -226,9 +226,12 @@ class Ingest:
         current_day = -1
         index = ""
         suffix: str | None = None
-        for i, (position, when, record) in enumerate(group):
-            if suffixes is not None and suffixes[i] != suffix:
-                suffix, current_day = suffixes[i], -1  # another destination: index again
+        each_suffix = iter(suffixes) if suffixes is not None else None
+        for position, when, record in group:
+            if each_suffix is not None:
+                wanted = next(each_suffix)
+                if wanted != suffix:
+                    suffix, current_day = wanted, -1  # another destination: index again
             if when.__class__ is EventTime:
                 seconds, nanoseconds = unpack(when[1])
             else:
@@ -294,6 +297,8 @@ class Ingest:
                 if spool.bytes_used + len(fragment) > spool.max_bytes:
                     self._metrics.backpressure_waits.labels(tenant).inc()
                 if self._divert_after_s > 0:
+                    # Even with room now: space reserved by others can make it wait, and a
+                    # wait that cannot be re-judged would stall the connection's later acks.
                     appends.append(self._append_or_divert(tenant, spool, fragment))
                 else:
                     appends.append(spool.append([fragment]))
