@@ -218,11 +218,19 @@ async def test_filtered_and_joined_lines_stay_provable_and_a_resend_cut_elsewher
     await wait_count(store, f"logs-{ns}-*", 400)
     report = await verify(VerifyOptions(store_url=opensearch.url, index=f"logs-{ns}-*"))
     assert (report.totals.found, report.totals.missing, report.totals.duplicates) == (400, 0, 0)
-    hits = [h["_source"] for h in await store.search(f"logs-{ns}-*", size=1000)]
-    kept = sorted(h["log"] for h in hits if "log" in h)
-    assert kept == sorted(f"START keep {s}\n\tat frame {s + 1}" for s in range(0, 400, 4))
-    assert sum(1 for h in hits if "filtered_by" in h["_lf"]) == 100  # the "START drop" lines
-    assert sum(1 for h in hits if "folded_into" in h["_lf"]) == 200  # every continuation
+    hits = {
+        h["_source"]["_lf"]["seq"]: h["_source"]
+        for h in await store.search(f"logs-{ns}-*", size=1000)
+    }
+    for seq in range(0, 400, 4):
+        # The kept error and its frame: joined (or, where a resend stored the first line
+        # alone before its joined version, side by side), and the frame's own text kept.
+        assert hits[seq]["log"].startswith(f"START keep {seq}")
+        assert hits[seq + 1]["log"] == f"\tat frame {seq + 1}"
+        # The dropped error and its frame: markers without content.
+        assert "log" not in hits[seq + 2]
+        assert "log" not in hits[seq + 3]
+        assert "filtered_by" in hits[seq + 2]["_lf"]
     assert await agg.stop() == 0
 
 

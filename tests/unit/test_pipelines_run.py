@@ -152,19 +152,19 @@ def test_multiline_joins_per_source_in_seq_order_and_keeps_the_first_identity() 
     ]
     processed = tenant.process(batch)
     out = [r for r, _ in processed.kept]
-    assert [r["log"] for r in out if "log" in r] == [
+    assert [r["log"] for r in out if "folded_into" not in r["_lf"]] == [
         "2026-11-25 boom\n\tat one\n\tat two",
         "2026-11-25 other source\n  b continued",
         "2026-11-25 next",
     ]
     assert out[0]["_lf"] == {"id": "a:4", "src": "a", "seq": 4, "seq_end": 6}
-    # The joined-in lines stay as markers under their own ids: a resend cut elsewhere finds
-    # them taken instead of storing them twice, and every seq stays in the store.
-    markers = [r["_lf"] for r in out if "log" not in r]
-    assert sorted((m["id"], m["folded_into"]) for m in markers) == [
-        ("a:5", "a:4"),
-        ("a:6", "a:4"),
-        ("b:1", "b:0"),
+    # The joined-in lines stay under their own ids with their own text, flagged: no batch cut
+    # can lose one, and every seq stays in the store.
+    folded = [r for r in out if "folded_into" in r["_lf"]]
+    assert sorted((r["_lf"]["id"], r["_lf"]["folded_into"], r["log"]) for r in folded) == [
+        ("a:5", "a:4", "\tat one"),
+        ("a:6", "a:4", "\tat two"),
+        ("b:1", "b:0", "  b continued"),
     ]
     assert processed.merged == 3
     assert processed.dropped == 0
@@ -180,9 +180,12 @@ def test_multiline_never_drops_what_it_cannot_join() -> None:
         record("\tat gap", seq=9),
     ]
     out = run(tenant, batch)
-    texts = [r["log"] for r in out if "log" in r]
+    texts = [r["log"] for r in out if "folded_into" not in r["_lf"]]
     assert texts == ["\tat orphan", "START\n\tat a", "\tat b", "\tat gap"]
-    assert [r["_lf"]["folded_into"] for r in out if "log" not in r] == [out[1]["_lf"]["id"]]
+    folded = [r for r in out if "folded_into" in r["_lf"]]
+    assert [(r["log"], r["_lf"]["folded_into"]) for r in folded] == [
+        ("\tat a", out[1]["_lf"]["id"])
+    ]
 
 
 def test_first_matching_pipeline_wins_by_order_then_name() -> None:

@@ -200,11 +200,11 @@ class CompiledPipeline:
                 result.kept.append(record)
             elif key in survivors:
                 result.kept.append(record)
-            elif key in folded_into:
+            elif key in folded_into and id(folded_into[key]) in survivors:
                 result.merged += 1
                 _fold(record, folded_into[key])
                 result.kept.append(record)
-            else:
+            else:  # discarded, or joined into a record that was discarded
                 result.dropped += 1
         return result
 
@@ -226,23 +226,19 @@ def _drop_marker(record: Record, pipeline: str) -> bool:
 
 
 def _fold(record: Record, into: Record) -> None:
-    """Turn a record joined into another (multiline) into a marker that keeps its identity.
+    """Flag a record joined into another (multiline): it is still stored, under its own id
+    and with its own text, marked ``_lf.folded_into``.
 
-    The marker is stored under the record's own id: a resend cut into other batches, where
-    this line is not joined, then finds its id taken (create-if-absent) instead of storing the
-    line a second time; and every sequence number stays in the store, so the proof of delivery
-    sees no gap. The text is in the record it was folded into."""
+    Joins depend on where batches are cut, and the store keeps the first version of an id: a
+    resend cut elsewhere may store the first line alone before its joined version, which is
+    then refused as a duplicate. The joined-in lines keep their text so no cut can lose one,
+    and every sequence number stays in the store for the proof of delivery. Dashboards that
+    want only the joined view leave out documents with ``_lf.folded_into``."""
     lf = record.get("_lf")
     target = into.get("_lf")
-    marker: Record = {}
-    for key in ("@timestamp", "stream", "kubernetes"):
-        if key in record:
-            marker[key] = record[key]
     folded = target.get("id") if isinstance(target, dict) else None
     if isinstance(lf, dict):
-        marker["_lf"] = {**lf, "folded_into": folded}
-    record.clear()
-    record.update(marker)
+        record["_lf"] = {**lf, "folded_into": folded}
 
 
 def _restore(record: Record, snapshot: Record) -> None:
