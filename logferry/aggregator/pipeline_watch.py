@@ -40,6 +40,7 @@ from logferry.aggregator.pipelines.validate import (
     validate_documents,
 )
 from logferry.common.config import ConfigModel
+from logferry.common.events import first_set
 from logferry.common.logs import get_logger
 from logferry.common.spool_segment import write_file_atomic
 
@@ -229,9 +230,7 @@ class PipelineWatcher:
         try:
             await asyncio.to_thread(self.reload)
             while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.settings.rescan_interval_s):
-                        await _first(dirty, stop)
+                await first_set((dirty, stop), self.settings.rescan_interval_s)
                 if stop.is_set():
                     break
                 if dirty.is_set():
@@ -249,10 +248,7 @@ class PipelineWatcher:
     async def _settle(self, dirty: asyncio.Event, stop: asyncio.Event) -> None:
         while not stop.is_set():
             dirty.clear()
-            try:
-                async with asyncio.timeout(self.settings.debounce_s):
-                    await _first(dirty, stop)
-            except TimeoutError:
+            if await first_set((dirty, stop), self.settings.debounce_s) is None:
                 return
 
     def _watch(self, loop: asyncio.AbstractEventLoop, dirty: asyncio.Event) -> BaseObserver | None:
@@ -274,12 +270,3 @@ class PipelineWatcher:
             log.warning("pipeline.watch_failed", error=type(exc).__name__, detail=str(exc))
             return None
         return observer
-
-
-async def _first(*events: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

@@ -28,6 +28,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from logferry.common.events import first_set
 from logferry.common.logs import get_logger
 from logferry.forwarder.config import SourceSettings
 from logferry.forwarder.metadata import ContainerMeta, excluded, parse_file_name
@@ -180,7 +181,7 @@ class Discovery:
                 interval = self._settings.rescan_interval_s
                 if self._use_inotify and self._observer is None:
                     interval = min(interval, _MISSING_DIR_RETRY_S)
-                if await _wait_any((dirty, stop), interval) is dirty:
+                if await first_set((dirty, stop), interval) is dirty:
                     await self._settle(dirty, stop)
         finally:
             self._stop_watch()
@@ -198,7 +199,7 @@ class Discovery:
         while not stop.is_set():
             dirty.clear()
             left = deadline - asyncio.get_running_loop().time()
-            if left <= 0 or await _wait_any((dirty, stop), min(DEBOUNCE_S, left)) is None:
+            if left <= 0 or await first_set((dirty, stop), min(DEBOUNCE_S, left)) is None:
                 return
 
     def _poke_threadsafe(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
@@ -251,18 +252,3 @@ def _join(observer: BaseObserver) -> None:
     observer.stop()
     if observer.is_alive():
         observer.join()
-
-
-async def _wait_any(events: tuple[asyncio.Event, ...], wait_s: float) -> asyncio.Event | None:
-    """The first of ``events`` that is set within ``wait_s`` seconds, or None."""
-    for event in events:
-        if event.is_set():
-            return event
-    waiters = {asyncio.ensure_future(event.wait()): event for event in events}
-    try:
-        done, _ = await asyncio.wait(waiters, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
-    return next((waiters[w] for w in done), None)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from logferry.common.errors import HandshakeError, ProtocolError
+from logferry.common.events import first_set
 from logferry.common.handshake import ClientHandshake, encode_ping
 from logferry.common.logs import get_logger
 from logferry.common.metrics import check_labels, counter
@@ -300,7 +301,7 @@ class Sender:
         while not stop.is_set():
             if len(self._in_hand) >= settings.max_chunks_in_hand:
                 self._slot_free.clear()
-                await _wait_any(self._slot_free, stop)
+                await first_set((self._slot_free, stop))
                 continue
             batch = await self.spool.read(
                 max_records=settings.batch_max_records,
@@ -478,16 +479,6 @@ async def _next_message(reader: asyncio.StreamReader, decoder: ClientDecoder) ->
             if len(messages) > 1:
                 raise HandshakeError("server sent more than one handshake message at once")
             return messages[0]
-
-
-async def _wait_any(*events: asyncio.Event) -> None:
-    """Return as soon as one of ``events`` is set."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 def _enable_tcp_keepalive(writer: asyncio.StreamWriter) -> None:
