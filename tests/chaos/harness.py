@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from logferry.tools.verify import VerifyError, VerifyOptions, VerifyReport, verify
+from tests.integration.test_aggregator import aggregator_config
 from tests.support.daemon import DaemonProcess
 from tests.support.net import free_port, wait_until
 
@@ -112,24 +113,9 @@ class Pipeline:
         )
 
     def _aggregator_config(self, workdir: Path) -> dict[str, Any]:
-        return {
-            "input": {"listen_host": "127.0.0.1", "listen_port": free_port()},
-            "spool": {
-                "directory": str(workdir / "spool"),
-                "max_bytes": "256MiB",
-                "tenant_max_bytes": "64MiB",
-                "segment_max_bytes": "4MiB",
-            },
-            "dlq": {"directory": str(workdir / "dlq")},
-            "output": {
-                "type": "opensearch",
-                "urls": [self.output_url],
-                "retry_initial_s": 0.05,
-                "retry_max_s": 1.0,
-            },
-            "shutdown_deadline_s": 10,
-            "log": {"level": "info", "format": "json"},
-        }
+        config = aggregator_config(workdir, self.output_url)
+        config["log"] = {"level": "info", "format": "json"}
+        return config
 
     def _forwarder_config(self, workdir: Path, servers: list[str]) -> dict[str, Any]:
         return {
@@ -318,3 +304,10 @@ class BlackHole:
             for writer in list(self._writers):
                 writer.transport.abort()
             await self._server.wait_closed()
+
+
+def assert_proven(outcome: Outcome) -> None:
+    """What every scenario ends on: something was written, none missing, none twice."""
+    assert outcome.missing == 0, outcome.line()
+    assert outcome.duplicates == 0, outcome.line()
+    assert outcome.written > 0, outcome.line()

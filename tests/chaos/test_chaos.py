@@ -17,19 +17,13 @@ from typing import Any
 import pytest
 
 from tests.chaos.conftest import MakePipeline
-from tests.chaos.harness import BlackHole, scale
+from tests.chaos.harness import BlackHole, assert_proven, scale
 from tests.support.ack_dropping_proxy import AckDroppingProxy
 from tests.support.bulk_fault_proxy import BulkFaultProxy
 from tests.support.net import wait_until
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
-
-
-def assert_proven(outcome: Any) -> None:
-    assert outcome.missing == 0, outcome.line()
-    assert outcome.duplicates == 0, outcome.line()
-    assert outcome.written > 0, outcome.line()
 
 
 async def died(daemon: Any, timeout_s: float = 120) -> int:

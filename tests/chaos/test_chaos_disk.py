@@ -16,17 +16,11 @@ import pytest
 
 from tests.chaos.conftest import MakePipeline
 from tests.chaos.damage import flip_byte, forwarder_records, frames, segments
-from tests.chaos.harness import Pipeline, scale
+from tests.chaos.harness import Pipeline, assert_proven, scale
 from tests.support.net import wait_until
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
-
-
-def assert_proven(outcome: Any) -> None:
-    assert outcome.missing == 0, outcome.line()
-    assert outcome.duplicates == 0, outcome.line()
-    assert outcome.written > 0, outcome.line()
 
 
 async def read_everything(pipeline: Pipeline) -> None:
