@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: docs java help venv test lint typecheck unit integration run bench opensearch-start opensearch-stop clean
+.PHONY: docs java go help venv test lint typecheck unit integration run bench opensearch-start opensearch-stop clean
 
 help:
 	@echo "make run    - set up and run logferry end to end on this machine"
@@ -27,6 +27,9 @@ venv: $(STAMP)
 java:
 	@scripts/ensure-java
 
+go:
+	@scripts/ensure-go
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -37,10 +40,10 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest tests/unit
 
-integration: venv java
+integration: venv java go
 	$(BIN)/pytest tests/integration tests/chaos
 
-test: lint typecheck java
+test: lint typecheck java go
 	$(BIN)/pytest
 
 # Without Java, make run still runs: the aggregators then write NDJSON files instead.

@@ -77,8 +77,13 @@ class OpenSearchNodeError(RuntimeError):
 # -- tools and classpath ------------------------------------------------------------------
 
 
-def find_tool(name: str) -> str:
-    """Return the path of `java`, `javac` or `mvn`, or raise with how to install it."""
+def find_tool(
+    name: str, purpose: str = "the real OpenSearch node used by logferry's tests and `make run`"
+) -> str:
+    """Return the path of `java`, `javac` or `mvn`, or raise with how to install it.
+
+    ``purpose`` says in the error what needs the tool.
+    """
     java_home = os.environ.get("JAVA_HOME")
     if name in ("java", "javac") and java_home:
         candidate = Path(java_home) / "bin" / name
@@ -94,8 +99,7 @@ def find_tool(name: str) -> str:
     }
     raise OpenSearchNodeError(
         f"`{name}` not found on PATH{' or in $JAVA_HOME/bin' if name != 'mvn' else ''}: "
-        f"the real OpenSearch node used by logferry's integration tests and `make run` needs "
-        f"{hints[name]}. Install it, or set JAVA_HOME / PATH, and retry."
+        f"{purpose} needs {hints[name]}. Install it, or set JAVA_HOME / PATH, and retry."
     )
 
 

@@ -124,7 +124,15 @@ def dlq_main(argv: Sequence[str], out: TextIO | None = None) -> int:
             _print_list(scan.entries, as_json=args.json, with_source=args.with_source, out=out)
             return 0
         settings = _replay_settings(args, bulk)
-        report = asyncio.run(replay(dlq, settings, scan.entries, max_rounds=args.max_rounds))
+        # Entries without an index (a non-log signal's payload) have no document to replay.
+        replayable = [entry for entry in scan.entries if entry.index]
+        if len(replayable) < len(scan.entries):
+            print(
+                f"{len(scan.entries) - len(replayable)} entries have no index to replay into"
+                " (non-log signals); they stay in the DLQ ('dlq list --with-source' shows them)",
+                file=out,
+            )
+        report = asyncio.run(replay(dlq, settings, replayable, max_rounds=args.max_rounds))
     except (ConfigError, OutputError, OSError) as exc:
         print(f"logferry aggregator dlq: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ only when every fragment of the message is fsynced, which is when the server may
 from __future__ import annotations
 
 import asyncio
+import base64
 import struct
 import time
 from collections import deque
@@ -29,6 +30,7 @@ from logferry.aggregator.routing import IndexNamer, TenantResolver
 from logferry.aggregator.spools import TenantSpools
 from logferry.common.errors import OutputError
 from logferry.common.logs import get_logger
+from logferry.common.metrics import count_and_log
 from logferry.common.protocol import EventMessage, EventTime
 from logferry.common.records import derived_record_id
 from logferry.common.spool import Spool
@@ -122,6 +124,7 @@ class Ingest:
         self._recent: dict[str, deque[dict[str, Any]]] = {}
         self._sample_tick = 0
         self.instance = instance
+        self._default_tenant = default_tenant
         self._tenant_of = TenantResolver(default_tenant)
         self._stamps = _Stamps()
         self._budget = ByteBudget(inflight_max_bytes)
@@ -274,6 +277,55 @@ class Ingest:
         else:
             where = f"{receipt.instance}:{receipt.connection}:{receipt.message}:{position}"
         return derived_record_id(message.tag, where, seconds * 1_000_000_000 + nanoseconds, record)
+
+    async def park_signal(self, message: EventMessage, receipt: Receipt) -> int:
+        """Keep a non-log signal's payload (metrics, traces, ...) in the DLQ, durably, so its
+        message can be acked: refusing it would make the peer resend it forever. Returns 0
+        (no documents)."""
+        assert self._dlq is not None, "the aggregator always has a DLQ"
+        name = message.signal_name
+        where = message.chunk or f"{receipt.instance}:{receipt.connection}:{receipt.message}"
+        options = message.options
+        signal, compressed = options.get("fluent_signal"), options.get("compressed")
+        source = orjson.dumps(
+            {
+                "tag": message.tag,
+                "mode": str(message.mode),
+                "signal": name,
+                "fluent_signal": signal if type(signal) is int else None,
+                "compressed": compressed if type(compressed) is str else None,
+                "chunk": message.chunk,
+                "payload_msgpack_base64": base64.b64encode(message.payload).decode("ascii"),
+            }
+        )
+        letter = DeadLetter(
+            tenant=self._default_tenant,
+            index="",  # nothing to replay into: `dlq replay` leaves these entries alone
+            doc_id=f"signal:{where}",
+            status=415,
+            reason=f"unsupported_signal: a {name} payload (fluent_signal), not log entries",
+            source=source,
+        )
+        delay_s = 0.5
+        while True:
+            try:
+                await self._dlq.append([letter])
+                break
+            except OutputError as exc:  # full or failing: hold the ack (backpressure), retry
+                log.warning("ingest.signal_park_waiting", signal=name, error=str(exc)[:200])
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+        count_and_log(
+            self._metrics.records_unsupported,
+            log,
+            "input.unsupported_signal",
+            labels={"signal": name},
+            tag=message.tag,
+            mode=str(message.mode),
+            payload_bytes=len(message.payload),
+            chunk=message.chunk,
+        )
+        return 0
 
     async def accept(self, message: EventMessage, receipt: Receipt) -> int:
         """Make the message durable; returns the number of documents spooled."""

@@ -31,6 +31,12 @@ class AggregatorMetrics:
             "handshake_failures", "Peers refused by the shared-key handshake.", "reason"
         )
         self.records_in = counter("records_in", "Records received, by tenant.", "tenant")
+        self.records_unsupported = counter(
+            "records_unsupported",
+            "Messages of a non-log signal (Fluent Bit's fluent_signal: metrics, traces, ...):"
+            " acked, their payload parked in the DLQ with reason unsupported_signal.",
+            "signal",
+        )
         self.bytes_in = counter("bytes_in", "Wire bytes of received messages.")
         self.records_filtered = counter(
             "records_filtered", "Records discarded by a tenant filter, on purpose.", "tenant"

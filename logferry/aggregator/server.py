@@ -25,6 +25,7 @@ from logferry.common.errors import HandshakeError, ProtocolError, SpoolClosedErr
 from logferry.common.faults import crash_point
 from logferry.common.handshake import ServerHandshake, encode_helo, encode_pong
 from logferry.common.logs import get_logger
+from logferry.common.metrics import count_and_log
 from logferry.common.protocol import EventMessage, Ping, ServerDecoder
 
 log = get_logger(__name__)
@@ -147,8 +148,16 @@ class ForwardServer:
         try:
             await self._serve(conn, reader)
         except ProtocolError as exc:
-            self._metrics.protocol_errors.labels(exc.reason).inc()
-            log.warning("input.protocol_error", peer=peer, reason=exc.reason, error=str(exc)[:300])
+            count_and_log(
+                self._metrics.protocol_errors,
+                log,
+                "input.protocol_error",
+                labels={"reason": exc.reason},
+                peer=peer,
+                mode=exc.mode or "-",
+                shape=(exc.shape or "-")[:200],
+                error=str(exc)[:300],
+            )
         except TimeoutError:
             log.info("input.idle_timeout", peer=peer, timeout_s=self.settings.read_timeout_s)
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
@@ -238,7 +247,10 @@ class ForwardServer:
         for event in events:
             conn.messages += 1
             receipt = Receipt(self._ingest.instance, conn.serial, conn.messages)
-            stores.append(self._ingest.store(self._ingest.render(event, receipt)))
+            if event.signal:
+                stores.append(self._ingest.park_signal(event, receipt))
+            else:
+                stores.append(self._ingest.store(self._ingest.render(event, receipt)))
         durable = asyncio.ensure_future(asyncio.gather(*stores))
         # If the connection dies first, nobody awaits this: keep its error from being "lost".
         durable.add_done_callback(_consume_error)

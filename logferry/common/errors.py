@@ -6,6 +6,7 @@
     ├── ConfigError                    refused at start: file, line, key path, reason
     ├── ProtocolError                  a peer broke the protocol: close that connection
     │   ├── MalformedMessageError      garbage bytes, wrong msgpack types, a bad gzip stream
+    │   │                              (reason: malformed, bad_entry, bad_options, bad_gzip)
     │   ├── MessageTooLargeError       a message over the configured byte limit
     │   ├── TooManyEntriesError        an event stream over the configured entry-count limit
     │   └── HandshakeError             HELO/PING/PONG failed: wrong shared key, bad credentials
@@ -45,9 +46,28 @@ class ConfigError(LogferryError):
 
 
 class ProtocolError(LogferryError):
-    """A Forward Protocol peer sent something we refuse. The connection must be closed."""
+    """A Forward Protocol peer sent something we refuse. The connection must be closed.
+
+    ``reason`` is the metric label (a small fixed set); ``mode`` the carrier mode being decoded
+    and ``shape`` the offending value's msgpack type names (never its content), so one log
+    line tells an operator which dialect a peer speaks.
+    """
 
     reason: str = "protocol"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        mode: str | None = None,
+        shape: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+        self.mode = mode
+        self.shape = shape
 
 
 class MalformedMessageError(ProtocolError):

@@ -1,7 +1,7 @@
 """Prometheus metrics helpers.
 
 Names start with ``logferry_``, use base units and end counters in ``_total``. Labels come
-from a small fixed set (tenant, endpoint, status, reason): never a path or a record field.
+from a small fixed set (tenant, endpoint, status, reason, ...): never a path or a record field.
 A drop or fault is reported through :func:`count_and_log`, so its log line and its counter
 can never disagree.
 """
@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from logferry.common.logs import EventLogger
 
-ALLOWED_LABELS = frozenset({"tenant", "endpoint", "status", "reason", "mode", "kind"})
+ALLOWED_LABELS = frozenset({"tenant", "endpoint", "status", "reason", "mode", "kind", "signal"})
 
 
 def check_labels(labels: tuple[str, ...]) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ import msgspec
 from logferry.common.errors import (
     MalformedMessageError,
     MessageTooLargeError,
+    ProtocolError,
     TooManyEntriesError,
 )
 from logferry.common.protocol_types import (
@@ -41,6 +42,7 @@ from logferry.common.protocol_types import (
     DEFAULT_MAX_DECOMPRESSED_BYTES,
     DEFAULT_MAX_ENTRIES,
     DEFAULT_MAX_MESSAGE_BYTES,
+    METADATA_FIELD,
     Ack,
     Entry,
     EventMessage,
@@ -94,7 +96,35 @@ def _chunk_text(raw: Any) -> str | None:
     if isinstance(raw, bytes):
         # spec: "a string of Base64 representation of 128 bits unique_id"; raw ids become base64.
         return raw.decode("ascii") if raw.isascii() else base64.b64encode(raw).decode("ascii")
-    raise MalformedMessageError(f"option chunk must be str or bin, got {type(raw).__name__}")
+    raise MalformedMessageError(
+        f"option chunk must be str or bin, got {_shape(raw)}", reason="bad_options"
+    )
+
+
+def _shape(value: Any, depth: int = 3) -> str:
+    """msgpack type names of ``value``, containers ``depth`` levels deep: never its content."""
+    kind = type(value)
+    if kind is EventTime:
+        return "EventTime"
+    if isinstance(value, msgpack.ExtType):
+        return f"ext{value.code}"
+    if kind is list or kind is tuple:
+        if depth <= 0 or not value:
+            return f"array({len(value)})"
+        inner = ", ".join(_shape(item, depth - 1) for item in value[:3])
+        more = f", ... {len(value)} in all" if len(value) > 3 else ""
+        return f"array[{inner}{more}]"
+    names = {bool: "bool", int: "int", float: "float", str: "str", bytes: "bin", dict: "map"}
+    return "nil" if value is None else names.get(kind, kind.__name__)
+
+
+def _time_ok(t: Any) -> bool:
+    kind = type(t)
+    if kind is EventTime:
+        return True
+    if kind is int or kind is float:
+        return bool(0 <= t <= _U32_MAX)
+    return False
 
 
 def _coerce_time(t: Any) -> EventTime | int:
@@ -104,24 +134,100 @@ def _coerce_time(t: Any) -> EventTime | int:
             return t
     elif type(t) is float and 0.0 <= t <= _U32_MAX:
         return EventTime.from_float(t)  # fluent-logger-python sends a float time if given one
-    raise MalformedMessageError(f"event time must be int or EventTime, got {type(t).__name__}")
+    raise MalformedMessageError(
+        f"event time must be int or EventTime, got {_shape(t)}", reason="bad_entry"
+    )
 
 
-def _check_entries(raw: list[Any]) -> list[Entry]:
-    """Validate decoded ``[time, record]`` arrays and turn them into tuples, in one pass."""
+class _LeftToMsgpack(Exception):
+    """The fast path met a value only the msgpack path may judge (a non-empty metadata map)."""
+
+
+def keep_metadata(record: dict[str, Any], metadata: Any) -> None:
+    """Keep a non-empty Fluent Bit metadata map with ``record`` (see METADATA_FIELD)."""
+    existing = record.get(METADATA_FIELD)
+    if existing is None:
+        record[METADATA_FIELD] = metadata
+    elif existing != metadata:
+        record[METADATA_FIELD + "_wire"] = metadata
+
+
+def _unwrap(slot: list[Any], record: dict[str, Any], fast: bool) -> Entry:
+    """Fluent Bit's ``[time, metadata]`` time slot -> (time, record)."""
+    time, metadata = slot  # ValueError unless exactly two
+    if type(time) is not EventTime:
+        time = _coerce_time(time)
+    if type(metadata) is dict:
+        if metadata:  # the usual empty map costs nothing
+            if fast:
+                raise _LeftToMsgpack
+            keep_metadata(record, metadata)
+    elif metadata is not None:
+        raise ValueError("metadata must be a map")
+    return time, record
+
+
+def _check_entries(raw: list[Any], *, fast: bool = False) -> list[Entry]:
+    """Validate decoded entries and turn them into (time, record) tuples, in one pass.
+
+    An entry is ``[time, record]`` or Fluent Bit's ``[[time, metadata], record]``, mixed
+    freely. With ``fast`` (msgspec's values), a non-empty metadata map raises _LeftToMsgpack.
+    """
     out: list[Entry] = []
     append = out.append
     evt = EventTime
     try:
         for time, record in raw:
             if type(record) is not dict:
-                raise MalformedMessageError(f"record must be a map, got {type(record).__name__}")
-            append((time if type(time) is evt else _coerce_time(time), record))
-    except (TypeError, ValueError) as exc:  # not a 2-element sequence
-        raise MalformedMessageError("entry must be an array [time, record]") from exc
+                raise ValueError("record must be a map")
+            if type(time) is evt:
+                append((time, record))
+            elif type(time) is list:
+                # Fluent Bit's usual [EventTime, {}] inline; anything else in _unwrap.
+                if len(time) == 2 and type(time[0]) is evt and time[1] == {}:
+                    append((time[0], record))
+                else:
+                    append(_unwrap(time, record, fast))
+            else:
+                append((_coerce_time(time), record))
+    except (TypeError, ValueError, MalformedMessageError) as exc:
+        raise _entry_error(raw) from exc
     # No separate check that each entry is a list: a 2-char str, 2-byte bin or 2-key map also
     # unpacks as a pair, but never with a dict second, so the record check above refuses them.
     return out
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """What is wrong with one entry, or None."""
+    if type(entry) not in (list, tuple) or len(entry) != 2:
+        return "an entry must be [time, record] or [[time, metadata], record]"
+    time, record = entry
+    if type(record) is not dict:
+        return "the record must be a map"
+    if type(time) is list:
+        if len(time) != 2:
+            return "the time slot [time, metadata] must have two elements"
+        if not _time_ok(time[0]):
+            return "the time in [time, metadata] must be EventTime or int"
+        if time[1] is not None and type(time[1]) is not dict:
+            return "the metadata in [time, metadata] must be a map"
+        return None
+    if not _time_ok(time):
+        return "the time slot must be EventTime, int or [time, metadata]"
+    return None
+
+
+def _entry_error(raw: Any) -> MalformedMessageError:
+    """The error for the first bad entry of ``raw``: its index, the rule, its shape."""
+    for position, entry in enumerate(raw):
+        problem = _entry_problem(entry)
+        if problem is not None:
+            return MalformedMessageError(
+                f"entry {position}: {problem}, got {_shape(entry)}",
+                reason="bad_entry",
+                shape=_shape(entry),
+            )
+    return MalformedMessageError("bad entries", reason="bad_entry", shape=_shape(raw, 1))
 
 
 def _gunzip(blob: bytes, limit: int) -> bytes:
@@ -138,12 +244,12 @@ def _gunzip(blob: bytes, limit: int) -> bytes:
             if total > limit:
                 raise MessageTooLargeError(f"decompressed entries over {limit} bytes")
             if not d.eof:
-                raise MalformedMessageError("truncated gzip stream")
+                raise MalformedMessageError("truncated gzip stream", reason="bad_gzip")
             data = d.unused_data
             if not data:  # the spec: entries MAY be several concatenated gzip members
                 break
     except zlib.error as exc:
-        raise MalformedMessageError(f"bad gzip stream: {exc}") from exc
+        raise MalformedMessageError(f"bad gzip stream: {exc}", reason="bad_gzip") from exc
     return b"".join(parts)
 
 
@@ -202,18 +308,57 @@ def _decode_entries_fast(packed: bytes, count: int) -> list[Entry] | None:
     values as there; what it refuses (invalid UTF-8 that "replace" would mend, bin, non-str keys,
     deep nesting, a wrong ``count``) is decoded, or refused, by the msgpack path instead.
     """
+    return _fast_array(_ARRAY32.pack(0xDD, count) + packed)
+
+
+def _fast_array(data: bytes | memoryview) -> list[Entry] | None:
+    """One msgpack array of entries (header included) through msgspec, or None (see above)."""
     try:
-        raw: list[Entry] = _FAST_DECODER.decode(_ARRAY32.pack(0xDD, count) + packed)
+        raw: list[Entry] = _FAST_DECODER.decode(data)
     except (ValueError, RecursionError):  # DecodeError, ValidationError, UnicodeDecodeError
         return None
     evt = EventTime
     for time, _ in raw:
-        if type(time) is not evt:  # int or float time, or a bad one: the general check
+        if type(time) is not evt:  # int, float or [time, metadata], or a bad one: check all
             try:
-                return _check_entries(raw)
-            except MalformedMessageError:
-                return None  # so the error is exactly the msgpack path's
+                return _check_entries(raw, fast=True)
+            except (MalformedMessageError, _LeftToMsgpack):
+                return None  # so the error, or the metadata's values, are the msgpack path's
     return raw
+
+
+def _decode_entry_array(data: memoryview, unicode_errors: UnicodeErrors) -> list[Entry]:
+    """Forward mode's entries (one complete msgpack array, its count already checked)."""
+    entries = _fast_array(data)
+    if entries is not None:
+        return entries
+    return _decode_entry_array_msgpack(data, unicode_errors)
+
+
+def _decode_entry_array_msgpack(
+    data: bytes | memoryview, unicode_errors: UnicodeErrors
+) -> list[Entry]:
+    """The reference decoder of an entry array: the C unpacker, every error documented."""
+    limit = len(data)
+    try:
+        raw = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            ext_hook=ext_hook,
+            unicode_errors=unicode_errors,
+            strict_map_key=True,
+            max_str_len=limit,
+            max_bin_len=limit,
+            max_array_len=limit,
+            max_map_len=limit,
+            max_ext_len=limit,
+        )
+    except _MSGPACK_ERRORS as exc:
+        raise MalformedMessageError(f"bad entries array: {exc}") from exc
+    if type(raw) is not list:
+        raise MalformedMessageError(f"entries must be an array, got {_shape(raw)}")
+    return _check_entries(raw)
 
 
 def decode_entries(
@@ -350,6 +495,28 @@ class _Framer:
         return out
 
 
+def _signal(options: dict[str, Any]) -> int:
+    """``option.fluent_signal``: 0 (logs) when absent or nil, -1 when not an integer."""
+    value = options.get("fluent_signal")
+    if value is None:
+        return 0
+    return value if type(value) is int else -1
+
+
+def _parked(
+    tag: str, mode: Mode, options: dict[str, Any], signal: int, payload: bytes, size: int
+) -> EventMessage:
+    """A non-log signal's message: no entries, its payload kept as sent for the DLQ."""
+    chunk = _chunk_text(options.get("chunk"))
+    return EventMessage(tag, mode, [], options, chunk, size, signal=signal, payload=payload)
+
+
+def _message(
+    tag: str, mode: Mode, entries: list[Entry], options: dict[str, Any], size: int
+) -> EventMessage:
+    return EventMessage(tag, mode, entries, options, _chunk_text(options.get("chunk")), size)
+
+
 class ServerDecoder:
     """Incremental decoder of what a client sends: events in every mode, PING, heartbeats.
 
@@ -390,53 +557,94 @@ class ServerDecoder:
         if kind == "nil":
             return None  # heartbeat (spec: "Client MAY send a msgpack nil value")
         if kind != "array":
-            raise MalformedMessageError(f"a message must be an array, got {kind}")
+            raise MalformedMessageError(f"a message must be an array, got {kind}", shape=kind)
         u = _unpacker(len(msg), self._unicode_errors)
+        mode: Mode | None = None
         try:
             u.feed(msg)
             n = u.read_array_header()
             if n == 6:
                 return self._decode_ping(u, msg)
             if not 2 <= n <= 4:
-                raise MalformedMessageError(f"event message of {n} elements")
+                raise MalformedMessageError(f"event message of {n} elements", shape=f"array({n})")
             tag = u.unpack()
             if type(tag) is not str:
-                raise MalformedMessageError(f"tag must be str, got {type(tag).__name__}")
-            kind = _first_byte_kind(msg[u.tell()])
+                shape = _shape(tag)
+                raise MalformedMessageError(f"tag must be str, got {shape}", shape=shape)
+            start = u.tell()
+            kind = _first_byte_kind(msg[start])
             if kind == "array":
-                if n > 3:
-                    raise MalformedMessageError("Forward mode takes at most 3 elements")
-                count = _container_len(msg, u.tell())
-                if count > self._max_entries:
-                    raise TooManyEntriesError(f"{count} entries, limit {self._max_entries}")
-                raw_entries = u.unpack()  # the whole array in one C call
-                options = self._options(u, n - 2)
-                entries = _check_entries(raw_entries)
                 mode = Mode.FORWARD
-            elif kind in ("bin", "str"):  # the spec: server MUST accept both for PackedForward
-                if n > 3:
-                    raise MalformedMessageError("PackedForward takes at most 3 elements")
-                blob = _read_raw(u, msg, "entries")
-                options = self._options(u, n - 2)
-                # gzip magic cannot start a valid entry stream (an entry starts with 0x92).
-                if options.get("compressed") == "gzip" or blob[:2] == b"\x1f\x8b":
-                    blob = _gunzip(blob, self._max_decompressed)
-                    mode = Mode.COMPRESSED_PACKED_FORWARD
-                else:
-                    mode = Mode.PACKED_FORWARD
-                entries = _decode_entries(
-                    blob, options.get("size"), self._max_entries, self._unicode_errors
-                )
-            else:
-                if n < 3:
-                    raise MalformedMessageError("Message mode needs tag, time and record")
-                entries = _check_entries([[u.unpack(), u.unpack()]])
-                options = self._options(u, n - 3)
-                mode = Mode.MESSAGE
+                return self._decode_forward(u, msg, n, tag, start)
+            if kind in ("bin", "str"):  # the spec: server MUST accept both for PackedForward
+                mode = Mode.PACKED_FORWARD
+                return self._decode_packed(u, msg, n, tag, start)
+            mode = Mode.MESSAGE
+            return self._decode_message(u, msg, n, tag, start)
         except _MSGPACK_ERRORS as exc:
-            raise MalformedMessageError(f"bad event message: {exc}") from exc
-        chunk = _chunk_text(options.get("chunk"))
-        return EventMessage(tag, mode, entries, options, chunk, len(msg))
+            raise MalformedMessageError(f"bad event message: {exc}", mode=mode) from exc
+        except ProtocolError as exc:
+            if exc.mode is None and mode is not None:
+                exc.mode = str(mode)
+            raise
+
+    def _decode_forward(self, u: Any, msg: bytes, n: int, tag: str, start: int) -> EventMessage:
+        if n > 3:
+            raise MalformedMessageError("Forward mode takes at most 3 elements")
+        count = _container_len(msg, start)
+        if count > self._max_entries:
+            raise TooManyEntriesError(f"{count} entries, limit {self._max_entries}")
+        u.skip()  # options first: a non-log signal's payload is never decoded as entries
+        end = u.tell()
+        options = self._options(u, n - 2)
+        signal = _signal(options)
+        if signal:
+            return _parked(tag, Mode.FORWARD, options, signal, msg[start:end], len(msg))
+        with memoryview(msg) as view:
+            entries = _decode_entry_array(view[start:end], self._unicode_errors)
+        return _message(tag, Mode.FORWARD, entries, options, len(msg))
+
+    def _decode_packed(self, u: Any, msg: bytes, n: int, tag: str, start: int) -> EventMessage:
+        if n > 3:
+            raise MalformedMessageError("PackedForward takes at most 3 elements")
+        blob = _read_raw(u, msg, "entries")
+        end = u.tell()
+        options = self._options(u, n - 2)
+        # gzip magic cannot start a valid entry stream (an entry starts with 0x92).
+        gzipped = options.get("compressed") == "gzip" or blob[:2] == b"\x1f\x8b"
+        mode = Mode.COMPRESSED_PACKED_FORWARD if gzipped else Mode.PACKED_FORWARD
+        signal = _signal(options)
+        if signal:
+            return _parked(tag, mode, options, signal, msg[start:end], len(msg))
+        if gzipped:
+            try:
+                blob = _gunzip(blob, self._max_decompressed)
+            except ProtocolError as exc:
+                exc.mode = str(mode)
+                raise
+        try:
+            entries = _decode_entries(
+                blob, options.get("size"), self._max_entries, self._unicode_errors
+            )
+        except ProtocolError as exc:
+            exc.mode = str(mode)
+            raise
+        return _message(tag, mode, entries, options, len(msg))
+
+    def _decode_message(self, u: Any, msg: bytes, n: int, tag: str, start: int) -> EventMessage:
+        if n < 3:
+            raise MalformedMessageError("Message mode needs tag, time and record")
+        time, record = u.unpack(), u.unpack()
+        end = u.tell()
+        options = self._options(u, n - 3)
+        signal = _signal(options)
+        if signal:
+            return _parked(tag, Mode.MESSAGE, options, signal, msg[start:end], len(msg))
+        entries = _check_entries([[time, record]])
+        metadata = options.get("metadata")  # Fluent Bit's Message mode sends it as an option
+        if metadata:
+            keep_metadata(entries[0][1], metadata)
+        return _message(tag, Mode.MESSAGE, entries, options, len(msg))
 
     @staticmethod
     def _options(u: Any, remaining: int) -> dict[str, Any]:
@@ -446,7 +654,11 @@ class ServerDecoder:
         if options is None:  # some clients send nil for "no options"
             return {}
         if type(options) is not dict:
-            raise MalformedMessageError(f"option must be a map, got {type(options).__name__}")
+            raise MalformedMessageError(
+                f"option must be a map, got {_shape(options)}",
+                reason="bad_options",
+                shape=_shape(options),
+            )
         return options
 
     @staticmethod

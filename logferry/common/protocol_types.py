@@ -101,7 +101,19 @@ class EventTime(msgpack.ExtType):  # type: ignore[misc]  # msgpack ships no type
 
 Record: TypeAlias = dict[str, Any]
 Entry: TypeAlias = tuple[EventTime | int, Record]
-"""One event of a stream: (time, record). Time is an EventTime, or int seconds (spec: Entry)."""
+"""One event of a stream: (time, record). Time is an EventTime, or int seconds (spec: Entry).
+
+On the wire the time slot may also be Fluent Bit's ``[time, metadata]`` (its default event
+format since 2.1); the decoders unwrap it, so an Entry always holds the plain time."""
+
+METADATA_FIELD: Final = "fluent_metadata"
+"""Record field that keeps a non-empty Fluent Bit metadata map (``[[time, metadata], record]``,
+or ``option.metadata`` in Message mode). An empty map adds nothing. Should the record already
+hold a different value under this name, the wire's map goes to ``fluent_metadata_wire``."""
+
+SIGNAL_NAMES: Final = {1: "metrics", 2: "traces", 3: "blobs", 4: "profiles"}
+"""Fluent Bit's ``option.fluent_signal`` values other than 0 (logs): payloads that are not log
+entries. Any other non-zero or non-integer value is the signal ``unknown``."""
 
 
 class Mode(enum.StrEnum):
@@ -126,6 +138,16 @@ class EventMessage:
     """``option.chunk`` normalised to str (bin: ASCII-decoded, else base64), or None."""
     wire_bytes: int
     """Size of the whole message on the wire, in bytes."""
+    signal: int = 0
+    """``option.fluent_signal``: 0 for log entries; anything else means ``entries`` is empty
+    and ``payload`` holds what was sent (-1 when the option was not an integer)."""
+    payload: bytes = b""
+    """For a non-log signal: the message's payload element exactly as sent (msgpack bytes)."""
+
+    @property
+    def signal_name(self) -> str:
+        """``logs``, or the name of a non-log signal (``metrics``, ``traces``, ...)."""
+        return "logs" if self.signal == 0 else SIGNAL_NAMES.get(self.signal, "unknown")
 
     def encode_ack(self) -> bytes | None:
         """``{"ack": chunk}`` echoing the chunk exactly as sent; None if there is no chunk."""

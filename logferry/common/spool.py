@@ -350,6 +350,24 @@ class Spool:
                 if not await self._wait_for_data(deadline):
                     return None
 
+    @property
+    def closing(self) -> bool:
+        """True once close() began: nothing more is read or appended."""
+        return self._closing
+
+    async def wait_unread(self) -> None:
+        """Return once a durable record waits to be read (at once if one does).
+
+        Lets a consumer wait for work without holding anything meanwhile (a read would hold
+        its batch). Raises SpoolClosedError once the spool closes.
+        """
+        while True:
+            self._check_open()
+            if self._reader.unread_records > 0:
+                return
+            self._data_ready.clear()
+            await self._data_ready.wait()
+
     async def _wait_for_data(self, deadline: float | None) -> bool:
         """Wait until the writer makes data durable; False at the deadline."""
         remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()

@@ -35,7 +35,12 @@ from logferry.common.protocol import (
     encode_packed_forward,
     pack_entries,
 )
-from logferry.common.protocol_decode import _decode_entries, _decode_entries_msgpack
+from logferry.common.protocol_decode import (
+    _decode_entries,
+    _decode_entries_msgpack,
+    _decode_entry_array,
+    _decode_entry_array_msgpack,
+)
 
 DOCUMENTED = (MalformedMessageError, MessageTooLargeError, TooManyEntriesError)
 LIMITS = {"max_message_bytes": 8192, "max_entries": 64, "max_decompressed_bytes": 16384}
@@ -185,9 +190,26 @@ _TIMES = (
     | _PLAIN
     | _ODD
 )
+# Fluent Bit's [time, metadata] time slot, with metadata of every kind (and wrong arities).
+_SLOTS = _TIMES | st.lists(
+    _TIMES
+    | st.none()
+    | st.dictionaries(st.text(max_size=4), _PLAIN_VALUES, max_size=2)
+    | st.dictionaries(_KEYS, _ODD_VALUES, max_size=2)
+    | _ODD_VALUES,
+    min_size=1,
+    max_size=3,
+)
+_WELL_FORMED_SLOTS = st.tuples(
+    st.builds(EventTime, st.integers(0, 2**32 - 1), st.integers(0, 10**9 - 1))
+    | st.integers(0, 2**32 - 1),
+    st.dictionaries(st.text(max_size=4), _PLAIN_VALUES, max_size=2)
+    | st.dictionaries(_KEYS, _ODD_VALUES, max_size=2),
+)
 _RAW_ENTRIES = st.lists(
-    st.tuples(_TIMES, st.dictionaries(st.text(max_size=4), _PLAIN_VALUES, max_size=4))
-    | st.tuples(_TIMES, st.dictionaries(_KEYS, _ODD_VALUES, max_size=4))
+    st.tuples(_SLOTS, st.dictionaries(st.text(max_size=4), _PLAIN_VALUES, max_size=4))
+    | st.tuples(_WELL_FORMED_SLOTS, st.dictionaries(st.text(max_size=4), _PLAIN_VALUES, max_size=3))
+    | st.tuples(_SLOTS, st.dictionaries(_KEYS, _ODD_VALUES, max_size=4))
     | _ODD_VALUES,
     max_size=5,
 )
@@ -229,4 +251,23 @@ def test_entry_decoding_agrees_with_the_msgpack_path(
 
     fast = run(lambda: _decode_entries(packed, size, 5, unicode_errors))
     reference = run(lambda: _decode_entries_msgpack(packed, 5, unicode_errors))
+    assert fast == reference
+
+
+@FUZZ
+@given(entry_streams(), st.integers(0, 6), st.sampled_from(["replace", "strict"]))
+def test_forward_entry_arrays_agree_with_the_msgpack_path(
+    packed: bytes, count: int, unicode_errors: Any
+) -> None:
+    # Forward mode's entries are one array: its fast path must match its reference decoder.
+    array = bytes([0x90 | count]) + packed
+
+    def run(decode: Callable[[], object]) -> str:
+        try:
+            return repr(decode())
+        except DOCUMENTED as exc:
+            return type(exc).__name__
+
+    fast = run(lambda: _decode_entry_array(memoryview(array), unicode_errors))
+    reference = run(lambda: _decode_entry_array_msgpack(array, unicode_errors))
     assert fast == reference

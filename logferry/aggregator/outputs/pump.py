@@ -22,13 +22,25 @@ log = get_logger(__name__)
 BatchHandler = Callable[[SpoolBatch], Coroutine[Any, Any, None]]
 
 
+_SLOT_READ_TIMEOUT_S = 1.0
+"""How long a pump holding a shared slot waits for its read before giving the slot back."""
+
+
 async def read_or_stop(
-    spool: Spool, stop: asyncio.Event, *, max_records: int, max_bytes: int
+    spool: Spool,
+    stop: asyncio.Event,
+    *,
+    max_records: int,
+    max_bytes: int,
+    timeout_s: float | None = None,
 ) -> SpoolBatch | None:
-    """The next batch, or None once ``stop`` is set (or the spool closed) first."""
+    """The next batch, or None once ``stop`` is set (or the spool closed, or ``timeout_s``
+    passed) first."""
     if stop.is_set():
         return None
-    read = asyncio.ensure_future(spool.read(max_records=max_records, max_bytes=max_bytes))
+    read = asyncio.ensure_future(
+        spool.read(max_records=max_records, max_bytes=max_bytes, timeout_s=timeout_s)
+    )
     stopped = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -83,13 +95,26 @@ async def pump(
             if len(tasks) >= max(1, limit):
                 await _first_of(tasks, stop)
                 continue
-            if slots is not None and not await _acquire_or_stop(slots, stop):
-                continue
-            batch = await read_or_stop(spool, stop, max_records=max_records, max_bytes=max_bytes)
+            if slots is not None:
+                # An idle tenant must not sit on a shared slot while it waits for records:
+                # with more idle tenants than slots, the busy ones would wait for ever.
+                if not await _unread_or_stop(spool, stop):
+                    if not stop.is_set():
+                        break  # the spool closed under us: nothing more to drain
+                    continue
+                if not await _acquire_or_stop(slots, stop):
+                    continue
+            batch = await read_or_stop(
+                spool,
+                stop,
+                max_records=max_records,
+                max_bytes=max_bytes,
+                timeout_s=None if slots is None else _SLOT_READ_TIMEOUT_S,
+            )
             if batch is None and slots is not None:
                 slots.release()
             if batch is None:
-                if not stop.is_set():  # the spool closed under us: nothing more to drain
+                if spool.closing:  # nothing more to drain
                     break
                 continue
             task = asyncio.create_task(handle(batch), name=f"output-{tenant}-{batch.first_seq}")
@@ -106,6 +131,19 @@ async def pump(
             await asyncio.gather(*tasks, return_exceptions=True)
     if failures:
         raise failures[0]
+
+
+async def _unread_or_stop(spool: Spool, stop: asyncio.Event) -> bool:
+    """Wait until ``spool`` has a record to read (True) or ``stop`` / closing (False)."""
+    unread = asyncio.ensure_future(spool.wait_unread())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({unread, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (unread, stopped):
+            task.cancel()
+        await asyncio.gather(unread, stopped, return_exceptions=True)
+    return unread.done() and not unread.cancelled() and unread.exception() is None
 
 
 async def _first_of(tasks: set[asyncio.Task[None]], stop: asyncio.Event) -> None:
