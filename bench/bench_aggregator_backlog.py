@@ -37,7 +37,6 @@ sys.path.insert(0, str(REPO))
 
 from process_stats import proc_cpu_s, report  # noqa: E402
 
-from logferry.aggregator.filters import FilterChain  # noqa: E402
 from logferry.aggregator.ingest import Ingest, Receipt  # noqa: E402
 from logferry.aggregator.metrics import AggregatorMetrics  # noqa: E402
 from logferry.aggregator.routing import IndexNamer  # noqa: E402
@@ -90,7 +89,6 @@ def rendered_bytes_per_record(workdir: Path) -> float:
         AggregatorMetrics(),
         namer=IndexNamer("logs"),
         default_tenant="_default",
-        chain_for=lambda _tenant: FilterChain(),
         instance="bench",
     )
     entries = container_entries(namespace(0), CHUNK_RECORDS, pod="pod-0")
@@ -99,8 +97,8 @@ def rendered_bytes_per_record(workdir: Path) -> float:
     )
     (message,) = protocol.ServerDecoder().feed(payload)
     assert isinstance(message, protocol.EventMessage)
-    ((fragment, count),) = ingest.render(message, Receipt("bench", 0, 0)).values()
-    return (len(fragment) + FRAME_OVERHEAD_BYTES) / count
+    ((parts, count),) = ingest.render(message, Receipt("bench", 0, 0)).fragments.values()
+    return (sum(len(part) for part in parts) + FRAME_OVERHEAD_BYTES) / count
 
 
 def entry_blocks(sender: int, distinct: int) -> list[bytes]:
@@ -184,7 +182,11 @@ def aggregator(workdir: Path, spool_max: str) -> DaemonProcess:
         "aggregator",
         workdir,
         {
-            "input": {"listen_host": "127.0.0.1", "listen_port": free_port()},
+            "input": {
+                "listen_host": "127.0.0.1",
+                "listen_port": free_port(),
+                "allow_unauthenticated": True,
+            },
             "spool": {
                 "directory": str(workdir / "spool"),
                 "max_bytes": spool_max,

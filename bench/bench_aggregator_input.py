@@ -50,7 +50,11 @@ async def run(senders: int, seconds: float, chunk_records: int, window: int, wor
         "aggregator",
         workdir / f"agg-{senders}",
         {
-            "input": {"listen_host": "127.0.0.1", "listen_port": free_port()},
+            "input": {
+                "listen_host": "127.0.0.1",
+                "listen_port": free_port(),
+                "allow_unauthenticated": True,
+            },
             "spool": {
                 "directory": str(workdir / f"agg-{senders}" / "spool"),
                 "max_bytes": "4GiB",

@@ -52,7 +52,6 @@ sys.path.insert(0, str(REPO / "scripts"))
 from opensearchctl import OpenSearchNode  # noqa: E402
 from process_stats import proc_cpu_s, proc_peak_rss_mb, report  # noqa: E402
 
-from logferry.aggregator.filters import FilterChain  # noqa: E402
 from logferry.aggregator.ingest import Ingest, Receipt  # noqa: E402
 from logferry.aggregator.metrics import AggregatorMetrics  # noqa: E402
 from logferry.aggregator.routing import IndexNamer  # noqa: E402
@@ -98,7 +97,6 @@ def build_workload(records: int, workdir: Path) -> Workload:
         AggregatorMetrics(),
         namer=IndexNamer(LOADER_PREFIX),
         default_tenant="_default",
-        chain_for=lambda _tenant: FilterChain(),
         instance="bench-loader",
     )
     workload = Workload(records=chunks_per_sender * SENDERS * CHUNK_RECORDS, chunks=[])
@@ -120,10 +118,11 @@ def build_workload(records: int, workdir: Path) -> Workload:
             sender_chunks.append((chunk_id, payload))
             (message,) = decoder.feed(payload)
             assert isinstance(message, EventMessage)
-            for fragment, count in ingest.render(message, Receipt("bench", s, c)).values():
-                pending.append(fragment)
+            rendered = ingest.render(message, Receipt("bench", s, c))
+            for parts, count in rendered.fragments.values():
+                pending.extend(parts)
                 pending_docs += count
-                workload.raw_bytes += len(fragment)
+                workload.raw_bytes += sum(len(part) for part in parts)
             if pending_docs >= BATCH_DOCS or c == chunks_per_sender - 1:
                 bodies.append((gzip.compress(b"".join(pending), 1), pending_docs))
                 pending, pending_docs = [], 0
@@ -252,7 +251,11 @@ async def run_aggregator(
         "aggregator",
         workdir,
         {
-            "input": {"listen_host": "127.0.0.1", "listen_port": free_port()},
+            "input": {
+                "listen_host": "127.0.0.1",
+                "listen_port": free_port(),
+                "allow_unauthenticated": True,
+            },
             "spool": {
                 "directory": str(workdir / "spool"),
                 "max_bytes": "4GiB",

@@ -53,7 +53,7 @@ ENTRIES_PER_MESSAGE = 2000
 NAMESPACES = 8
 CONTAINERS_PER_NAMESPACE = 4
 KINDS = ("access", "json", "java")
-T0_NS = 1_764_442_800 * 1_000_000_000
+T0_NS = (time.time_ns() // 3_600_000_000_000 - 2) * 3_600_000_000_000  # two hours ago
 POLL_S = 0.1
 
 
@@ -151,7 +151,11 @@ async def run_shape(
         "aggregator",
         workdir,
         {
-            "input": {"listen_host": "127.0.0.1", "listen_port": free_port()},
+            "input": {
+                "listen_host": "127.0.0.1",
+                "listen_port": free_port(),
+                "allow_unauthenticated": True,
+            },
             "spool": {
                 "directory": str(workdir / "spool"),
                 "max_bytes": "4GiB",

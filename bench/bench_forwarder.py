@@ -64,7 +64,11 @@ async def main() -> None:
             "aggregator",
             work / "agg",
             {
-                "input": {"listen_host": "127.0.0.1", "listen_port": port},
+                "input": {
+                    "listen_host": "127.0.0.1",
+                    "listen_port": port,
+                    "allow_unauthenticated": True,
+                },
                 "spool": {
                     "directory": str(work / "agg" / "spool"),
                     "max_bytes": "4GiB",

@@ -105,8 +105,12 @@ def _run_daemon(name: str, args: argparse.Namespace) -> int:
         from logferry.aggregator.config import AggregatorConfig
 
         assert isinstance(config, AggregatorConfig)
-        aggregator_config = config
-        return run_until_signalled(lambda stop: Aggregator(aggregator_config).run(stop))
+        try:  # secret files are read here: an empty or unreadable one refuses the start
+            aggregator = Aggregator(config)
+        except ConfigError as exc:
+            print(f"logferry {name}: config refused: {exc}", file=sys.stderr)
+            return 2
+        return run_until_signalled(aggregator.run)
     from logferry.forwarder.app import Forwarder
     from logferry.forwarder.config import ForwarderConfig
 

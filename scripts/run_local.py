@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -132,7 +133,11 @@ def aggregator_config(name: str, store: str | None) -> dict[str, Any]:
         else {"type": "file", "directory": str(workdir / "out")}
     )
     return {
-        "input": {"listen_host": "127.0.0.1", "listen_port": free_port()},
+        "input": {
+            "listen_host": "127.0.0.1",
+            "listen_port": free_port(),
+            "shared_key_file": str(shared_key_file()),
+        },
         "spool": {"directory": str(workdir / "spool"), "max_bytes": "2GiB"},
         "dlq": {"directory": str(workdir / "dlq")},
         "output": output,
@@ -145,8 +150,18 @@ def forwarder_config(servers: list[str]) -> dict[str, Any]:
         "node_name": NODE,
         "spool": {"directory": str(workdir / "spool"), "max_bytes": "1GiB"},
         "source": {"path_glob": str(RUN / "node" / "containers" / "*.log")},
-        "sender": {"servers": servers},
+        "sender": {"servers": servers, "shared_key": shared_key_file().read_text().strip()},
     }
+
+
+def shared_key_file() -> Path:
+    """The run's shared key (authentication is on, as in a cluster), made once, 0600."""
+    path = RUN / "shared-key"
+    if not path.exists():
+        RUN.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32) + "\n")
+    return path
 
 
 async def store_count(session: aiohttp.ClientSession, store: str | None) -> int | None:

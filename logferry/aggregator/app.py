@@ -17,15 +17,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from logferry.aggregator.allowance import CpuAllowance
 from logferry.aggregator.config import AggregatorConfig
 from logferry.aggregator.dlq import DeadLetterQueue
-from logferry.aggregator.filters import FilterChain
 from logferry.aggregator.ingest import Ingest
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.outputs import build_output
 from logferry.aggregator.outputs.base import Output
 from logferry.aggregator.pipeline_watch import PipelineRegistry, PipelineWatcher
-from logferry.aggregator.routing import IndexNamer
+from logferry.aggregator.render import TimeWindow
+from logferry.aggregator.routing import IndexNamer, TenantResolver
 from logferry.aggregator.server import ForwardServer
 from logferry.aggregator.spools import TenantSpools
 from logferry.common.logs import get_logger
@@ -46,11 +47,6 @@ class Aggregator:
         self.spools = TenantSpools(config.spool)
         self.dlq = DeadLetterQueue.from_settings(config.dlq)
         self.output: Output = build_output(config.output, self.metrics, self.dlq)
-        self._chains = {
-            tenant: FilterChain.compile(settings.filters)
-            for tenant, settings in config.tenants.items()
-        }
-        self._no_filters = FilterChain()
         self.pipelines = PipelineRegistry()
         self.pipeline_watcher: PipelineWatcher | None = None
         if config.pipelines is not None:
@@ -64,18 +60,33 @@ class Aggregator:
                 on_applied=self._pipelines_applied,
                 samples_for=lambda tenant: self.ingest.recent_records(tenant),
             )
+        routing = config.routing
+        allowed = routing.allowed_namespaces
+        self.resolver = TenantResolver(
+            routing.default_tenant,
+            max_tenants=routing.max_tenants,
+            allowed=frozenset(allowed) if allowed is not None else None,
+        )
+        pipelines = config.pipelines
         self.ingest = Ingest(
             self.spools,
             self.metrics,
-            namer=IndexNamer(config.routing.index_prefix),
-            default_tenant=config.routing.default_tenant,
-            chain_for=lambda tenant: self._chains.get(tenant, self._no_filters),
+            namer=IndexNamer(routing.index_prefix),
+            default_tenant=routing.default_tenant,
             instance=self.instance,
-            pipelines=self.pipelines if config.pipelines is not None else None,
-            pipeline_budget_s=config.pipelines.batch_budget_s if config.pipelines else 0.5,
-            drop_markers=config.pipelines.drop_markers if config.pipelines else True,
+            pipelines=self.pipelines if pipelines is not None else None,
+            pipeline_budget_s=pipelines.batch_budget_s if pipelines else 0.5,
+            drop_markers=pipelines.drop_markers if pipelines else True,
             dlq=self.dlq,
             divert_stuck_after_s=config.spool.divert_stuck_after_s,
+            window=TimeWindow(routing.max_event_age_s, routing.max_event_ahead_s),
+            resolver=self.resolver,
+            allowance=(
+                CpuAllowance(pipelines.cpu_allowance_s_per_s, pipelines.cpu_burst_s)
+                if pipelines is not None
+                else None
+            ),
+            on_bypass=self._bypass_changed,
         )
         self.server = ForwardServer(config.input, self.ingest, self.metrics, hostname=self.hostname)
         self.status = StatusServer(
@@ -103,6 +114,8 @@ class Aggregator:
             await self.output.start()
             self.spools.on_new_tenant(self._start_drain)
             await self.spools.start()
+            # Tenants with a spool on the volume count against routing.max_tenants.
+            self.resolver.admit_existing(self.spools.spools)
             if self.pipeline_watcher is not None:
                 # Pipelines in force before the first record is accepted, not just after.
                 await asyncio.to_thread(self.pipeline_watcher.reload)
@@ -125,6 +138,10 @@ class Aggregator:
         finally:
             await self.shutdown()
         return 1 if self._failure is not None else 0
+
+    def _bypass_changed(self, tenant: str, bypassed: bool) -> None:
+        if self.pipeline_watcher is not None:
+            self.pipeline_watcher.note_bypass(tenant, bypassed)
 
     def _pipelines_applied(self, states: dict[str, Any]) -> None:
         counts: dict[tuple[str, str], int] = {}

@@ -1,10 +1,14 @@
 """The dead-letter queue: documents the store refused for good, kept durably and readable.
 
-Layout: append-only JSON-lines files ``<directory>/dlq-<n>.jsonl`` (``n`` zero-padded), one
+Layout: per tenant, append-only JSON-lines files ``<directory>/<tenant>/dlq-<n>.jsonl``
+(``n`` zero-padded; files of older versions directly in ``<directory>`` are still read), one
 object per rejected document::
 
     {"entry_id": .., "time": "2026-11-25T20:17:40.123Z", "tenant": .., "index": .., "id": ..,
      "status": 400, "reason": "mapper_parsing_exception: ..", "source": {..the document..}}
+
+Space is capped twice: ``max_bytes`` for the queue and ``tenant_max_bytes`` for each tenant,
+so one tenant cannot fill it for the others. Files are 0600, directories 0700.
 
 Invariants:
 
@@ -49,7 +53,10 @@ log = get_logger(__name__)
 
 MiB = 1024 * 1024
 LOCK_FILE = ".lock"
-_FILE = re.compile(r"^dlq-(\d{8})\.jsonl$")
+_FILE = re.compile(r"^dlq-(\d{8})\.jsonl\Z")
+_TENANT_DIR = re.compile(r"^_?[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+_FILE_MODE = 0o600
+_DIR_MODE = 0o700
 
 
 class DeadLetterSettings(ConfigModel):
@@ -62,11 +69,17 @@ class DeadLetterSettings(ConfigModel):
     max_bytes: ByteSize = Field(default=1024 * MiB, ge=4096)
     """Size cap. When full, rejected documents stay in the spool (and the spool's
     backpressure slows senders) until entries are replayed or removed: nothing is dropped."""
+    tenant_max_bytes: ByteSize = Field(default=256 * MiB, ge=4096)
+    """One tenant's share of ``max_bytes``: a tenant past it waits (its documents stay in
+    its spool), and its unrenderable records are kept in its own index instead; the others'
+    letters still fit."""
 
     @model_validator(mode="after")
     def _rotation_fits(self) -> DeadLetterSettings:
         if self.rotate_bytes > self.max_bytes:
             raise ValueError("rotate_bytes cannot exceed max_bytes")
+        if self.tenant_max_bytes > self.max_bytes:
+            raise ValueError("tenant_max_bytes cannot exceed max_bytes")
         return self
 
 
@@ -179,17 +192,22 @@ class DeadLetterQueue:
         *,
         rotate_bytes: int = 64 * MiB,
         max_bytes: int = 1024 * MiB,
+        tenant_max_bytes: int | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.rotate_bytes = rotate_bytes
         self.max_bytes = max_bytes
+        self.tenant_max_bytes = max_bytes if tenant_max_bytes is None else tenant_max_bytes
         self._append_lock = asyncio.Lock()
 
     @classmethod
     def from_settings(cls, settings: DeadLetterSettings) -> DeadLetterQueue:
         """The queue described by ``settings``."""
         return cls(
-            settings.directory, rotate_bytes=settings.rotate_bytes, max_bytes=settings.max_bytes
+            settings.directory,
+            rotate_bytes=settings.rotate_bytes,
+            max_bytes=settings.max_bytes,
+            tenant_max_bytes=settings.tenant_max_bytes,
         )
 
     def close(self) -> None:
@@ -207,21 +225,40 @@ class DeadLetterQueue:
 
     def append_sync(self, letters: Sequence[DeadLetter]) -> None:
         """Blocking :meth:`append` (for threads and tests)."""
-        data = b"".join(encode_letter(letter) for letter in letters)
+        by_tenant: dict[str, bytes] = {}
+        for letter in letters:
+            key = _tenant_dir(letter.tenant)
+            by_tenant[key] = by_tenant.get(key, b"") + encode_letter(letter)
         try:
             with self._locked(fcntl.LOCK_EX):
                 files = self._files()
                 used = sum(size for _, _, size in files)
-                if used + len(data) > self.max_bytes:
+                adding = sum(len(data) for data in by_tenant.values())
+                if used + adding > self.max_bytes:
                     raise DeadLetterQueueFullError(
                         f"dead-letter queue full: {used} of {self.max_bytes} bytes"
                     )
-                if files and files[-1][2] < self.rotate_bytes:
-                    number, path, size = files[-1]
-                else:
-                    number = files[-1][0] + 1 if files else 0
-                    path, size = self.directory / _name(number), 0
-                _append_file(path, data, size, new=size == 0 and not path.exists())
+                for tenant, data in by_tenant.items():
+                    mine = [f for f in files if f[1].parent.name == tenant]
+                    tenant_used = sum(size for _, _, size in mine)
+                    if tenant_used + len(data) > self.tenant_max_bytes:
+                        raise DeadLetterQueueFullError(
+                            f"tenant {tenant}'s share of the dead-letter queue is full: "
+                            f"{tenant_used} of {self.tenant_max_bytes} bytes"
+                        )
+                for tenant, data in by_tenant.items():
+                    mine = [f for f in files if f[1].parent.name == tenant]
+                    folder = self.directory / tenant
+                    if mine and mine[-1][2] < self.rotate_bytes:
+                        number, path, size = mine[-1]
+                    else:
+                        number = mine[-1][0] + 1 if mine else 0
+                        path, size = folder / _name(number), 0
+                    new_dir = not folder.exists()
+                    if new_dir:
+                        folder.mkdir(mode=_DIR_MODE)
+                        fsync_dir(self.directory)
+                    _append_file(path, data, size, new=size == 0 and not path.exists())
         except OSError as exc:
             raise OutputError(f"dead-letter queue write failed: {exc}", retriable=True) from exc
 
@@ -288,7 +325,8 @@ class DeadLetterQueue:
         over ``path`` only if something changed."""
         tmp = path.with_name(f".{path.name}.tmp")
         removed = changed = damaged = kept = 0
-        with tmp.open("wb") as out:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        with open(os.open(tmp, flags, _FILE_MODE), "wb") as out:
             for line in _lines(path):
                 obj = _object(line)
                 if obj is None:
@@ -323,26 +361,45 @@ class DeadLetterQueue:
     # ----------------------------------------------------------------- helpers
 
     def _files(self) -> list[tuple[int, Path, int]]:
-        """(number, path, size) of every queue file, oldest first."""
+        """(number, path, size) of every queue file: those of older versions directly in the
+        directory first, then each tenant's, oldest first."""
         found = []
         with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(self.directory):
-                match = _FILE.match(name)
-                if match:
-                    path = self.directory / name
-                    with contextlib.suppress(FileNotFoundError):
-                        found.append((int(match.group(1)), path, path.stat().st_size))
-        return sorted(found)
+            for name in sorted(os.listdir(self.directory)):
+                path = self.directory / name
+                if _FILE.match(name):
+                    found.append(self._entry(path, (0, name)))
+                elif _TENANT_DIR.match(name) and path.is_dir():
+                    for inner in sorted(os.listdir(path)):
+                        if _FILE.match(inner):
+                            found.append(self._entry(path / inner, (1, name)))
+        files = [(key, number, path, size) for key, number, path, size in found if size >= 0]
+        return [(number, path, size) for _key, number, path, size in sorted(files)]
+
+    @staticmethod
+    def _entry(path: Path, key: tuple[int, str]) -> tuple[tuple[int, str], int, Path, int]:
+        match = _FILE.match(path.name)
+        assert match is not None
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = -1
+        return key, int(match.group(1)), path, size
 
     @contextlib.contextmanager
     def _locked(self, mode: int) -> Iterator[None]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
         try:
             fcntl.flock(fd, mode)
             yield
         finally:
             os.close(fd)  # releases the lock
+
+
+def _tenant_dir(tenant: str) -> str:
+    """The folder of a tenant's letters (a namespace or ``_default``: a safe name)."""
+    return tenant if _TENANT_DIR.match(tenant) else "_invalid"
 
 
 def _name(number: int) -> str:
@@ -374,7 +431,7 @@ def _object(line: bytes) -> dict[str, Any] | None:
 
 
 def _append_file(path: Path, data: bytes, size: int, *, new: bool) -> None:
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
     try:
         if size and os.pread(fd, 1, size - 1) != b"\n":
             data = b"\n" + data  # a torn last line stays alone on its (skipped) line

@@ -10,79 +10,37 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-import msgspec
 import orjson
 
-from logferry.aggregator.dlq import DeadLetter, DeadLetterQueue
-from logferry.aggregator.filters import FilterChain
+from logferry.aggregator.allowance import CpuAllowance
+from logferry.aggregator.dlq import DeadLetter, DeadLetterQueue, DeadLetterQueueFullError
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.pipeline_watch import PipelineRegistry
 from logferry.aggregator.pipelines.compiled import TenantPipelines
+from logferry.aggregator.render import (
+    Failure,
+    Receipt,
+    Renderer,
+    TimeWindow,
+    unrenderable_document,
+)
 from logferry.aggregator.routing import IndexNamer, TenantResolver
 from logferry.aggregator.spools import TenantSpools
+from logferry.common.budget import ByteBudget
 from logferry.common.errors import OutputError
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
-from logferry.common.protocol import EventMessage, EventTime
-from logferry.common.records import derived_record_id
+from logferry.common.protocol import EventMessage
+from logferry.common.protocol_entries import UnreadableRecord
 from logferry.common.spool import Spool
 
-_TIME = struct.Struct(">II")
-ChainFor = Callable[[str], FilterChain]
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """Where a message came from, for ids of entries that carry no ``_lf.id`` and no chunk."""
-
-    instance: str
-    connection: int
-    message: int
-
-
-def _enc_hook(value: Any) -> Any:
-    # Ext values (a nested EventTime, another ext type) have no JSON form of their own.
-    if isinstance(value, EventTime):
-        return value.to_float()
-    if isinstance(value, msgpack.ExtType):
-        return {"ext": value.code, "data": value.data.hex()}
-    raise TypeError(f"cannot encode {type(value).__name__}")
-
-
-_json = msgspec.json.Encoder(enc_hook=_enc_hook)
-
-
-def _text_keys(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _text_keys(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_text_keys(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value
-
-
-class _Stamps:
-    """The second-resolution part of ``@timestamp``, cached (records of a chunk share it)."""
-
-    __slots__ = ("second", "text")
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.text = ""
-
-    def set_second(self, seconds: int) -> None:
-        self.second = seconds
-        self.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-
+__all__ = ["ByteBudget", "Ingest", "Receipt", "Rendered"]
 
 log = get_logger(__name__)
 _DIVERT_CHECK_S = 2.0
@@ -93,8 +51,34 @@ _SAMPLES_PER_TENANT = 20
 _SAMPLE_TENANTS = 10_000
 
 
+@dataclass(slots=True)
+class Rendered:
+    """A message made ready to spool: per tenant its fragments (spool records of ``_bulk``
+    lines) and document count, and the letters to park in the DLQ."""
+
+    fragments: dict[str, tuple[list[bytes], int]] = field(default_factory=dict)
+    letters: list[DeadLetter] = field(default_factory=list)
+    signal: str | None = None
+    """The name of the non-log signal parked, if the message was one."""
+    size: int = 0
+    """Bytes held under the in-flight budget until stored or discarded."""
+
+    @property
+    def documents(self) -> int:
+        return sum(count for _parts, count in self.fragments.values())
+
+
+_PARK_RETRY_MAX_S = 5.0
+
+
 class Ingest:
-    """Turns messages into durable tenant fragments; shared by every connection."""
+    r"""Turns messages into durable tenant fragments; shared by every connection.
+
+    The server calls :meth:`admit` (waits for room in the in-flight budget), decodes one
+    message and :meth:`render`\ s it without an ``await`` in between, then :meth:`store`\ s
+    it (or :meth:`discard`\ s it if its connection fails first). So decoded records never wait
+    in memory: what waits is rendered bytes, under one budget for every connection.
+    """
 
     def __init__(
         self,
@@ -103,7 +87,6 @@ class Ingest:
         *,
         namer: IndexNamer,
         default_tenant: str,
-        chain_for: ChainFor,
         instance: str,
         inflight_max_bytes: int = 64 * 1024 * 1024,
         pipelines: PipelineRegistry | None = None,
@@ -111,11 +94,15 @@ class Ingest:
         drop_markers: bool = True,
         dlq: DeadLetterQueue | None = None,
         divert_stuck_after_s: float = 0.0,
+        window: TimeWindow | None = None,
+        resolver: TenantResolver | None = None,
+        allowance: CpuAllowance | None = None,
+        on_bypass: Callable[[str, bool], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._spools = spools
         self._metrics = metrics
         self._namer = namer
-        self._chain_for = chain_for
         self._pipelines = pipelines
         self._pipeline_budget_s = pipeline_budget_s
         self._drop_markers = drop_markers
@@ -125,44 +112,117 @@ class Ingest:
         self._sample_tick = 0
         self.instance = instance
         self._default_tenant = default_tenant
-        self._tenant_of = TenantResolver(default_tenant)
-        self._stamps = _Stamps()
+        self._tenant_of = resolver or TenantResolver(default_tenant)
+        self._renderer = Renderer(namer, window or TimeWindow())
+        self._allowance = allowance
+        self._on_bypass = on_bypass
+        self._clock = clock
         self._budget = ByteBudget(inflight_max_bytes)
+        self._refusals_logged: set[str] = set()
 
-    def render(self, message: EventMessage, receipt: Receipt) -> dict[str, tuple[bytes, int]]:
-        """Route, filter and render a message: tenant -> (fragment, document count)."""
-        by_tenant: dict[str, list[tuple[int, Any, dict[str, Any]]]] = {}
-        tenant_of = self._tenant_of
-        for position, (when, record) in enumerate(message.entries):
-            tenant = tenant_of(record)
-            group = by_tenant.get(tenant)
-            if group is None:
-                group = by_tenant[tenant] = []
-            group.append((position, when, record))
-        out: dict[str, tuple[bytes, int]] = {}
+    # ------------------------------------------------------------------ budget
+
+    async def admit(self) -> None:
+        """Wait until the in-flight budget has room for one more message."""
+        await self._budget.admit()
+
+    def discard(self, rendered: Rendered) -> None:
+        """Give back the budget of a message that will not be stored (its sender resends)."""
+        self._budget.release(rendered.size)
+
+    # --------------------------------------------------------------- rendering
+
+    def render(self, message: EventMessage, receipt: Receipt) -> Rendered:
+        """Route, filter and render a message (a slice of entries at a time)."""
+        if message.signal:
+            rendered = self._render_signal(message, receipt)
+        else:
+            rendered = self._render_entries(message, receipt)
+        rendered.size = sum(len(p) for parts, _n in rendered.fragments.values() for p in parts)
+        rendered.size += sum(len(letter.source) for letter in rendered.letters)
+        self._budget.take(rendered.size)
+        return rendered
+
+    def _render_entries(self, message: EventMessage, receipt: Receipt) -> Rendered:
+        rendered = Rendered()
+        received_s = int(self._clock())
         # One snapshot per message: a pipeline change applies between messages, never inside.
         in_force = self._pipelines.snapshot() if self._pipelines is not None else None
         self._sample_tick += 1
         keep_sample = self._pipelines is not None and self._sample_tick % _SAMPLE_EVERY == 0
-        for tenant, group in by_tenant.items():
-            self._metrics.records_in.labels(tenant).inc(len(group))
-            if keep_sample:
-                self._keep_sample(tenant, group[0][2])
-            chain = self._chain_for(tenant)
-            if chain.filters:
-                kept_records, discarded = chain.run([record for _p, _w, record in group])
-                if discarded:
-                    self._metrics.records_filtered.labels(tenant).inc(discarded)
-                    kept = {id(record) for record in kept_records}
-                    group = [item for item in group if id(item[2]) in kept]
-            suffixes: list[str | None] | None = None
-            compiled = in_force.get(tenant) if in_force else None
-            if compiled is not None and group:
-                group, suffixes = self._run_pipelines(tenant, compiled, group)
-            if group:
-                rendered = self._render_group(tenant, group, message, receipt, suffixes)
-                out[tenant] = (rendered, len(group))
-        return out
+        position = 0
+        for entries in message.slices():
+            by_tenant = self._group(entries, position, message, rendered, received_s)
+            position += len(entries)
+            for tenant, group in by_tenant.items():
+                self._metrics.records_in.labels(tenant).inc(len(group))
+                if keep_sample:
+                    self._keep_sample(tenant, group[0][2])
+                suffixes: list[str | None] | None = None
+                compiled = in_force.get(tenant) if in_force else None
+                if compiled is not None and group:
+                    group, suffixes = self._run_pipelines(tenant, compiled, group)
+                if not group:
+                    continue
+                done = self._renderer.render(tenant, group, message, receipt, received_s, suffixes)
+                if done.documents:
+                    parts, count = rendered.fragments.get(tenant, ([], 0))
+                    parts.append(done.lines)
+                    rendered.fragments[tenant] = (parts, count + done.documents)
+                if done.adjusted:
+                    count_and_log(
+                        self._metrics.records_time_adjusted,
+                        log,
+                        "ingest.time_outside_window",
+                        amount=done.adjusted,
+                        labels={"tenant": tenant},
+                        level="info",
+                    )
+                for failure in done.failures:
+                    rendered.letters.append(self._failure_letter(tenant, failure, received_s))
+        return rendered
+
+    def _group(
+        self,
+        entries: list[Any],
+        offset: int,
+        message: EventMessage,
+        rendered: Rendered,
+        received_s: int,
+    ) -> dict[str, list[tuple[int, Any, dict[str, Any]]]]:
+        """Entries by tenant as (position, time, record); unreadable records become letters."""
+        by_tenant: dict[str, list[tuple[int, Any, dict[str, Any]]]] = {}
+        tenant_of = self._tenant_of
+        default = self._default_tenant
+        for position, (when, record) in enumerate(entries, offset):
+            tenant = tenant_of(record)
+            if record.__class__ is UnreadableRecord:
+                rendered.letters.append(self._unreadable_letter(tenant, record, received_s))
+                continue
+            if tenant == default:
+                self._flag_rerouted(record)
+            group = by_tenant.get(tenant)
+            if group is None:
+                group = by_tenant[tenant] = []
+            group.append((position, when, record))
+        return by_tenant
+
+    def _flag_rerouted(self, record: dict[str, Any]) -> None:
+        refusal = self._tenant_of.refusal(record)
+        if refusal is None:
+            return
+        namespace, reason = refusal
+        record["rerouted"] = {"from": namespace, "reason": reason}
+        self._metrics.records_rerouted.labels(reason=reason).inc()
+        if namespace not in self._refusals_logged and len(self._refusals_logged) < 10_000:
+            self._refusals_logged.add(namespace)  # one warning per refused namespace
+            log.warning(
+                "ingest.tenant_refused",
+                reason=reason,
+                namespace=namespace,
+                to=self._default_tenant,
+                tenants=self._tenant_of.tenants,
+            )
 
     def _keep_sample(self, tenant: str, record: dict[str, Any]) -> None:
         try:  # a deep copy that owes nothing to the original (filters change records in place)
@@ -185,13 +245,24 @@ class Ingest:
         tenant: str,
         compiled: TenantPipelines,
         group: list[tuple[int, Any, dict[str, Any]]],
-    ) -> tuple[list[tuple[int, Any, dict[str, Any]]], list[str | None]]:
-        """The tenant's LogPipelines over its records: kept records with their index suffix."""
+    ) -> tuple[list[tuple[int, Any, dict[str, Any]]], list[str | None] | None]:
+        """The tenant's LogPipelines over its records: kept records with their index suffix.
+
+        A tenant past its CPU allowance is bypassed: its records go on unfiltered."""
+        allowance = self._allowance
+        if allowance is not None and not allowance.allows(tenant):
+            self._bypass(tenant, len(group), True)
+            return group, None
+        if allowance is not None:
+            self._bypass(tenant, 0, False)
+        started = time.thread_time()
         processed = compiled.process(
             [record for _p, _w, record in group],
             self._pipeline_budget_s,
             drop_markers=self._drop_markers,
         )
+        if allowance is not None:
+            allowance.spend(tenant, time.thread_time() - started)
         metrics = self._metrics
         if processed.dropped:
             metrics.records_filtered.labels(tenant).inc(processed.dropped)
@@ -211,78 +282,64 @@ class Ingest:
             suffixes.append(suffix)
         return kept, suffixes
 
-    def _render_group(
-        self,
-        tenant: str,
-        group: list[tuple[int, Any, dict[str, Any]]],
-        message: EventMessage,
-        receipt: Receipt,
-        suffixes: list[str | None] | None = None,
-    ) -> bytes:
-        # The hot loop: per record only dict lookups and two small dicts; all JSON is written
-        # by one C call (encode_lines) that emits the _bulk body, action and source lines.
-        items: list[Any] = []
-        append = items.append
-        unpack = _TIME.unpack
-        stamps = self._stamps
-        day_span = 86400
-        current_day = -1
-        index = ""
-        suffix: str | None = None
-        each_suffix = iter(suffixes) if suffixes is not None else None
-        for position, when, record in group:
-            if each_suffix is not None:
-                wanted = next(each_suffix)
-                if wanted != suffix:
-                    suffix, current_day = wanted, -1  # another destination: index again
-            if when.__class__ is EventTime:
-                seconds, nanoseconds = unpack(when[1])
-            else:
-                seconds, nanoseconds = int(when), 0
-            if "@timestamp" not in record:
-                if seconds != stamps.second:
-                    stamps.set_second(seconds)
-                record["@timestamp"] = f"{stamps.text}.{nanoseconds:09d}Z"
-            lf = record.get("_lf")
-            doc_id = lf.get("id") if lf.__class__ is dict else None
-            if doc_id.__class__ is not str or not doc_id or len(doc_id) > 512:
-                doc_id = self._derived_id(message, receipt, position, seconds, nanoseconds, record)
-            if seconds // day_span != current_day:
-                current_day = seconds // day_span
-                index = self._namer.index(tenant, seconds, suffix)
-            log = record.get("log")
-            if log.__class__ is bytes:
-                # Raw container bytes sent as msgpack bin: text, as a log line is, not base64.
-                record["log"] = log.decode("utf-8", "replace")
-            append({"create": {"_index": index, "_id": doc_id}})
-            append(record)
-        try:
-            return _json.encode_lines(items)
-        except (TypeError, msgspec.EncodeError):
-            # Some record JSON cannot hold as it is (e.g. bytes keys): write it with its keys
-            # as text instead of refusing the chunk (which its sender would resend forever).
-            return _json.encode_lines([_text_keys(item) for item in items])
-
-    def _derived_id(
-        self,
-        message: EventMessage,
-        receipt: Receipt,
-        position: int,
-        seconds: int,
-        nanoseconds: int,
-        record: dict[str, Any],
-    ) -> str:
-        if message.chunk is not None:
-            where = f"{message.chunk}:{position}"
+    def _bypass(self, tenant: str, records: int, bypassed: bool) -> None:
+        assert self._allowance is not None
+        if records:
+            self._metrics.pipeline_bypassed_records.labels(tenant).inc(records)
+        if not self._allowance.transition(tenant, bypassed):
+            return
+        self._metrics.pipeline_bypassed.labels(tenant).set(1 if bypassed else 0)
+        if self._on_bypass is not None:
+            self._on_bypass(tenant, bypassed)
+        if bypassed:
+            log.warning(
+                "pipeline.bypassed",
+                tenant=tenant,
+                allowance_s_per_s=self._allowance.rate_s_per_s,
+                why="the tenant's pipelines used more CPU than its allowance: records pass "
+                "unfiltered until it is back under",
+            )
         else:
-            where = f"{receipt.instance}:{receipt.connection}:{receipt.message}:{position}"
-        return derived_record_id(message.tag, where, seconds * 1_000_000_000 + nanoseconds, record)
+            log.warning("pipeline.bypass_ended", tenant=tenant)
 
-    async def park_signal(self, message: EventMessage, receipt: Receipt) -> int:
-        """Keep a non-log signal's payload (metrics, traces, ...) in the DLQ, durably, so its
-        message can be acked: refusing it would make the peer resend it forever. Returns 0
-        (no documents)."""
-        assert self._dlq is not None, "the aggregator always has a DLQ"
+    def bypassed_tenants(self) -> list[str]:
+        """Tenants whose pipelines are bypassed for exceeding their CPU allowance."""
+        return self._allowance.bypassed() if self._allowance is not None else []
+
+    # ------------------------------------------------------- records to park
+
+    def _unreadable_letter(
+        self, tenant: str, record: UnreadableRecord, received_s: int
+    ) -> DeadLetter:
+        doc_id = ""
+        lf = record.get("_lf")
+        if lf.__class__ is dict and lf.get("id").__class__ is str:
+            doc_id = lf["id"]
+        source = unrenderable_document(record, record.reason, record.raw, received_s)
+        index = self._namer.index(tenant, received_s)
+        return self._letter(tenant, index, doc_id, record.reason, source, "too_deep")
+
+    def _failure_letter(self, tenant: str, failure: Failure, received_s: int) -> DeadLetter:
+        source = unrenderable_document(failure.record, failure.reason, None, received_s)
+        return self._letter(
+            tenant, failure.index, failure.doc_id, failure.reason, source, "encode_error"
+        )
+
+    def _letter(
+        self, tenant: str, index: str, doc_id: str, reason: str, source: bytes, kind: str
+    ) -> DeadLetter:
+        self._metrics.records_unrenderable.labels(tenant=tenant, reason=kind).inc()
+        return DeadLetter(
+            tenant=tenant,
+            index=index,
+            doc_id=doc_id or f"unrenderable:{self.instance}:{time.time_ns()}",
+            status=422,
+            reason=f"unrenderable: {reason}",
+            source=source,
+        )
+
+    def _render_signal(self, message: EventMessage, receipt: Receipt) -> Rendered:
+        """A non-log signal (metrics, traces, ...): its payload, as sent, becomes a letter."""
         name = message.signal_name
         where = message.chunk or f"{receipt.instance}:{receipt.connection}:{receipt.message}"
         options = message.options
@@ -306,15 +363,6 @@ class Ingest:
             reason=f"unsupported_signal: a {name} payload (fluent_signal), not log entries",
             source=source,
         )
-        delay_s = 0.5
-        while True:
-            try:
-                await self._dlq.append([letter])
-                break
-            except OutputError as exc:  # full or failing: hold the ack (backpressure), retry
-                log.warning("ingest.signal_park_waiting", signal=name, error=str(exc)[:200])
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 5.0)
         count_and_log(
             self._metrics.records_unsupported,
             log,
@@ -325,82 +373,142 @@ class Ingest:
             payload_bytes=len(message.payload),
             chunk=message.chunk,
         )
-        return 0
+        return Rendered(letters=[letter], signal=name)
+
+    # ----------------------------------------------------------------- storing
 
     async def accept(self, message: EventMessage, receipt: Receipt) -> int:
         """Make the message durable; returns the number of documents spooled."""
+        await self.admit()
         return await self.store(self.render(message, receipt))
 
-    async def store(self, fragments: dict[str, tuple[bytes, int]]) -> int:
-        """Append rendered fragments to their tenants' spools; returns once all are fsynced.
-
-        Callers render first (synchronously) and keep only the fragments, so decoded records
-        never wait in memory for a spool: what waits is compact bytes, under a global budget.
-        """
-        if not fragments:
-            return 0
-        size = sum(len(fragment) for fragment, _count in fragments.values())
-        await self._budget.acquire(size)
+    async def store(self, rendered: Rendered) -> int:
+        """Make a rendered message durable (spools fsynced, letters in the DLQ); returns the
+        number of documents spooled. Its budget is given back either way."""
         try:
-            await self._spools.wait_for_space()
-            appends: list[Coroutine[Any, Any, object]] = []
-            for tenant, (fragment, _count) in fragments.items():
-                spool = await self._spools.get(tenant)
-                if spool.bytes_used + len(fragment) > spool.max_bytes:
-                    self._metrics.backpressure_waits.labels(tenant).inc()
-                if self._divert_after_s > 0:
-                    # Even with room now: space reserved by others can make it wait, and a
-                    # wait that cannot be re-judged would stall the connection's later acks.
-                    appends.append(self._append_or_divert(tenant, spool, fragment))
-                else:
-                    appends.append(spool.append([fragment]))
-            await asyncio.gather(*appends)
+            if rendered.letters:
+                await self._park(rendered)
+            if rendered.fragments:
+                await self._spool(rendered.fragments)
         finally:
-            self._budget.release(size)
-        return sum(count for _fragment, count in fragments.values())
+            self._budget.release(rendered.size)
+        return rendered.documents
 
-    async def _append_or_divert(self, tenant: str, spool: Spool, fragment: bytes) -> None:
+    async def _spool(self, fragments: dict[str, tuple[list[bytes], int]]) -> None:
+        await self._spools.wait_for_space()
+        appends: list[Coroutine[Any, Any, object]] = []
+        for tenant, (parts, _count) in fragments.items():
+            spool = await self._spools.get(tenant)
+            size = sum(len(part) for part in parts)
+            if spool.bytes_used + size > spool.max_bytes:
+                self._metrics.backpressure_waits.labels(tenant).inc()
+            if self._divert_after_s > 0:
+                # Even with room now: space reserved by others can make it wait, and a
+                # wait that cannot be re-judged would stall the connection's later acks.
+                appends.append(self._append_or_divert(tenant, spool, parts, size))
+            else:
+                appends.append(spool.append(parts))
+        await asyncio.gather(*appends)
+
+    async def _park(self, rendered: Rendered) -> None:
+        """Letters into the DLQ, each tenant's within its share. A tenant whose share is full
+        keeps its unrenderable records as documents in its own index instead (neither lost
+        nor holding up the chunk's other tenants); a non-log signal waits for room."""
+        assert self._dlq is not None, "the aggregator always has a DLQ"
+        by_tenant: dict[str, list[DeadLetter]] = {}
+        for letter in rendered.letters:
+            by_tenant.setdefault(letter.tenant, []).append(letter)
+        for tenant, letters in by_tenant.items():
+            delay_s = 0.5
+            while True:
+                try:
+                    await self._dlq.append(letters)
+                    break
+                except DeadLetterQueueFullError as exc:
+                    if rendered.signal is None:
+                        self._keep_in_index(rendered, tenant, letters, str(exc))
+                        break
+                    log.warning("ingest.signal_park_waiting", error=str(exc)[:200])
+                except OutputError as exc:  # the disk failed: hold the ack (backpressure)
+                    log.warning("ingest.park_waiting", tenant=tenant, error=str(exc)[:200])
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, _PARK_RETRY_MAX_S)
+        unrenderable = len(rendered.letters) if rendered.signal is None else 0
+        if unrenderable:
+            log.warning(
+                "ingest.unrenderable",
+                records=unrenderable,
+                first_tenant=rendered.letters[0].tenant,
+                first_reason=rendered.letters[0].reason[:200],
+            )
+
+    def _keep_in_index(
+        self, rendered: Rendered, tenant: str, letters: list[DeadLetter], why: str
+    ) -> None:
+        lines = b"".join(
+            orjson.dumps({"create": {"_index": letter.index, "_id": letter.doc_id}})
+            + b"\n"
+            + letter.source
+            + b"\n"
+            for letter in letters
+        )
+        parts, count = rendered.fragments.get(tenant, ([], 0))
+        parts.append(lines)
+        rendered.fragments[tenant] = (parts, count + len(letters))
+        count_and_log(
+            self._metrics.records_unrenderable_kept,
+            log,
+            "ingest.unrenderable_kept_in_index",
+            amount=len(letters),
+            labels={"tenant": tenant},
+            why=why[:200],
+        )
+
+    async def _append_or_divert(
+        self, tenant: str, spool: Spool, parts: list[bytes], size: int
+    ) -> None:
         """Append, waiting for space as usual, unless the tenant is stuck: then park the
         fragment's documents in the DLQ, so the other tenants' records of the same chunk are
         not held up by a store that refuses this tenant (nothing is dropped either way)."""
         while True:
             stuck = (
-                spool.bytes_used + len(fragment) > spool.max_bytes
+                spool.bytes_used + size > spool.max_bytes
                 and spool.commit_idle_s >= self._divert_after_s
             )
-            if stuck and await self._divert(tenant, fragment):
+            if stuck and await self._divert(tenant, parts):
                 return
             try:
                 # Re-judged every few seconds while waiting: a tenant can become stuck meanwhile.
                 # Cancelling a waiting append is safe; one cancelled after its space was granted
                 # may still be written, and a record both spooled and parked is delivered once.
-                await asyncio.wait_for(spool.append([fragment]), _DIVERT_CHECK_S)
+                await asyncio.wait_for(spool.append(parts), _DIVERT_CHECK_S)
                 return
             except TimeoutError:
                 continue
 
-    async def _divert(self, tenant: str, fragment: bytes) -> bool:
+    async def _divert(self, tenant: str, parts: list[bytes]) -> bool:
         assert self._dlq is not None
-        lines = fragment.split(b"\n")
         letters = []
-        for action_line, source in zip(lines[0::2], lines[1::2], strict=False):
-            if not action_line:
-                continue
-            action = orjson.loads(action_line)["create"]
-            letters.append(
-                DeadLetter(
-                    tenant=tenant,
-                    index=str(action["_index"]),
-                    doc_id=str(action["_id"]),
-                    status=507,
-                    reason=(
-                        f"tenant spool full and nothing delivered for {self._divert_after_s:.0f}"
-                        " s: parked here so other tenants keep flowing; replay when its store"
-                        " accepts again"
-                    ),
-                    source=source,
+        for part in parts:
+            lines = part.split(b"\n")
+            for action_line, source in zip(lines[0::2], lines[1::2], strict=False):
+                if not action_line:
+                    continue
+                action = orjson.loads(action_line)["create"]
+                letters.append(
+                    DeadLetter(
+                        tenant=tenant,
+                        index=str(action["_index"]),
+                        doc_id=str(action["_id"]),
+                        status=507,
+                        reason=(
+                            "tenant spool full and nothing delivered for "
+                            f"{self._divert_after_s:.0f} s: parked here so other tenants keep "
+                            "flowing; replay when its store accepts again"
+                        ),
+                        source=source,
+                    )
                 )
-            )
         try:
             await self._dlq.append(letters)
         except OutputError as exc:  # the DLQ is full too: wait for the spool after all
@@ -409,42 +517,3 @@ class Ingest:
         self._metrics.records_diverted.labels(tenant).inc(len(letters))
         log.warning("ingest.diverted", tenant=tenant, documents=len(letters))
         return True
-
-
-class ByteBudget:
-    """At most ``limit`` bytes held at once across all connections, granted in FIFO order
-    (one holder may exceed it alone, so an oversized batch cannot wait forever)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
-
-    def _fits(self, size: int) -> bool:
-        return self.held == 0 or self.held + size <= self.limit
-
-    async def acquire(self, size: int) -> None:
-        if not self._waiters and self._fits(size):
-            self.held += size
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((size, future))
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.release(size)  # granted just as we were cancelled: give it back
-            raise
-
-    def release(self, size: int) -> None:
-        self.held -= size
-        while self._waiters:
-            wanted, future = self._waiters[0]
-            if future.done():
-                self._waiters.popleft()
-                continue
-            if not self._fits(wanted):
-                break
-            self._waiters.popleft()
-            self.held += wanted
-            future.set_result(None)

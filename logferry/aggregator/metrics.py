@@ -21,6 +21,10 @@ class AggregatorMetrics:
 
         # input
         self.connections = gauge("connections", "Open Forward Protocol connections.")
+        self.input_buffered_bytes = gauge(
+            "input_buffer_reserved_bytes",
+            "Room reserved in input.buffer_budget_bytes for messages being received.",
+        )
         self.connections_total = counter(
             "connection_attempts", "Forward Protocol connections accepted or refused.", "status"
         )
@@ -38,6 +42,32 @@ class AggregatorMetrics:
             "signal",
         )
         self.bytes_in = counter("bytes_in", "Wire bytes of received messages.")
+        self.records_rerouted = counter(
+            "records_rerouted",
+            "Records sent to the default tenant because the tenant policy refused their"
+            " namespace (not_allowed: outside routing.allowed_namespaces; tenant_cap: past"
+            " routing.max_tenants). Each carries rerouted.from and rerouted.reason.",
+            "reason",
+        )
+        self.records_time_adjusted = counter(
+            "records_time_adjusted",
+            "Records whose event time was outside the accepted window: stored at the receive"
+            " time, the original kept in @timestamp_original.",
+            "tenant",
+        )
+        self.records_unrenderable = counter(
+            "records_unrenderable",
+            "Records that could not be rendered (too_deep, encode_error): parked in the DLQ"
+            " with the bytes received, the rest of their message acked.",
+            "tenant",
+            "reason",
+        )
+        self.records_unrenderable_kept = counter(
+            "records_unrenderable_kept",
+            "Unrenderable records kept as documents in the tenant's own index because its"
+            " DLQ share was full.",
+            "tenant",
+        )
         self.records_filtered = counter(
             "records_filtered", "Records discarded by a tenant filter, on purpose.", "tenant"
         )
@@ -60,6 +90,17 @@ class AggregatorMetrics:
         self.pipeline_errors = counter(
             "pipeline_errors",
             "Records a pipeline filter failed on (kept unchanged, never dropped).",
+            "tenant",
+        )
+        self.pipeline_bypassed = gauge(
+            "pipeline_bypassed",
+            "1 while the tenant's pipelines are bypassed for using more CPU than their"
+            " allowance (records pass unfiltered), else 0.",
+            "tenant",
+        )
+        self.pipeline_bypassed_records = counter(
+            "pipeline_bypassed_records",
+            "Records passed on unfiltered because their tenant was over its CPU allowance.",
             "tenant",
         )
         self.pipeline_states = gauge(

@@ -64,6 +64,12 @@ class PipelineSettings(ConfigModel):
     batch_budget_s: float = Field(default=0.5, gt=0, le=60)
     """Most time one tenant's pipelines may spend on one message; past it the rest of the
     records go on unfiltered (never dropped) and it is counted."""
+    cpu_allowance_s_per_s: float = Field(default=0.1, gt=0, le=64)
+    """CPU seconds a tenant's pipelines may use per second, over time (a fair share): a
+    tenant that keeps exceeding it has its pipelines bypassed (records pass unfiltered, never
+    dropped, counted, the tenant's status marked) until it is back under."""
+    cpu_burst_s: float = Field(default=1.0, gt=0, le=3600)
+    """CPU seconds of unused allowance a tenant may save up for a burst."""
     max_pipelines_per_tenant: int = Field(default=20, ge=1, le=1000)
     """More pipelines than this in one namespace are refused."""
     drop_markers: bool = True
@@ -136,6 +142,7 @@ class PipelineWatcher:
         self._last_good: dict[str, Verdict] = {}
         self._states: dict[str, PipelineState] = {}
         self._loaded_hash: str | None = None
+        self._bypassed: set[str] = set()
         self.applies = 0
         self.rejections = 0
 
@@ -214,10 +221,28 @@ class PipelineWatcher:
         if self._on_applied is not None:
             self._on_applied(states)
 
+    def note_bypass(self, tenant: str, bypassed: bool) -> None:
+        """A tenant's pipelines were bypassed (over its CPU allowance), or are running again:
+        say so in the status file (its pipelines show ``bypassed: true``)."""
+        if bypassed:
+            self._bypassed.add(tenant)
+        else:
+            self._bypassed.discard(tenant)
+        try:
+            self._write_status()
+        except OSError as exc:  # the status is advisory: never fail the message for it
+            log.warning("pipeline.status_write_failed", error=str(exc))
+
     def _write_status(self) -> None:
+        pipelines = []
+        for key, state in sorted(self._states.items()):
+            entry = state.as_json()
+            entry["bypassed"] = key.split("/", 1)[0] in self._bypassed
+            pipelines.append(entry)
         body = {
             "version": self.registry.version,
-            "pipelines": [s.as_json() for _k, s in sorted(self._states.items())],
+            "bypassed_tenants": sorted(self._bypassed),
+            "pipelines": pipelines,
         }
         self.status_file.parent.mkdir(parents=True, exist_ok=True)
         write_file_atomic(str(self.status_file), orjson.dumps(body, option=orjson.OPT_INDENT_2))

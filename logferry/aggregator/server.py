@@ -1,11 +1,21 @@
 """The Forward Protocol v1 input: a TCP (optionally TLS) server that acks only durable chunks.
 
-Per connection: optional HELO/PING/PONG handshake, then a read loop. Every read is decoded
-into complete messages; the messages of one read are made durable together (their appends
-share fsyncs with every other connection's) and then acked in order. The loop does not read
-again until that is done, so a full spool stops the reads and TCP's window pushes back on the
-sender (backpressure) — nothing is acked early and nothing is dropped. A peer that breaks the
-protocol, idles past the read timeout or fails the handshake loses only its own connection.
+Per connection: the TLS handshake and the HELO/PING/PONG handshake (when configured) within
+``handshake_timeout_s``, reading nothing bigger than a PING until then; then a read loop.
+Every read is cut into complete messages; each is decoded and rendered on its own (so one
+message at a time is ever inflated in the whole process), after waiting for room in the
+in-flight budget. The messages of one read are made durable together (their appends share
+fsyncs with every other connection's) and then acked in order. The loop does not read again
+until a batch is in hand, so a full spool stops the reads and TCP's window pushes back on the
+sender (backpressure): nothing is acked early and nothing is dropped.
+
+Memory is bounded whatever peers send: a connection reads a little at a time until a message
+turns out larger than one read; then it takes a *slot*, room for one whole message in
+``buffer_budget_bytes`` (one source address at most a quarter of it), before reading the
+rest, and gives it back when the message is complete. An incomplete message must complete
+within ``message_timeout_s``; one source holds at most ``max_connections_per_source``
+connections. A peer that breaks the
+protocol, idles past the read timeout or fails a handshake loses only its own connection.
 """
 
 from __future__ import annotations
@@ -15,31 +25,53 @@ import contextlib
 import socket
 import ssl
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from logferry.aggregator.config import ForwardInputSettings
-from logferry.aggregator.ingest import Ingest, Receipt
+from logferry.aggregator.ingest import Ingest, Receipt, Rendered
 from logferry.aggregator.metrics import AggregatorMetrics
-from logferry.common.errors import HandshakeError, ProtocolError, SpoolClosedError
+from logferry.common.budget import ByteBudget
+from logferry.common.errors import (
+    ConfigError,
+    HandshakeError,
+    ProtocolError,
+    SpoolClosedError,
+)
 from logferry.common.faults import crash_point
 from logferry.common.handshake import ServerHandshake, encode_helo, encode_pong
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
-from logferry.common.protocol import EventMessage, Ping, ServerDecoder
+from logferry.common.protocol import Ping, ServerDecoder
+from logferry.common.protocol_decode import HANDSHAKE_MAX_BYTES
 
 log = get_logger(__name__)
 READ_BYTES = 1 << 20
+UNSLOTTED_READ_BYTES = 64 * 1024
+"""What a connection reads while it holds no slot: a message that fits completes at once;
+one that does not waits for a slot before the rest is read."""
+STREAM_LIMIT = 256 * 1024
+"""asyncio's own read-ahead per connection (it pauses the socket at twice this)."""
 PIPELINE_DEPTH = 4
+
+
+class SlowMessageError(ProtocolError):
+    """A message did not complete within ``message_timeout_s``."""
+
+    reason = "message_timeout"
 
 
 @dataclass(slots=True)
 class _Connection:
     serial: int
     peer: str
+    source: str
     writer: asyncio.StreamWriter
     messages: int = 0
     inflight: int = 0
+    slot: bool = False
+    """This connection holds room for one whole message in the buffer budget."""
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -68,13 +100,19 @@ class ForwardServer:
         self._hostname = hostname or socket.gethostname()
         self._server: asyncio.Server | None = None
         self._connections: dict[int, _Connection] = {}
+        self._per_source: Counter[str] = Counter()
         self._serial = 0
         self._stopping = False
-        self._shared_key = _read_secret(settings.shared_key, settings.shared_key_file)
+        self._shared_key = _read_secret(
+            settings.shared_key, settings.shared_key_file, "input.shared_key"
+        )
         self._users = {
-            name: _read_secret(None, path) or "" for name, path in settings.users.items()
+            name: _read_secret(None, path, f"the password of user {name!r}") or ""
+            for name, path in settings.users.items()
         }
         self._ssl = _server_ssl(settings)
+        self._buffers = ByteBudget(settings.buffer_budget_bytes)
+        self._source_budgets: dict[str, ByteBudget] = {}
         self.port = 0
 
     async def start(self) -> None:
@@ -84,7 +122,8 @@ class ForwardServer:
             self.settings.listen_host,
             self.settings.listen_port,
             ssl=self._ssl,
-            limit=READ_BYTES,
+            ssl_handshake_timeout=self.settings.handshake_timeout_s if self._ssl else None,
+            limit=STREAM_LIMIT,
             backlog=1024,
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -93,8 +132,15 @@ class ForwardServer:
             host=self.settings.listen_host,
             port=self.port,
             tls=self._ssl is not None,
+            client_certificates=self.settings.tls_client_ca_file is not None,
             handshake=self._shared_key is not None,
         )
+        if not self.settings.authenticates:
+            log.warning(
+                "input.unauthenticated",
+                why="input.allow_unauthenticated is set: anyone who reaches the port can "
+                "write any tenant's logs",
+            )
 
     async def stop_accepting(self) -> None:
         """Close the listening socket; existing connections go on."""
@@ -128,21 +174,29 @@ class ForwardServer:
                 async with asyncio.timeout(1.0):
                     await self._server.wait_closed()
 
-    @property
-    def connection_count(self) -> int:
-        """Open connections."""
-        return len(self._connections)
+    def _refuse(self, writer: asyncio.StreamWriter, peer: str, status: str) -> None:
+        count_and_log(
+            self._metrics.connections_total,
+            log,
+            "input.connection_refused",
+            labels={"status": status},
+            peer=peer,
+            open=len(self._connections),
+        )
+        writer.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _peer(writer)
+        peer, source = _peer(writer)
         if self._stopping or len(self._connections) >= self.settings.max_connections:
-            self._metrics.connections_total.labels("refused").inc()
-            log.warning("input.connection_refused", peer=peer, open=len(self._connections))
-            writer.close()
+            self._refuse(writer, peer, "refused")
+            return
+        if self._per_source[source] >= self.settings.max_connections_per_source:
+            self._refuse(writer, peer, "refused_source")
             return
         self._serial += 1
-        conn = _Connection(self._serial, peer, writer)
+        conn = _Connection(self._serial, peer, source, writer)
         self._connections[conn.serial] = conn
+        self._per_source[source] += 1
         self._metrics.connections_total.labels("accepted").inc()
         self._metrics.connections.inc()
         try:
@@ -168,6 +222,9 @@ class ForwardServer:
             log.exception("input.connection_failed", peer=peer)
         finally:
             self._connections.pop(conn.serial, None)
+            self._per_source[source] -= 1
+            if self._per_source[source] <= 0:
+                del self._per_source[source]
             self._metrics.connections.dec()
             conn.done.set()
             writer.close()
@@ -179,9 +236,10 @@ class ForwardServer:
         decoder = ServerDecoder(
             max_message_bytes=settings.max_message_bytes,
             max_entries=settings.max_entries,
-            max_decompressed_bytes=settings.max_message_bytes * 8,
+            max_decompressed_bytes=settings.max_decompressed_bytes,
+            max_record_bytes=settings.max_record_bytes,
         )
-        first: list[EventMessage | Ping] = []
+        first: list[bytes] = []
         if self._shared_key is not None:
             first = await self._handshake(conn, reader, decoder)
         # Reads are pipelined: while one batch of messages waits for its fsync, the next is
@@ -202,61 +260,137 @@ class ForwardServer:
         reader: asyncio.StreamReader,
         decoder: ServerDecoder,
         queue: asyncio.Queue[_Batch | None],
-        pending: list[EventMessage | Ping],
+        pending: list[bytes],
     ) -> None:
         received = time.monotonic()
+        partial_since: float | None = None
         try:
             while True:
                 if pending:
-                    await self._submit(conn, pending, received, queue)
+                    await self._submit(conn, decoder, pending, received, queue)
                     pending = []
+                if decoder.buffered:
+                    # An incomplete message: a slot of the buffer budget before reading the
+                    # rest (a connection without one reads little at a time).
+                    if not conn.slot:
+                        await self._take_slot(conn)
+                elif conn.slot:
+                    self._release_slot(conn)
                 if self._stopping:
                     return
-                try:
-                    async with asyncio.timeout(self.settings.read_timeout_s):
-                        data = await reader.read(READ_BYTES)
-                except TimeoutError:
-                    if conn.inflight:
-                        continue  # the peer waits for our acks: that is not idling
-                    raise
+                data = await self._read(conn, reader, decoder, partial_since)
                 if not data:
                     return
                 received = time.monotonic()
-                pending = decoder.feed(data)
+                pending = decoder.frames(data)
+                if decoder.buffered == 0:
+                    partial_since = None
+                elif partial_since is None or pending:
+                    partial_since = received  # a new incomplete message began in this read
         finally:
+            if conn.slot:
+                self._release_slot(conn)
             await queue.put(None)
+
+    async def _take_slot(self, conn: _Connection) -> None:
+        """Hold room for one whole message: first within the source's share, then the
+        budget's (both FIFO), so one address cannot take every slot."""
+        size = self.settings.max_message_bytes
+        share = self._source_budgets.get(conn.source)
+        if share is None:
+            share = self._source_budgets[conn.source] = ByteBudget(
+                max(size, self.settings.buffer_budget_bytes // 4)
+            )
+        await share.acquire(size)
+        try:
+            await self._buffers.acquire(size)
+        except BaseException:
+            share.release(size)
+            raise
+        conn.slot = True
+        self._metrics.input_buffered_bytes.set(self._buffers.held)
+
+    def _release_slot(self, conn: _Connection) -> None:
+        size = self.settings.max_message_bytes
+        self._buffers.release(size)
+        share = self._source_budgets.get(conn.source)
+        if share is not None:
+            share.release(size)
+            if share.held == 0 and conn.source not in self._per_source:
+                del self._source_budgets[conn.source]
+        conn.slot = False
+        self._metrics.input_buffered_bytes.set(self._buffers.held)
+
+    async def _read(
+        self,
+        conn: _Connection,
+        reader: asyncio.StreamReader,
+        decoder: ServerDecoder,
+        partial_since: float | None,
+    ) -> bytes:
+        """One read within the timeouts; b"" at end of stream."""
+        settings = self.settings
+        size = READ_BYTES if conn.slot else UNSLOTTED_READ_BYTES
+        while True:
+            timeout = settings.read_timeout_s
+            if partial_since is not None:
+                left = partial_since + settings.message_timeout_s - time.monotonic()
+                if left <= 0:
+                    raise SlowMessageError(
+                        f"a message incomplete after {settings.message_timeout_s}s "
+                        f"({decoder.buffered} bytes)"
+                    )
+                timeout = min(timeout, left)
+            try:
+                async with asyncio.timeout(timeout):
+                    return await reader.read(size)
+            except TimeoutError:
+                if partial_since is not None:
+                    continue  # the message deadline decides, above
+                if conn.inflight:
+                    continue  # the peer waits for our acks: that is not idling
+                raise
 
     async def _submit(
         self,
         conn: _Connection,
-        messages: list[EventMessage | Ping],
+        decoder: ServerDecoder,
+        frames: list[bytes],
         received: float,
         queue: asyncio.Queue[_Batch | None],
     ) -> None:
-        """Start making one read's messages durable together; the acker acks them in order."""
+        """Decode and render one read's messages, one at a time, then start making them
+        durable together; the acker acks them in order."""
         crash_point("after_receive")
-        events: list[EventMessage] = []
-        for message in messages:
-            if isinstance(message, Ping):
-                raise ProtocolError("PING outside the handshake")
-            events.append(message)
-        self._metrics.bytes_in.inc(sum(m.wire_bytes for m in events))
-        # Render now, while the decoded records are at hand; only the compact fragments wait
-        # for the spool, so memory in flight is bytes, not Python objects.
-        stores = []
-        for event in events:
-            conn.messages += 1
-            receipt = Receipt(self._ingest.instance, conn.serial, conn.messages)
-            if event.signal:
-                stores.append(self._ingest.park_signal(event, receipt))
-            else:
-                stores.append(self._ingest.store(self._ingest.render(event, receipt)))
-        durable = asyncio.ensure_future(asyncio.gather(*stores))
+        rendered: list[Rendered] = []
+        acks: list[bytes] = []
+        try:
+            for index, frame in enumerate(frames):
+                await self._ingest.admit()  # room in the in-flight budget, before inflating
+                message = decoder.decode(frame)
+                frames[index] = b""  # the raw bytes are garbage once decoded
+                if message is None:
+                    continue  # heartbeat
+                if isinstance(message, Ping):
+                    raise ProtocolError("PING outside the handshake")
+                self._metrics.bytes_in.inc(message.wire_bytes)
+                conn.messages += 1
+                receipt = Receipt(self._ingest.instance, conn.serial, conn.messages)
+                # Rendered now, without an await since admit(): the decoded records die here,
+                # only compact bytes wait for the spool.
+                rendered.append(self._ingest.render(message, receipt))
+                if (ack := message.encode_ack()) is not None:
+                    acks.append(ack)
+                del message
+        except BaseException:
+            for done in rendered:
+                self._ingest.discard(done)
+            raise
+        durable = asyncio.ensure_future(
+            asyncio.gather(*(self._ingest.store(done) for done in rendered))
+        )
         # If the connection dies first, nobody awaits this: keep its error from being "lost".
         durable.add_done_callback(_consume_error)
-        acks = [ack for m in events if (ack := m.encode_ack()) is not None]
-        del events
-        messages.clear()  # the caller's list too: decoded records are garbage from here
         conn.inflight += 1
         conn.idle.clear()
         await queue.put(_Batch(durable, acks, received))
@@ -279,21 +413,35 @@ class ForwardServer:
 
     async def _handshake(
         self, conn: _Connection, reader: asyncio.StreamReader, decoder: ServerDecoder
-    ) -> list[EventMessage | Ping]:
+    ) -> list[bytes]:
+        """HELO, then a PING of at most HANDSHAKE_MAX_BYTES within the handshake timeout;
+        returns the messages the peer sent after its PING in the same reads."""
         assert self._shared_key is not None
         handshake = ServerHandshake(
             shared_key=self._shared_key, server_hostname=self._hostname, users=self._users
         )
         conn.writer.write(encode_helo(handshake.helo()))
         await conn.writer.drain()
-        messages: list[EventMessage | Ping] = []
-        async with asyncio.timeout(min(self.settings.read_timeout_s, 30.0)):
-            while not messages:
-                data = await reader.read(64 * 1024)
-                if not data:
-                    raise ConnectionResetError("closed during the handshake")
-                messages = decoder.feed(data)
-        first, rest = messages[0], messages[1:]
+        frames: list[bytes] = []
+        decoder.limit_messages(HANDSHAKE_MAX_BYTES)
+        try:
+            async with asyncio.timeout(self.settings.handshake_timeout_s):
+                while not frames:
+                    data = await reader.read(HANDSHAKE_MAX_BYTES)
+                    if not data:
+                        raise ConnectionResetError("closed during the handshake")
+                    frames = decoder.frames(data)
+        except TimeoutError:
+            self._metrics.handshake_failures.labels("timeout").inc()
+            raise HandshakeError(
+                f"no PING within {self.settings.handshake_timeout_s}s of HELO"
+            ) from None
+        except ProtocolError:
+            self._metrics.handshake_failures.labels("no_ping").inc()
+            raise
+        finally:
+            decoder.limit_messages(None)
+        first = decoder.decode(frames[0])
         if not isinstance(first, Ping):
             self._metrics.handshake_failures.labels("no_ping").inc()
             raise HandshakeError("expected PING after HELO")
@@ -305,7 +453,7 @@ class ForwardServer:
             self._metrics.handshake_failures.labels(reason).inc()
             raise HandshakeError(f"handshake refused: {pong.reason}")
         log.info("input.authenticated", peer=conn.peer, client=first.client_hostname)
-        return rest
+        return frames[1:]
 
 
 def _consume_error(future: asyncio.Future[list[int]]) -> None:
@@ -313,17 +461,26 @@ def _consume_error(future: asyncio.Future[list[int]]) -> None:
         future.exception()
 
 
-def _peer(writer: asyncio.StreamWriter) -> str:
+def _peer(writer: asyncio.StreamWriter) -> tuple[str, str]:
+    """``host:port`` of the peer, and its address alone (the per-source key)."""
     address = writer.get_extra_info("peername")
     if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return str(address)
+        return f"{address[0]}:{address[1]}", str(address[0])
+    return str(address), str(address)
 
 
-def _read_secret(inline: str | None, path: Path | None) -> str | None:
-    if path is not None:
-        return path.read_text(encoding="utf-8").strip()
-    return inline
+def _read_secret(inline: str | None, path: Path | None, what: str) -> str | None:
+    """An inline secret, or the stripped content of its file; an unreadable or empty file is
+    refused with a ConfigError (a start that would accept any key, or none, must not happen)."""
+    if path is None:
+        return inline
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} from {path}: {exc.strerror}") from exc
+    if not value:
+        raise ConfigError(f"{what} file {path} is empty")
+    return value
 
 
 def _server_ssl(settings: ForwardInputSettings) -> ssl.SSLContext | None:
@@ -332,4 +489,7 @@ def _server_ssl(settings: ForwardInputSettings) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file))
+    if settings.tls_client_ca_file is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=str(settings.tls_client_ca_file))
     return context

@@ -24,7 +24,7 @@ from logferry.common.spool import Spool
 from logferry.common.units import ByteSize
 
 log = get_logger(__name__)
-_TENANT_DIR = re.compile(r"^_?[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_TENANT_DIR = re.compile(r"^_?[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 _SPACE_POLL_S = 0.02
 
 

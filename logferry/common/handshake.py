@@ -158,10 +158,13 @@ class ServerHandshake:
         return pong
 
     def _pong(self, ping: Ping, ok: bool, reason: str) -> Pong:
+        if not ok:
+            # A refused peer learns nothing computed with the key (no digest oracle).
+            return Pong(False, reason, self.server_hostname, "")
         digest = shared_key_hexdigest(
             ping.shared_key_salt, self.server_hostname, self.nonce, self.shared_key
         )
-        return Pong(ok, reason, self.server_hostname, digest)
+        return Pong(True, reason, self.server_hostname, digest)
 
 
 class ClientHandshake:

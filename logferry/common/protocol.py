@@ -7,6 +7,8 @@ Reference: https://github.com/fluent/fluentd/wiki/Forward-Protocol-Specification
 - this module: encoders for the four carrier modes and acks; we send bin type for bytes,
   EventTime as ext 0, ``size`` and ``chunk`` options (chunk as str).
 - :mod:`~logferry.common.protocol_decode`: incremental, bounded ServerDecoder / ClientDecoder.
+- :mod:`~logferry.common.protocol_entries`: entry streams (fast and reference decoders,
+  slices, limits).
 - :mod:`~logferry.common.handshake`: HELO/PING/PONG digests and verification.
 """
 
@@ -18,7 +20,8 @@ from typing import Any
 
 import msgpack
 
-from logferry.common.protocol_decode import ClientDecoder, ServerDecoder, decode_entries
+from logferry.common.protocol_decode import ClientDecoder, ServerDecoder
+from logferry.common.protocol_entries import decode_entries
 from logferry.common.protocol_types import (
     DEFAULT_MAX_DECOMPRESSED_BYTES,
     DEFAULT_MAX_ENTRIES,

@@ -30,7 +30,12 @@ MakeAggregator = Callable[..., DaemonProcess]
 
 def aggregator_config(workdir: Path, store_url: str | None, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
-        "input": {"listen_host": "127.0.0.1", "listen_port": free_port()},
+        "input": {
+            "listen_host": "127.0.0.1",
+            "listen_port": free_port(),
+            # fluent-logger and the third-party peers cannot do the shared-key handshake
+            "allow_unauthenticated": True,
+        },
         "spool": {
             "directory": str(workdir / "spool"),
             "max_bytes": "256MiB",
@@ -109,12 +114,16 @@ async def test_fluent_logger_records_land_with_index_id_and_fields(
     logger = sender.FluentSender(
         "app", host="127.0.0.1", port=input_port(agg), nanosecond_precision=True
     )
+    # Today's midnight UTC, 25 s either side: within the accepted time window, two indices.
+    midnight = int(time.time()) // 86400 * 86400
+    day_before = time.strftime("%Y.%m.%d", time.gmtime(midnight - 1))
+    day = time.strftime("%Y.%m.%d", time.gmtime(midnight))
     try:
         for i in range(50):
             ok = await asyncio.to_thread(
                 logger.emit_with_time,
                 "web",
-                1764115175.123456789 + i,  # straddles midnight UTC
+                midnight - 25 + 0.123456789 + i,
                 {"log": f"hello {i}", "kubernetes": {"namespace_name": ns, "pod_name": "p"}},
             )
             assert ok, logger.last_error
@@ -124,11 +133,12 @@ async def test_fluent_logger_records_land_with_index_id_and_fields(
     await wait_count(store, f"logs-{ns}-*", 50)
     hits = await store.search(f"logs-{ns}-*")
     assert len(hits) == 50
-    assert {h["_index"] for h in hits} == {f"logs-{ns}-2025.11.26", f"logs-{ns}-2025.11.25"}
+    assert {h["_index"] for h in hits} == {f"logs-{ns}-{day_before}", f"logs-{ns}-{day}"}
     assert sorted(h["_source"]["log"] for h in hits) == sorted(f"hello {i}" for i in range(50))
     first = next(h for h in hits if h["_source"]["log"] == "hello 0")
-    assert first["_source"]["@timestamp"].startswith("2025-11-25T23:59:35.1234")
-    assert sum(h["_index"].endswith("2025.11.25") for h in hits) == 25
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(midnight - 25))
+    assert first["_source"]["@timestamp"].startswith(f"{stamp}.1234")
+    assert sum(h["_index"].endswith(day_before) for h in hits) == 25
     assert first["_source"]["kubernetes"] == {"namespace_name": ns, "pod_name": "p"}
     assert first["_id"].startswith("h")  # derived: fluent-logger sends no _lf.id
     assert await agg.stop() == 0

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from tests.integration.test_aggregator import (
     MakeAggregator,
@@ -179,26 +180,33 @@ async def test_without_a_store_records_go_to_ndjson_files(
     await agg.stop()
 
 
-async def test_tenant_filters_apply_to_their_tenant_only(
-    opensearch: Any, make_aggregator: MakeAggregator
+async def test_a_tenants_pipeline_applies_to_its_tenant_only(
+    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
 ) -> None:
-    agg = make_aggregator(
-        opensearch.url,
-        tenants={
-            "filt-a": {
-                "filters": [
-                    {
-                        "type": "grep",
-                        "field": "log",
-                        "regex": "line [0-9]*[05] ",
-                        "mode": "exclude",
-                    },
-                    {"type": "parse_json", "field": "log"},
-                    {"type": "add", "fields": {"team": "alpha"}},
-                ]
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    (pipelines / "filt-a.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "logferry.io/v1alpha1",
+                "kind": "LogPipeline",
+                "metadata": {"name": "trim", "namespace": "filt-a"},
+                "spec": {
+                    "filters": [
+                        {
+                            "type": "grep",
+                            "field": "log",
+                            "regex": "line [0-9]*[05] ",
+                            "mode": "exclude",
+                        },
+                        {"type": "parse_json", "field": "log"},
+                        {"type": "add", "fields": {"team": "alpha"}},
+                    ]
+                },
             }
-        },
+        )
     )
+    agg = make_aggregator(opensearch.url, pipelines={"directory": str(pipelines)})
     await agg.start()
     a = container_entries("filt-a", 100)
     b = container_entries("filt-b", 100)
@@ -208,11 +216,12 @@ async def test_tenant_filters_apply_to_their_tenant_only(
         await client.wait_ack("mixed-1")
     store = StoreReader(opensearch.url)
     await wait_count(store, "logs-filt-b-*", 100)
-    await wait_count(store, "logs-filt-a-*", 80)
-    assert await store.count("logs-filt-a-*") == 80  # lines ending in 0 or 5 excluded
-    hits = await store.search("logs-filt-a-*")
-    assert all(h["_source"]["team"] == "alpha" for h in hits)
-    parsed = [h["_source"] for h in hits if h["_source"]["_lf"]["seq"] == 1]
+    await wait_count(store, "logs-filt-a-*", 100)  # 80 kept, 20 drop markers
+    hits = [h["_source"] for h in await store.search("logs-filt-a-*")]
+    kept = [h for h in hits if "filtered_by" not in h["_lf"]]
+    assert len(kept) == 80  # lines ending in 0 or 5 excluded
+    assert all(h["team"] == "alpha" for h in kept)
+    parsed = [h for h in kept if h["_lf"]["seq"] == 1]
     assert parsed[0]["level"] == "warn"
     assert parsed[0]["log"].startswith("{")  # the original line is kept
     assert all("team" not in h["_source"] for h in await store.search("logs-filt-b-*"))

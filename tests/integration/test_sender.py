@@ -30,7 +30,12 @@ async def make_aggregator(tmp_path: Path) -> AsyncIterator[MakeAggregator]:
     def make(name: str = "agg", **input_overrides: Any) -> DaemonProcess:
         workdir = tmp_path / name
         config = {
-            "input": {"listen_host": "127.0.0.1", "listen_port": free_port(), **input_overrides},
+            "input": {
+                "listen_host": "127.0.0.1",
+                "listen_port": free_port(),
+                "allow_unauthenticated": True,
+                **input_overrides,
+            },
             "spool": {
                 "directory": str(workdir / "spool"),
                 "max_bytes": "256MiB",

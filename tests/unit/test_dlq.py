@@ -30,8 +30,12 @@ def letter(
     return DeadLetter(tenant, f"logs-{tenant}-2026.11.25", f"id-{n}", 400, reason, source)
 
 
-def queue_files(directory: Path) -> list[str]:
-    return sorted(name for name in os.listdir(directory) if name.endswith(".jsonl"))
+def queue_files(directory: Path, tenant: str = "team-a") -> list[str]:
+    """The queue files of ``tenant`` (each tenant has its own folder)."""
+    folder = directory / tenant
+    if not folder.is_dir():
+        return []
+    return sorted(name for name in os.listdir(folder) if name.endswith(".jsonl"))
 
 
 async def test_append_then_scan_round_trips_every_field(tmp_path: Path) -> None:
@@ -62,7 +66,7 @@ def test_files_rotate_by_size_and_keep_order(tmp_path: Path) -> None:
     for n in range(60):
         dlq.append_sync([letter(n)])
     assert len(queue_files(tmp_path)) >= 3
-    assert all((tmp_path / f).stat().st_size < 4096 + 300 for f in queue_files(tmp_path))
+    assert all((tmp_path / "team-a" / f).stat().st_size < 4096 + 300 for f in queue_files(tmp_path))
     assert [e.doc_id for e in dlq.scan().entries] == [f"id-{n}" for n in range(60)]
 
 
@@ -83,7 +87,7 @@ def test_settle_removes_delivered_updates_refused_and_deletes_emptied_files(
     assert len(left) == 40 - removed
     assert left[-1].reason == "strict_dynamic_mapping_exception: new"
     assert entries[-2].entry_id not in {e.entry_id for e in left}
-    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert not [n for n in os.listdir(tmp_path / "team-a") if n.endswith(".tmp")]
 
 
 def test_a_torn_last_line_is_skipped_and_counted_and_the_next_append_reads_fine(
@@ -91,7 +95,7 @@ def test_a_torn_last_line_is_skipped_and_counted_and_the_next_append_reads_fine(
 ) -> None:
     dlq = DeadLetterQueue(tmp_path)
     dlq.append_sync([letter(1), letter(2)])
-    path = tmp_path / queue_files(tmp_path)[0]
+    path = tmp_path / "team-a" / queue_files(tmp_path)[0]
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) - 25])  # a crash mid-write of the second line
     scan = dlq.scan()
@@ -185,3 +189,31 @@ def test_output_settings_load_from_an_aggregator_config(tmp_path: Path) -> None:
     assert output.batch_max_records == 100
     assert dlq is not None
     assert dlq.directory == tmp_path / "dlq"
+
+
+def test_one_tenant_cannot_fill_the_queue_for_the_others(tmp_path: Path) -> None:
+    dlq = DeadLetterQueue(tmp_path, rotate_bytes=4096, max_bytes=64 * 1024, tenant_max_bytes=4096)
+    for n in range(100):
+        if dlq.bytes_used + 400 > 4096:
+            break
+        dlq.append_sync([letter(n, tenant="team-a")])
+    with pytest.raises(DeadLetterQueueFullError, match="team-a's share"):
+        dlq.append_sync([letter(100, tenant="team-a")] * 2)
+    dlq.append_sync([letter(1, tenant="team-b")])  # the others still fit
+    assert [e.doc_id for e in dlq.scan(tenant="team-b").entries] == ["id-1"]
+    assert sum(f.stat().st_size for f in (tmp_path / "team-a").iterdir()) <= 4096
+
+
+def test_queue_files_are_private(tmp_path: Path) -> None:
+    dlq = DeadLetterQueue(tmp_path / "dlq")
+    dlq.append_sync([letter(1)])
+    assert (tmp_path / "dlq").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "dlq" / "team-a").stat().st_mode & 0o777 == 0o700
+    (name,) = queue_files(tmp_path / "dlq")
+    assert (tmp_path / "dlq" / "team-a" / name).stat().st_mode & 0o777 == 0o600
+
+
+def test_files_of_older_versions_in_the_top_folder_are_still_read(tmp_path: Path) -> None:
+    DeadLetterQueue(tmp_path).append_sync([letter(1)])
+    (tmp_path / "team-a" / "dlq-00000000.jsonl").rename(tmp_path / "dlq-00000000.jsonl")
+    assert [e.doc_id for e in DeadLetterQueue(tmp_path).scan().entries] == ["id-1"]

@@ -9,6 +9,7 @@ tests/support/fluentbit_wire.py for the layout.
 from __future__ import annotations
 
 import gzip
+import struct
 from typing import Any
 
 import msgpack
@@ -16,12 +17,11 @@ import pytest
 
 from logferry.common.errors import MalformedMessageError, TooManyEntriesError
 from logferry.common.protocol import EventMessage, EventTime, Mode, ServerDecoder
-from logferry.common.protocol_decode import (
-    _decode_entries,
-    _decode_entries_fast,
-    _decode_entries_msgpack,
-    _decode_entry_array_msgpack,
-    _fast_array,
+from logferry.common.protocol_entries import (
+    decode_array_msgpack,
+    decode_entries,
+    decode_stream_msgpack,
+    fast_array,
 )
 from logferry.common.protocol_types import METADATA_FIELD
 from tests.support import fluentbit_wire as wire
@@ -62,9 +62,14 @@ def entries_of(*pairs: tuple[EventTime, dict[str, Any], dict[str, Any] | None]) 
 
 def both_paths_packed(packed: bytes, size: int | None) -> tuple[str, str]:
     """repr of what the fast and the reference decoder make of a packed entry stream."""
-    return repr(_decode_entries(packed, size, 1000, "replace")), repr(
-        _decode_entries_msgpack(packed, 1000, "replace")
+    return repr(decode_entries(packed, size, max_entries=1000)), repr(
+        decode_stream_msgpack(packed, 1000, "replace")
     )
+
+
+def fast_only(packed: bytes, count: int) -> list[Any] | None:
+    """What the fast path alone makes of ``count`` packed entries (None: left to msgpack)."""
+    return fast_array(struct.pack(">BI", 0xDD, count) + packed)
 
 
 def test_the_builder_reproduces_the_hand_written_fixture() -> None:
@@ -96,9 +101,9 @@ def test_fluent_bit_forward_mode_without_options() -> None:
 def test_forward_mode_entries_agree_on_both_paths() -> None:
     # The entries element of a Forward message is an array: msgspec and msgpack must agree.
     array = FORWARD_WITH_ACK[14 : FORWARD_WITH_ACK.index(b"\xdf\x00\x00\x00\x03")]
-    fast = _fast_array(memoryview(array))
+    fast = fast_array(memoryview(array))
     assert fast == [(T1, HEALTHZ), (T2, HEALTHZ)]
-    assert repr(fast) == repr(_decode_entry_array_msgpack(array, "replace"))
+    assert repr(fast) == repr(decode_array_msgpack(array, "replace"))
 
 
 @pytest.mark.parametrize("members", [1, 2, 3])
@@ -116,7 +121,7 @@ def test_fluent_bit_compressed_packed_forward_with_gzip_members(members: int) ->
 
 def test_compressed_entries_agree_on_both_paths() -> None:
     packed = b"".join(entries_of((T1, HEALTHZ, None), (T2, {"x": [1, {"y": None}]}, None)))
-    assert _decode_entries_fast(packed, 2) is not None  # the fast path takes the usual shape
+    assert fast_only(packed, 2) is not None  # the fast path takes the usual shape
     fast, reference = both_paths_packed(packed, 2)
     assert fast == reference
     assert "fluent_metadata" not in fast  # an empty metadata map adds nothing
@@ -125,7 +130,7 @@ def test_compressed_entries_agree_on_both_paths() -> None:
 def test_metadata_is_kept_in_its_own_field_on_both_paths() -> None:
     metadata = {"otel": {"trace_id": "abc"}, "level": 3}
     packed = b"".join(entries_of((T1, HEALTHZ, metadata), (T2, HEALTHZ, None)))
-    assert _decode_entries_fast(packed, 2) is None  # metadata values: the msgpack path decides
+    assert fast_only(packed, 2) is None  # metadata values: the msgpack path decides
     fast, reference = both_paths_packed(packed, 2)
     assert fast == reference
     message = decode_one(wire.compressed_message("t", [packed]))

@@ -107,6 +107,7 @@ def test_wrong_shared_key_is_refused_with_a_failed_pong() -> None:
     ping = intruder.ping(server.helo())
     pong = server.answer_ping(ping)
     assert (pong.auth_result, pong.reason) == (False, "shared_key mismatch")
+    assert pong.shared_key_hexdigest == ""  # nothing computed with the key for a stranger
     with pytest.raises(HandshakeError, match="shared_key mismatch"):
         server.verify_ping(ping)
     with pytest.raises(HandshakeError, match="refused"):
@@ -120,7 +121,8 @@ def test_wrong_credentials_are_refused(user: str, password: str) -> None:
         shared_key="s3cr3t", client_hostname="n", username=user, password=password
     )
     ping = client.ping(server.helo())
-    assert server.answer_ping(ping).reason == "username/password mismatch"
+    refused = server.answer_ping(ping)
+    assert (refused.reason, refused.shared_key_hexdigest) == ("username/password mismatch", "")
     with pytest.raises(HandshakeError):
         server.verify_ping(ping)
 

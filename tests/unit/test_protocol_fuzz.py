@@ -35,11 +35,12 @@ from logferry.common.protocol import (
     encode_packed_forward,
     pack_entries,
 )
-from logferry.common.protocol_decode import (
-    _decode_entries,
-    _decode_entries_msgpack,
-    _decode_entry_array,
-    _decode_entry_array_msgpack,
+from logferry.common.protocol_entries import (
+    EntryLimits,
+    array_entries,
+    decode_array_msgpack,
+    decode_entries,
+    decode_stream_msgpack,
 )
 
 DOCUMENTED = (MalformedMessageError, MessageTooLargeError, TooManyEntriesError)
@@ -249,8 +250,8 @@ def test_entry_decoding_agrees_with_the_msgpack_path(
         except DOCUMENTED as exc:
             return type(exc).__name__
 
-    fast = run(lambda: _decode_entries(packed, size, 5, unicode_errors))
-    reference = run(lambda: _decode_entries_msgpack(packed, 5, unicode_errors))
+    fast = run(lambda: decode_entries(packed, size, max_entries=5, unicode_errors=unicode_errors))
+    reference = run(lambda: decode_stream_msgpack(packed, 5, unicode_errors))
     assert fast == reference
 
 
@@ -268,6 +269,9 @@ def test_forward_entry_arrays_agree_with_the_msgpack_path(
         except DOCUMENTED as exc:
             return type(exc).__name__
 
-    fast = run(lambda: _decode_entry_array(memoryview(array), unicode_errors))
-    reference = run(lambda: _decode_entry_array_msgpack(array, unicode_errors))
+    limits = EntryLimits(
+        max_entries=16, max_record_bytes=1 << 20, slice_bytes=1 << 20, unicode_errors=unicode_errors
+    )
+    fast = run(lambda: array_entries(memoryview(array), count, limits))
+    reference = run(lambda: decode_array_msgpack(array, unicode_errors))
     assert fast == reference

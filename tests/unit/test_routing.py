@@ -5,7 +5,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logferry.aggregator.routing import NAMESPACE, SUFFIX, IndexNamer, TenantResolver, tenant_of
+from logferry.aggregator.routing import (
+    DEFAULT_TENANT,
+    NAMESPACE,
+    PREFIX,
+    SUFFIX,
+    IndexNamer,
+    TenantResolver,
+    tenant_of,
+)
 
 namespaces = st.from_regex(NAMESPACE, fullmatch=True)
 suffixes = st.none() | st.from_regex(SUFFIX, fullmatch=True)
@@ -24,8 +32,16 @@ def test_records_without_a_valid_namespace_go_to_the_default_tenant() -> None:
         {"kubernetes": {"namespace_name": "../other"}},
         {"kubernetes": {"namespace_name": "Upper"}},
         {"kubernetes": {"namespace_name": "a.b"}},
+        {"kubernetes": {"namespace_name": "team-a\n"}},  # '$' would match before a newline
+        {"kubernetes": {"namespace_name": "team-a\nteam-b"}},
     ):
         assert tenant_of(record, "_default") == "_default"
+
+
+def test_every_name_pattern_is_a_full_match() -> None:
+    for pattern in (NAMESPACE, SUFFIX, PREFIX, DEFAULT_TENANT):
+        assert pattern.match("a\n") is None
+    assert IndexNamer("logs").tenant_of_index("logs-team-a-2026.11.29") == "team-a"
 
 
 def test_index_name_uses_utc_day() -> None:

@@ -40,7 +40,7 @@ RETRIABLE_ERROR_TYPES = frozenset(
 )
 # Compressing a large body would hold the event loop for tens of milliseconds.
 _GZIP_IN_THREAD_BYTES = MiB
-_ERROR_TYPE = re.compile(r"^[a-z_]{1,80}$")
+_ERROR_TYPE = re.compile(r"^[a-z_]{1,80}\Z")
 _REASON_MAX_CHARS = 2000
 
 

@@ -35,13 +35,13 @@ SPEC_HASH_ANNOTATION = "logferry.io/spec-hash"
 
 # A Kubernetes object name (RFC 1123 subdomain), kept to 63 characters: it names metrics,
 # status entries and files.
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?\Z")
 # Pod and container names are DNS names; a glob adds * ? and [...] classes.
-_GLOB = re.compile(r"^[a-z0-9\-.*?\[\]!]{1,253}$")
+_GLOB = re.compile(r"^[a-z0-9\-.*?\[\]!]{1,253}\Z")
 _LABEL_KEY = re.compile(
-    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z"
 )
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?\Z")
 
 _STRICT = ConfigDict(strict=True, populate_by_name=True)
 
