@@ -27,15 +27,19 @@ sys.path.insert(0, str(REPO))
 from process_stats import proc_cpu_s, proc_peak_rss_mb, report  # noqa: E402
 
 from tests.support.daemon import DaemonProcess  # noqa: E402
+from tests.support.kubelet import container_log, glob_of  # noqa: E402
 from tests.support.net import free_port, wait_until  # noqa: E402
 
 
-def write_files(root: Path, files: int, lines: int, fmt: str) -> None:
+def write_files(root: Path, files: int, lines: int, fmt: str) -> list[Path]:
+    """Container logs in kubelet's layout under ``root`` (containers/ links into pods/)."""
     per_file = lines // files
     text = "GET /api/v1/orders/12345 200 3.2ms user=alice trace=4bf92f3577b34da6a3ce929d0e0e4736 "
     stamp = "2026-11-25T19:50:31.123456789Z"
+    paths = []
     for i in range(files):
-        path = root / f"web-{i}_bench_app-{str(i % 10) * 64}.log"
+        path = container_log(root, "bench", f"web-{i}").path
+        paths.append(path)
         with path.open("wb", buffering=1 << 20) as f:
             for n in range(per_file):
                 if fmt == "cri":
@@ -43,6 +47,7 @@ def write_files(root: Path, files: int, lines: int, fmt: str) -> None:
                     continue
                 line = {"log": f"{text}{n}\n", "stream": "stdout", "time": stamp}
                 f.write(json.dumps(line).encode() + b"\n")
+    return paths
 
 
 async def main() -> None:
@@ -54,11 +59,10 @@ async def main() -> None:
     (REPO / ".cache").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="lf-bench-fwd-", dir=str(REPO / ".cache")))
     try:
-        logs = work / "containers"
-        logs.mkdir()
-        write_files(logs, args.files, args.lines, args.format)
+        logs = work / "node"
+        paths = write_files(logs, args.files, args.lines, args.format)
         total = (args.lines // args.files) * args.files
-        size = sum(p.stat().st_size for p in logs.iterdir())
+        size = sum(p.stat().st_size for p in paths)
         port = free_port()
         agg = DaemonProcess(
             "aggregator",
@@ -84,7 +88,7 @@ async def main() -> None:
             {
                 "node_name": "bench",
                 "spool": {"directory": str(work / "fwd" / "spool"), "max_bytes": "2GiB"},
-                "source": {"path_glob": str(logs / "*.log"), "poll_interval_s": 0.05},
+                "source": {"path_glob": glob_of(logs), "poll_interval_s": 0.05},
                 "sender": {"servers": [f"127.0.0.1:{port}"]},
                 "log": {"level": "warning", "format": "json"},
             },

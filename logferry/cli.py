@@ -115,8 +115,12 @@ def _run_daemon(name: str, args: argparse.Namespace) -> int:
     from logferry.forwarder.config import ForwarderConfig
 
     assert isinstance(config, ForwarderConfig)
-    forwarder_config = config
-    return run_until_signalled(lambda stop: Forwarder(forwarder_config).run(stop))
+    try:  # the shared key file is read here: an empty or unreadable one refuses the start
+        forwarder = Forwarder(config)
+    except ConfigError as exc:
+        print(f"logferry {name}: config refused: {exc}", file=sys.stderr)
+        return 2
+    return run_until_signalled(forwarder.run)
 
 
 def _print_reference(daemon: str) -> int:
@@ -136,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from logferry.aggregator.dlq_cli import dlq_main
 
         return dlq_main(argv[2:])
+    if argv[:2] == ["forwarder", "parked"]:
+        from logferry.forwarder.parked_cli import parked_main
+
+        return parked_main(argv[2:])
     if argv[:1] == ["loadgen"]:
         from logferry.tools.loadgen import loadgen_main
 

@@ -31,6 +31,7 @@ from logferry.aggregator.server import ForwardServer
 from logferry.aggregator.spools import TenantSpools
 from logferry.common.logs import get_logger
 from logferry.common.spool import Spool
+from logferry.common.spool_space import DiskStalls
 from logferry.common.status_http import StatusServer
 
 log = get_logger(__name__)
@@ -44,7 +45,7 @@ class Aggregator:
         self.metrics = AggregatorMetrics()
         self.hostname = socket.gethostname()
         self.instance = f"{self.hostname}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
-        self.spools = TenantSpools(config.spool)
+        self.spools = TenantSpools(config.spool, stalls=DiskStalls(self.metrics.registry))
         self.dlq = DeadLetterQueue.from_settings(config.dlq)
         self.output: Output = build_output(config.output, self.metrics, self.dlq)
         self.pipelines = PipelineRegistry()

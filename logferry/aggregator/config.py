@@ -51,13 +51,13 @@ class ForwardInputSettings(ConfigModel):
     max_message_bytes: ByteSize = Field(default=8 * MiB, ge=1024)
     """A message larger than this on the wire closes the connection (the forwarder's chunks
     are at most ``sender.batch_max_bytes`` before compression, 4MiB by default)."""
-    max_decompressed_bytes: ByteSize = Field(default=32 * MiB, ge=1024)
+    max_decompressed_bytes: ByteSize = Field(default=16 * MiB, ge=1024)
     """Most bytes one message's entries may expand to when decompressed; enforced while
     decompressing, so a small gzip bomb is refused before it grows."""
-    max_record_bytes: ByteSize = Field(default=2 * MiB, ge=1024)
-    """Most msgpack bytes one entry may take (the forwarder's lines are at most
-    ``source.max_line_bytes``, 1MiB by default). Bounds the Python objects one record can
-    become; a larger entry closes the connection."""
+    max_record_bytes: ByteSize = Field(default=1280 * 1024, ge=1024)
+    """Most msgpack bytes one entry may take: the forwarder's lines are at most
+    ``source.max_line_bytes`` (1MiB by default) plus their metadata; raise both together.
+    Bounds the Python objects one record can become; a larger entry closes the connection."""
     max_entries: int = Field(default=100_000, ge=1)
     """Most events one message may carry."""
     buffer_budget_bytes: ByteSize = Field(default=256 * MiB, ge=MiB)

@@ -361,30 +361,14 @@ class DeadLetterQueue:
     # ----------------------------------------------------------------- helpers
 
     def _files(self) -> list[tuple[int, Path, int]]:
-        """(number, path, size) of every queue file: those of older versions directly in the
-        directory first, then each tenant's, oldest first."""
+        """(number, path, size) of every queue file, in :func:`queue_files` order."""
         found = []
-        with contextlib.suppress(FileNotFoundError):
-            for name in sorted(os.listdir(self.directory)):
-                path = self.directory / name
-                if _FILE.match(name):
-                    found.append(self._entry(path, (0, name)))
-                elif _TENANT_DIR.match(name) and path.is_dir():
-                    for inner in sorted(os.listdir(path)):
-                        if _FILE.match(inner):
-                            found.append(self._entry(path / inner, (1, name)))
-        files = [(key, number, path, size) for key, number, path, size in found if size >= 0]
-        return [(number, path, size) for _key, number, path, size in sorted(files)]
-
-    @staticmethod
-    def _entry(path: Path, key: tuple[int, str]) -> tuple[tuple[int, str], int, Path, int]:
-        match = _FILE.match(path.name)
-        assert match is not None
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            size = -1
-        return key, int(match.group(1)), path, size
+        for path in queue_files(self.directory):
+            match = _FILE.match(path.name)
+            assert match is not None
+            with contextlib.suppress(FileNotFoundError):
+                found.append((int(match.group(1)), path, path.stat().st_size))
+        return found
 
     @contextlib.contextmanager
     def _locked(self, mode: int) -> Iterator[None]:
@@ -395,6 +379,24 @@ class DeadLetterQueue:
             yield
         finally:
             os.close(fd)  # releases the lock
+
+
+def queue_files(directory: Path) -> list[Path]:
+    """Every queue file under ``directory``: those of older versions directly in it first,
+    then each tenant's folder (by name), each oldest first."""
+    found: list[tuple[tuple[int, str], int, Path]] = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in sorted(os.listdir(directory)):
+            path = directory / name
+            match = _FILE.match(name)
+            if match:
+                found.append(((0, ""), int(match.group(1)), path))
+            elif _TENANT_DIR.match(name) and path.is_dir():
+                for inner in os.listdir(path):
+                    inner_match = _FILE.match(inner)
+                    if inner_match:
+                        found.append(((1, name), int(inner_match.group(1)), path / inner))
+    return [path for _key, _number, path in sorted(found)]
 
 
 def _tenant_dir(tenant: str) -> str:

@@ -431,6 +431,9 @@ class ForwardServer:
                     if not data:
                         raise ConnectionResetError("closed during the handshake")
                     frames = decoder.frames(data)
+            first = decoder.decode(frames[0])
+            if not isinstance(first, Ping):
+                raise HandshakeError("expected PING after HELO")
         except TimeoutError:
             self._metrics.handshake_failures.labels("timeout").inc()
             raise HandshakeError(
@@ -441,10 +444,6 @@ class ForwardServer:
             raise
         finally:
             decoder.limit_messages(None)
-        first = decoder.decode(frames[0])
-        if not isinstance(first, Ping):
-            self._metrics.handshake_failures.labels("no_ping").inc()
-            raise HandshakeError("expected PING after HELO")
         pong = handshake.answer_ping(first)
         conn.writer.write(encode_pong(pong))
         await conn.writer.drain()

@@ -21,6 +21,7 @@ from logferry.common.errors import SpoolClosedError
 from logferry.common.logs import get_logger
 from logferry.common.sections import MiB, SpoolSettings
 from logferry.common.spool import Spool
+from logferry.common.spool_space import DiskStalls
 from logferry.common.units import ByteSize
 
 log = get_logger(__name__)
@@ -58,8 +59,11 @@ OnNewTenant = Callable[[str, Spool], Awaitable[None]]
 class TenantSpools:
     """Opens tenant spools on demand (and every existing one at start, to drain backlog)."""
 
-    def __init__(self, settings: AggregatorSpoolSettings) -> None:
+    def __init__(
+        self, settings: AggregatorSpoolSettings, *, stalls: DiskStalls | None = None
+    ) -> None:
         self.settings = settings
+        self._stalls = stalls
         self._root = Path(settings.directory) / "tenants"
         self._spools: dict[str, Spool] = {}
         self._opening: dict[str, asyncio.Future[Spool]] = {}
@@ -72,7 +76,7 @@ class TenantSpools:
 
     async def start(self) -> None:
         """Open the spool of every tenant that has one on disk."""
-        self._root.mkdir(parents=True, exist_ok=True)
+        self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
         for entry in sorted(os.listdir(self._root)):
             if _TENANT_DIR.match(entry) and (self._root / entry).is_dir():
                 await self.get(entry)
@@ -104,6 +108,7 @@ class TenantSpools:
                 self._root / tenant,
                 max_bytes=self.settings.tenant_max_bytes,
                 segment_max_bytes=self.settings.segment_max_bytes,
+                stalls=self._stalls,
             )
             for callback in self._on_new:
                 await callback(tenant, spool)

@@ -56,8 +56,9 @@ from logferry.common.protocol_types import (
 
 HANDSHAKE_MAX_BYTES: Final = 4096
 """What a peer may send before its PING is checked: a PING is a few hundred bytes."""
-SLICE_BYTES: Final = 1024 * 1024
-"""Entry streams larger than this are decoded a slice of this size at a time."""
+SLICE_BYTES: Final = 256 * 1024
+"""Entry streams larger than this are decoded a slice of this size at a time (or an entry at a
+time, for larger entries): the Python objects alive at once are one slice's."""
 
 
 def _text(value: Any, what: str) -> str:

@@ -225,7 +225,7 @@ def _entry_error(raw: Any) -> MalformedMessageError:
     return MalformedMessageError("bad entries", reason="bad_entry", shape=shape_of(raw, 1))
 
 
-def _too_deep(value: Any, limit: int) -> bool:
+def too_deep(value: Any, limit: int) -> bool:
     """True when ``value`` nests more than ``limit`` containers (itself included)."""
     stack = [(value, 1)]
     pop, push = stack.pop, stack.append
@@ -414,7 +414,7 @@ def _entry_too_deep(entry: Any) -> bool:
     if type(entry) is not list or len(entry) != 2:
         return False  # not an entry: check_entries refuses it with its shape
     record = entry[1]
-    return type(record) is dict and _too_deep(record, MAX_DEPTH)
+    return type(record) is dict and too_deep(record, MAX_DEPTH)
 
 
 def _unreadable(entry: list[Any], raw: bytes) -> list[Any]:
@@ -604,5 +604,6 @@ __all__ = [
     "keep_metadata",
     "room_stream",
     "shape_of",
+    "too_deep",
     "walk_slices",
 ]

@@ -16,7 +16,10 @@ Invariants:
   writer task when a group is written, and reused if that write fails;
 - the reader never returns a byte past the last fsync, and reads from disk, so memory does
   not grow with backlog (guarantee 6); a full spool pauses producers instead of dropping;
-- a segment is deleted only when the *persisted* mark covers it, so a crash can only resend.
+- a segment is deleted only when the *persisted* mark covers it, so a crash can only resend;
+- a full volume (ENOSPC, EDQUOT) crashes and loses nothing: appends wait (the writer retries,
+  :mod:`.spool_writer`), the mark is written in place when no tmp file fits, and a fully
+  committed active segment is sealed so that deleting it makes room (:mod:`.spool_space`).
 
 On-disk format: :mod:`logferry.common.spool_segment`; recovery: :mod:`.spool_recovery`.
 """
@@ -38,13 +41,25 @@ from logferry.common.logs import get_logger
 from logferry.common.spool_reader import CommitTracker, SegmentReader
 from logferry.common.spool_recovery import COMMIT_FILE, QuarantineEvent, RecoveryResult, recover
 from logferry.common.spool_segment import (
+    FILE_MODE,
     HEADER_SIZE,
     MAX_PAYLOAD,
     Segment,
     encode_commit,
     encode_payload,
+    make_private_dirs,
+    overwrite_in_place,
     segment_name,
     write_file_atomic,
+)
+from logferry.common.spool_space import (
+    DEFAULT_STALLS,
+    DiskStalls,
+    check_volume,
+    is_disk_full,
+    stall_delay,
+    until_room,
+    volume_of,
 )
 from logferry.common.spool_writer import GroupWriter, PendingAppend, set_exception
 
@@ -87,8 +102,14 @@ class Spool:
         max_bytes: int,
         segment_max_bytes: int,
         commit_flush_interval_s: float,
+        stalls: DiskStalls | None = None,
     ) -> None:
         self._dir = directory
+        self._stalls = stalls if stalls is not None else DEFAULT_STALLS
+        self._volume = volume_of(directory)
+        self._mark_stall_attempts = 0
+        self.volume_bytes: int | None = None
+        """Size of the filesystem holding the spool (None if unknown)."""
         self._lock_fd = lock_fd
         self._max_bytes = max_bytes
         self._segment_max_bytes = segment_max_bytes
@@ -117,6 +138,7 @@ class Spool:
             on_durable=self._on_durable,
             on_failed=self._on_write_failed,
             on_dropped=self._reader.forget,
+            on_space=self._on_space,
         )
         self._read_lock = asyncio.Lock()
         self._data_ready = asyncio.Event()
@@ -146,14 +168,16 @@ class Spool:
         max_bytes: int,
         segment_max_bytes: int | None = None,
         commit_flush_interval_s: float = 0.1,
+        stalls: DiskStalls | None = None,
     ) -> Spool:
         """Open (creating if needed) the spool in ``directory`` and recover it.
 
         ``max_bytes`` caps the segment bytes on disk; ``segment_max_bytes`` (default
         ``min(64 MiB, max_bytes // 8)``) is the size at which a new segment file starts,
         and the granularity at which space is freed. The committed low-water mark is
-        persisted at most every ``commit_flush_interval_s``. Raises :class:`SpoolError`
-        if another process (or spool) holds the directory.
+        persisted at most every ``commit_flush_interval_s``. ``stalls`` reports writes
+        paused by a full volume (pass the daemon's, built on its metrics registry). Raises
+        :class:`SpoolError` if another process (or spool) holds the directory.
         """
         default_seg = min(_DEFAULT_SEGMENT_MAX_BYTES, max(4096, max_bytes // 8), max_bytes)
         seg_max = segment_max_bytes or default_seg
@@ -162,9 +186,12 @@ class Spool:
         if commit_flush_interval_s <= 0:
             raise ValueError("commit_flush_interval_s must be > 0")
         path = os.fspath(directory)
-        lock_fd = _lock_directory(path)
+        # On a full volume a new spool's folder, or recovery's rewrite of a damaged segment,
+        # may find no room: opening waits for it like any other write.
+        waits = stalls if stalls is not None else DEFAULT_STALLS
+        lock_fd = await until_room(waits, path, "create", _lock_directory)
         try:
-            recovered = await asyncio.to_thread(recover, path)
+            recovered = await until_room(waits, path, "recovery", recover)
             spool = cls(
                 path,
                 lock_fd,
@@ -172,9 +199,14 @@ class Spool:
                 max_bytes=max_bytes,
                 segment_max_bytes=seg_max,
                 commit_flush_interval_s=commit_flush_interval_s,
+                stalls=stalls,
             )
             spool._log_recovery(recovered)
-            await spool._persist_and_cleanup()
+            spool.volume_bytes = await asyncio.to_thread(
+                check_volume, path, segment_max_bytes=seg_max, max_bytes=max_bytes
+            )
+            if not await spool._persist_and_cleanup():
+                spool._lwm_dirty.set()  # the volume is full: the flusher retries
         except BaseException as exc:
             os.close(lock_fd)
             if isinstance(exc, OSError):
@@ -204,10 +236,12 @@ class Spool:
             self._reader.close()
         try:
             self._update_low_water()
-            await self._persist_and_cleanup()
+            if not await self._persist_and_cleanup():
+                log.info("spool.mark_kept", directory=self._dir, reason="volume full")
         except OSError as exc:  # the old mark stays: a restart resends, never loses
             raise SpoolError(f"spool {self._dir}: cannot persist the mark: {exc}") from exc
         finally:
+            self._stalls.clear("spool", self._dir, volume=self._volume)
             self._writer.seal()
             self._closed = True
             os.close(self._lock_fd)  # releases the flock
@@ -258,9 +292,17 @@ class Spool:
             self._reserved -= size
             raise SpoolClosedError(f"spool {self._dir} is closed")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._writer.submit(PendingAppend(payload, crc32(payload), len(records), _now_ms(), future))
-        # If the caller is cancelled now, the frame may still be written: harmless (resend).
-        return await future
+        item = PendingAppend(payload, crc32(payload), len(records), _now_ms(), future)
+        self._writer.submit(item)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Still queued (waiting for its group, or for disk space): taken back, never
+            # written. Already being written: it may become durable (a resend, harmless).
+            if self._writer.withdraw(item):
+                self._reserved -= size
+                self._wake_space_waiters()
+            raise
 
     async def _reserve(self, size: int, block: bool) -> None:
         """Count ``size`` against the cap, waiting in FIFO order for space if allowed."""
@@ -308,6 +350,13 @@ class Spool:
     def _on_write_failed(self, nbytes: int) -> None:
         self._reserved -= nbytes
         self._wake_space_waiters()
+
+    def _on_space(self, exc: OSError | None) -> None:
+        if exc is None:
+            self._stalls.succeeded("spool", self._dir, "segments", volume=self._volume)
+            return
+        self._stalls.failed("spool", self._dir, "segments", exc, volume=self._volume)
+        self._lwm_dirty.set()  # lets the flusher seal a fully committed active segment
 
     # ------------------------------------------------------------------- consuming
 
@@ -420,25 +469,63 @@ class Spool:
                 pass
             self._lwm_dirty.clear()
             try:
-                await self._persist_and_cleanup()
+                persisted = await self._persist_and_cleanup()
             except OSError as exc:  # keep the old mark (resend, never lose); retry later
                 log.error("spool.commit_persist_failed", directory=self._dir, error=repr(exc))
                 self._lwm_dirty.set()
+                continue
+            if persisted:
+                self._mark_stall_attempts = 0
+                continue
+            # The volume is full: the old mark stays (resend, never lose); retry later.
+            self._mark_stall_attempts += 1
+            self._lwm_dirty.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(stall_delay(self._mark_stall_attempts)):
+                    await self._stop.wait()
 
-    async def _persist_and_cleanup(self) -> None:
+    async def _persist_and_cleanup(self) -> bool:
+        """Persist the mark, then delete what it covers; False if the volume was too full to
+        persist it (the old mark stays, nothing is deleted on its account: retry later)."""
         mark = self._low_water
         if mark != self._persisted_low_water:
-            path = os.path.join(self._dir, COMMIT_FILE)
-            await asyncio.to_thread(write_file_atomic, path, encode_commit(mark))
+            try:
+                await self._persist_mark(mark)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                self._stalls.failed("spool", self._dir, "commit", exc, volume=self._volume)
+                return False
+            self._stalls.succeeded("spool", self._dir, "commit", volume=self._volume)
             self._persisted_low_water = mark
         active = self._writer.active
-        if self._space_waiters and not self._writer.writing and active and active.end_seq <= mark:
+        waiting = bool(self._space_waiters) or self._writer.stalled
+        if waiting and not self._writer.writing and active and active.end_seq <= mark:
             self._writer.seal()  # producers wait and all of it is committed: free it
         doomed = self._covered_segments()
         if doomed:
             await asyncio.to_thread(_unlink_all, [seg.path for seg in doomed])
             self._bytes_used -= sum(seg.size for seg in doomed)
             self._wake_space_waiters()
+            self._writer.space_freed()
+        return True
+
+    async def _persist_mark(self, mark: int) -> None:
+        path = os.path.join(self._dir, COMMIT_FILE)
+        data = encode_commit(mark)
+        try:
+            await asyncio.to_thread(write_file_atomic, path, data)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # No room for a tmp file, and without a new mark no segment can be deleted to
+            # make room: overwrite the old mark's 16 bytes in place (no new block needed).
+            # CRC-checked, so a torn write only makes a restart resend from the oldest
+            # segment.
+            try:
+                await asyncio.to_thread(overwrite_in_place, path, data)
+            except OSError:
+                raise exc from None
 
     def _covered_segments(self) -> list[Segment]:
         """Sealed segments, oldest first, whose records are all below the persisted mark."""
@@ -475,6 +562,16 @@ class Spool:
         if oldest is None:
             oldest = self._reader.unread_oldest_ms
         return max(0.0, (_now_ms() - oldest) / 1000) if oldest is not None else 0.0
+
+    @property
+    def appends_blocked(self) -> bool:
+        """Appends wait for space now: the spool is at its cap or its volume is full."""
+        return bool(self._space_waiters) or self._writer.stalled
+
+    @property
+    def disk_full(self) -> bool:
+        """A write of this spool is waiting for disk space (appends wait meanwhile)."""
+        return self._stalls.stalled("spool", self._dir)
 
     @property
     def fsyncs(self) -> int:
@@ -540,10 +637,11 @@ def _unlink_all(paths: list[str]) -> None:
 
 
 def _lock_directory(path: str) -> int:
-    """Create the directory if needed and take its exclusive lock (one owner process)."""
+    """Create the directory if needed (0700) and take its exclusive lock (one owner process)."""
     try:
-        os.makedirs(path, exist_ok=True)
-        fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        make_private_dirs(path)
+        lock_path = os.path.join(path, LOCK_FILE)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     except OSError as exc:
         raise SpoolError(f"spool {path}: cannot create or lock: {exc}") from exc
     try:

@@ -19,10 +19,12 @@ import os
 from dataclasses import dataclass, field
 
 from logferry.common.spool_segment import (
+    FILE_MODE,
     DamagedRange,
     FrameHeader,
     decode_commit,
     fsync_dir,
+    make_private_dirs,
     parse_segment_name,
     scan_frames,
     segment_name,
@@ -231,12 +233,12 @@ def _remove_tmp_files(directory: str) -> None:
 def _quarantine_bytes(directory: str, name: str, data: bytes) -> str:
     """Write ``data`` durably under ``quarantine/`` (before the segment is rewritten)."""
     qdir = os.path.join(directory, QUARANTINE_DIR)
-    os.makedirs(qdir, exist_ok=True)
+    make_private_dirs(qdir)
     base, path, n = name, os.path.join(qdir, name), 1
     while os.path.exists(path):  # damage found again at the same place on a later open
         name = f"{base}.{n}"
         path, n = os.path.join(qdir, name), n + 1
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         write_all(fd, data, 0)
         os.fsync(fd)

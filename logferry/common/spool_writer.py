@@ -6,6 +6,12 @@ every queued frame that fits in the active segment, numbers them, writes them wi
 group; the futures resolve only after the fsync returned (ack means durable). A failed
 write or fsync is truncated away and fails exactly the appends of its group; their
 sequence numbers are reused, so the numbers of durable records stay contiguous.
+
+A full volume (ENOSPC, EDQUOT) fails nothing: the partial group is truncated away as after
+any failure, but its appends go back to the head of the queue and the writer *stalls*:
+it retries with backoff (sooner when the spool frees a segment) until the write fits, so an
+append simply returns later and the stage before the spool waits. An append whose caller
+gives up while it waits in the queue is withdrawn, never written behind the caller's back.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from logferry.common.errors import SpoolError
+from logferry.common.errors import SpoolClosedError, SpoolError
+from logferry.common.events import first_set
 from logferry.common.logs import get_logger
 from logferry.common.spool_segment import (
+    FILE_MODE,
     HEADER_SIZE,
     Segment,
     encode_header,
@@ -25,11 +33,12 @@ from logferry.common.spool_segment import (
     segment_name,
     write_all,
 )
+from logferry.common.spool_space import is_disk_full, stall_delay
 
 log = get_logger(__name__)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class PendingAppend:
     """An append waiting for the writer: payload ready, header completed at write time."""
 
@@ -47,9 +56,11 @@ class PendingAppend:
 
 # Called with (records, append time of the first frame, bytes) once a group is durable.
 OnDurable = Callable[[int, int, int], None]
-# Called with the bytes of a failed group, and with a segment dropped from the list.
+# Called with the bytes of a failed or withdrawn group, and with a segment dropped from the list.
 OnFailed = Callable[[int], None]
 OnDropped = Callable[[Segment], None]
+# Called with the error when a write finds the volume full, and with None when one succeeds.
+OnSpace = Callable[[OSError | None], None]
 
 
 class GroupWriter:
@@ -65,6 +76,7 @@ class GroupWriter:
         on_durable: OnDurable,
         on_failed: OnFailed,
         on_dropped: OnDropped,
+        on_space: OnSpace | None = None,
     ) -> None:
         self._dir = directory
         self._segments = segments  # shared with the spool; the writer appends new segments
@@ -73,43 +85,84 @@ class GroupWriter:
         self._on_durable = on_durable
         self._on_failed = on_failed
         self._on_dropped = on_dropped
+        self._on_space = on_space
         self.pending: list[PendingAppend] = []
         self.active: Segment | None = None  # started lazily on the first write after open
         self._fd: int | None = None
         self.writing = False
         self.fsyncs = 0
+        self.stall_attempts = 0
+        """Failed attempts of the current stall (0: not stalled)."""
         self._wake = asyncio.Event()
+        self._space_freed = asyncio.Event()
+        self._stop_event = asyncio.Event()
         self._stopping = False
+
+    @property
+    def stalled(self) -> bool:
+        """The last write found the volume full; the writer is waiting to retry."""
+        return self.stall_attempts > 0
 
     def submit(self, item: PendingAppend) -> None:
         """Queue a frame for the next group."""
         self.pending.append(item)
         self._wake.set()
 
+    def withdraw(self, item: PendingAppend) -> bool:
+        """Take a queued frame back (its caller gave up); False if it is being written now
+        (it may then become durable: the caller must treat it as maybe written)."""
+        try:
+            self.pending.remove(item)
+        except ValueError:
+            return False
+        return True
+
+    def space_freed(self) -> None:
+        """The spool deleted segments: a stalled write is worth retrying now."""
+        self._space_freed.set()
+
     def stop(self) -> None:
-        """Ask :meth:`run` to return once the queue is drained."""
+        """Ask :meth:`run` to return once the queue is drained (or at once when stalled:
+        what waits for space is failed with SpoolClosedError, nothing of it kept)."""
         self._stopping = True
         self._wake.set()
+        self._stop_event.set()
 
     async def run(self) -> None:
         """The writer task: write groups until stopped and drained."""
         while True:
             while self.pending:
-                await self._write_group()
+                if await self._write_group():
+                    continue
+                if not await self._wait_to_retry():
+                    self.fail_pending(SpoolClosedError("spool closed while waiting for disk space"))
+                    return
             if self._stopping:
                 return
             self._wake.clear()
             await self._wake.wait()
 
     def fail_pending(self, exc: SpoolError) -> None:
-        """Fail every queued append (the writer died)."""
+        """Fail every queued append (the writer died, or the spool closed during a stall)."""
         for item in self.pending:
             set_exception(item.future, exc)
         self.pending.clear()
 
-    async def _write_group(self) -> None:
-        """Write as many queued frames as fit in the active segment, then fsync once."""
+    async def _wait_to_retry(self) -> bool:
+        """Back off after a write found the volume full; False if the spool is stopping."""
+        if self._stopping:
+            return False
+        delay = stall_delay(self.stall_attempts)
+        woken = await first_set((self._stop_event, self._space_freed), delay)
+        return woken is not self._stop_event
+
+    async def _write_group(self) -> bool:
+        """Write as many queued frames as fit in the active segment, then fsync once.
+
+        False when the volume was full: the group is back in the queue for a retry.
+        """
         self.writing = True
+        self._space_freed.clear()  # a segment freed from now on is worth a retry
         try:
             if self._needs_new_segment(self.pending[0].size):
                 self.seal()
@@ -119,7 +172,16 @@ class GroupWriter:
                     await self._create_segment()
                 await self._write_and_sync(group)
             except OSError as exc:
+                if is_disk_full(exc):
+                    self._requeue(group, exc)
+                    return False
                 self._group_failed(group, exc)
+            else:
+                if self.stall_attempts:
+                    self.stall_attempts = 0
+                    if self._on_space is not None:
+                        self._on_space(None)
+            return True
         finally:
             self.writing = False
 
@@ -174,6 +236,27 @@ class GroupWriter:
         if active.size >= self._segment_max_bytes:
             self.seal()
 
+    def _requeue(self, group: list[PendingAppend], exc: OSError) -> None:
+        """The volume is full: nothing of the group was kept; it goes back to the head of the
+        queue (callers that gave up meanwhile are dropped) and the writer stalls."""
+        if isinstance(exc, _TruncateFailedError):
+            self.seal()  # the file's tail is unknown: retry in a new segment
+        keep = [item for item in group if not item.future.done()]
+        dropped = sum(item.size for item in group if item.future.done())
+        if dropped:
+            self._on_failed(dropped)
+        self.pending[:0] = keep
+        self.stall_attempts += 1
+        if self._on_space is not None:
+            self._on_space(exc)
+        log.debug(
+            "spool.write_stalled",
+            directory=self._dir,
+            attempt=self.stall_attempts,
+            appends=len(keep),
+            retry_in_s=stall_delay(self.stall_attempts),
+        )
+
     def _group_failed(self, group: list[PendingAppend], exc: OSError) -> None:
         """Nothing of the group is acked; its sequence numbers are reused by the next write."""
         log.error("spool.write_failed", directory=self._dir, error=repr(exc), appends=len(group))
@@ -202,7 +285,12 @@ class _TruncateFailedError(OSError):
 
 
 def _write_sync_or_truncate(fd: int, data: bytes, offset: int) -> None:
-    """pwrite + fdatasync; on failure cut the file back to ``offset`` (never keep a torn tail)."""
+    """pwrite + fdatasync; on failure cut the file back to ``offset`` (never keep a torn tail).
+
+    After a failed fdatasync the page cache may already have dropped the dirty pages (and
+    forgotten the error): cutting them away and writing the whole group again is the only
+    way to know what is on disk.
+    """
     try:
         write_all(fd, data, offset)
         os.fdatasync(fd)
@@ -216,7 +304,7 @@ def _write_sync_or_truncate(fd: int, data: bytes, offset: int) -> None:
 
 def _create_file(path: str, directory: str) -> int:
     """Create (or reset) a segment file and make its directory entry durable."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
         fsync_dir(directory)
     except OSError:

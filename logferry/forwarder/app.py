@@ -22,11 +22,15 @@ from logferry.common import metrics
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
 from logferry.common.spool import Spool
+from logferry.common.spool_space import DiskStalls
 from logferry.common.status_http import StatusServer
 from logferry.forwarder.config import ForwarderConfig
 from logferry.forwarder.discovery import Discovery, FoundFile
 from logferry.forwarder.metadata import parse_file_name
+from logferry.forwarder.parking import Parking
+from logferry.forwarder.pathguard import RefusedFileError, check_target, open_pod_log
 from logferry.forwarder.positions import PositionStore, fingerprint, resolve
+from logferry.forwarder.positions_saver import PositionsSaver
 from logferry.forwarder.sender import Sender
 from logferry.forwarder.tail import FileTail, TailBatch, TailStatus
 
@@ -34,6 +38,7 @@ log = get_logger(__name__)
 Key = tuple[int, int]
 POSITIONS_SAVE_INTERVAL_S = 0.5
 IDLE_ROUNDS_TO_RELEASE = 2
+_STOP_POLL_S = 0.1
 
 
 class ForwarderMetrics:
@@ -86,6 +91,11 @@ class ForwarderMetrics:
         self.spool_blocks = gauge(
             "spool_blocks", "Spool blocks (compressed groups of records) not yet acked."
         )
+        self.spool_volume_bytes = gauge(
+            "spool_volume_bytes",
+            "Size of the filesystem holding the spool (a warning at start when it is smaller "
+            "than a few segments or than spool.max_bytes).",
+        )
 
 
 class Forwarder:
@@ -93,10 +103,15 @@ class Forwarder:
 
     def __init__(self, config: ForwarderConfig) -> None:
         self.config = config
+        # Read first: a missing or empty key file refuses the start (ConfigError).
+        self._shared_key = config.sender.read_shared_key()
         self.registry = CollectorRegistry()
         self.metrics = ForwarderMetrics(self.registry)
+        self.stalls = DiskStalls(self.registry)
         self.positions = PositionStore(config.positions_path)
-        self.discovery = Discovery(config.source, config.node_name)
+        self._positions_saver = PositionsSaver(self.positions, self.stalls)
+        self.discovery = Discovery(config.source, config.node_name, registry=self.registry)
+        self.parking = Parking(config.parked_path, registry=self.registry, stalls=self.stalls)
         self._tails: dict[Key, FileTail] = {}
         self._live: set[Key] = set()
         self._idle_rounds: dict[Key, int] = {}
@@ -117,22 +132,33 @@ class Forwarder:
 
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until ``stop``; returns the exit code."""
-        spool_settings = self.config.spool
-        spool = self._spool = await Spool.open(
-            spool_settings.directory,
-            max_bytes=spool_settings.max_bytes,
-            segment_max_bytes=spool_settings.segment_max_bytes,
-        )
+        # /healthz first: opening may wait for disk space (recovery on a full volume).
+        await self.status.start()
+        try:
+            opened = await self._open_spool(stop)
+        except BaseException:
+            await self.status.stop()
+            raise
+        if opened is None:  # stopped while the spool waited for space
+            await self.status.stop()
+            return 0
+        spool = self._spool = opened
         self.metrics.spool_quarantined_frames.inc(spool.quarantined_frames)
         self.metrics.spool_quarantined_bytes.inc(spool.quarantined_bytes)
         self.metrics.positions_quarantined.inc(self.positions.corrupt_loads)
+        if spool.volume_bytes is not None:
+            self.metrics.spool_volume_bytes.set(spool.volume_bytes)
         sender = Sender(
-            self.config.sender, spool, node_name=self.config.node_name, metrics=self.registry
+            self.config.sender,
+            spool,
+            node_name=self.config.node_name,
+            metrics=self.registry,
+            shared_key=self._shared_key,
+            parking=self.parking,
         )
         sender_stop = asyncio.Event()
         tailing_stop = asyncio.Event()
         try:
-            await self.status.start()
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.discovery.run(self._on_change, tailing_stop))
                 tail_task = group.create_task(self._tail_loop(tailing_stop))
@@ -146,10 +172,10 @@ class Forwarder:
                 log.info("forwarder.stopping")
                 tailing_stop.set()
                 self._wake.set()
-                await tail_task  # the last round's records are spooled and positions saved
+                await self._finish_tailing(tail_task, spool)
                 sender_stop.set()
         finally:
-            await asyncio.to_thread(self.positions.save, force=True)
+            await self._positions_saver.save(force=True)
             for tail in self._tails.values():
                 tail.close()
             self._tails.clear()
@@ -157,6 +183,38 @@ class Forwarder:
             await self.status.stop()
             log.info("forwarder.stopped")
         return 0
+
+    async def _open_spool(self, stop: asyncio.Event) -> Spool | None:
+        """The node spool, or None if ``stop`` came first."""
+        settings = self.config.spool
+        opening = asyncio.create_task(
+            Spool.open(
+                settings.directory,
+                max_bytes=settings.max_bytes,
+                segment_max_bytes=settings.segment_max_bytes,
+                stalls=self.stalls,
+            )
+        )
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({opening, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not opening.done():
+            opening.cancel()
+            await asyncio.wait({opening})
+            return None
+        return opening.result()
+
+    async def _finish_tailing(self, task: asyncio.Task[None], spool: Spool) -> None:
+        """Let the last round spool its records and save positions, unless the spool cannot
+        take them (its volume or its cap is full, say with the aggregators down): then stop
+        waiting. What was not appended is read again after the restart, since positions
+        moved only past what the spool holds."""
+        while not task.done():
+            await asyncio.wait({task}, timeout=_STOP_POLL_S)
+            if not task.done() and spool.appends_blocked:
+                log.info("forwarder.stop_abandons_append", reason="spool cannot take more")
+                task.cancel()
+                await asyncio.wait({task})
 
     async def _on_change(self, found: dict[str, FoundFile]) -> None:
         live: set[Key] = set()
@@ -186,10 +244,13 @@ class Forwarder:
             for entry in os.scandir(directory):
                 with contextlib.suppress(OSError):
                     stat = entry.stat(follow_symlinks=False)
-                    if (stat.st_dev, stat.st_ino) == state.key and entry.is_file():
-                        self._open(FoundFile(state.link, entry.path, stat, meta))
-                        log.info("tail.rotated_while_down", source=state.source_id, path=entry.path)
-                        found = True
+                    regular = entry.is_file(follow_symlinks=False)
+                    if (stat.st_dev, stat.st_ino) == state.key and regular:
+                        if self._open(FoundFile(state.link, entry.path, stat, meta)):
+                            log.info(
+                                "tail.rotated_while_down", source=state.source_id, path=entry.path
+                            )
+                        found = True  # refused: counted and logged as such, not as lost
                         break
             if not found:
                 count_and_log(
@@ -202,16 +263,33 @@ class Forwarder:
                 )
                 self.positions.remove(*state.key)
 
-    def _open(self, item: FoundFile) -> None:
+    def _open(self, item: FoundFile) -> bool:
+        """Start tailing ``item``; False if it was refused or is gone (or tailed already)."""
+        # The forwarder may read any file on the node: only a container's own log is opened,
+        # without following a symlink swapped in since the scan (pathguard).
+        root = self.discovery.pods_root
         try:
-            fd = os.open(item.real_path, os.O_RDONLY | os.O_CLOEXEC)
+            refusal = check_target(item.real_path, root, item.meta)
+            if refusal is not None:
+                raise RefusedFileError(refusal, item.real_path)
+            fd, stat = open_pod_log(item.real_path, root)
         except FileNotFoundError:
-            return  # rotated between the scan and now: the next scan sees the new one
-        stat = os.fstat(fd)
+            return False  # rotated between the scan and now: the next scan sees the new one
+        except RefusedFileError as exc:
+            self.discovery.refuse(item.path, exc.reason, item.real_path, item.meta)
+            return False
         key = (stat.st_dev, stat.st_ino)
+        if key != (item.device, item.inode):
+            # Replaced since the scan (a rotation): what opened is safe to read, but its
+            # metadata is another file's. The next scan finds it as it is now.
+            os.close(fd)
+            log.info("tail.changed_since_scan", link=item.path, path=item.real_path)
+            self.discovery.request_scan()
+            return False
+        self.discovery.accepted(item.path)
         if key in self._tails:
             os.close(fd)
-            return
+            return False
         state, resolution = resolve(
             self.positions, self.config.node_name, item.real_path, stat, fingerprint(fd), fd=fd
         )
@@ -237,6 +315,7 @@ class Forwarder:
             offset=state.offset,
             resolution=resolution.value,
         )
+        return True
 
     async def _tail_loop(self, stop: asyncio.Event) -> None:
         last_save = time.monotonic()
@@ -259,7 +338,7 @@ class Forwarder:
                     self.discovery.request_scan()
             now = time.monotonic()
             if self.positions.dirty and (stopping or now - last_save >= POSITIONS_SAVE_INTERVAL_S):
-                await asyncio.to_thread(self.positions.save)
+                await self._positions_saver.save(force=stopping)
                 last_save = now
             if stopping and not progressed:
                 return

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from logferry.common.config import ConfigModel
+from logferry.common.errors import ConfigError
 from logferry.common.sections import HttpSettings, LogSettings, SpoolSettings
 from logferry.common.units import ByteSize
 
@@ -19,6 +21,12 @@ class SourceSettings(ConfigModel):
 
     path_glob: str = "/var/log/containers/*.log"
     """Files to tail; kubelet keeps symlinks here into /var/log/pods."""
+    pods_root: Path | None = None
+    """kubelet's pod log folder. A file is read only if its link resolves to
+    ``<pods_root>/<namespace>_<pod>_<uid>/<container>/<n>.log`` with the namespace, pod and
+    container of the link's own name, and is opened there without following a symlink:
+    a tenant cannot make the forwarder read a node file or another tenant's log. Default:
+    ``pods`` beside the glob's folder (``/var/log/pods`` for the default glob)."""
     exclude_namespaces: list[str] = Field(default_factory=list)
     """Namespace globs whose containers are not tailed (e.g. ``kube-system``)."""
     exclude_pods: list[str] = Field(default_factory=list)
@@ -33,6 +41,16 @@ class SourceSettings(ConfigModel):
     """Most bytes read from one file per round, so one busy file cannot starve the others."""
     max_line_bytes: ByteSize = Field(default=1024 * KiB, ge=16 * KiB)
     """A merged line longer than this is cut and marked truncated (never dropped)."""
+
+    @property
+    def pods_root_path(self) -> Path:
+        """The effective pods root (see ``pods_root``)."""
+        if self.pods_root is not None:
+            return self.pods_root
+        directory = os.path.dirname(self.path_glob) or "."
+        if any(c in directory for c in "*?["):
+            return Path("/var/log/pods")
+        return Path(os.path.dirname(os.path.normpath(directory)) or ".") / "pods"
 
 
 class SenderSettings(ConfigModel):
@@ -53,7 +71,11 @@ class SenderSettings(ConfigModel):
     connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
     """Limit for TCP connect, TLS and the shared-key handshake together."""
     shared_key: str | None = None
-    """Forward Protocol shared key for the HELO/PING/PONG handshake."""
+    """Forward Protocol shared key for the HELO/PING/PONG handshake. Prefer
+    ``shared_key_file`` so the key stays in a Secret."""
+    shared_key_file: Path | None = None
+    """File holding the shared key (a mounted Secret); read at start, surrounding whitespace
+    and the trailing newline stripped as the aggregator does; an empty one is refused."""
     tag: str = Field(default="kube", min_length=1)
     """Forward Protocol tag of every chunk (the aggregator routes by namespace, not by tag)."""
     batch_max_records: int = Field(default=2000, ge=1, le=1_000_000)
@@ -80,6 +102,12 @@ class SenderSettings(ConfigModel):
     endpoints are addresses from ``dns_name``."""
     shutdown_deadline_s: float = Field(default=10.0, ge=0, le=3600)
     """On stop, how long to wait for acks of chunks in flight; the rest stays in the spool."""
+    park_after_refusals: int = Field(default=5, ge=0, le=1000)
+    """A chunk whose connection an aggregator closes this many times (closed or reset after
+    the chunk was sent and before its ack, while it was the only chunk unacked there, by an
+    endpoint that had acked other chunks) is parked in ``parked_directory`` and committed,
+    so one poison chunk cannot hold the node's spool for ever. Timeouts and connect failures
+    never count. 0: never park (retry for ever)."""
 
     @model_validator(mode="after")
     def _endpoints_valid(self) -> Self:
@@ -89,7 +117,34 @@ class SenderSettings(ConfigModel):
             raise ValueError("backoff_max_s must be >= backoff_initial_s")
         if self.tls_ca_file is not None and not self.tls:
             raise ValueError("tls_ca_file needs tls: true")
+        if self.shared_key is not None and self.shared_key_file is not None:
+            raise ValueError("set shared_key or shared_key_file, not both")
         return self
+
+    @field_validator("shared_key")
+    @classmethod
+    def _key_not_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("shared_key is empty")
+        return value
+
+    def read_shared_key(self) -> str | None:
+        """The handshake key: ``shared_key``, or the stripped content of ``shared_key_file``
+        (read now: call once at start). ConfigError if the file is unreadable or empty: a
+        forwarder that would send no key, or a wrong one, must not start."""
+        path = self.shared_key_file
+        if path is None:
+            return self.shared_key
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(
+                f"cannot read the shared key from {path}: {reason}", path="sender.shared_key_file"
+            ) from exc
+        if not value:
+            raise ConfigError(f"{path} is empty: no shared key", path="sender.shared_key_file")
+        return value
 
 
 def parse_host_port(server: str) -> tuple[str, int]:
@@ -120,6 +175,10 @@ class ForwarderConfig(ConfigModel):
     positions_file: Path | None = None
     """Where file positions are kept (default: ``<spool.directory>/../positions``); on the
     same host path as the spool, since positions only ever trail what the spool holds."""
+    parked_directory: Path | None = None
+    """Where chunks refused ``sender.park_after_refusals`` times are kept, one file each
+    (default: ``<spool.directory>/../parked``); list and requeue them with
+    ``logferry forwarder parked list|requeue``."""
 
     @model_validator(mode="after")
     def _has_endpoints(self) -> ForwarderConfig:
@@ -131,3 +190,8 @@ class ForwarderConfig(ConfigModel):
     def positions_path(self) -> Path:
         """The effective positions file."""
         return self.positions_file or Path(self.spool.directory).parent / "positions"
+
+    @property
+    def parked_path(self) -> Path:
+        """The effective folder of parked chunks."""
+        return self.parked_directory or Path(self.spool.directory).parent / "parked"

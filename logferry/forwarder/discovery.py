@@ -10,6 +10,11 @@ reports the new inode anyway.
 
 Batch-oriented: every change (inotify burst or timer) leads to one full scan and one
 ``on_change(found)`` call with the complete current set, never a call per event.
+
+A link is reported only if its target is that container's own log under the pods root
+(:mod:`.pathguard`); the others are *refused*: counted in ``logferry_files_skipped_total``
+by reason and logged once at warning, not at every rescan (again only if the link
+changes, or after it was accepted or gone in between).
 """
 
 from __future__ import annotations
@@ -20,23 +25,30 @@ import fnmatch
 import glob
 import os
 import stat
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from prometheus_client import CollectorRegistry
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from logferry.common import metrics
 from logferry.common.events import first_set
 from logferry.common.logs import get_logger
+from logferry.common.metrics import count_and_log
 from logferry.forwarder.config import SourceSettings
 from logferry.forwarder.metadata import ContainerMeta, excluded, parse_file_name
+from logferry.forwarder.pathguard import RefusalReason, check_target, pods_root
 
 log = get_logger(__name__)
 
-SkipReason = Literal["not_container", "excluded", "dangling", "not_regular"]
-"""Why a path matching the glob is not reported."""
+SkipReason = Literal["not_container", "excluded", "dangling"] | RefusalReason
+"""Why a path matching the glob is not reported. ``not_container`` (a name that is not
+kubelet's), ``excluded`` (the config says so) and ``dangling`` (a link whose target is gone,
+as during every rotation) are routine; the others are refusals, counted and logged."""
 
 OnChange = Callable[[dict[str, "FoundFile"]], Awaitable[None]]
 
@@ -121,11 +133,30 @@ class Discovery:
     observer thread and stops and joins it before it returns, however it ends.
     """
 
-    def __init__(self, settings: SourceSettings, host: str, *, use_inotify: bool = True) -> None:
+    def __init__(
+        self,
+        settings: SourceSettings,
+        host: str,
+        *,
+        use_inotify: bool = True,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self._settings = settings
         self._host = host
         self._use_inotify = use_inotify
         self._root, self._recursive = watch_root(settings.path_glob)
+        self.pods_root = pods_root(settings.pods_root_path)
+        """The resolved pods root every target must lie under."""
+        self.skipped = metrics.counter(
+            registry if registry is not None else CollectorRegistry(),
+            "files_skipped",
+            "Container log files refused, by reason (each refusal counted once, not per "
+            "rescan): outside_pods_root, not_pod_layout, wrong_owner (the link's target is "
+            "another container's file), symlink, not_regular.",
+            ("reason",),
+        )
+        self._refused: dict[str, tuple[RefusalReason, str]] = {}  # link -> (reason, target)
+        self._refused_lock = threading.Lock()
         self.stats = ScanStats()
         self._observer: BaseObserver | None = None
         self._watched: tuple[int, int] | None = None  # (st_dev, st_ino) of the watched dir
@@ -134,9 +165,11 @@ class Discovery:
     def scan(self) -> dict[str, FoundFile]:
         """The files matching the glob now, keyed by the matched path, in sorted order."""
         s = self._settings
+        self.pods_root = root = pods_root(s.pods_root_path)
         found: dict[str, FoundFile] = {}
         skipped: dict[SkipReason, int] = {}
-        for path in sorted(glob.glob(s.path_glob, recursive=self._recursive)):
+        paths = sorted(glob.glob(s.path_glob, recursive=self._recursive))
+        for path in paths:
             reason: SkipReason | None = None
             meta = parse_file_name(path, self._host)
             if meta is None:
@@ -144,23 +177,72 @@ class Discovery:
             elif excluded(meta, s.exclude_namespaces, s.exclude_pods, s.exclude_containers):
                 reason = "excluded"
             else:
-                try:
-                    # stat first: a link whose target was rotated away raises here.
-                    st = os.stat(path)
-                    real = os.path.realpath(path)
-                except (FileNotFoundError, NotADirectoryError):
-                    reason = "dangling"
-                else:
-                    if stat.S_ISREG(st.st_mode):
-                        found[path] = FoundFile(path, real, st, meta)
-                    else:
-                        reason = "not_regular"
+                reason = self._judge(path, root, meta, found)
             if reason is not None:
                 skipped[reason] = skipped.get(reason, 0) + 1
+        with self._refused_lock:  # a link that is gone is forgotten: it warns again if back
+            live = set(paths)
+            self._refused = {k: v for k, v in self._refused.items() if k in live}
         self.stats.scans += 1
         self.stats.found = len(found)
         self.stats.skipped = skipped
         return found
+
+    def _judge(
+        self, path: str, root: str, meta: ContainerMeta, found: dict[str, FoundFile]
+    ) -> SkipReason | None:
+        """Add ``path`` to ``found`` if its target may be read, else say why not."""
+        # Resolved and judged before anything is stat'ed through the link.
+        real = os.path.realpath(path)
+        refusal = check_target(real, root, meta)
+        if refusal is None:
+            outcome = self._stat(path, real, meta, found)
+            if outcome == "dangling":
+                return outcome
+            refusal = outcome
+        if refusal is not None:
+            self.refuse(path, refusal, real, meta)
+        return refusal
+
+    @staticmethod
+    def _stat(
+        path: str, real: str, meta: ContainerMeta, found: dict[str, FoundFile]
+    ) -> RefusalReason | Literal["dangling"] | None:
+        try:
+            st = os.stat(real, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return "dangling"  # the target was rotated away (or never was)
+        if stat.S_ISLNK(st.st_mode):
+            return "symlink"  # swapped in since it was resolved
+        if not stat.S_ISREG(st.st_mode):
+            return "not_regular"
+        found[path] = FoundFile(path, real, st, meta)
+        return None
+
+    def refuse(self, link: str, reason: RefusalReason, target: str, meta: ContainerMeta) -> None:
+        """Count and log a refused file, once while its link keeps the same target and reason
+        (the scan calls this, and the tailer when the open itself refuses the file)."""
+        with self._refused_lock:
+            if self._refused.get(link) == (reason, target):
+                return
+            self._refused[link] = (reason, target)
+        count_and_log(
+            self.skipped,
+            log,
+            "discovery.file_refused",
+            labels={"reason": reason},
+            namespace=meta.namespace_name,
+            pod=meta.pod_name,
+            container=meta.container_name,
+            link=link,
+            target=target,
+            pods_root=self.pods_root,
+        )
+
+    def accepted(self, link: str) -> None:
+        """``link``'s file was opened: a later refusal of it is a new one, logged again."""
+        with self._refused_lock:
+            self._refused.pop(link, None)
 
     async def run(self, on_change: OnChange, stop: asyncio.Event) -> None:
         """Call ``on_change`` with a fresh scan now, after each burst of inotify events in

@@ -4,6 +4,11 @@ No I/O here except the resolver call, so selection and backoff are unit-testable
 clock. An endpoint is *up* (window of ``max_in_flight`` chunks), or *down* until its backoff
 expires; then it is *probing*: one chunk at a time until an ack brings it back up (so a
 blackhole costs one chunk per backoff period, not a whole window).
+
+An endpoint is *proven* once it acked a chunk since its last failure. A chunk suspected of
+making aggregators close the connection is sent *alone* (:meth:`EndpointSet.acquire_alone`):
+with nothing else in flight on its endpoint, so that when the connection closes again there
+is no doubt which chunk it was, and no other chunk has to be sent again because of it.
 """
 
 from __future__ import annotations
@@ -74,6 +79,10 @@ class Endpoint:
         """Monotonic time before which a down endpoint is not tried."""
         self.removed = False
         """Dropped from DNS: finishes what it has, gets nothing new."""
+        self.proven = False
+        """Acked a chunk since its last failure (it works, so a refusal is about the chunk)."""
+        self.reserved = False
+        """Held for a chunk that must go alone: gets no other chunk meanwhile."""
 
     @property
     def up(self) -> bool:
@@ -132,7 +141,10 @@ class EndpointSet:
         ready = [
             e
             for e in self._endpoints
-            if not e.removed and e.retry_at <= now and e.in_flight < e.capacity(self._window)
+            if not e.removed
+            and not e.reserved
+            and e.retry_at <= now
+            and e.in_flight < e.capacity(self._window)
         ]
         if len(ready) > 1 and avoid is not None:
             ready = [e for e in ready if e is not avoid] or ready
@@ -165,14 +177,67 @@ class EndpointSet:
             except TimeoutError:
                 pass
 
+    async def acquire_alone(self) -> tuple[Endpoint, bool]:
+        """Take an endpoint for one chunk with nothing else in flight there until it is
+        released (``release(endpoint, alone=True)``); True with it if the endpoint is proven.
+
+        A proven endpoint is reserved while its window drains (so the wait is short). With
+        none proven, an idle endpoint is taken as it comes, never reserved ahead: the chunk
+        must not hold back the other chunks that could prove an endpoint works.
+        """
+        held: Endpoint | None = None
+        try:
+            while True:
+                self._changed.clear()
+                if held is not None and (held.removed or not held.proven):
+                    held.reserved, held = False, None
+                    self._changed.set()
+                if held is None:
+                    free = [
+                        e for e in self._endpoints if e.proven and not e.removed and not e.reserved
+                    ]
+                    if free:
+                        held = min(free, key=lambda e: e.in_flight)
+                        held.reserved = True
+                if held is not None and held.in_flight == 0:
+                    held.in_flight = 1
+                    return held, True
+                if held is None:
+                    idle = self._idle()
+                    if idle is not None:
+                        idle.in_flight, idle.reserved = 1, True
+                        return idle, False
+                try:
+                    async with asyncio.timeout(self._next_retry_in()):
+                        await self._changed.wait()
+                except TimeoutError:
+                    pass
+        except BaseException:
+            if held is not None:
+                held.reserved = False
+                self._changed.set()
+            raise
+
+    def _idle(self) -> Endpoint | None:
+        """An endpoint that could take a chunk now and has none in flight."""
+        now = self._clock()
+        for endpoint in self._endpoints:
+            usable = not endpoint.removed and not endpoint.reserved and endpoint.retry_at <= now
+            if usable and endpoint.in_flight == 0:
+                return endpoint
+        return None
+
     def _next_retry_in(self) -> float | None:
         now = self._clock()
         waits = [e.retry_at - now for e in self._endpoints if not e.removed and e.retry_at > now]
         return max(min(waits), 0.0) + 0.001 if waits else None
 
-    def release(self, endpoint: Endpoint) -> None:
-        """A chunk counted by :meth:`acquire` is settled (acked or failed)."""
+    def release(self, endpoint: Endpoint, *, alone: bool = False) -> None:
+        """A chunk counted by :meth:`acquire` (or :meth:`acquire_alone`, ``alone``) is
+        settled (acked or failed)."""
         endpoint.in_flight -= 1
+        if alone:
+            endpoint.reserved = False
         self._changed.set()
 
     def mark_up(self, endpoint: Endpoint) -> bool:
@@ -180,11 +245,13 @@ class EndpointSet:
         was_down = not endpoint.up
         endpoint.failures = 0
         endpoint.retry_at = 0.0
+        endpoint.proven = True
         self._changed.set()
         return was_down
 
     def mark_down(self, endpoint: Endpoint) -> float:
         """A connect, handshake, write or ack failed; returns the backoff delay in seconds."""
+        endpoint.proven = False
         endpoint.failures += 1
         delay = self._backoff.delay(endpoint.failures)
         endpoint.retry_at = self._clock() + delay

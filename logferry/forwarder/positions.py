@@ -45,7 +45,7 @@ import orjson
 
 from logferry.common.logs import get_logger
 from logferry.common.records import source_id
-from logferry.common.spool_segment import fsync_dir, write_file_atomic
+from logferry.common.spool_segment import fsync_dir, make_private_dirs, write_file_atomic
 
 log = get_logger(__name__)
 
@@ -282,6 +282,7 @@ class PositionStore:
                 states = list(self._states.values())
                 released = [[dev, ino, gen] for (dev, ino), gen in self._released.items()]
             try:
+                make_private_dirs(os.path.dirname(self.path) or ".")
                 write_file_atomic(self.path, encode_positions(states, released))
             except BaseException:
                 self._dirty = True

@@ -9,7 +9,14 @@ chunk (blocks weighed by their entry counts). Invariants:
   ``ack_timeout_s``) is sent again, with the *same* chunk id, to another endpoint if there is
   one; it is never dropped, only retried (forever, with per-endpoint backoff);
 - at most ``max_chunks_in_hand`` batches are held in memory (guarantee 6): the backlog stays
-  in the spool.
+  in the spool;
+- a *poison* chunk cannot hold the node for ever: a chunk whose connection an aggregator
+  closes (or resets) after it was sent and before its ack is suspect, and from then on is
+  sent alone; each such refusal while it was the only chunk unacked there, by an endpoint
+  that had acked other chunks since its last failure (*proven*), counts, and after
+  ``park_after_refusals`` of them it is parked on the node (:mod:`.parking`) and committed.
+  Ack timeouts and connect failures never count, and an outage of every aggregator parks
+  nothing (no endpoint is proven then).
 
 On stop: no new batches are read, chunks in hand get ``shutdown_deadline_s`` to be acked,
 the rest is cancelled and stays in the spool (resent after the restart; ids make it harmless).
@@ -51,13 +58,23 @@ from logferry.forwarder.endpoints import (
     refresh_dns_forever,
 )
 from logferry.forwarder.entries import block_count, block_gzip, block_raw_size
+from logferry.forwarder.parking import Parking
 
-__all__ = ["Chunk", "Sender", "SenderStats", "chunk_id", "client_ssl_context"]
+__all__ = ["Chunk", "PeerClosedError", "Sender", "SenderStats", "chunk_id", "client_ssl_context"]
 
 log = get_logger(__name__)
 
 _READ_POLL_S = 0.25  # how long a spool read waits before the stop flag is looked at again
 _SEND_ERRORS = (OSError, TimeoutError, ProtocolError, ssl.SSLError)
+
+
+class PeerClosedError(ConnectionResetError):
+    """The aggregator closed or reset the connection while chunks waited for their acks."""
+
+    def __init__(self, message: str, *, unacked: int = 0) -> None:
+        super().__init__(message)
+        self.unacked = unacked
+        """Chunks written on the connection and not acked when it closed."""
 
 
 def chunk_id(node_name: str, first_seq: int, count: int) -> str:
@@ -89,6 +106,12 @@ class Chunk:
     records: int
     """Entries in the chunk (its blocks' counts summed)."""
     attempts: int = 0
+    suspect: bool = False
+    """An aggregator closed the connection on it once: it is sent alone from now on."""
+    refusals: int = 0
+    """Refusals that count towards parking (alone, by a proven endpoint)."""
+    refused_by: list[str] = field(default_factory=list)
+    last_refusal: str = ""
 
 
 class SenderStats:
@@ -166,6 +189,8 @@ class _Connection:
     decoder: ClientDecoder
     pending: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     closed: bool = False
+    close_error: BaseException | None = None
+    """Why it closed: a :class:`PeerClosedError` when the peer did it, else our reason."""
     task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -182,7 +207,7 @@ class _Connection:
         return future
 
     async def _read_loop(self) -> None:
-        error: BaseException = ConnectionResetError(f"{self.endpoint.name} closed the connection")
+        error: BaseException = PeerClosedError(f"{self.endpoint.name} closed the connection")
         try:
             while data := await self.reader.read(65536):
                 for message in self.decoder.feed(data):
@@ -191,15 +216,27 @@ class _Connection:
                     future = self.pending.pop(message.chunk, None)
                     if future is not None and not future.done():
                         future.set_result(None)
+        except ConnectionError as exc:  # reset by the peer
+            error = PeerClosedError(f"{self.endpoint.name} reset the connection: {exc}")
+            error.__cause__ = exc
         except (*_SEND_ERRORS, asyncio.IncompleteReadError) as exc:
             error = exc
         finally:
             self.abort(error)
 
+    @property
+    def peer_closed(self) -> PeerClosedError | None:
+        """How the peer closed the connection, if it was the peer."""
+        error = self.close_error
+        return error if isinstance(error, PeerClosedError) else None
+
     def abort(self, error: BaseException) -> None:
         """Close now; every chunk waiting for an ack here fails with ``error``."""
         if not self.closed:
             self.closed = True
+            self.close_error = error
+            if isinstance(error, PeerClosedError):
+                error.unacked = len(self.pending)
             self.writer.close()
         pending, self.pending = self.pending, {}
         for future in pending.values():
@@ -237,10 +274,16 @@ class Sender:
         metrics: CollectorRegistry | None = None,
         resolver: Resolver = getaddrinfo_resolver,
         rng: random.Random | None = None,
+        shared_key: str | None = None,
+        parking: Parking | None = None,
     ) -> None:
+        """``shared_key``: the key as read at start (default: read from ``settings`` now);
+        ``parking``: where poison chunks go (None: they are retried for ever)."""
         if not settings.servers and settings.dns_name is None:
             raise ValueError("the sender needs sender.servers and/or sender.dns_name")
         self.settings = settings
+        self._shared_key = shared_key if shared_key is not None else settings.read_shared_key()
+        self._parking = parking
         self.spool = spool
         self.node_name = node_name
         self.stats = SenderStats(metrics)
@@ -274,7 +317,7 @@ class Sender:
             servers=",".join(self.settings.servers),
             dns_name=self.settings.dns_name or "",
             tls=self._ssl is not None,
-            handshake=self.settings.shared_key is not None,
+            handshake=self._shared_key is not None,
         )
         try:
             async with asyncio.TaskGroup() as group:
@@ -343,33 +386,86 @@ class Sender:
         log.info("sender.stopped", endpoints_up=self.endpoints.up_count)
 
     async def _deliver(self, chunk: Chunk) -> None:
-        """Send ``chunk`` until an endpoint acks it, then commit its batch."""
+        """Send ``chunk`` until an endpoint acks it, then commit its batch (or park it, see
+        the module docstring, and commit it then)."""
         loop = asyncio.get_running_loop()
         avoid: Endpoint | None = None
         while True:
-            endpoint = await self.endpoints.acquire(avoid=avoid)
+            if chunk.suspect:  # alone, so that a refusal is its own and costs no one else
+                endpoint, proven = await self.endpoints.acquire_alone()
+                alone = True
+            else:
+                endpoint = await self.endpoints.acquire(avoid=avoid)
+                proven, alone = endpoint.proven, False
             connection: _Connection | None = None
+            written = False
             try:
                 connection = await self._connection(endpoint)
                 chunk.attempts += 1
                 started = loop.time()
                 future = connection.send(chunk)
+                written = True
                 self.stats.chunk_sent(endpoint.name)
                 async with asyncio.timeout(self.settings.ack_timeout_s):
                     await connection.writer.drain()
                     await future
             except _SEND_ERRORS as exc:
-                self.endpoints.release(endpoint)
+                self.endpoints.release(endpoint, alone=alone)
+                refusal = _refusal(connection, exc) if written else None
                 self._failed(endpoint, connection, chunk, exc)
+                if refusal is not None and await self._refused(chunk, endpoint, refusal, proven):
+                    return
                 avoid = endpoint
                 continue
-            self.endpoints.release(endpoint)
+            self.endpoints.release(endpoint, alone=alone)
             if self.endpoints.mark_up(endpoint):
                 log.info("sender.endpoint_up", endpoint=endpoint.name)
             self.stats.set_endpoints_up(self.endpoints.up_count)
             self.stats.chunk_acked(endpoint.name, chunk.records, loop.time() - started)
             self.spool.commit(chunk.batch)
             return
+
+    async def _refused(
+        self, chunk: Chunk, endpoint: Endpoint, refusal: PeerClosedError, proven: bool
+    ) -> bool:
+        """An aggregator closed the connection on ``chunk``; True if it is now parked (and
+        committed). Counts only when nothing else was unacked there and the endpoint had
+        proven it works: a closing aggregator, a crash or an outage is not the chunk's doing."""
+        chunk.suspect = True  # from now on it goes alone, so the next refusal is unambiguous
+        if refusal.unacked != 1 or not proven:
+            return False
+        chunk.refusals += 1
+        chunk.refused_by.append(endpoint.name)
+        chunk.last_refusal = str(refusal)
+        log.info(
+            "sender.chunk_refused",
+            chunk=chunk.chunk_id,
+            endpoint=endpoint.name,
+            refusals=chunk.refusals,
+            park_after=self.settings.park_after_refusals,
+        )
+        limit = self.settings.park_after_refusals
+        if self._parking is None or limit == 0 or chunk.refusals < limit:
+            return False
+        batch = chunk.batch
+        await self._parking.park(
+            {
+                "chunk_id": chunk.chunk_id,
+                "node": self.node_name,
+                "tag": self.settings.tag,
+                "spool_first_seq": batch.first_seq,
+                "spool_end_seq": batch.end_seq,
+                "blocks": len(batch.records),
+                "records": chunk.records,
+                "refusals": chunk.refusals,
+                "endpoints": chunk.refused_by,
+                "detail": chunk.last_refusal,
+            },
+            chunk.payload,
+            reason="peer_closed",
+        )
+        self.spool.commit(batch)
+        return True
 
     def _failed(
         self, endpoint: Endpoint, connection: _Connection | None, chunk: Chunk, exc: BaseException
@@ -426,8 +522,8 @@ class Sender:
         _enable_tcp_keepalive(writer)
         decoder = ClientDecoder()
         try:
-            if self.settings.shared_key is not None:
-                await self._handshake(reader, writer, decoder, self.settings.shared_key)
+            if self._shared_key is not None:
+                await self._handshake(reader, writer, decoder, self._shared_key)
         except BaseException:
             writer.close()
             raise
@@ -466,6 +562,21 @@ class Sender:
             self._drop_connection(endpoint, ConnectionResetError("sender stopped"))
         closing, self._closing = self._closing, []
         await asyncio.gather(*(c.wait_closed() for c in closing))
+
+
+def _refusal(connection: _Connection | None, exc: BaseException) -> PeerClosedError | None:
+    """The peer's closing of ``connection`` that failed a written chunk with ``exc``, if it
+    was the peer: a reset seen while writing counts too, an ack timeout never does."""
+    if connection is None:
+        return None
+    if isinstance(exc, PeerClosedError):
+        return exc
+    if not isinstance(exc, ConnectionError):
+        return None
+    if connection.closed:  # closed before the write noticed: by the peer, or by us
+        return connection.peer_closed
+    # The write saw the reset before the read loop did: the chunk is still pending here.
+    return PeerClosedError(str(exc), unacked=len(connection.pending))
 
 
 async def _next_message(reader: asyncio.StreamReader, decoder: ClientDecoder) -> object:

@@ -6,7 +6,9 @@ a status never claims ``Applied`` for a ConfigMap write that failed (kopf retrie
 handler instead).
 
 Environment: ``LOGFERRY_CONFIGMAP_NAMESPACE`` (default: the operator's own namespace) and
-``LOGFERRY_CONFIGMAP_NAME`` (default ``logferry-pipelines``) name the aggregators' ConfigMap.
+``LOGFERRY_CONFIGMAP_NAME`` (default ``logferry-pipelines``) name the aggregators' ConfigMap;
+``LOGFERRY_TENANT_CONFIGMAP_BYTES`` (bytes or units such as ``64KiB``; default
+:data:`~logferry.operator.reconcile.TENANT_BUDGET_BYTES`) is one tenant's share of it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Final, Protocol
 
 import kopf
 
+from logferry.common.units import parse_byte_size
 from logferry.operator import reconcile as rc
 from logferry.operator.kubeapi import ConfigMapStore, KubeApiError
 
@@ -32,6 +35,7 @@ DEFAULT_NAMESPACE: Final = "logferry"
 SERVICE_ACCOUNT_NAMESPACE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 RETRY_DELAY_S: Final = 10.0
 RETRY_DELAY_PERMANENT_S: Final = 120.0
+TENANT_BUDGET_ENV: Final = "LOGFERRY_TENANT_CONFIGMAP_BYTES"
 
 log = logging.getLogger("logferry.operator")
 
@@ -54,9 +58,15 @@ class Controller:
     they share the state and the one ConfigMap.
     """
 
-    def __init__(self, store: PipelineStore, post_event: EventPoster) -> None:
+    def __init__(
+        self,
+        store: PipelineStore,
+        post_event: EventPoster,
+        budget: rc.ConfigMapBudget | None = None,
+    ) -> None:
         self._store = store
         self._post_event = post_event
+        self._budget = budget if budget is not None else rc.ConfigMapBudget()
         self._lock = asyncio.Lock()
         self._accepted: dict[str, dict[str, Any]] | None = None
         # What the ConfigMap holds, as far as we know: written only when it would change.
@@ -73,7 +83,7 @@ class Controller:
         """Reconcile one LogPipeline; fills ``status`` (kopf's ``patch.status``)."""
         async with self._lock:
             accepted = await self._load()
-            result = rc.reconcile(body, accepted)
+            result = rc.reconcile(body, accepted, budget=self._budget)
             await self._write(result.configmap_data)
             self._accepted = result.accepted
         status.update(result.status)
@@ -118,6 +128,26 @@ class Controller:
 
 def _post_kopf_event(body: Mapping[str, Any], event: rc.Event) -> None:
     kopf.event(body, type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
+
+
+def budget_from_env(environ: Mapping[str, str]) -> rc.ConfigMapBudget:
+    """The ConfigMap budget, with the tenant share from ``LOGFERRY_TENANT_CONFIGMAP_BYTES``.
+
+    Raises ValueError for a value that is not a byte size, or one that is not positive or
+    is over the whole budget: the operator then stops at start instead of running with a
+    share no one chose.
+    """
+    raw = environ.get(TENANT_BUDGET_ENV, "").strip()
+    if not raw:
+        return rc.ConfigMapBudget()
+    try:
+        tenant_bytes = parse_byte_size(raw)
+    except ValueError as exc:
+        raise ValueError(f"{TENANT_BUDGET_ENV}={raw!r}: {exc}") from exc
+    try:
+        return rc.ConfigMapBudget(tenant_bytes=tenant_bytes)
+    except ValueError as exc:
+        raise ValueError(f"{TENANT_BUDGET_ENV}={raw!r}: {exc}") from exc
 
 
 def _configmap_namespace() -> str:
@@ -169,8 +199,15 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         os.environ.get("LOGFERRY_CONFIGMAP_NAME") or DEFAULT_CONFIGMAP_NAME,
         credentials,
     )
-    _controller = Controller(store, _post_kopf_event)
-    log.info("event=started configmap=%s/%s", store.namespace, store.name)
+    budget = budget_from_env(os.environ)
+    _controller = Controller(store, _post_kopf_event, budget)
+    log.info(
+        "event=started configmap=%s/%s budget_bytes=%d tenant_budget_bytes=%d",
+        store.namespace,
+        store.name,
+        budget.total_bytes,
+        budget.tenant_bytes,
+    )
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

@@ -15,6 +15,16 @@ survives restarts.
 Last-known-good: an invalid new generation of a pipeline that was accepted before leaves
 the accepted version in place; the status says ``Accepted=False`` for the new generation
 and ``Applied=True`` (reason ``KeptLastKnownGood``) with the old hash.
+
+Budget: every tenant's pipelines share one ConfigMap, capped at ``ConfigMapBudget.total_bytes``.
+So that one tenant cannot fill it for the others, each tenant (namespace) may take at most
+``ConfigMapBudget.tenant_bytes`` of it. A change that would take its tenant past that share
+(or the ConfigMap past its total) and makes it bigger is refused: a new pipeline is not
+applied, an update keeps its last-known-good, and the status says why (reason
+``TenantBudgetExceeded`` or ``ConfigMapBudgetExceeded``) with the figures. Nothing accepted
+is ever evicted, and a change that does not grow the tenant always passes the budget, so a
+tenant over its share (after the share was lowered) can still fix or shrink its pipelines.
+The pipeline refused is thus always the newest change, and other tenants are untouched.
 """
 
 from __future__ import annotations
@@ -35,6 +45,10 @@ HASH_ANNOTATION: Final = SPEC_HASH_ANNOTATION
 # A ConfigMap (like any object) is capped at 1 MiB by etcd; keep headroom for metadata so
 # the write that would cross the cap is refused here, with a status, not by the API server.
 CONFIGMAP_BUDGET_BYTES: Final = 900 * 1024
+# One tenant's share of it by default: at least 14 tenants fit at their full share, and a
+# share holds the 20 pipelines a tenant may have (TenantLimits) at ~3 KiB each, far above
+# a typical pipeline (well under 1 KiB rendered).
+TENANT_BUDGET_BYTES: Final = 64 * 1024
 # Kubernetes caps an Event message at 1 KiB; a condition message at 32 KiB.
 EVENT_MESSAGE_MAX_CHARS: Final = 1024
 CONDITION_MESSAGE_MAX_CHARS: Final = 32 * 1024
@@ -46,6 +60,8 @@ REASON_VALID: Final = "Valid"
 REASON_APPLIED: Final = "Applied"
 REASON_KEPT_LAST_KNOWN_GOOD: Final = "KeptLastKnownGood"
 REASON_NOT_APPLIED: Final = "NotApplied"
+REASON_TENANT_BUDGET: Final = "TenantBudgetExceeded"
+REASON_CONFIGMAP_BUDGET: Final = "ConfigMapBudgetExceeded"
 # The first layer that failed names the rejection; layers run schema -> policy -> dry run.
 REASON_BY_LAYER: Final[Mapping[str, str]] = {
     "schema": "SchemaError",
@@ -55,6 +71,24 @@ REASON_BY_LAYER: Final[Mapping[str, str]] = {
 
 Accepted = Mapping[str, Mapping[str, Any]]
 """Accepted pipelines: ``"<namespace>/<name>"`` -> normalized, annotated document."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigMapBudget:
+    """How many bytes of the aggregators' ConfigMap the pipelines may take (keys and values,
+    as :func:`configmap_size` counts them): in all, and per tenant."""
+
+    total_bytes: int = CONFIGMAP_BUDGET_BYTES
+    tenant_bytes: int = TENANT_BUDGET_BYTES
+
+    def __post_init__(self) -> None:
+        if self.total_bytes <= 0 or self.tenant_bytes <= 0:
+            raise ValueError("ConfigMap budgets must be positive")
+        if self.tenant_bytes > self.total_bytes:
+            raise ValueError(
+                f"a tenant's share ({self.tenant_bytes} bytes) cannot exceed the ConfigMap "
+                f"budget ({self.total_bytes} bytes)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +154,19 @@ def generation_of(document: Mapping[str, Any]) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def configmap_size(data: Mapping[str, str], namespace: str | None = None) -> int:
+    """Bytes of the ConfigMap ``data`` (UTF-8 keys and values), or of one tenant's keys.
+
+    Keys are ``<namespace>.<name>.yaml`` and namespaces hold no dots, so the text before
+    the first dot names the tenant.
+    """
+    return sum(
+        len(k.encode()) + len(v.encode())
+        for k, v in data.items()
+        if namespace is None or k.startswith(f"{namespace}.")
+    )
+
+
 def render_configmap(accepted: Accepted) -> dict[str, str]:
     """The ``data`` of the aggregators' ConfigMap: one ``<namespace>.<name>.yaml`` key per
     accepted pipeline, holding its normalized document.
@@ -167,12 +214,14 @@ def reconcile(
     accepted: Accepted,
     *,
     limits: TenantLimits | None = None,
+    budget: ConfigMapBudget | None = None,
     samples: Sequence[dict[str, Any]] | None = None,
     now: datetime | None = None,
 ) -> ReconcileResult:
     """Validate one LogPipeline as the API server returned it and decide status, events and
     the new ConfigMap content. ``accepted`` is not modified.
 
+    ``budget`` caps the ConfigMap and each tenant's part of it (the defaults when None);
     ``samples`` are records for the dry run (the built-in samples when None); ``now`` stamps
     condition transitions.
     """
@@ -184,6 +233,7 @@ def reconcile(
     timestamp = _timestamp(now or datetime.now(UTC))
 
     limits = limits if limits is not None else TenantLimits()
+    budget = budget if budget is not None else ConfigMapBudget()
     verdict = validate_document(
         tenant_document(obj),
         source=f"LogPipeline {key}",
@@ -193,17 +243,22 @@ def reconcile(
     )
     new_state = {k: dict(v) for k, v in accepted.items()}
     issues: tuple[Issue, ...] = verdict.issues
+    budget_reason: str | None = None
+    previous_data = render_configmap(accepted)
+    data = previous_data
     if verdict.ok and verdict.spec_hash is not None:
         new_state[key] = rendered_document(verdict)
-        issues = _state_policy(key, namespace, accepted, new_state, limits)
+        data = render_configmap(new_state)
+        issues, budget_reason = _state_policy(
+            key, namespace, accepted, previous_data, data, limits, budget
+        )
         if issues:
             # Refused: the previous accepted version (if any) stays.
             if key in accepted:
                 new_state[key] = dict(accepted[key])
             else:
                 del new_state[key]
-    previous_data = render_configmap(accepted)
-    data = render_configmap(new_state)
+            data = previous_data
     ok = verdict.ok and verdict.spec_hash is not None and not issues
 
     old_conditions = _conditions_by_type(obj)
@@ -222,7 +277,7 @@ def reconcile(
             f"generation {generation} (hash {applied_hash}) is in the aggregators' configuration",
         )
     else:
-        reason = rejection_reason(issues)
+        reason = budget_reason or rejection_reason(issues)
         accepted_cond = condition(ACCEPTED, False, reason, describe_issues(issues, generation))
         if current is not None:
             applied_cond = condition(
@@ -273,10 +328,13 @@ def _state_policy(
     key: str,
     namespace: str,
     accepted: Accepted,
-    candidate: Mapping[str, Mapping[str, Any]],
+    previous_data: Mapping[str, str],
+    candidate_data: Mapping[str, str],
     limits: TenantLimits,
-) -> tuple[Issue, ...]:
-    """The checks that need every accepted pipeline, not just this one."""
+    budget: ConfigMapBudget,
+) -> tuple[tuple[Issue, ...], str | None]:
+    """The checks that need every accepted pipeline, not just this one: the issues (empty
+    when the change passes) and the condition reason for a budget refusal."""
     if key not in accepted:
         # Offline, validate_documents refuses the pipelines last in run order; the operator
         # sees one object at a time, so it refuses the newcomer and never evicts a running one.
@@ -290,18 +348,36 @@ def _state_policy(
                     f"{limits.max_pipelines}",
                     layer="policy",
                 ),
-            )
-    if _size(render_configmap(candidate)) > CONFIGMAP_BUDGET_BYTES:
+            ), None
+    # Only a change that grows is held to the budget: nothing accepted is evicted, and a
+    # tenant already over its share (the share was lowered, or the operator restarted with
+    # a smaller one) can still fix or shrink what it has.
+    tenant_before = configmap_size(previous_data, namespace)
+    tenant_after = configmap_size(candidate_data, namespace)
+    if tenant_after > budget.tenant_bytes and tenant_after > tenant_before:
         return (
             Issue(
                 pipeline=key,
                 path="spec",
-                reason="the rendered pipelines would exceed the aggregators' ConfigMap budget "
-                f"of {CONFIGMAP_BUDGET_BYTES} bytes",
+                reason=f"tenant {namespace}'s pipelines would take {tenant_after} bytes of the "
+                f"aggregators' ConfigMap, over its share of {budget.tenant_bytes} bytes "
+                f"(they take {tenant_before} bytes now); delete or shrink one of them",
                 layer="policy",
             ),
-        )
-    return ()
+        ), REASON_TENANT_BUDGET
+    total_before = configmap_size(previous_data)
+    total_after = configmap_size(candidate_data)
+    if total_after > budget.total_bytes and total_after > total_before:
+        return (
+            Issue(
+                pipeline=key,
+                path="spec",
+                reason=f"the rendered pipelines of all tenants would take {total_after} bytes, "
+                f"over the aggregators' ConfigMap budget of {budget.total_bytes} bytes",
+                layer="policy",
+            ),
+        ), REASON_CONFIGMAP_BUDGET
+    return (), None
 
 
 def tenant_document(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -422,10 +498,6 @@ def _dump(document: Mapping[str, Any]) -> str:
         document, sort_keys=True, default_flow_style=False, allow_unicode=True, width=4096
     )
     return text
-
-
-def _size(data: Mapping[str, str]) -> int:
-    return sum(len(k.encode()) + len(v.encode()) for k, v in data.items())
 
 
 def _timestamp(now: datetime) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from logferry.aggregator.dlq import decode_entry
+from logferry.aggregator.dlq import decode_entry, queue_files
 from logferry.common.records import source_id
 from logferry.forwarder.metadata import parse_file_name
 from logferry.forwarder.positions import decode_positions
@@ -115,7 +115,7 @@ def read_dlq(
     for directory in directories:
         if not directory.is_dir():
             raise VerifyError(f"not a dead-letter queue directory: {directory}")
-        for file in sorted(directory.glob("dlq-*.jsonl")):
+        for file in queue_files(directory):
             for line in _lines(file):
                 entry = decode_entry(line, file.name) if line.endswith(b"\n") else None
                 if entry is None:

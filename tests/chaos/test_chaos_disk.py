@@ -17,6 +17,7 @@ import pytest
 from tests.chaos.conftest import MakePipeline
 from tests.chaos.damage import flip_byte, forwarder_records, frames, segments
 from tests.chaos.harness import Pipeline, assert_proven, scale
+from tests.support.kubelet import container_log
 from tests.support.net import wait_until
 from tests.support.tcp_proxy import TcpProxy
 
@@ -67,15 +68,11 @@ async def test_5_rotations_and_truncations_while_the_forwarder_is_down(
     make_pipeline: MakePipeline,
 ) -> None:
     pipeline = make_pipeline()
-    pods, links = pipeline.logs / "pods", pipeline.logs / "containers"
-    pods.mkdir(parents=True)
-    links.mkdir(parents=True)
     files = {}
-    for name in ("rotated", "truncated", "both"):
-        path = pods / f"{name}.log"
-        path.write_bytes(cri(2000, f"{name}-0"))
-        os.symlink(path, links / f"{name}-0_{pipeline.prefix}-a_app-{'d' * 64}.log")
-        files[name] = path
+    for name in ("rotated", "truncated", "both"):  # kubelet's layout, one pod each
+        log = container_log(pipeline.logs, f"{pipeline.prefix}-a", f"{name}-0")
+        log.path.write_bytes(cri(2000, f"{name}-0"))
+        files[name] = log.path
     await pipeline.start()
     await read_everything(pipeline)
     assert await pipeline.forwarder.stop() == 0
@@ -83,12 +80,12 @@ async def test_5_rotations_and_truncations_while_the_forwarder_is_down(
     # whose lines were all read (copytruncate), and a file rotated and then truncated.
     with files["rotated"].open("ab") as f:
         f.write(cri(700, "rotated-0-more"))
-    os.rename(files["rotated"], pods / "rotated.log.1")
+    os.rename(files["rotated"], files["rotated"].with_name("0.log.1"))
     files["rotated"].write_bytes(cri(500, "rotated-1"))
     with files["truncated"].open("r+b") as f:
         f.truncate(0)
     files["truncated"].write_bytes(cri(900, "truncated-1"))  # a new generation, same inode
-    os.rename(files["both"], pods / "both.log.1")
+    os.rename(files["both"], files["both"].with_name("0.log.1"))
     files["both"].write_bytes(cri(300, "both-1"))
     with files["both"].open("r+b") as f:
         f.truncate(0)

@@ -15,6 +15,7 @@ import pytest
 
 from tests.integration.test_aggregator import MakeAggregator, make_aggregator, wait_count
 from tests.support.daemon import DaemonProcess
+from tests.support.kubelet import container_log
 from tests.support.net import wait_until
 from tests.support.opensearch_client import StoreReader
 
@@ -81,18 +82,11 @@ async def test_files_arrive_once_with_contiguous_seqs_across_rotation(
     ns = f"fwd-{uuid.uuid4().hex[:8]}"
     agg = make_aggregator(opensearch.url)
     await agg.start()
-    logs = tmp_path / "containers"
-    pods = tmp_path / "pods"
-    logs.mkdir()
-    pods.mkdir()
-    cri = pods / "cri-0.log"
-    docker = pods / "docker-0.log"
-    cri.write_bytes(cri_lines(0, 3000, "cri"))
-    docker.write_bytes(
-        b"".join(docker_split_line(n, 40_000 if n % 10 == 0 else 200) for n in range(300))
-    )
-    os.symlink(cri, logs / f"web-1_{ns}_app-{'a' * 64}.log")
-    os.symlink(docker, logs / f"web-2_{ns}_app-{'b' * 64}.log")
+    node = tmp_path / "node"  # kubelet's layout: containers/*.log -> pods/<ns>_<pod>_<uid>/...
+    logs = node / "containers"
+    cri = container_log(node, ns, "web-1", body=cri_lines(0, 3000, "cri")).path
+    docker_body = b"".join(docker_split_line(n, 40_000 if n % 10 == 0 else 200) for n in range(300))
+    container_log(node, ns, "web-2", body=docker_body)
     fwd = forwarder(tmp_path, logs, int(agg.config["input"]["listen_port"]))
     await fwd.start()
     store = StoreReader(opensearch.url)
@@ -100,7 +94,7 @@ async def test_files_arrive_once_with_contiguous_seqs_across_rotation(
     # kubelet-style rotation: rename, then the runtime writes a new 0.log behind the same link
     with cri.open("ab") as f:
         f.write(cri_lines(3000, 500, "cri"))
-    os.rename(cri, pods / "cri-0.log.20261125")
+    os.rename(cri, cri.with_name("0.log.20261125"))
     cri.write_bytes(cri_lines(0, 700, "cri-new"))
     await wait_count(store, f"logs-{ns}-*", 4500, timeout_s=120)
     hits = await store.search(f"logs-{ns}-*", size=10_000)
@@ -128,13 +122,8 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     ns = f"kill-{uuid.uuid4().hex[:8]}"
     agg = make_aggregator(opensearch.url)
     await agg.start()
-    logs, pods = tmp_path / "containers", tmp_path / "pods"
-    logs.mkdir()
-    pods.mkdir()
-    files = [pods / f"p{i}.log" for i in range(3)]
-    for i, path in enumerate(files):
-        path.write_bytes(b"")
-        os.symlink(path, logs / f"pod-{i}_{ns}_app-{str(i) * 64}.log")
+    logs = tmp_path / "node" / "containers"
+    files = [container_log(tmp_path / "node", ns, f"pod-{i}").path for i in range(3)]
     written = [0, 0, 0]
     rng = random.Random(7)
 
@@ -171,12 +160,8 @@ async def setup_one_file(
 ) -> tuple[DaemonProcess, DaemonProcess, Path, StoreReader]:
     agg = make_aggregator(opensearch.url)
     await agg.start()
-    logs, pods = tmp_path / "containers", tmp_path / "pods"
-    logs.mkdir()
-    pods.mkdir()
-    path = pods / "0.log"
-    path.write_bytes(cri_lines(0, 1000, "one"))
-    os.symlink(path, logs / f"web-0_{ns}_app-{'c' * 64}.log")
+    logs = tmp_path / "node" / "containers"
+    path = container_log(tmp_path / "node", ns, "web-0", body=cri_lines(0, 1000, "one")).path
     fwd = forwarder(tmp_path, logs, int(agg.config["input"]["listen_port"]))
     await fwd.start()
     store = StoreReader(opensearch.url)
@@ -301,12 +286,8 @@ async def test_one_aggregator_killed_and_one_blackholed_everything_arrives_via_t
 
     hole = await asyncio.start_server(blackhole, "127.0.0.1", 0)
     hole_port = hole.sockets[0].getsockname()[1]
-    logs, pods = tmp_path / "containers", tmp_path / "pods"
-    logs.mkdir()
-    pods.mkdir()
-    path = pods / "0.log"
-    path.write_bytes(b"")
-    os.symlink(path, logs / f"web-0_{ns}_app-{'d' * 64}.log")
+    logs = tmp_path / "node" / "containers"
+    path = container_log(tmp_path / "node", ns, "web-0").path
     ports = [int(a.config["input"]["listen_port"]) for a in (first, second)]
     fwd = forwarder(tmp_path, logs, ports[0])
     fwd.config["sender"] = {
@@ -338,10 +319,8 @@ async def test_spool_full_with_aggregators_down_pauses_tailing_then_everything_a
     ns = f"full-{uuid.uuid4().hex[:8]}"
     agg = make_aggregator(opensearch.url)
     port = int(agg.config["input"]["listen_port"])  # not started yet: nothing listens
-    logs, pods = tmp_path / "containers", tmp_path / "pods"
-    logs.mkdir()
-    pods.mkdir()
-    path = pods / "0.log"
+    logs = tmp_path / "node" / "containers"
+    path = container_log(tmp_path / "node", ns, "web-0").path
     # ~14 MB of lines that do not compress away (the spool holds compressed blocks): 2 MiB of
     # spool holds well under half of them.
     noise = os.urandom(50 * 100_000).hex()
@@ -351,7 +330,6 @@ async def test_spool_full_with_aggregators_down_pauses_tailing_then_everything_a
             for n in range(100_000)
         )
     )
-    os.symlink(path, logs / f"web-0_{ns}_app-{'e' * 64}.log")
     fwd = forwarder(tmp_path, logs, port)
     fwd.config["spool"] = {
         "directory": str(tmp_path / "fwd" / "spool"),

@@ -21,8 +21,12 @@ class ForwardClient:
         *,
         shared_key: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        local_host: str | None = None,
     ) -> None:
+        """``local_host`` binds the client to another loopback address (127.0.0.2, ...), a
+        different source for the server's per-source limits."""
         self.host, self.port = host, port
+        self.local_addr = (local_host, 0) if local_host is not None else None
         self.ssl_context = ssl_context
         self.shared_key = shared_key
         self._reader: asyncio.StreamReader | None = None
@@ -43,7 +47,7 @@ class ForwardClient:
 
     async def connect(self) -> None:
         self._reader, self._writer = await asyncio.open_connection(
-            self.host, self.port, ssl=self.ssl_context
+            self.host, self.port, ssl=self.ssl_context, local_addr=self.local_addr
         )
         if self.shared_key is None:
             return

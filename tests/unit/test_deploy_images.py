@@ -182,6 +182,28 @@ def test_oci_labels(daemon: str) -> None:
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
 
 
+@pytest.mark.parametrize("daemon", DOCKERFILES.keys())
+def test_images_install_from_the_constraints_file(daemon: str) -> None:
+    # Every pip install pins every package to constraints.txt (what CI tested), which is in
+    # the build context by the time it runs.
+    builder = _stages(DOCKERFILES[daemon])[0]
+    copied: set[str] = set()
+    installs = 0
+    for keyword, args in builder.instructions:
+        if keyword == "COPY":
+            copied.update(args.split()[:-1])
+        if keyword != "RUN":
+            continue
+        for command in re.split(r"&&|;", args):
+            argv = shlex.split(command)
+            if "pip" in Path(argv[0]).name and "install" in argv:
+                installs += 1
+                assert "-c" in argv, command
+                assert argv[argv.index("-c") + 1] == "constraints.txt", command
+                assert "constraints.txt" in copied, "constraints.txt is copied after it is used"
+    assert installs >= 1
+
+
 def test_aggregator_image_carries_the_operator() -> None:
     builder = _stages(DOCKERFILES["aggregator"])[0]
     assert any('".[operator]"' in run for run in builder.all("RUN"))

@@ -2,17 +2,29 @@
 operations guide relies on (the forwarder reads /var/log read-only and outlives its
 shutdown deadline, each aggregator owns a volume and a headless Service finds them all...),
 kustomizations that list exactly what exists, daemon configs that the real config models
-accept, the compose file, the dashboard and the alerts (only metrics the code exports)."""
+accept, the compose file, the dashboard and the alerts (only metrics the code exports).
+
+Hardening: two namespaces (the forwarder alone at Pod Security "privileged", every other
+pod in one enforced at "restricted" and meeting it), NetworkPolicies that let only the
+forwarders and Prometheus reach an aggregator (checked by evaluating them for pods in and
+out of the cluster's namespaces), and authentication on: both sides read the same shared
+key from a Secret, in the manifests and in compose."""
 
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.resources
+import ipaddress
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -31,11 +43,29 @@ DASHBOARD = DEPLOY / "monitoring" / "grafana-dashboard.json"
 OPERATIONS = ROOT / "docs" / "operations.md"
 ENV = {
     "NODE_NAME": "node-1",
-    "LOGFERRY_SHARED_KEY": "test-key",
     "LOGFERRY_STORE_URL": "https://opensearch.example:9200",
     "LOGFERRY_STORE_USERNAME": "logferry",
 }
-SECRETS = {"logferry-shared-key", "logferry-tls", "logferry-store-credentials"}
+NAMESPACE = "logferry"  # aggregators, operator: Pod Security "restricted"
+FORWARDER_NAMESPACE = "logferry-forwarder"  # the forwarder alone: "privileged"
+# (namespace, Secret): what the workloads reference and docs/operations.md creates.
+SECRETS = {
+    (NAMESPACE, "logferry-shared-key"),
+    (NAMESPACE, "logferry-tls"),
+    (NAMESPACE, "logferry-store-credentials"),
+    (FORWARDER_NAMESPACE, "logferry-shared-key"),
+    (FORWARDER_NAMESPACE, "logferry-aggregator-ca"),
+}
+# Keys of the Secrets that are mounted whole (no items).
+SECRET_KEYS = {"logferry-tls": ("tls.crt", "tls.key", "ca.crt")}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "PriorityClass",
+    "CustomResourceDefinition",
+}
+WORKLOADS = {"DaemonSet", "StatefulSet", "Deployment", "Job", "CronJob", "Pod", "ReplicaSet"}
 
 
 # -- loading ---------------------------------------------------------------------------
@@ -53,11 +83,16 @@ def _manifest_files() -> list[Path]:
     )
 
 
+@functools.cache
+def _parsed(path: Path) -> tuple[dict[str, Any], ...]:
+    return tuple(d for d in yaml.safe_load_all(path.read_text()) if d is not None)
+
+
 def _documents() -> Iterator[tuple[Path, dict[str, Any]]]:
+    # Parsed once per file; every caller gets its own copy to change as it likes.
     for path in _manifest_files():
-        for document in yaml.safe_load_all(path.read_text()):
-            if document is not None:
-                yield path, document
+        for document in _parsed(path):
+            yield path, copy.deepcopy(document)
 
 
 def _kubernetes_documents() -> list[tuple[Path, dict[str, Any]]]:
@@ -66,14 +101,27 @@ def _kubernetes_documents() -> list[tuple[Path, dict[str, Any]]]:
     ]
 
 
-def _one(kind: str, name: str | None = None) -> dict[str, Any]:
+def _one(kind: str, name: str | None = None, namespace: str | None = None) -> dict[str, Any]:
     found = [
         d
         for _, d in _documents()
-        if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+        if d["kind"] == kind
+        and (name is None or d["metadata"]["name"] == name)
+        and (namespace is None or d["metadata"].get("namespace") == namespace)
     ]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
+
+
+def _workloads() -> list[dict[str, Any]]:
+    return [d for _, d in _documents() if d["kind"] in WORKLOADS]
+
+
+def _pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    template = workload["spec"]["template"]
+    if workload["kind"] == "CronJob":
+        template = workload["spec"]["jobTemplate"]["spec"]["template"]
+    return dict(template["spec"])
 
 
 def _daemonset() -> dict[str, Any]:
@@ -94,7 +142,37 @@ def _config_text(configmap: str, key: str) -> str:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def mounted_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[Path, Path]:
+    """The Secret files kubelet mounts into the forwarder and aggregator pods, with stand-in
+    content: the configs read their shared key file while they are validated, and these
+    paths exist only inside the pods. Opening one of them opens its stand-in instead."""
+    redirects: dict[Path, Path] = {}
+    for workload in (_daemonset(), _statefulset()):
+        volumes = _volumes(workload)
+        for mount in _container(workload)["volumeMounts"]:
+            secret = volumes.get(mount["name"], {}).get("secret")  # claims: no volume
+            if secret is None:
+                continue
+            items = secret.get("items")
+            files = [i["path"] for i in items] if items else SECRET_KEYS[secret["secretName"]]
+            for name in files:
+                inside = Path(mount["mountPath"]) / name
+                stand_in = tmp_path / inside.relative_to("/")
+                stand_in.parent.mkdir(parents=True, exist_ok=True)
+                stand_in.write_text(f"stand-in for {secret['secretName']}/{name}\n")
+                redirects[inside] = stand_in
+    original = Path.open
+
+    def open_mounted(self: Path, *args: Any, **kwargs: Any) -> Any:
+        return original(redirects.get(self, self), *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_mounted)
+    return redirects
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, mounted_secrets: dict[Path, Path]) -> dict[str, str]:
+    """The pods' environment: their env vars and their mounted Secrets."""
     for name, value in ENV.items():
         monkeypatch.setenv(name, value)
     return ENV
@@ -165,6 +243,10 @@ def test_prometheus_operator_objects_have_the_expected_shape() -> None:
     ]
     components = {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in selected}
     assert components == {"forwarder", "aggregator"}
+    # The two Services are in different namespaces; the monitor looks in both.
+    namespaces = {d["metadata"]["namespace"] for d in selected}
+    assert namespaces == {NAMESPACE, FORWARDER_NAMESPACE}
+    assert set(monitor["spec"]["namespaceSelector"]["matchNames"]) == namespaces
     for service in selected:
         assert "metrics" in {p["name"] for p in service["spec"]["ports"]}
         assert 2020 in {p["port"] for p in service["spec"]["ports"]}
@@ -256,17 +338,38 @@ def _apply_json6902(document: dict[str, Any], operations: list[dict[str, Any]]) 
     return patched
 
 
+def _overlay() -> dict[str, Any]:
+    return dict(
+        yaml.safe_load((DEPLOY / "overlays" / "example" / "kustomization.yaml").read_text())
+    )
+
+
+def _overlay_patched(kind: str, name: str) -> dict[str, Any]:
+    (patch,) = [
+        p
+        for p in _overlay()["patches"]
+        if (p["target"]["kind"], p["target"]["name"]) == (kind, name)
+    ]
+    target = patch["target"]
+    document = _one(kind, name, target.get("namespace"))
+    return _apply_json6902(document, yaml.safe_load(patch["patch"]))
+
+
+def _store_url(statefulset: dict[str, Any]) -> str:
+    env = {e["name"]: e for e in _container(statefulset)["env"]}
+    return str(env["LOGFERRY_STORE_URL"]["value"])
+
+
 def test_example_overlay_patches_images_and_replicas_apply_to_the_base() -> None:
-    overlay = yaml.safe_load((DEPLOY / "overlays" / "example" / "kustomization.yaml").read_text())
-    assert overlay["namespace"] == "logferry"
+    overlay = _overlay()
+    # A namespace transformer would fold the forwarder's namespace into the others'.
+    assert "namespace" not in overlay
     for patch in overlay["patches"]:
         target = patch["target"]
-        document = _one(target["kind"], target["name"])
-        patched = _apply_json6902(document, yaml.safe_load(patch["patch"]))
+        patched = _overlay_patched(target["kind"], target["name"])
         assert kubernetes_validate.validate(patched, KUBERNETES_VERSION, strict=True)
         if target["kind"] == "StatefulSet":
-            env = {e["name"]: e for e in _container(patched)["env"]}
-            assert env["LOGFERRY_STORE_URL"]["value"].startswith("https://")
+            assert _store_url(patched).startswith("https://")
     images_in_use = {
         c["image"].split(":")[0]
         for _, d in _documents()
@@ -285,6 +388,16 @@ def test_example_overlay_patches_images_and_replicas_apply_to_the_base() -> None
 # -- secrets ---------------------------------------------------------------------------
 
 
+def _daemon_config_texts() -> dict[str, str]:
+    texts = {
+        "forwarder configmap": _config_text("logferry-forwarder-config", "forwarder.yaml"),
+        "aggregator configmap": _config_text("logferry-aggregator-config", "aggregator.yaml"),
+    }
+    for path in sorted((DEPLOY / "compose").glob("*.yaml")):
+        texts[f"compose {path.name}"] = path.read_text()
+    return texts
+
+
 def test_no_secret_is_inlined() -> None:
     for _, document in _documents():
         if document["kind"] == "Secret":
@@ -295,22 +408,78 @@ def test_no_secret_is_inlined() -> None:
             text = json.dumps(document["data"]).lower()
             assert "begin" not in text
             assert "private key" not in text
+    # The shared key reaches the daemons as a file only: an env var would show in the pod
+    # spec and in /proc/<pid>/environ.
+    for workload in _workloads():
+        for container in _pod_spec(workload)["containers"]:
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef") or {}
+                assert ref.get("name") != "logferry-shared-key", env["name"]
+
+
+def test_authentication_is_on_in_every_shipped_config() -> None:
+    # The aggregator refuses to start without a shared key or client certificates unless
+    # allow_unauthenticated is set; nothing shipped sets it, and keys come from files.
+    for where, text in _daemon_config_texts().items():
+        config = yaml.safe_load(text)
+        side = config.get("input") or config.get("sender")
+        assert side is not None, where
+        assert "shared_key" not in side, f"{where}: an inline key; use shared_key_file"
+        assert side.get("shared_key_file"), where
+        assert "allow_unauthenticated" not in side, where
+
+
+def _secret_file(workload: dict[str, Any], path: Path) -> tuple[str, str]:
+    """(Secret name, key) behind a file of a Secret volume mounted in the workload."""
+    volumes = _volumes(workload)
+    for mount in _container(workload)["volumeMounts"]:
+        if path.parent != Path(mount["mountPath"]):
+            continue
+        secret = volumes[mount["name"]]["secret"]
+        keys = {i["path"]: i["key"] for i in secret.get("items", [])}
+        if not secret.get("items"):
+            keys = {k: k for k in SECRET_KEYS[secret["secretName"]]}
+        return str(secret["secretName"]), keys[path.name]
+    raise AssertionError(f"{path} is not in a mounted Secret of {workload['metadata']['name']}")
+
+
+def test_forwarders_and_aggregators_read_the_same_shared_key(env: dict[str, str]) -> None:
+    forwarder_key = _forwarder_config().sender.shared_key_file
+    aggregator_key = _aggregator_config().input.shared_key_file
+    assert forwarder_key is not None
+    assert aggregator_key is not None
+    source = _secret_file(_daemonset(), Path(forwarder_key))
+    assert source == _secret_file(_statefulset(), Path(aggregator_key))
+    assert source == ("logferry-shared-key", "shared-key")
+    # Two namespaces, one value: the guide creates both Secrets from the same key file.
+    guide = OPERATIONS.read_text()
+    commands = re.findall(
+        r"kubectl -n (\S+) create secret generic logferry-shared-key\s+\\?\s*"
+        r"--from-file=shared-key=(\S+)",
+        guide,
+    )
+    assert {ns for ns, _ in commands} >= {NAMESPACE, FORWARDER_NAMESPACE}
+    assert len({file for _, file in commands}) == 1, commands
+    assert "rotat" in guide.lower()
 
 
 def test_secrets_are_referenced_by_name() -> None:
-    referenced: set[str] = set()
-    for workload in (_daemonset(), _statefulset()):
-        for volume in _volumes(workload).values():
+    referenced: set[tuple[str, str]] = set()
+    for workload in _workloads():
+        namespace = workload["metadata"]["namespace"]
+        spec = _pod_spec(workload)
+        for volume in spec.get("volumes", []):
             if "secret" in volume:
-                referenced.add(volume["secret"]["secretName"])
-        for env in _container(workload).get("env", []):
-            ref = env.get("valueFrom", {}).get("secretKeyRef")
-            if ref:
-                referenced.add(ref["name"])
+                referenced.add((namespace, volume["secret"]["secretName"]))
+        for container in spec["containers"]:
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    referenced.add((namespace, ref["name"]))
     assert referenced == SECRETS
     guide = OPERATIONS.read_text()
-    for name in SECRETS:
-        assert f"kubectl -n logferry create secret generic {name}" in guide, name
+    for namespace, name in SECRETS:
+        assert f"kubectl -n {namespace} create secret generic {name}" in guide, name
 
 
 # -- forwarder -------------------------------------------------------------------------
@@ -395,11 +564,14 @@ def test_forwarder_sends_to_the_headless_service(env: dict[str, str]) -> None:
     assert config.sender.dns_name == f"logferry-aggregator-headless.{namespace}.svc.cluster.local"
     forward = {p["name"]: p for p in headless["spec"]["ports"]}["forward"]
     assert config.sender.dns_port == forward["port"] == _aggregator_config().input.listen_port
-    assert config.sender.shared_key == env["LOGFERRY_SHARED_KEY"]
+    # Across namespaces: the forwarder names the Service by its FQDN.
+    assert namespace == NAMESPACE != _daemonset()["metadata"]["namespace"]
     assert config.sender.tls is True
+    assert config.sender.tls_server_name == config.sender.dns_name
     assert config.sender.tls_ca_file is not None
-    assert _under(config.sender.tls_ca_file, "/etc/logferry/tls")
-    assert "/etc/logferry/tls" in _mounts(_container(_daemonset()))
+    # Only the CA, from a Secret in the forwarder's own namespace.
+    ca = _secret_file(_daemonset(), Path(config.sender.tls_ca_file))
+    assert ca == ("logferry-aggregator-ca", "ca.crt")
 
 
 # -- aggregator ------------------------------------------------------------------------
@@ -554,7 +726,9 @@ def test_every_env_var_a_config_uses_is_set_by_its_workload() -> None:
         assert used <= {e["name"] for e in _container(workload)["env"]}, key
 
 
-def test_configs_are_refused_without_their_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_configs_are_refused_without_their_environment(
+    monkeypatch: pytest.MonkeyPatch, mounted_secrets: dict[Path, Path]
+) -> None:
     # An unset ${VAR} is an error, never an empty string: a pod without its Secret fails loudly.
     from logferry.common.errors import ConfigError
 
@@ -564,6 +738,600 @@ def test_configs_are_refused_without_their_environment(monkeypatch: pytest.Monke
         _forwarder_config()
     with pytest.raises(ConfigError):
         _aggregator_config()
+
+
+# -- namespaces and Pod Security -----------------------------------------------------------
+
+POD_SECURITY = "pod-security.kubernetes.io/enforce"
+# The restricted profile (Pod Security Standards, Kubernetes 1.30), as the admission
+# controller checks it; baseline's rules are part of it. Left out: AppArmor annotations and
+# Windows host processes, which nothing here could set by accident in a Linux pod spec.
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
+
+
+def _restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What keeps a pod spec from the "restricted" Pod Security level (empty: it meets it)."""
+    problems: list[str] = []
+    pod_security = pod.get("securityContext") or {}
+    containers = [
+        *pod.get("initContainers", []),
+        *pod.get("containers", []),
+        *pod.get("ephemeralContainers", []),
+    ]
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            problems.append(f"{flag} is set")
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUME_TYPES:
+            problems.append(f"volume {volume['name']}: {sorted(kinds)} not allowed")
+    for sysctl in pod_security.get("sysctls", []):
+        if sysctl["name"] not in SAFE_SYSCTLS:
+            problems.append(f"sysctl {sysctl['name']} is not a safe one")
+    if pod_security.get("runAsUser") == 0:
+        problems.append("the pod runs as uid 0")
+    if pod_security.get("seLinuxOptions", {}).get("type") not in (
+        None,
+        "",
+        "container_t",
+        "container_init_t",
+        "container_kvm_t",
+    ):
+        problems.append("the pod sets an SELinux type")
+    pod_seccomp = (pod_security.get("seccompProfile") or {}).get("type")
+    for container in containers:
+        name = container["name"]
+        security = container.get("securityContext") or {}
+        if security.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if security.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        capabilities = security.get("capabilities") or {}
+        if "ALL" not in capabilities.get("drop", []):
+            problems.append(f"{name}: capabilities do not drop ALL")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{name}: adds capabilities {capabilities['add']}")
+        if security.get("runAsNonRoot", pod_security.get("runAsNonRoot")) is not True:
+            problems.append(f"{name}: runAsNonRoot is not true")
+        if security.get("runAsUser") == 0:
+            problems.append(f"{name}: runs as uid 0")
+        seccomp = (security.get("seccompProfile") or {}).get("type", pod_seccomp)
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: seccompProfile is {seccomp}, not RuntimeDefault")
+        if security.get("procMount", "Default") != "Default":
+            problems.append(f"{name}: procMount is not Default")
+        if security.get("seLinuxOptions", {}).get("type") not in (None, "", "container_t"):
+            problems.append(f"{name}: sets an SELinux type")
+        for port in container.get("ports", []):
+            if port.get("hostPort"):
+                problems.append(f"{name}: hostPort {port['hostPort']}")
+    return problems
+
+
+@functools.cache
+def _namespaces() -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for _, d in _documents() if d["kind"] == "Namespace"}
+
+
+def _level(namespace: str) -> str:
+    return str(_namespaces()[namespace]["metadata"]["labels"][POD_SECURITY])
+
+
+def test_two_namespaces_one_per_pod_security_level() -> None:
+    namespaces = _namespaces()
+    assert set(namespaces) == {NAMESPACE, FORWARDER_NAMESPACE}
+    assert _level(NAMESPACE) == "restricted"
+    assert _level(FORWARDER_NAMESPACE) == "privileged"
+    for name, namespace in namespaces.items():
+        labels = namespace["metadata"]["labels"]
+        # Audit and warnings at restricted everywhere: anything else landing in the
+        # privileged namespace is reported.
+        assert labels["pod-security.kubernetes.io/audit"] == "restricted", name
+        assert labels["pod-security.kubernetes.io/warn"] == "restricted", name
+        # What the API server sets, and the NetworkPolicies select on.
+        assert labels["kubernetes.io/metadata.name"] == name
+
+
+def test_every_object_is_in_one_of_the_two_namespaces() -> None:
+    for path, document in _documents():
+        namespace = document["metadata"].get("namespace")
+        if document["kind"] in CLUSTER_SCOPED:
+            assert namespace is None, path
+        else:
+            assert namespace in {NAMESPACE, FORWARDER_NAMESPACE}, (path, document["kind"])
+    for binding in (_one("ClusterRoleBinding"), _one("RoleBinding")):
+        for subject in binding["subjects"]:
+            _one(subject["kind"], subject["name"], subject["namespace"])
+
+
+def test_only_the_forwarder_runs_in_the_privileged_namespace() -> None:
+    assert _daemonset()["metadata"]["namespace"] == FORWARDER_NAMESPACE
+    privileged = [
+        w["metadata"]["name"]
+        for w in _workloads()
+        if _level(w["metadata"]["namespace"]) != "restricted"
+    ]
+    assert privileged == [_daemonset()["metadata"]["name"]]
+    # Everything in that namespace belongs to the forwarder (or is a namespace-wide policy).
+    for _, document in _documents():
+        if document["metadata"].get("namespace") == FORWARDER_NAMESPACE:
+            labels = document["metadata"]["labels"]
+            component = labels.get("app.kubernetes.io/component")
+            assert component == "forwarder" or document["kind"] == "NetworkPolicy", document
+
+
+@pytest.mark.parametrize(
+    "workload",
+    [w for w in _workloads() if w["kind"] != "DaemonSet"],
+    ids=lambda w: f"{w['kind']}/{w['metadata']['name']}",
+)
+def test_every_pod_outside_the_forwarder_namespace_meets_restricted(
+    workload: dict[str, Any],
+) -> None:
+    assert _level(workload["metadata"]["namespace"]) == "restricted"
+    assert _restricted_violations(_pod_spec(workload)) == []
+
+
+def test_the_forwarder_needs_its_privileged_namespace() -> None:
+    # What restricted (and baseline) would refuse, and why the forwarder lives apart.
+    problems = " ".join(_restricted_violations(_pod_spec(_daemonset())))
+    assert "hostPath" in problems
+    assert "uid 0" in problems
+    assert "DAC_READ_SEARCH" in problems
+
+
+def _mutated(change: str) -> dict[str, Any]:
+    pod = copy.deepcopy(_pod_spec(_statefulset()))
+    container = pod["containers"][0]
+    security = container["securityContext"]
+    if change == "hostPath":
+        pod["volumes"].append({"name": "h", "hostPath": {"path": "/var"}})
+    elif change == "nfs volume":
+        pod["volumes"].append({"name": "n", "nfs": {"server": "x", "path": "/"}})
+    elif change == "root user":
+        security["runAsUser"] = 0
+    elif change == "runAsNonRoot false":
+        security["runAsNonRoot"] = False
+    elif change == "runAsNonRoot unset":
+        del security["runAsNonRoot"]
+        del pod["securityContext"]["runAsNonRoot"]
+    elif change == "seccomp unset":
+        del pod["securityContext"]["seccompProfile"]
+    elif change == "seccomp unconfined":
+        security["seccompProfile"] = {"type": "Unconfined"}
+    elif change == "privilege escalation":
+        del security["allowPrivilegeEscalation"]
+    elif change == "capabilities kept":
+        del security["capabilities"]
+    elif change == "capability added":
+        security["capabilities"]["add"] = ["NET_ADMIN"]
+    elif change == "privileged":
+        security["privileged"] = True
+    elif change == "host network":
+        pod["hostNetwork"] = True
+    elif change == "host port":
+        container["ports"][0]["hostPort"] = 24224
+    elif change == "unsafe sysctl":
+        pod["securityContext"]["sysctls"] = [{"name": "kernel.msgmax", "value": "1"}]
+    elif change == "init container":
+        pod["initContainers"] = [{"name": "init", "image": "busybox"}]
+    return pod
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "hostPath",
+        "nfs volume",
+        "root user",
+        "runAsNonRoot false",
+        "runAsNonRoot unset",
+        "seccomp unset",
+        "seccomp unconfined",
+        "privilege escalation",
+        "capabilities kept",
+        "capability added",
+        "privileged",
+        "host network",
+        "host port",
+        "unsafe sysctl",
+        "init container",
+    ],
+)
+def test_the_restricted_check_catches_each_rule(change: str) -> None:
+    assert _restricted_violations(_pod_spec(_statefulset())) == []
+    assert _restricted_violations(_mutated(change)), change
+
+
+# -- network policies ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Pod:
+    """Someone who opens or accepts a connection: a pod (namespace and labels) or, without
+    a namespace, an address outside the pod network (the API server, an external store)."""
+
+    name: str
+    namespace: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    ip: str = "10.0.0.1"
+    ports: tuple[int, ...] = ()
+
+    def namespace_labels(self) -> dict[str, str]:
+        assert self.namespace is not None
+        if self.namespace in _namespaces():
+            return dict(_namespaces()[self.namespace]["metadata"]["labels"])
+        return {"kubernetes.io/metadata.name": self.namespace}
+
+
+def _template_pod(workload: dict[str, Any], ip: str) -> _Pod:
+    labels = dict(workload["spec"]["template"]["metadata"]["labels"])
+    ports = tuple(
+        p["containerPort"] for c in _pod_spec(workload)["containers"] for p in c.get("ports", [])
+    )
+    return _Pod(workload["metadata"]["name"], workload["metadata"]["namespace"], labels, ip, ports)
+
+
+def _forwarder_pod() -> _Pod:
+    return _template_pod(_daemonset(), "10.1.0.10")
+
+
+def _aggregator_pod() -> _Pod:
+    return _template_pod(_statefulset(), "10.1.0.20")
+
+
+def _operator_pod() -> _Pod:
+    return _template_pod(_one("Deployment", "logferry-operator"), "10.1.0.30")
+
+
+PROMETHEUS = _Pod("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"}, "10.1.1.1")
+KUBE_DNS = _Pod("coredns", "kube-system", {"k8s-app": "kube-dns"}, "10.1.1.2")
+OTHER_KUBE_SYSTEM = _Pod("metrics-server", "kube-system", {"k8s-app": "metrics-server"})
+STORE_IN_CLUSTER = _Pod("opensearch", "logging", {"app": "opensearch"}, "10.1.1.3")
+API_SERVER = _Pod("apiserver", ip="172.18.0.2")
+OUTSIDE = _Pod("somewhere", ip="203.0.113.7")
+TENANT = _Pod("tenant-app", "team-a", {"app": "web"}, "10.1.2.1")
+# Pods that copy our labels from where they have no business: a tenant namespace, or a
+# stray pod in the forwarder's namespace.
+IMPOSTOR_FORWARDER = _Pod(
+    "fake-forwarder",
+    "team-a",
+    {"app.kubernetes.io/name": "logferry", "app.kubernetes.io/component": "forwarder"},
+    "10.1.2.2",
+)
+IMPOSTOR_PROMETHEUS = _Pod(
+    "fake-prometheus", "team-a", {"app.kubernetes.io/name": "prometheus"}, "10.1.2.3"
+)
+STRAY_IN_FORWARDER_NAMESPACE = _Pod(
+    "debug", FORWARDER_NAMESPACE, {"app.kubernetes.io/name": "logferry"}, "10.1.0.11"
+)
+
+
+@functools.cache
+def _policies() -> tuple[dict[str, Any], ...]:
+    # Read-only here, evaluated thousands of times: parsed once.
+    return tuple(d for _, d in _documents() if d["kind"] == "NetworkPolicy")
+
+
+def _selects_labels(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    # Only matchLabels is used here (the evaluator below knows nothing else).
+    if selector is None:
+        return True
+    assert set(selector) <= {"matchLabels"}, selector
+    return _selects(selector.get("matchLabels", {}), labels)
+
+
+def _peer_admits(peer: dict[str, Any], policy_namespace: str, other: _Pod) -> bool:
+    if "ipBlock" in peer:
+        block = peer["ipBlock"]
+        address = ipaddress.ip_address(other.ip)
+        return address in ipaddress.ip_network(block["cidr"]) and not any(
+            address in ipaddress.ip_network(e) for e in block.get("except", [])
+        )
+    if other.namespace is None:
+        return False  # pod selectors never match an address outside the pod network
+    if "namespaceSelector" in peer:
+        if not _selects_labels(peer["namespaceSelector"], other.namespace_labels()):
+            return False
+    elif other.namespace != policy_namespace:
+        return False
+    return _selects_labels(peer.get("podSelector"), other.labels)
+
+
+def _port_admits(ports: list[dict[str, Any]] | None, port: int, protocol: str) -> bool:
+    if not ports:
+        return True
+    for rule in ports:
+        assert isinstance(rule["port"], int), "numbered ports only (checked against containers)"
+        if rule.get("protocol", "TCP") == protocol and rule["port"] <= port <= rule.get(
+            "endPort", rule["port"]
+        ):
+            return True
+    return False
+
+
+def _side_admits(pod: _Pod, other: _Pod, port: int, protocol: str, direction: str) -> bool:
+    """Whether the policies selecting ``pod`` let it accept (``ingress``) a connection from
+    ``other``, or open one (``egress``) to it. Pods no policy of ours covers (outside our
+    namespaces) are unrestricted here."""
+    policy_type = "Ingress" if direction == "ingress" else "Egress"
+    peer_key = "from" if direction == "ingress" else "to"
+    selecting = [
+        p
+        for p in _policies()
+        if p["metadata"]["namespace"] == pod.namespace
+        and policy_type in p["spec"]["policyTypes"]
+        and _selects_labels(p["spec"]["podSelector"], pod.labels)
+    ]
+    if not selecting:
+        return True
+    for policy in selecting:
+        for rule in policy["spec"].get(direction, []):
+            peers = rule.get(peer_key)
+            if (
+                not peers
+                or any(_peer_admits(peer, policy["metadata"]["namespace"], other) for peer in peers)
+            ) and _port_admits(rule.get("ports"), port, protocol):
+                return True
+    return False
+
+
+def _connects(source: _Pod, target: _Pod, port: int, protocol: str = "TCP") -> bool:
+    egress = source.namespace is None or _side_admits(source, target, port, protocol, "egress")
+    ingress = target.namespace is None or _side_admits(target, source, port, protocol, "ingress")
+    return egress and ingress
+
+
+def test_both_namespaces_deny_by_default() -> None:
+    for namespace in (NAMESPACE, FORWARDER_NAMESPACE):
+        floors = [
+            p
+            for p in _policies()
+            if p["metadata"]["namespace"] == namespace
+            and p["spec"]["podSelector"] == {}
+            and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+            and not p["spec"].get("ingress")
+            and not p["spec"].get("egress")
+        ]
+        assert len(floors) == 1, namespace
+
+
+def test_only_forwarders_and_prometheus_reach_an_aggregator(env: dict[str, str]) -> None:
+    aggregator = _aggregator_pod()
+    config = _aggregator_config()
+    forward, metrics = config.input.listen_port, config.http.listen_port
+    assert {forward, metrics} == set(aggregator.ports)
+    assert _connects(_forwarder_pod(), aggregator, forward)
+    assert _connects(PROMETHEUS, aggregator, metrics)
+    # Each only on its own port.
+    assert not _connects(_forwarder_pod(), aggregator, metrics)
+    assert not _connects(PROMETHEUS, aggregator, forward)
+    # Nobody else, on any port: not the other logferry pods, not a tenant (even one that
+    # copies the forwarder's or Prometheus's labels), not the outside.
+    others = [
+        _operator_pod(),
+        aggregator,
+        TENANT,
+        IMPOSTOR_FORWARDER,
+        IMPOSTOR_PROMETHEUS,
+        STRAY_IN_FORWARDER_NAMESPACE,
+        OTHER_KUBE_SYSTEM,
+        OUTSIDE,
+        API_SERVER,
+    ]
+    for other in others:
+        for port in (forward, metrics, 80, 443, 8080):
+            assert not _connects(other, aggregator, port), (other.name, port)
+    # The drain label (logferry.io/receive) does not change who may connect.
+    drained = _Pod(
+        aggregator.name,
+        aggregator.namespace,
+        {k: v for k, v in aggregator.labels.items() if k != "logferry.io/receive"},
+        aggregator.ip,
+    )
+    assert _connects(_forwarder_pod(), drained, forward)
+    assert _connects(PROMETHEUS, drained, metrics)
+
+
+def test_aggregator_ingress_rules_name_their_peers_exactly() -> None:
+    aggregator = _aggregator_pod()
+    for policy in _policies():
+        if policy["metadata"]["namespace"] != aggregator.namespace or not _selects_labels(
+            policy["spec"]["podSelector"], aggregator.labels
+        ):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            assert rule.get("ports"), policy["metadata"]["name"]
+            assert rule.get("from"), policy["metadata"]["name"]
+            for peer in rule["from"]:
+                # A namespace and pods in it, both by label: no address ranges, no "any".
+                assert set(peer) == {"namespaceSelector", "podSelector"}, peer
+                assert peer["namespaceSelector"]["matchLabels"]
+                assert peer["podSelector"]["matchLabels"]
+
+
+def test_aggregator_egress_is_the_store_and_dns_only(env: dict[str, str]) -> None:
+    aggregator = _aggregator_pod()
+    store = urlsplit(_store_url(_statefulset()))
+    assert store.port is not None
+    assert store.hostname is not None
+    # The base's store is a Service: <name>.<namespace>.svc...; the policy names that
+    # namespace and the URL's port.
+    store_namespace = store.hostname.split(".")[1]
+    store_pod = _Pod("store", store_namespace, {"app": "opensearch"}, "10.1.1.9")
+    assert _connects(aggregator, store_pod, store.port)
+    assert not _connects(aggregator, store_pod, store.port + 1)
+    assert _connects(aggregator, KUBE_DNS, 53, "UDP")
+    assert _connects(aggregator, KUBE_DNS, 53, "TCP")
+    for target, port in (
+        (_forwarder_pod(), 2020),
+        (_operator_pod(), 8080),
+        (OTHER_KUBE_SYSTEM, 53),
+        (TENANT, store.port),
+        (API_SERVER, 443),
+        (API_SERVER, 6443),
+        (OUTSIDE, store.port),
+        (OUTSIDE, 443),
+    ):
+        assert not _connects(aggregator, target, port), (target.name, port)
+
+
+def test_the_example_overlay_lets_the_aggregators_reach_its_store_only() -> None:
+    url = urlsplit(_store_url(_overlay_patched("StatefulSet", "logferry-aggregator")))
+    policy = _overlay_patched("NetworkPolicy", "logferry-aggregator")
+    (store_rule,) = [r for r in policy["spec"]["egress"] if r["ports"][0]["port"] != 53]
+    assert [p["port"] for p in store_rule["ports"]] == [url.port]
+    (peer,) = store_rule["to"]
+    network = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+    # A placeholder from the documentation range until the environment puts its own.
+    assert network.subnet_of(ipaddress.ip_network("192.0.2.0/24"))
+
+
+def test_forwarder_reaches_the_aggregators_and_dns_only(env: dict[str, str]) -> None:
+    forwarder = _forwarder_pod()
+    config = _forwarder_config()
+    assert _connects(forwarder, _aggregator_pod(), config.sender.dns_port)
+    assert _connects(forwarder, KUBE_DNS, 53, "UDP")
+    for target, port in (
+        (_aggregator_pod(), 2020),
+        (_operator_pod(), 8080),
+        (STORE_IN_CLUSTER, 9200),
+        (API_SERVER, 443),
+        (API_SERVER, 6443),
+        (OUTSIDE, 24224),
+        (TENANT, 24224),
+        (IMPOSTOR_FORWARDER, 2020),
+    ):
+        assert not _connects(forwarder, target, port), (target.name, port)
+    # In: Prometheus on the metrics port, nobody else.
+    assert _connects(PROMETHEUS, forwarder, config.http.listen_port)
+    assert config.http.listen_port in forwarder.ports
+    for source in (TENANT, IMPOSTOR_PROMETHEUS, _aggregator_pod(), _operator_pod(), OUTSIDE):
+        assert not _connects(source, forwarder, config.http.listen_port), source.name
+
+
+def test_operator_reaches_the_api_server_and_dns_only() -> None:
+    operator = _operator_pod()
+    for port in (443, 6443):
+        assert _connects(operator, API_SERVER, port)
+    assert _connects(operator, KUBE_DNS, 53, "UDP")
+    for target, port in (
+        (_aggregator_pod(), 24224),
+        (_aggregator_pod(), 2020),
+        (_forwarder_pod(), 2020),
+        (STORE_IN_CLUSTER, 9200),
+        (OUTSIDE, 80),
+    ):
+        assert not _connects(operator, target, port), (target.name, port)
+    # Nothing comes in (kubelet's probe comes from the node, which policies never block).
+    for source in (_aggregator_pod(), _forwarder_pod(), PROMETHEUS, TENANT):
+        assert not _connects(source, operator, 8080), source.name
+
+
+def test_policy_selectors_and_ports_match_the_pods() -> None:
+    # Every policy that names pods names pods that exist, in the namespace it says, and
+    # every port it opens is one their containers listen on.
+    ours = [_forwarder_pod(), _aggregator_pod(), _operator_pod()]
+    for policy in _policies():
+        namespace = policy["metadata"]["namespace"]
+        selected = [
+            p
+            for p in ours
+            if p.namespace == namespace and _selects_labels(policy["spec"]["podSelector"], p.labels)
+        ]
+        assert selected, policy["metadata"]["name"]
+        for rule in policy["spec"].get("ingress", []):
+            for port in rule["ports"]:
+                for pod in selected:
+                    assert port["port"] in pod.ports, (policy["metadata"]["name"], pod.name)
+        for rule in policy["spec"].get("egress", []):
+            for peer in rule.get("to", []):
+                labels = peer.get("namespaceSelector", {}).get("matchLabels", {})
+                target_namespace = labels.get("kubernetes.io/metadata.name")
+                if target_namespace not in {NAMESPACE, FORWARDER_NAMESPACE}:
+                    continue
+                targets = [
+                    p
+                    for p in ours
+                    if p.namespace == target_namespace
+                    and _selects_labels(peer.get("podSelector"), p.labels)
+                ]
+                assert targets, (policy["metadata"]["name"], peer)
+                for port in rule["ports"]:
+                    for pod in targets:
+                        assert port["port"] in pod.ports, (policy["metadata"]["name"], pod.name)
+
+
+def test_the_guide_says_how_to_adapt_the_policies() -> None:
+    guide = OPERATIONS.read_text()
+    assert "## Network policies" in guide
+    for needle in ("app.kubernetes.io/name: prometheus", "kubernetes.io/metadata.name", "6443"):
+        assert needle in guide, needle
+
+
+# -- the rendered overlay --------------------------------------------------------------------
+
+
+def test_kustomize_renders_the_overlay_into_both_namespaces() -> None:
+    # The real kustomize (kubectl's) on the example overlay: the layout survives it.
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (the file-level tests above still ran)")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(DEPLOY / "overlays" / "example")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert len(rendered) == len(list(_documents())) - len(
+        [d for _, d in _documents() if d["apiVersion"].startswith("monitoring.coreos.com/")]
+    )
+    placed: dict[tuple[str, str], str | None] = {}
+    for document in rendered:
+        assert kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        metadata = document["metadata"]
+        placed[(document["kind"], metadata["name"])] = metadata.get("namespace")
+    assert placed[("DaemonSet", "logferry-forwarder")] == FORWARDER_NAMESPACE
+    assert placed[("ConfigMap", "logferry-forwarder-config")] == FORWARDER_NAMESPACE
+    assert placed[("StatefulSet", "logferry-aggregator")] == NAMESPACE
+    assert placed[("Deployment", "logferry-operator")] == NAMESPACE
+    for _, document in _documents():
+        if document["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue
+        key = (document["kind"], document["metadata"]["name"])
+        assert key in placed, key
+        if document["kind"] not in {"NetworkPolicy"}:
+            assert placed[key] == document["metadata"].get("namespace"), key
+    namespaces = {
+        d["metadata"]["name"]: d["metadata"]["labels"][POD_SECURITY]
+        for d in rendered
+        if d["kind"] == "Namespace"
+    }
+    assert namespaces == {NAMESPACE: "restricted", FORWARDER_NAMESPACE: "privileged"}
 
 
 # -- compose ---------------------------------------------------------------------------
@@ -610,7 +1378,54 @@ def test_compose_services_reference_what_exists() -> None:
     assert services["loadgen"]["entrypoint"] == ["logferry", "loadgen"]
 
 
-def test_compose_daemon_configs_load(env: dict[str, str]) -> None:
+def _compose_secret_file(name: str) -> Path:
+    """The host file behind a compose secret, with its ${VAR:-default} left at the default
+    (what `docker compose up` uses without the variable)."""
+    source = _compose()["secrets"][name]["file"]
+    match = re.fullmatch(r"\$\{[A-Z_]+:-(.+)\}", source)
+    return DEPLOY / (match.group(1) if match else source)
+
+
+@pytest.fixture
+def compose_secrets(monkeypatch: pytest.MonkeyPatch) -> dict[Path, Path]:
+    """Compose bind-mounts each secret's file at /run/secrets/<name> in the containers that
+    list it: opening that path opens the file in the repository instead."""
+    redirects = {
+        Path("/run/secrets") / name: _compose_secret_file(name) for name in _compose()["secrets"]
+    }
+    original = Path.open
+
+    def open_mounted(self: Path, *args: Any, **kwargs: Any) -> Any:
+        return original(redirects.get(self, self), *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_mounted)
+    return redirects
+
+
+def test_compose_mounts_one_shared_key_into_both_sides(
+    env: dict[str, str], compose_secrets: dict[Path, Path]
+) -> None:
+    services = _compose()["services"]
+    forwarder = load_config(DEPLOY / "compose" / "forwarder.yaml", ForwarderConfig)
+    aggregator = load_config(DEPLOY / "compose" / "aggregator.yaml", AggregatorConfig)
+    assert forwarder.sender.shared_key_file == aggregator.input.shared_key_file
+    key_file = Path(aggregator.input.shared_key_file or "")
+    assert key_file.parent == Path("/run/secrets")
+    daemons = [n for n, s in services.items() if s.get("entrypoint") is None and "build" in s]
+    assert sorted(daemons) == ["aggregator-0", "aggregator-1", "forwarder"]
+    for name in daemons:
+        assert key_file.name in services[name]["secrets"], name
+    # The placeholder is readable by the images' user (uid 65532) once bind-mounted, and
+    # says what it is.
+    source = compose_secrets[key_file]
+    assert source.stat().st_mode & 0o004
+    assert "placeholder" in source.read_text()
+    assert "\n" not in source.read_text()
+
+
+def test_compose_daemon_configs_load(
+    env: dict[str, str], compose_secrets: dict[Path, Path]
+) -> None:
     forwarder = load_config(DEPLOY / "compose" / "forwarder.yaml", ForwarderConfig)
     aggregator = load_config(DEPLOY / "compose" / "aggregator.yaml", AggregatorConfig)
     services = _compose()["services"]
@@ -714,6 +1529,42 @@ def test_dashboard_has_the_key_panels() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def _series_of(registry: Any) -> set[str]:
+    names = set()
+    for family in registry.collect():
+        suffix = {"counter": "_total", "histogram": "_bucket"}.get(family.type, "")
+        names.add(family.name + suffix)
+    return names
+
+
+def test_dashboard_queries_each_daemon_in_its_own_namespace() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from logferry.aggregator.metrics import AggregatorMetrics
+    from logferry.forwarder.app import ForwarderMetrics
+    from logferry.forwarder.sender import SenderStats
+
+    registry = CollectorRegistry()
+    ForwarderMetrics(registry)
+    SenderStats(registry)  # the forwarder's sender registers its own metrics
+    forwarder = _series_of(registry)
+    aggregator = _series_of(AggregatorMetrics().registry)
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["namespace"]["current"]["value"] == NAMESPACE
+    assert variables["forwarder_namespace"]["current"]["value"] == FORWARDER_NAMESPACE
+    assert _metrics_in(variables["forwarder_namespace"]["definition"]) <= forwarder - aggregator
+    assert _metrics_in(variables["namespace"]["definition"]) <= aggregator - forwarder
+    for expression in _dashboard_expressions():
+        used = _metrics_in(expression)
+        component = re.search(r'component="(\w+)"', expression)
+        if used <= forwarder - aggregator or (component and component.group(1) == "forwarder"):
+            assert 'namespace="$forwarder_namespace"' in expression, expression
+        else:
+            assert used <= aggregator, expression
+            assert 'namespace="$namespace"' in expression, expression
 
 
 def _alerts() -> list[dict[str, Any]]:

@@ -126,10 +126,15 @@ def test_dangling_symlink_is_skipped_not_an_error(tmp_path: Path) -> None:
 
 
 def test_a_directory_matching_the_glob_is_not_a_file(tmp_path: Path) -> None:
-    (tmp_path / "containers" / f"web-1_shop_nginx-{CID}.log").mkdir(parents=True)
+    target = tmp_path / "pods" / "shop_web-1_uid" / "nginx" / "0.log"
+    target.mkdir(parents=True)
+    (tmp_path / "containers").mkdir()
+    (tmp_path / "containers" / f"web-1_shop_nginx-{CID}.log").symlink_to(target)
+    # Not a link into the pods root at all: refused for that, before it is even looked at.
+    (tmp_path / "containers" / f"web-2_shop_nginx-{CID}.log").mkdir()
     discovery = Discovery(settings(tmp_path), "n1")
     assert discovery.scan() == {}
-    assert discovery.stats.skipped == {"not_regular": 1}
+    assert discovery.stats.skipped == {"not_regular": 1, "outside_pods_root": 1}
 
 
 def test_missing_directory_scans_as_empty(tmp_path: Path) -> None:

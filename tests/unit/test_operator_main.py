@@ -152,3 +152,34 @@ async def test_handlers_before_startup_ask_kopf_to_retry(monkeypatch: pytest.Mon
     monkeypatch.setattr(main, "_controller", None)
     with pytest.raises(kopf.TemporaryError):
         await main.reconcile_pipeline(body=kopf.Body(_obj()), patch=kopf.Patch())
+
+
+def test_budget_from_env_reads_the_tenant_share() -> None:
+    assert main.budget_from_env({}) == rc.ConfigMapBudget()
+    assert main.budget_from_env({main.TENANT_BUDGET_ENV: " "}) == rc.ConfigMapBudget()
+    budget = main.budget_from_env({main.TENANT_BUDGET_ENV: "32KiB"})
+    assert budget.tenant_bytes == 32 * 1024
+    assert budget.total_bytes == rc.CONFIGMAP_BUDGET_BYTES
+    assert main.budget_from_env({main.TENANT_BUDGET_ENV: "4096"}).tenant_bytes == 4096
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "0", "2MiB", "64 apples"])
+def test_a_bad_tenant_share_stops_the_operator_at_start(value: str) -> None:
+    with pytest.raises(ValueError, match=main.TENANT_BUDGET_ENV):
+        main.budget_from_env({main.TENANT_BUDGET_ENV: value})
+
+
+async def test_the_controller_holds_each_tenant_to_its_share() -> None:
+    one = rc.configmap_size(rc.reconcile(_obj(name="a"), {}).configmap_data)
+    budget = rc.ConfigMapBudget(tenant_bytes=one + one // 2)
+    store = FakeStore()
+    controller = main.Controller(store, Recorder(), budget)
+    status: dict[str, Any] = {}
+    await controller.apply(_obj(name="a"), {})
+    await controller.apply(_obj(name="b"), status)
+    await controller.apply(_obj(name="c", namespace="team-b"), {})
+
+    assert status["conditions"][0]["reason"] == "TenantBudgetExceeded"
+    assert store.data is not None
+    assert sorted(store.data) == ["team-a.a.yaml", "team-b.c.yaml"]
+    assert len(store.writes) == 2

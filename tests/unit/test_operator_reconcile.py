@@ -378,21 +378,177 @@ def test_state_is_rebuilt_from_the_configmap_after_a_restart() -> None:
     assert bad.configmap_data == first.configmap_data
 
 
-def test_a_pipeline_that_would_overflow_the_configmap_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_pipeline_that_would_overflow_the_configmap_is_refused() -> None:
     first = rc.reconcile(_obj(name="web"), {}, now=NOW)
-    size = sum(len(k) + len(v) for k, v in first.configmap_data.items())
-    monkeypatch.setattr(rc, "CONFIGMAP_BUDGET_BYTES", size + 10)
+    size = rc.configmap_size(first.configmap_data)
+    budget = rc.ConfigMapBudget(total_bytes=size + 10, tenant_bytes=size + 10)
 
-    second = rc.reconcile(_obj(name="api"), first.accepted, now=NOW)
+    # Another tenant, so the tenant share is not what refuses it.
+    second = rc.reconcile(_obj(name="api", namespace="team-b"), first.accepted, budget=budget)
 
     conditions = _conditions(second)
     assert conditions["Accepted"]["status"] == "False"
-    assert conditions["Accepted"]["reason"] == "PolicyError"
+    assert conditions["Accepted"]["reason"] == "ConfigMapBudgetExceeded"
     assert "ConfigMap budget" in conditions["Accepted"]["message"]
     assert second.configmap_data == first.configmap_data
     assert not second.configmap_changed
+
+
+# -- each tenant's share of the ConfigMap ----------------------------------------------------
+
+
+def _size_of_one(name: str = "p", namespace: str = "team-a") -> int:
+    """ConfigMap bytes of one VALID_SPEC pipeline under this name."""
+    return rc.configmap_size(rc.reconcile(_obj(name=name, namespace=namespace), {}).configmap_data)
+
+
+def _grown_spec(extra_bytes: int) -> dict[str, Any]:
+    return _with_filter({"type": "add", "fields": {"note": "x" * extra_bytes}})
+
+
+def test_a_tenant_past_its_share_has_its_newest_pipeline_refused_and_others_still_apply() -> None:
+    one = _size_of_one()
+    # Room for two pipelines of a tenant (names of one letter, as below), not three.
+    budget = rc.ConfigMapBudget(total_bytes=100 * one, tenant_bytes=2 * one + one // 2)
+    state: rc.Accepted = {}
+    for name in ("a", "b"):
+        result = rc.reconcile(_obj(name=name), state, budget=budget, now=NOW)
+        assert _conditions(result)["Accepted"]["reason"] == "Valid"
+        state = result.accepted
+    used = rc.configmap_size(rc.render_configmap(state), "team-a")
+
+    third = rc.reconcile(_obj(name="c", generation=4), state, budget=budget, now=NOW)
+
+    accepted = _conditions(third)["Accepted"]
+    assert accepted["status"] == "False"
+    assert accepted["reason"] == "TenantBudgetExceeded"
+    assert accepted["observedGeneration"] == 4
+    # The message says whose share, how big it is and how much is in use.
+    assert "tenant team-a" in accepted["message"]
+    assert f"share of {budget.tenant_bytes} bytes" in accepted["message"]
+    assert f"take {used} bytes now" in accepted["message"]
+    applied = _conditions(third)["Applied"]
+    assert (applied["status"], applied["reason"]) == ("False", "NotApplied")
+    assert third.status["appliedHash"] is None
+    assert [(e.type, e.reason) for e in third.events] == [("Warning", "TenantBudgetExceeded")]
+    assert set(third.accepted) == {"team-a/a", "team-a/b"}
+    assert not third.configmap_changed
+
+    # Another tenant still gets its pipelines applied, next to the first tenant's.
+    other = rc.reconcile(_obj(name="c", namespace="team-b"), third.accepted, budget=budget)
+    assert _conditions(other)["Accepted"]["reason"] == "Valid"
+    assert sorted(other.configmap_data) == ["team-a.a.yaml", "team-a.b.yaml", "team-b.c.yaml"]
+
+
+def test_one_tenant_cannot_fill_the_configmap_for_the_others() -> None:
+    # A ConfigMap with room for four pipelines; each tenant may take two. The first tenant
+    # creates as many as it may have (the pipeline count limit is no help here): it gets
+    # its two, and the second tenant still finds room for its own two.
+    one = _size_of_one()
+    budget = rc.ConfigMapBudget(total_bytes=4 * one + one // 2, tenant_bytes=2 * one + one // 2)
+    state: rc.Accepted = {}
+    reasons = []
+    for index in range(TenantLimits().max_pipelines):
+        result = rc.reconcile(_obj(name=f"{index:x}"), state, budget=budget, now=NOW)
+        reasons.append(_conditions(result)["Accepted"]["reason"])
+        state = result.accepted
+    assert reasons[:2] == ["Valid", "Valid"]
+    assert set(reasons[2:]) == {"TenantBudgetExceeded"}
+    for name in ("x", "y"):
+        result = rc.reconcile(_obj(name=name, namespace="team-b"), state, budget=budget)
+        assert _conditions(result)["Accepted"]["reason"] == "Valid", result.status
+        state = result.accepted
+    assert rc.configmap_size(rc.render_configmap(state)) <= budget.total_bytes
+    assert {k.split("/")[0] for k in state} == {"team-a", "team-b"}
+
+
+def test_an_update_growing_past_the_share_keeps_the_last_known_good() -> None:
+    one = _size_of_one("web")
+    budget = rc.ConfigMapBudget(total_bytes=100 * one, tenant_bytes=3 * one)
+    first = rc.reconcile(_obj(generation=1), {}, budget=budget, now=NOW)
+
+    grown = rc.reconcile(
+        _obj(generation=2, spec=_grown_spec(4 * one)), first.accepted, budget=budget, now=NOW
+    )
+
+    conditions = _conditions(grown)
+    assert conditions["Accepted"]["reason"] == "TenantBudgetExceeded"
+    assert conditions["Applied"]["reason"] == "KeptLastKnownGood"
+    assert grown.status["appliedHash"] == first.status["appliedHash"]
+    assert grown.configmap_data == first.configmap_data
+    assert not grown.configmap_changed
+
+
+def test_a_tenant_over_its_share_may_keep_fix_and_shrink_but_not_grow() -> None:
+    # Accepted under a bigger share (the operator restarts with a smaller one): nothing is
+    # evicted, what the tenant has is re-applied as it is, and shrinking is allowed.
+    big = rc.reconcile(_obj(generation=1, spec=_grown_spec(3000)), {}, now=NOW)
+    small = rc.ConfigMapBudget(tenant_bytes=_size_of_one("web") + 100)
+    assert rc.configmap_size(big.configmap_data, "team-a") > small.tenant_bytes
+
+    resumed = rc.reconcile(
+        _obj(generation=1, spec=_grown_spec(3000), status=big.status),
+        big.accepted,
+        budget=small,
+        now=LATER,
+    )
+    assert _conditions(resumed)["Accepted"]["reason"] == "Valid"
+    assert not resumed.configmap_changed
+    assert resumed.events == ()
+
+    still_over = rc.reconcile(
+        _obj(generation=2, spec=_grown_spec(2000)), big.accepted, budget=small, now=NOW
+    )
+    assert _conditions(still_over)["Accepted"]["reason"] == "Valid"
+    assert still_over.configmap_changed
+
+    growing = rc.reconcile(
+        _obj(generation=3, spec=_grown_spec(2500)), still_over.accepted, budget=small, now=NOW
+    )
+    assert _conditions(growing)["Accepted"]["reason"] == "TenantBudgetExceeded"
+    assert _conditions(growing)["Applied"]["reason"] == "KeptLastKnownGood"
+    assert growing.configmap_data == still_over.configmap_data
+
+
+def test_deleting_a_pipeline_makes_room_in_the_tenants_share() -> None:
+    one = _size_of_one()
+    budget = rc.ConfigMapBudget(total_bytes=100 * one, tenant_bytes=one + one // 2)
+    first = rc.reconcile(_obj(name="a"), {}, budget=budget, now=NOW)
+    refused = rc.reconcile(_obj(name="b"), first.accepted, budget=budget, now=NOW)
+    assert _conditions(refused)["Accepted"]["reason"] == "TenantBudgetExceeded"
+
+    deleted = rc.forget("team-a", "a", refused.accepted)
+    retried = rc.reconcile(
+        _obj(name="b", status=refused.status), deleted.accepted, budget=budget, now=LATER
+    )
+    assert _conditions(retried)["Accepted"]["reason"] == "Valid"
+    assert list(retried.configmap_data) == ["team-a.b.yaml"]
+
+
+def test_configmap_size_counts_one_tenant_by_its_key_prefix() -> None:
+    data = {"team-a.web.yaml": "ab", "team-a.api.yaml": "é", "team-ab.x.yaml": "zzzz"}
+    assert rc.configmap_size(data, "team-a") == len("team-a.web.yaml") + 2 + len(
+        "team-a.api.yaml"
+    ) + len("é".encode())
+    assert rc.configmap_size(data) == sum(len(k) + len(v.encode()) for k, v in data.items())
+
+
+def test_the_default_share_holds_a_full_tenant_of_typical_pipelines() -> None:
+    budget = rc.ConfigMapBudget()
+    state: rc.Accepted = {}
+    for index in range(TenantLimits().max_pipelines):
+        result = rc.reconcile(_obj(name=f"pipeline-{index:02d}"), state, now=NOW)
+        assert _conditions(result)["Accepted"]["reason"] == "Valid"
+        state = result.accepted
+    assert rc.configmap_size(rc.render_configmap(state), "team-a") < budget.tenant_bytes
+    # ... and many tenants fit at their full share.
+    assert budget.total_bytes // budget.tenant_bytes >= 8
+
+
+@pytest.mark.parametrize(("total", "tenant"), [(0, 1), (100, 0), (100, -1), (100, 101)], ids=str)
+def test_an_impossible_budget_is_refused(total: int, tenant: int) -> None:
+    with pytest.raises(ValueError, match=r"budget|positive"):
+        rc.ConfigMapBudget(total_bytes=total, tenant_bytes=tenant)
 
 
 def test_long_issue_lists_are_truncated_to_the_kubernetes_limits() -> None:

@@ -90,6 +90,19 @@ def test_parse_json_rename_remove_add() -> None:
     assert out["_lf"] == {"id": "s1:0", "src": "s1", "seq": 0}  # reserved: never overwritten
 
 
+def test_parse_json_deeper_than_its_cap_fails_that_record_alone() -> None:
+    tenant = compile_one(pipeline("p", [{"type": "parse_json"}]))
+    cap = steps.PARSE_JSON_MAX_DEPTH
+    deep = "{" + '"a":{' * cap + "}" * cap + "}"  # cap + 1 levels
+    shallow = "{" + '"a":{' * (cap - 1) + "}" * (cap - 1) + "}"  # exactly cap
+    processed = tenant.process([record(deep), record(shallow)])
+    (first, _), (second, _) = processed.kept
+    assert first["log"] == deep  # kept unchanged, counted
+    assert "a" not in first
+    assert processed.errors == 1
+    assert "a" in second
+
+
 def test_parse_regex_into_a_target() -> None:
     tenant = compile_one(
         pipeline(

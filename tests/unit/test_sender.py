@@ -232,3 +232,39 @@ def test_stats_mirror_to_a_prometheus_registry() -> None:
     assert registry.get_sample_value("logferry_sender_endpoints_up") == 1
     assert stats.sent["a:1"] == 1
     assert stats.retried["b:1"] == 1
+
+
+async def test_a_suspect_chunk_goes_alone_on_a_proven_endpoint_whose_window_drains_first() -> None:
+    endpoints = make_set([A, B], window=2)
+    first, second = await endpoints.acquire(), await endpoints.acquire()
+    assert {first.name, second.name} == {"10.0.0.1:24224", "10.0.0.2:24224"}
+    endpoints.mark_up(first)  # it acked: proven; the other has not acked anything yet
+    alone = asyncio.create_task(endpoints.acquire_alone())
+    await asyncio.sleep(0)  # let it reserve: nothing else may join the proven endpoint now
+    assert first.reserved
+    assert endpoints.pick() is second  # the window of the reserved one stays closed
+    assert not alone.done()
+    endpoints.release(first)  # its last chunk settles: the suspect gets it to itself
+    chosen, proven = await asyncio.wait_for(alone, 1)
+    assert (chosen, proven) == (first, True)
+    assert chosen.in_flight == 1
+    assert endpoints.pick() is second
+    endpoints.release(chosen, alone=True)
+    assert not chosen.reserved
+
+
+async def test_with_none_proven_a_suspect_takes_an_idle_endpoint_without_reserving_ahead() -> None:
+    clock = FakeClock()
+    endpoints = make_set([A], window=4, clock=clock)
+    busy = await endpoints.acquire()
+    endpoints.mark_down(busy)  # failed: not proven, probing after its backoff
+    alone = asyncio.create_task(endpoints.acquire_alone())
+    await asyncio.sleep(0)
+    assert not busy.reserved  # others may still probe it and prove it
+    endpoints.release(busy)
+    clock.now += 60
+    endpoints.set_dns_addresses([])  # any change wakes the waiters up
+    chosen, proven = await asyncio.wait_for(alone, 1)
+    assert (chosen, proven) == (busy, False)
+    assert endpoints.pick() is None  # alone while in flight
+    endpoints.release(chosen, alone=True)

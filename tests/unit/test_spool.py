@@ -306,9 +306,10 @@ async def test_a_failed_write_acks_nothing_and_the_spool_stays_usable(
     real = getattr(os, failing)
 
     def broken(fd: int, *args: object) -> object:
-        if failing == "pwrite":  # a partial write first, as a full disk would do
+        if failing == "pwrite":  # a partial write first, as a failing disk may do
             real(fd, b"\xff" * 7, args[1])
-        raise OSError(errno.ENOSPC, "No space left on device")
+        # An I/O error fails the append; a full disk does not (test_spool_disk_full.py).
+        raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, failing, broken)
     with pytest.raises(SpoolError, match="write failed"):

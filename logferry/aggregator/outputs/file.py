@@ -31,7 +31,7 @@ from logferry.common.config import ConfigModel
 from logferry.common.errors import OutputError
 from logferry.common.logs import get_logger
 from logferry.common.spool import Spool, SpoolBatch
-from logferry.common.spool_segment import fsync_dir
+from logferry.common.spool_segment import FILE_MODE, fsync_dir, make_private_dirs
 from logferry.common.units import ByteSize
 
 log = get_logger(__name__)
@@ -81,8 +81,8 @@ class FileOutput:
         self._locks_guard = threading.Lock()
 
     async def start(self) -> None:
-        """Create the root folder."""
-        await asyncio.to_thread(self._root.mkdir, parents=True, exist_ok=True)
+        """Create the root folder (0700: it holds every tenant's documents)."""
+        await asyncio.to_thread(make_private_dirs, self._root)
 
     async def drain(
         self, tenant: str, spool: Spool, stop: asyncio.Event, deadline_s: float
@@ -231,10 +231,10 @@ def _append_durably(path: Path, data: bytes) -> None:
     """Append ``data`` and fsync; on failure cut the file back so no partial line remains."""
     created_dir = not path.parent.exists()
     if created_dir:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
         fsync_dir(path.parent.parent)
     existed = path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     try:
         start = os.fstat(fd).st_size
         try:

@@ -35,6 +35,7 @@ from logferry.aggregator.pipelines.filters_extra import (
     Sample,
 )
 from logferry.aggregator.pipelines.regexes import MATCH_TIMEOUT_S, Pattern, compile_pattern
+from logferry.common.protocol_entries import too_deep
 
 Record = dict[str, Any]
 Path = tuple[str, ...]
@@ -175,6 +176,10 @@ class GrepStep(Step):
         return matched == self.include
 
 
+PARSE_JSON_MAX_DEPTH = 20
+"""Containers one parse_json result may nest (Elasticsearch's default mapping depth limit)."""
+
+
 class ParseJsonStep(Step):
     def __init__(self, index: int, config: ParseJson) -> None:
         super().__init__(index)
@@ -192,6 +197,10 @@ class ParseJsonStep(Step):
             return True  # not JSON after all: the record goes on unchanged
         if not isinstance(parsed, dict):
             return True
+        if too_deep(parsed, PARSE_JSON_MAX_DEPTH):
+            # Fails this record alone (kept unchanged, counted): nested deeper than a store's
+            # mapping depth limit, and deep enough to be a way to hurt the renderer.
+            raise ValueError(f"JSON nested deeper than {PARSE_JSON_MAX_DEPTH} levels")
         if not self.keep_original:
             cow_pop(record, self.path)
         if self.target is not None:
