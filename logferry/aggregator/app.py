@@ -29,9 +29,9 @@ from logferry.aggregator.render import TimeWindow
 from logferry.aggregator.routing import IndexNamer, TenantResolver
 from logferry.aggregator.server import ForwardServer
 from logferry.aggregator.spools import TenantSpools
+from logferry.common.disk_full import DiskStalls
 from logferry.common.logs import get_logger
 from logferry.common.spool import Spool
-from logferry.common.spool_space import DiskStalls
 from logferry.common.status_http import StatusServer
 
 log = get_logger(__name__)

@@ -45,8 +45,8 @@ from pydantic import Field, model_validator
 
 from logferry.common.config import ConfigModel
 from logferry.common.errors import OutputError
+from logferry.common.files import DIR_MODE, FILE_MODE, fsync_dir
 from logferry.common.logs import get_logger
-from logferry.common.spool_segment import fsync_dir
 from logferry.common.units import ByteSize
 
 log = get_logger(__name__)
@@ -55,8 +55,6 @@ MiB = 1024 * 1024
 LOCK_FILE = ".lock"
 _FILE = re.compile(r"^dlq-(\d{8})\.jsonl\Z")
 _TENANT_DIR = re.compile(r"^_?[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
-_FILE_MODE = 0o600
-_DIR_MODE = 0o700
 
 
 class DeadLetterSettings(ConfigModel):
@@ -256,7 +254,7 @@ class DeadLetterQueue:
                         path, size = folder / _name(number), 0
                     new_dir = not folder.exists()
                     if new_dir:
-                        folder.mkdir(mode=_DIR_MODE)
+                        folder.mkdir(mode=DIR_MODE)
                         fsync_dir(self.directory)
                     _append_file(path, data, size, new=size == 0 and not path.exists())
         except OSError as exc:
@@ -326,7 +324,7 @@ class DeadLetterQueue:
         tmp = path.with_name(f".{path.name}.tmp")
         removed = changed = damaged = kept = 0
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        with open(os.open(tmp, flags, _FILE_MODE), "wb") as out:
+        with open(os.open(tmp, flags, FILE_MODE), "wb") as out:
             for line in _lines(path):
                 obj = _object(line)
                 if obj is None:
@@ -372,8 +370,8 @@ class DeadLetterQueue:
 
     @contextlib.contextmanager
     def _locked(self, mode: int) -> Iterator[None]:
-        self.directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+        self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, mode)
             yield
@@ -433,7 +431,7 @@ def _object(line: bytes) -> dict[str, Any] | None:
 
 
 def _append_file(path: Path, data: bytes, size: int, *, new: bool) -> None:
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     try:
         if size and os.pread(fd, 1, size - 1) != b"\n":
             data = b"\n" + data  # a torn last line stays alone on its (skipped) line

@@ -37,7 +37,7 @@ from logferry.common.errors import OutputError
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
 from logferry.common.protocol import EventMessage
-from logferry.common.protocol_entries import UnreadableRecord
+from logferry.common.protocol.entries import UnreadableRecord
 from logferry.common.spool import Spool
 
 __all__ = ["ByteBudget", "Ingest", "Receipt", "Rendered"]

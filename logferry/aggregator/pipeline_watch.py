@@ -41,8 +41,8 @@ from logferry.aggregator.pipelines.validate import (
 )
 from logferry.common.config import ConfigModel
 from logferry.common.events import first_set
+from logferry.common.files import write_file_atomic
 from logferry.common.logs import get_logger
-from logferry.common.spool_segment import write_file_atomic
 
 log = get_logger(__name__)
 

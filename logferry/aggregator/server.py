@@ -40,11 +40,11 @@ from logferry.common.errors import (
     SpoolClosedError,
 )
 from logferry.common.faults import crash_point
-from logferry.common.handshake import ServerHandshake, encode_helo, encode_pong
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
 from logferry.common.protocol import Ping, ServerDecoder
-from logferry.common.protocol_decode import HANDSHAKE_MAX_BYTES
+from logferry.common.protocol.decode import HANDSHAKE_MAX_BYTES
+from logferry.common.protocol.handshake import ServerHandshake, encode_helo, encode_pong
 
 log = get_logger(__name__)
 READ_BYTES = 1 << 20

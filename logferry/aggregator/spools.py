@@ -17,11 +17,11 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
+from logferry.common.disk_full import DiskStalls
 from logferry.common.errors import SpoolClosedError
 from logferry.common.logs import get_logger
 from logferry.common.sections import MiB, SpoolSettings
 from logferry.common.spool import Spool
-from logferry.common.spool_space import DiskStalls
 from logferry.common.units import ByteSize
 
 log = get_logger(__name__)

@@ -3,7 +3,7 @@
 ISA-L's deflate at its fastest level runs 5-7x faster than zlib's level 1 and its CRC-32
 about 6x faster; both produce the same formats (a standard gzip member, the same CRC-32), so
 peers and files on disk cannot tell which library wrote them. Decompression of untrusted
-input stays on zlib (``protocol_decode``), whose limits and error paths are the tested ones.
+input stays on zlib (``protocol.entries``), whose limits and error paths are the tested ones.
 """
 
 from __future__ import annotations

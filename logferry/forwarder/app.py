@@ -19,10 +19,10 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from logferry.common import metrics
+from logferry.common.disk_full import DiskStalls
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
 from logferry.common.spool import Spool
-from logferry.common.spool_space import DiskStalls
 from logferry.common.status_http import StatusServer
 from logferry.forwarder.config import ForwarderConfig
 from logferry.forwarder.discovery import Discovery, FoundFile

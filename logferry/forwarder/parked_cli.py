@@ -26,8 +26,8 @@ import orjson
 
 from logferry.common.config import load_config
 from logferry.common.errors import ConfigError, SpoolError, SpoolFullError
+from logferry.common.files import fsync_dir
 from logferry.common.spool import Spool
-from logferry.common.spool_segment import fsync_dir
 from logferry.forwarder.config import ForwarderConfig
 from logferry.forwarder.entries import make_block
 from logferry.forwarder.parking import ParkedChunk, decode_payload, list_parked, read_parked

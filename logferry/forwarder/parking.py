@@ -35,10 +35,10 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from logferry.common import metrics
+from logferry.common.disk_full import DiskStalls, is_disk_full, stall_delay
+from logferry.common.files import FILE_MODE, fsync_dir, make_private_dirs, write_all
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
-from logferry.common.spool_segment import FILE_MODE, fsync_dir, make_private_dirs, write_all
-from logferry.common.spool_space import DiskStalls, is_disk_full, stall_delay
 
 __all__ = [
     "PARKED_SUFFIX",

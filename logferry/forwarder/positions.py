@@ -43,9 +43,9 @@ from typing import Any, Protocol
 
 import orjson
 
+from logferry.common.files import fsync_dir, make_private_dirs, write_file_atomic
 from logferry.common.logs import get_logger
 from logferry.common.records import source_id
-from logferry.common.spool_segment import fsync_dir, make_private_dirs, write_file_atomic
 
 log = get_logger(__name__)
 

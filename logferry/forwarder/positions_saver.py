@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from logferry.common.spool_space import DiskStalls, is_disk_full, stall_delay
+from logferry.common.disk_full import DiskStalls, is_disk_full, stall_delay
 from logferry.forwarder.positions import PositionStore
 
 __all__ = ["PositionsSaver"]

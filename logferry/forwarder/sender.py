@@ -37,7 +37,6 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from logferry.common.errors import HandshakeError, ProtocolError
 from logferry.common.events import first_set
-from logferry.common.handshake import ClientHandshake, encode_ping
 from logferry.common.logs import get_logger
 from logferry.common.metrics import check_labels, counter
 from logferry.common.protocol import (
@@ -47,6 +46,7 @@ from logferry.common.protocol import (
     Pong,
     encode_compressed_packed_forward,
 )
+from logferry.common.protocol.handshake import ClientHandshake, encode_ping
 from logferry.common.spool import Spool, SpoolBatch
 from logferry.forwarder.config import SenderSettings, parse_host_port
 from logferry.forwarder.endpoints import (

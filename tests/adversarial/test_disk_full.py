@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 
 from logferry.common.protocol import decode_entries
-from logferry.common.spool_segment import DamagedRange, parse_segment_name, scan_frames
-from logferry.common.spool_segment import read_frame as read_spool_frame
+from logferry.common.spool.segment import DamagedRange, parse_segment_name, scan_frames
+from logferry.common.spool.segment import read_frame as read_spool_frame
 from logferry.forwarder.entries import block_stream
 from logferry.forwarder.positions import decode_positions
 from tests.integration.test_aggregator import aggregator_config

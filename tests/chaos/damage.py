@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from logferry.common.protocol import decode_entries
-from logferry.common.spool_segment import parse_segment_name, read_frame
+from logferry.common.spool.segment import parse_segment_name, read_frame
 from logferry.forwarder.entries import block_stream
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from logferry.aggregator.dlq import DeadLetterQueue
 from logferry.aggregator.dlq_cli import dlq_main
-from logferry.common.protocol_types import METADATA_FIELD
+from logferry.common.protocol.types import METADATA_FIELD
 from tests.integration.test_aggregator import (
     MakeAggregator,
     input_port,

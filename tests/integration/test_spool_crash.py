@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from logferry.common.spool import Spool
-from logferry.common.spool_segment import FrameHeader, parse_segment_name, scan_frames
+from logferry.common.spool.segment import FrameHeader, parse_segment_name, scan_frames
 from tests.integration.spool_crash_writer import check_record
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,8 +7,8 @@ import contextlib
 import ssl
 from types import TracebackType
 
-from logferry.common.handshake import ClientHandshake, encode_ping
 from logferry.common.protocol import Ack, ClientDecoder, Helo, Pong
+from logferry.common.protocol.handshake import ClientHandshake, encode_ping
 
 
 class ForwardClient:

@@ -17,13 +17,13 @@ import pytest
 
 from logferry.common.errors import MalformedMessageError, TooManyEntriesError
 from logferry.common.protocol import EventMessage, EventTime, Mode, ServerDecoder
-from logferry.common.protocol_entries import (
+from logferry.common.protocol.entries import (
     decode_array_msgpack,
     decode_entries,
     decode_stream_msgpack,
     fast_array,
 )
-from logferry.common.protocol_types import METADATA_FIELD
+from logferry.common.protocol.types import METADATA_FIELD
 from tests.support import fluentbit_wire as wire
 
 HEALTHZ = {"log": "GET /healthz 200\n", "stream": "stdout"}

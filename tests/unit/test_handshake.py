@@ -8,7 +8,8 @@ import msgpack
 import pytest
 
 from logferry.common.errors import HandshakeError
-from logferry.common.handshake import (
+from logferry.common.protocol import ClientDecoder, Helo, Ping, Pong, ServerDecoder
+from logferry.common.protocol.handshake import (
     ClientHandshake,
     ServerHandshake,
     encode_helo,
@@ -18,7 +19,6 @@ from logferry.common.handshake import (
     password_hexdigest,
     shared_key_hexdigest,
 )
-from logferry.common.protocol import ClientDecoder, Helo, Ping, Pong, ServerDecoder
 
 NONCE = b"0123456789abcdef0123456789abcdef"
 AUTH = b"fedcba9876543210fedcba9876543210"

@@ -13,7 +13,7 @@ from logferry.aggregator.render import ORIGINAL_TIME_FIELD, Receipt
 from logferry.aggregator.routing import IndexNamer, TenantResolver
 from logferry.common.budget import ByteBudget
 from logferry.common.protocol import EventMessage, EventTime, Mode
-from logferry.common.protocol_entries import UnreadableRecord
+from logferry.common.protocol.entries import UnreadableRecord
 
 T0 = 1764115199  # 2025-11-25T23:59:59Z
 

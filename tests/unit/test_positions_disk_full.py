@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from logferry.common.spool_space import DiskStalls
+from logferry.common.disk_full import DiskStalls
 from logferry.forwarder import positions as positions_module
 from logferry.forwarder.positions import PositionStore, SourceState
 from logferry.forwarder.positions_saver import PositionsSaver

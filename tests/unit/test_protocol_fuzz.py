@@ -19,7 +19,6 @@ from logferry.common.errors import (
     ProtocolError,
     TooManyEntriesError,
 )
-from logferry.common.handshake import encode_helo, encode_ping, encode_pong
 from logferry.common.protocol import (
     ClientDecoder,
     Entry,
@@ -35,13 +34,14 @@ from logferry.common.protocol import (
     encode_packed_forward,
     pack_entries,
 )
-from logferry.common.protocol_entries import (
+from logferry.common.protocol.entries import (
     EntryLimits,
     array_entries,
     decode_array_msgpack,
     decode_entries,
     decode_stream_msgpack,
 )
+from logferry.common.protocol.handshake import encode_helo, encode_ping, encode_pong
 
 DOCUMENTED = (MalformedMessageError, MessageTooLargeError, TooManyEntriesError)
 LIMITS = {"max_message_bytes": 8192, "max_entries": 64, "max_decompressed_bytes": 16384}

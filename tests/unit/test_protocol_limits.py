@@ -24,7 +24,7 @@ from logferry.common.protocol import (
     encode_packed_forward,
     pack_entries,
 )
-from logferry.common.protocol_entries import MAX_DEPTH, UnreadableRecord
+from logferry.common.protocol.entries import MAX_DEPTH, UnreadableRecord
 
 MiB = 1024 * 1024
 T = EventTime(1_764_000_000, 1)

@@ -344,7 +344,7 @@ async def test_observability_counters(tmp_path: Path) -> None:
 async def test_commits_are_persisted_in_batches_not_one_write_each(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from logferry.common import spool as spool_module
+    from logferry.common.spool import facade as spool_module
 
     writes: list[bytes] = []
     real = spool_module.write_file_atomic
@@ -373,7 +373,7 @@ async def test_commits_are_persisted_in_batches_not_one_write_each(
 async def test_oldest_pending_age_comes_from_the_frame_append_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from logferry.common import spool as spool_module
+    from logferry.common.spool import facade as spool_module
 
     now_ms = [1_000_000]
     monkeypatch.setattr(spool_module, "_now_ms", lambda: now_ms[0])

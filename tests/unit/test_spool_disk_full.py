@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from logferry.common import spool as spool_module
-from logferry.common import spool_space
+from logferry.common.spool import facade as spool_module
+from logferry.common import disk_full as spool_space
+from logferry.common.disk_full import DiskStalls
 from logferry.common.errors import SpoolClosedError
 from logferry.common.spool import Spool
-from logferry.common.spool_recovery import COMMIT_FILE, read_low_water
-from logferry.common.spool_space import DiskStalls
+from logferry.common.spool.recovery import COMMIT_FILE, read_low_water
 from tests.support.tmpfs import fill, free_bytes, mounted_tmpfs
 
 DEADLINE_S = 10.0
@@ -357,7 +357,7 @@ def damage_first_frame(directory: Path) -> None:
 async def test_recovery_on_a_full_volume_waits_and_then_quarantines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from logferry.common import spool_recovery
+    from logferry.common.spool import recovery as spool_recovery
 
     s = await Spool.open(tmp_path, max_bytes=1 << 20)
     await s.append([b"a" * 100])

@@ -11,7 +11,7 @@ import pytest
 
 from logferry.common.errors import SpoolCorruptError
 from logferry.common.spool import Spool
-from logferry.common.spool_segment import FrameHeader, parse_segment_name, scan_frames
+from logferry.common.spool.segment import FrameHeader, parse_segment_name, scan_frames
 
 SEGMENT_MAX = 2048
 

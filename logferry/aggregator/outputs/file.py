@@ -29,9 +29,9 @@ from logferry.aggregator.outputs.bulk import backoff_delay
 from logferry.aggregator.outputs.pump import pump
 from logferry.common.config import ConfigModel
 from logferry.common.errors import OutputError
+from logferry.common.files import FILE_MODE, fsync_dir, make_private_dirs
 from logferry.common.logs import get_logger
 from logferry.common.spool import Spool, SpoolBatch
-from logferry.common.spool_segment import FILE_MODE, fsync_dir, make_private_dirs
 from logferry.common.units import ByteSize
 
 log = get_logger(__name__)

@@ -35,7 +35,7 @@ from logferry.aggregator.pipelines.filters_extra import (
     Sample,
 )
 from logferry.aggregator.pipelines.regexes import MATCH_TIMEOUT_S, Pattern, compile_pattern
-from logferry.common.protocol_entries import too_deep
+from logferry.common.protocol.entries import too_deep
 
 Record = dict[str, Any]
 Path = tuple[str, ...]

@@ -18,18 +18,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from logferry.common.spool_segment import (
+from logferry.common.files import (
     FILE_MODE,
+    fsync_dir,
+    make_private_dirs,
+    write_all,
+    write_file_atomic,
+)
+from logferry.common.spool.segment import (
     DamagedRange,
     FrameHeader,
     decode_commit,
-    fsync_dir,
-    make_private_dirs,
     parse_segment_name,
     scan_frames,
     segment_name,
-    write_all,
-    write_file_atomic,
 )
 
 COMMIT_FILE = "committed"

@@ -1,15 +1,6 @@
-"""Fluentd Forward Protocol v1 codec: the one module to import for the wire format.
+"""Forward Protocol v1 encoders: the four carrier modes and acks, the way logferry sends.
 
-Reference: https://github.com/fluent/fluentd/wiki/Forward-Protocol-Specification-v1 ("the spec").
-
-- :mod:`~logferry.common.protocol_types`: EventTime (ext type 0), Mode, EventMessage, HELO/PING/
-  PONG/ack shapes.
-- this module: encoders for the four carrier modes and acks; we send bin type for bytes,
-  EventTime as ext 0, ``size`` and ``chunk`` options (chunk as str).
-- :mod:`~logferry.common.protocol_decode`: incremental, bounded ServerDecoder / ClientDecoder.
-- :mod:`~logferry.common.protocol_entries`: entry streams (fast and reference decoders,
-  slices, limits).
-- :mod:`~logferry.common.handshake`: HELO/PING/PONG digests and verification.
+We send bin type for bytes, EventTime as ext 0, ``size`` and ``chunk`` options (chunk as str).
 """
 
 from __future__ import annotations
@@ -20,52 +11,7 @@ from typing import Any
 
 import msgpack
 
-from logferry.common.protocol_decode import ClientDecoder, ServerDecoder
-from logferry.common.protocol_entries import decode_entries
-from logferry.common.protocol_types import (
-    DEFAULT_MAX_DECOMPRESSED_BYTES,
-    DEFAULT_MAX_ENTRIES,
-    DEFAULT_MAX_MESSAGE_BYTES,
-    Ack,
-    Entry,
-    EventMessage,
-    EventTime,
-    Helo,
-    Mode,
-    Ping,
-    Pong,
-    Record,
-    UnicodeErrors,
-    ext_hook,
-)
-
-__all__ = [
-    "DEFAULT_MAX_DECOMPRESSED_BYTES",
-    "DEFAULT_MAX_ENTRIES",
-    "DEFAULT_MAX_MESSAGE_BYTES",
-    "Ack",
-    "ClientDecoder",
-    "Entry",
-    "EventMessage",
-    "EventTime",
-    "Helo",
-    "Mode",
-    "Ping",
-    "Pong",
-    "Record",
-    "ServerDecoder",
-    "UnicodeErrors",
-    "decode_entries",
-    "encode_ack",
-    "encode_compressed_packed_forward",
-    "encode_forward",
-    "encode_message",
-    "encode_packed_forward",
-    "ext_hook",
-    "gzip_entries",
-    "pack_entries",
-    "packb",
-]
+from logferry.common.protocol.types import Entry, EventTime
 
 
 def packb(obj: Any) -> bytes:

@@ -41,7 +41,7 @@ from logferry.common.errors import (
     MessageTooLargeError,
     TooManyEntriesError,
 )
-from logferry.common.protocol_types import (
+from logferry.common.protocol.types import (
     DEFAULT_MAX_ENTRIES,
     METADATA_FIELD,
     ONE_BILLION_BE,

@@ -23,7 +23,8 @@ import secrets
 from collections.abc import Mapping
 
 from logferry.common.errors import HandshakeError
-from logferry.common.protocol import Helo, Ping, Pong, packb
+from logferry.common.protocol.encode import packb
+from logferry.common.protocol.types import Helo, Ping, Pong
 
 __all__ = [
     "ClientHandshake",

@@ -21,19 +21,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from logferry.common.disk_full import is_disk_full, stall_delay
 from logferry.common.errors import SpoolClosedError, SpoolError
 from logferry.common.events import first_set
+from logferry.common.files import FILE_MODE, fsync_dir, write_all
 from logferry.common.logs import get_logger
-from logferry.common.spool_segment import (
-    FILE_MODE,
-    HEADER_SIZE,
-    Segment,
-    encode_header,
-    fsync_dir,
-    segment_name,
-    write_all,
-)
-from logferry.common.spool_space import is_disk_full, stall_delay
+from logferry.common.spool.segment import HEADER_SIZE, Segment, encode_header, segment_name
 
 log = get_logger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from logferry.common.errors import SpoolCorruptError, SpoolError
-from logferry.common.spool_segment import (
+from logferry.common.spool.segment import (
     HEADER_SIZE,
     RECORD_OVERHEAD,
     FrameHeader,

@@ -8,7 +8,7 @@ Decoding is done in two stages, for safety and speed:
    ``array32`` headers would allocate gigabytes before the data to fill them ever arrives.
 2. **Decoding a complete message**, one at a time (:meth:`ServerDecoder.decode` on each frame
    :meth:`ServerDecoder.frames` returns), so at most one message is ever inflated. Its entries
-   are decoded by :mod:`logferry.common.protocol_entries`: small streams at once, large ones a
+   are decoded by :mod:`logferry.common.protocol.entries`: small streams at once, large ones a
    slice at a time when the consumer iterates :meth:`EventMessage.slices`.
 
 Errors are the ones of :mod:`logferry.common.errors`; msgpack, zlib and unicode errors are
@@ -28,7 +28,7 @@ from logferry.common.errors import (
     ProtocolError,
     TooManyEntriesError,
 )
-from logferry.common.protocol_entries import (
+from logferry.common.protocol.entries import (
     MSGPACK_ERRORS,
     ROOM,
     EntryLimits,
@@ -39,7 +39,7 @@ from logferry.common.protocol_entries import (
     room_stream,
     shape_of,
 )
-from logferry.common.protocol_types import (
+from logferry.common.protocol.types import (
     DEFAULT_MAX_DECOMPRESSED_BYTES,
     DEFAULT_MAX_ENTRIES,
     DEFAULT_MAX_MESSAGE_BYTES,

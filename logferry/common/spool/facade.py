@@ -21,7 +21,7 @@ Invariants:
   :mod:`.spool_writer`), the mark is written in place when no tmp file fits, and a fully
   committed active segment is sealed so that deleting it makes room (:mod:`.spool_space`).
 
-On-disk format: :mod:`logferry.common.spool_segment`; recovery: :mod:`.spool_recovery`.
+On-disk format: :mod:`logferry.common.spool.segment`; recovery: :mod:`.spool_recovery`.
 """
 
 from __future__ import annotations
@@ -36,23 +36,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 
 from logferry.common.deflate import crc32
-from logferry.common.errors import SpoolClosedError, SpoolError, SpoolFullError
-from logferry.common.logs import get_logger
-from logferry.common.spool_reader import CommitTracker, SegmentReader
-from logferry.common.spool_recovery import COMMIT_FILE, QuarantineEvent, RecoveryResult, recover
-from logferry.common.spool_segment import (
-    FILE_MODE,
-    HEADER_SIZE,
-    MAX_PAYLOAD,
-    Segment,
-    encode_commit,
-    encode_payload,
-    make_private_dirs,
-    overwrite_in_place,
-    segment_name,
-    write_file_atomic,
-)
-from logferry.common.spool_space import (
+from logferry.common.disk_full import (
     DEFAULT_STALLS,
     DiskStalls,
     check_volume,
@@ -61,7 +45,25 @@ from logferry.common.spool_space import (
     until_room,
     volume_of,
 )
-from logferry.common.spool_writer import GroupWriter, PendingAppend, set_exception
+from logferry.common.errors import SpoolClosedError, SpoolError, SpoolFullError
+from logferry.common.files import (
+    FILE_MODE,
+    make_private_dirs,
+    overwrite_in_place,
+    write_file_atomic,
+)
+from logferry.common.logs import get_logger
+from logferry.common.spool.reader import CommitTracker, SegmentReader
+from logferry.common.spool.recovery import COMMIT_FILE, QuarantineEvent, RecoveryResult, recover
+from logferry.common.spool.segment import (
+    HEADER_SIZE,
+    MAX_PAYLOAD,
+    Segment,
+    encode_commit,
+    encode_payload,
+    segment_name,
+)
+from logferry.common.spool.writer import GroupWriter, PendingAppend, set_exception
 
 __all__ = ["QuarantineEvent", "Spool", "SpoolBatch"]
 
