@@ -39,9 +39,9 @@ from process_stats import proc_cpu_s, report  # noqa: E402
 
 from logferry.aggregator.ingest import Ingest, Receipt  # noqa: E402
 from logferry.aggregator.metrics import AggregatorMetrics  # noqa: E402
-from logferry.aggregator.routing import IndexNamer  # noqa: E402
 from logferry.aggregator.spools import AggregatorSpoolSettings, TenantSpools  # noqa: E402
 from logferry.common import protocol  # noqa: E402
+from logferry.common.naming import IndexNamer  # noqa: E402
 from logferry.common.records import source_id  # noqa: E402
 from tests.support.daemon import DaemonProcess  # noqa: E402
 from tests.support.forward_client import ForwardClient  # noqa: E402

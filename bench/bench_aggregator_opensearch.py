@@ -54,8 +54,8 @@ from process_stats import proc_cpu_s, proc_peak_rss_mb, report  # noqa: E402
 
 from logferry.aggregator.ingest import Ingest, Receipt  # noqa: E402
 from logferry.aggregator.metrics import AggregatorMetrics  # noqa: E402
-from logferry.aggregator.routing import IndexNamer  # noqa: E402
 from logferry.aggregator.spools import AggregatorSpoolSettings, TenantSpools  # noqa: E402
+from logferry.common.naming import IndexNamer  # noqa: E402
 from logferry.common.protocol import EventMessage, ServerDecoder  # noqa: E402
 from logferry.common.records import source_id  # noqa: E402
 from tests.support.daemon import DaemonProcess  # noqa: E402

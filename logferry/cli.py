@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return loadgen_main(argv[1:])
     if argv[:1] == ["pipelines"]:
-        from logferry.aggregator.pipelines.cli import pipelines_main
+        from logferry.pipelines.cli import pipelines_main
 
         return pipelines_main(argv[1:])
     if argv[:1] == ["verify"]:

@@ -26,11 +26,12 @@ from logferry.aggregator.outputs import build_output
 from logferry.aggregator.outputs.base import Output
 from logferry.aggregator.pipeline_watch import PipelineRegistry, PipelineWatcher
 from logferry.aggregator.render import TimeWindow
-from logferry.aggregator.routing import IndexNamer, TenantResolver
+from logferry.aggregator.routing import TenantResolver
 from logferry.aggregator.server import ForwardServer
 from logferry.aggregator.spools import TenantSpools
 from logferry.common.disk_full import DiskStalls
 from logferry.common.logs import get_logger
+from logferry.common.naming import IndexNamer
 from logferry.common.spool import Spool
 from logferry.common.status_http import StatusServer
 

@@ -10,9 +10,9 @@ from pydantic import Field, field_validator, model_validator
 from logferry.aggregator.dlq import DeadLetterSettings
 from logferry.aggregator.outputs import OutputSettings
 from logferry.aggregator.pipeline_watch import PipelineSettings
-from logferry.aggregator.routing import DEFAULT_TENANT, NAMESPACE, PREFIX
 from logferry.aggregator.spools import AggregatorSpoolSettings
 from logferry.common.config import ConfigModel
+from logferry.common.naming import DEFAULT_TENANT, NAMESPACE, PREFIX
 from logferry.common.sections import HttpSettings, LogSettings
 from logferry.common.units import ByteSize
 

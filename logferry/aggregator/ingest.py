@@ -22,7 +22,6 @@ from logferry.aggregator.allowance import CpuAllowance
 from logferry.aggregator.dlq import DeadLetter, DeadLetterQueue, DeadLetterQueueFullError
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.pipeline_watch import PipelineRegistry
-from logferry.aggregator.pipelines.compiled import TenantPipelines
 from logferry.aggregator.render import (
     Failure,
     Receipt,
@@ -30,15 +29,17 @@ from logferry.aggregator.render import (
     TimeWindow,
     unrenderable_document,
 )
-from logferry.aggregator.routing import IndexNamer, TenantResolver
+from logferry.aggregator.routing import TenantResolver
 from logferry.aggregator.spools import TenantSpools
 from logferry.common.budget import ByteBudget
 from logferry.common.errors import OutputError
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
+from logferry.common.naming import IndexNamer
 from logferry.common.protocol import EventMessage
 from logferry.common.protocol.entries import UnreadableRecord
 from logferry.common.spool import Spool
+from logferry.pipelines.compiled import TenantPipelines
 
 __all__ = ["ByteBudget", "Ingest", "Receipt", "Rendered"]
 

@@ -32,17 +32,18 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from logferry.aggregator.pipelines.compiled import TenantPipelines, compile_tenants
-from logferry.aggregator.pipelines.validate import (
-    TenantLimits,
-    Verdict,
-    load_directory,
-    validate_documents,
-)
 from logferry.common.config import ConfigModel
 from logferry.common.events import first_set
 from logferry.common.files import write_file_atomic
 from logferry.common.logs import get_logger
+from logferry.pipelines.compiled import TenantPipelines, compile_tenants
+from logferry.pipelines.validate import (
+    TenantLimits,
+    Verdict,
+    accepted,
+    load_directory,
+    validate_documents,
+)
 
 log = get_logger(__name__)
 
@@ -209,7 +210,7 @@ class PipelineWatcher:
             if key not in seen:  # removed from the directory: no longer in force
                 del self._last_good[key]
         self._states = states
-        self.registry.swap(compile_tenants(self._last_good.values()))
+        self.registry.swap(compile_tenants(accepted(self._last_good.values())))
         self.applies += 1
         self._write_status()
         log.info(

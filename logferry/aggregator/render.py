@@ -19,7 +19,7 @@ import msgpack
 import msgspec
 import orjson
 
-from logferry.aggregator.routing import IndexNamer
+from logferry.common.naming import IndexNamer
 from logferry.common.protocol import EventMessage, EventTime
 from logferry.common.records import derived_record_id
 

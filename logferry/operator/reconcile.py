@@ -36,9 +36,9 @@ from typing import Any, Final, Literal
 
 import yaml
 
-from logferry.aggregator.pipelines.render import rendered_document
-from logferry.aggregator.pipelines.spec import API_VERSION, KIND, SPEC_HASH_ANNOTATION
-from logferry.aggregator.pipelines.validate import Issue, TenantLimits, Verdict, validate_document
+from logferry.pipelines.render import rendered_document
+from logferry.pipelines.spec import API_VERSION, KIND, SPEC_HASH_ANNOTATION
+from logferry.pipelines.validate import Issue, TenantLimits, Verdict, validate_document
 
 HASH_ANNOTATION: Final = SPEC_HASH_ANNOTATION
 

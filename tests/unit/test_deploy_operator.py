@@ -244,7 +244,7 @@ def test_crd_filter_types_and_fields_match_the_pipeline_model() -> None:
     # The CRD is a copy of the model's shape; this catches the two drifting apart.
     from typing import get_args
 
-    from logferry.aggregator.pipelines.filters_extra import AnyFilter
+    from logferry.pipelines.whitelist import AnyFilter
 
     item = _openapi_schema()["properties"]["spec"]["properties"]["filters"]["items"]
     model_types: dict[str, set[str]] = {}
@@ -267,7 +267,7 @@ def test_crd_filter_types_and_fields_match_the_pipeline_model() -> None:
 
 
 def test_crd_index_suffix_and_name_rules_are_the_validators() -> None:
-    from logferry.aggregator.routing import SUFFIX
+    from logferry.common.naming import SUFFIX
 
     properties = _openapi_schema()["properties"]
     suffix = properties["spec"]["properties"]["destination"]["properties"]["indexSuffix"]

@@ -10,8 +10,9 @@ from logferry.aggregator.documents import split_fragment
 from logferry.aggregator.ingest import Ingest, Rendered
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.render import ORIGINAL_TIME_FIELD, Receipt
-from logferry.aggregator.routing import IndexNamer, TenantResolver
+from logferry.aggregator.routing import TenantResolver
 from logferry.common.budget import ByteBudget
+from logferry.common.naming import IndexNamer
 from logferry.common.protocol import EventMessage, EventTime, Mode
 from logferry.common.protocol.entries import UnreadableRecord
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from logferry.aggregator.pipelines import validate
-from logferry.aggregator.pipelines.validate import TenantLimits, validate_document
 from logferry.operator import reconcile as rc
+from logferry.pipelines import validate
+from logferry.pipelines.validate import TenantLimits, validate_document
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 LATER = datetime(2026, 11, 26, 13, 0, 0, tzinfo=UTC)
@@ -231,7 +231,7 @@ def test_a_tenant_over_its_pipeline_limit_has_the_newcomer_refused() -> None:
 
 
 def test_rejection_reason_names_the_earliest_failing_layer() -> None:
-    from logferry.aggregator.pipelines.validate import Issue
+    from logferry.pipelines.validate import Issue
 
     def issue(layer: str) -> Issue:
         return Issue(pipeline="team-a/web", path="spec", reason="x", layer=layer)

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from logferry.aggregator.pipelines import steps
-from logferry.aggregator.pipelines import validate as validate_module
-from logferry.aggregator.pipelines.regexes import check_pattern
-from logferry.aggregator.pipelines.spec import spec_hash
-from logferry.aggregator.pipelines.validate import (
+from logferry.pipelines import steps
+from logferry.pipelines import validate as validate_module
+from logferry.pipelines.regexes import check_pattern
+from logferry.pipelines.spec import spec_hash
+from logferry.pipelines.validate import (
     Issue,
     TenantLimits,
     validate_document,

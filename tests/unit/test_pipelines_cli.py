@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from logferry.aggregator.pipelines.cli import pipelines_main
-from logferry.aggregator.pipelines.loading import LoadFailure, load_directory
-from logferry.aggregator.pipelines.validate import validate_documents
+from logferry.pipelines.cli import pipelines_main
+from logferry.pipelines.loading import LoadFailure, load_directory
+from logferry.pipelines.validate import validate_documents
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def good(name: str, namespace: str = "team-a", order: int = 10) -> str:
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "logferry.aggregator.pipelines.cli", *map(str, args)],
+        [sys.executable, "-m", "logferry.pipelines.cli", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from logferry.aggregator.pipelines import steps
-from logferry.aggregator.pipelines.compiled import TenantPipelines, compile_tenants
-from logferry.aggregator.pipelines.filters_extra import Grep
-from logferry.aggregator.pipelines.validate import validate_documents
+from logferry.pipelines import steps
+from logferry.pipelines.compiled import TenantPipelines, compile_tenants
+from logferry.pipelines.validate import accepted, validate_documents
+from logferry.pipelines.whitelist import Grep
 
 
 def pipeline(
@@ -28,7 +28,7 @@ def pipeline(
 def compile_one(*docs: dict[str, Any]) -> TenantPipelines:
     verdicts = validate_documents([(f"t:{n}", d) for n, d in enumerate(docs)])
     assert all(v.ok for v in verdicts), [v.issues for v in verdicts]
-    (tenant,) = compile_tenants(verdicts).values()
+    (tenant,) = compile_tenants(accepted(verdicts)).values()
     return tenant
 
 
@@ -378,11 +378,13 @@ def test_compile_tenants_groups_by_namespace_and_versions_the_set() -> None:
         pipeline("bad", [{"type": "grep", "regex": "(a+)+$"}], namespace="team-b"),
     ]
     verdicts = validate_documents([(f"t:{n}", d) for n, d in enumerate(docs)])
-    tenants = compile_tenants(verdicts)
+    tenants = compile_tenants(accepted(verdicts))
     assert sorted(tenants) == ["team-a", "team-b"]
     assert [p.name for p in tenants["team-b"].pipelines] == ["b"]
     assert tenants["team-a"].version != tenants["team-b"].version
-    again = compile_tenants(validate_documents([(f"t:{n}", d) for n, d in enumerate(docs)]))
+    again = compile_tenants(
+        accepted(validate_documents([(f"t:{n}", d) for n, d in enumerate(docs)]))
+    )
     assert again["team-a"].version == tenants["team-a"].version
 
 

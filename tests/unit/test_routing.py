@@ -5,15 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logferry.aggregator.routing import (
-    DEFAULT_TENANT,
-    NAMESPACE,
-    PREFIX,
-    SUFFIX,
-    IndexNamer,
-    TenantResolver,
-    tenant_of,
-)
+from logferry.aggregator.routing import TenantResolver, tenant_of
+from logferry.common.naming import DEFAULT_TENANT, NAMESPACE, PREFIX, SUFFIX, IndexNamer
 
 namespaces = st.from_regex(NAMESPACE, fullmatch=True)
 suffixes = st.none() | st.from_regex(SUFFIX, fullmatch=True)

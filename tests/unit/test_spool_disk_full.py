@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from logferry.common.spool import facade as spool_module
 from logferry.common import disk_full as spool_space
 from logferry.common.disk_full import DiskStalls
 from logferry.common.errors import SpoolClosedError
 from logferry.common.spool import Spool
+from logferry.common.spool import facade as spool_module
 from logferry.common.spool.recovery import COMMIT_FILE, read_low_water
 from tests.support.tmpfs import fill, free_bytes, mounted_tmpfs
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import yaml
 
-from logferry.aggregator.pipelines.spec import (
+from logferry.pipelines.spec import (
     API_VERSION,
     KIND,
     SPEC_HASH_ANNOTATION,
     normalized_spec,
 )
-from logferry.aggregator.pipelines.validate import Verdict
+from logferry.pipelines.validate import Verdict
 
 
 def rendered_document(verdict: Verdict) -> dict[str, Any]:

@@ -23,8 +23,10 @@ from typing import Any
 
 import orjson
 
-from logferry.aggregator.filters import RESERVED_ROOTS, _get, _text
-from logferry.aggregator.pipelines.filters_extra import (
+from logferry.common.protocol.entries import too_deep
+from logferry.pipelines.fields import RESERVED_ROOTS, field_text, get_field
+from logferry.pipelines.regexes import MATCH_TIMEOUT_S, Pattern, compile_pattern
+from logferry.pipelines.whitelist import (
     Add,
     DropLevel,
     Grep,
@@ -34,8 +36,6 @@ from logferry.aggregator.pipelines.filters_extra import (
     Rename,
     Sample,
 )
-from logferry.aggregator.pipelines.regexes import MATCH_TIMEOUT_S, Pattern, compile_pattern
-from logferry.common.protocol.entries import too_deep
 
 Record = dict[str, Any]
 Path = tuple[str, ...]
@@ -168,7 +168,7 @@ class GrepStep(Step):
         self.include = config.mode == "include"
 
     def apply(self, record: Record, ctx: RunContext) -> bool:
-        text = _text(_get(record, self.path))
+        text = field_text(get_field(record, self.path))
         matched = (
             text is not None
             and self.pattern.search(text, timeout=ctx.regex_timeout(self.index)) is not None
@@ -188,7 +188,7 @@ class ParseJsonStep(Step):
         self.keep_original = config.keep_original
 
     def apply(self, record: Record, ctx: RunContext) -> bool:
-        text = _get(record, self.path)
+        text = get_field(record, self.path)
         if not isinstance(text, str | bytes) or text[:1] not in ("{", b"{"):
             return True
         try:
@@ -221,7 +221,7 @@ class ParseRegexStep(Step):
         self.keep_original = config.keep_original
 
     def apply(self, record: Record, ctx: RunContext) -> bool:
-        text = _text(_get(record, self.path))
+        text = field_text(get_field(record, self.path))
         if text is None:
             return True
         match = self.pattern.search(text, timeout=ctx.regex_timeout(self.index))
@@ -282,7 +282,7 @@ class DropLevelStep(Step):
         self.levels = frozenset(config.levels)
 
     def apply(self, record: Record, ctx: RunContext) -> bool:
-        level = _get(record, self.path)
+        level = get_field(record, self.path)
         return not (isinstance(level, str) and level.lower() in self.levels)
 
 

@@ -23,20 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from logferry.aggregator.pipelines.filters_extra import (
-    Add,
-    AnyFilter,
-    DropLevel,
-    Grep,
-    Multiline,
-    ParseJson,
-    ParseRegex,
-    Remove,
-    Rename,
-    Sample,
-)
-from logferry.aggregator.pipelines.multiline import MultilineStep
-from logferry.aggregator.pipelines.steps import (
+from logferry.pipelines.multiline import MultilineStep
+from logferry.pipelines.steps import (
     AddStep,
     BudgetExceeded,
     DropLevelStep,
@@ -50,10 +38,21 @@ from logferry.aggregator.pipelines.steps import (
     SampleStep,
     Step,
 )
+from logferry.pipelines.whitelist import (
+    Add,
+    AnyFilter,
+    DropLevel,
+    Grep,
+    Multiline,
+    ParseJson,
+    ParseRegex,
+    Remove,
+    Rename,
+    Sample,
+)
 
 if TYPE_CHECKING:
-    from logferry.aggregator.pipelines.spec import LogPipeline
-    from logferry.aggregator.pipelines.validate import Verdict
+    from logferry.pipelines.spec import LogPipeline
 
 Clock = Callable[[], float]
 _MAX_CACHED_NAMES = 10_000
@@ -289,13 +288,6 @@ class TenantPipelines:
     def __repr__(self) -> str:
         return f"TenantPipelines({self.tenant}, {len(self.pipelines)} pipelines, {self.version})"
 
-    def pipeline_for(self, record: Record) -> CompiledPipeline | None:
-        """The first pipeline (order, then name) that selects the record."""
-        for pipeline in self.pipelines:
-            if pipeline.selects(record):
-                return pipeline
-        return None
-
     def process(
         self, records: list[Record], budget_s: float = 0.5, *, drop_markers: bool = False
     ) -> Processed:
@@ -341,20 +333,13 @@ class TenantPipelines:
         return result
 
 
-def compile_pipeline(pipeline: LogPipeline, spec_hash: str) -> CompiledPipeline:
-    """Compile one validated pipeline."""
-    return CompiledPipeline(pipeline, spec_hash)
-
-
 def compile_tenants(
-    verdicts: Iterable[Verdict], clock: Clock = time.perf_counter
+    accepted: Iterable[tuple[LogPipeline, str]], clock: Clock = time.perf_counter
 ) -> dict[str, TenantPipelines]:
-    """Compile the accepted verdicts (others are ignored), grouped by tenant."""
+    """Compile validated pipelines, each with its spec hash, grouped by tenant."""
     by_tenant: dict[str, list[CompiledPipeline]] = {}
-    for verdict in verdicts:
-        if not verdict.ok or verdict.spec is None or verdict.spec_hash is None:
-            continue
-        compiled = CompiledPipeline(verdict.spec, verdict.spec_hash)
+    for pipeline, spec_hash in accepted:
+        compiled = CompiledPipeline(pipeline, spec_hash)
         by_tenant.setdefault(compiled.namespace, []).append(compiled)
     return {
         tenant: TenantPipelines(tenant, pipelines, clock)

@@ -25,9 +25,9 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from logferry.aggregator.pipelines.filters_extra import PipelineFilter
-from logferry.aggregator.routing import NAMESPACE
 from logferry.common.config import ConfigModel
+from logferry.common.naming import NAMESPACE
+from logferry.pipelines.whitelist import PipelineFilter
 
 API_VERSION = "logferry.io/v1alpha1"
 KIND = "LogPipeline"

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from logferry.aggregator.pipelines.render import render
-from logferry.aggregator.pipelines.validate import (
+from logferry.pipelines.render import render
+from logferry.pipelines.validate import (
     TenantLimits,
     Verdict,
     load_directory,

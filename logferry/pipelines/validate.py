@@ -19,25 +19,26 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from logferry.aggregator.pipelines.compiled import CompiledPipeline
-from logferry.aggregator.pipelines.filters_extra import DROPPING_TYPES, regex_fields
-from logferry.aggregator.pipelines.loading import LoadFailure, load_directory
-from logferry.aggregator.pipelines.samples import builtin_samples
-from logferry.aggregator.pipelines.spec import LogPipeline, spec_hash
-from logferry.aggregator.routing import SUFFIX, IndexNamer
 from logferry.common.config import _format_path, _reason
+from logferry.common.naming import SUFFIX, IndexNamer
+from logferry.pipelines.compiled import CompiledPipeline
+from logferry.pipelines.loading import LoadFailure, load_directory
+from logferry.pipelines.samples import builtin_samples
+from logferry.pipelines.spec import LogPipeline, spec_hash
+from logferry.pipelines.whitelist import DROPPING_TYPES, regex_fields
 
 __all__ = [
     "DRY_RUN_BUDGET_S",
     "Issue",
     "TenantLimits",
     "Verdict",
+    "accepted",
     "load_directory",
     "validate_document",
     "validate_documents",
@@ -390,6 +391,15 @@ def validate_documents(
                 ),
             )
     return verdicts
+
+
+def accepted(verdicts: Iterable[Verdict]) -> list[tuple[LogPipeline, str]]:
+    """The accepted pipelines of ``verdicts`` with their spec hashes, to compile."""
+    return [
+        (verdict.spec, verdict.spec_hash)
+        for verdict in verdicts
+        if verdict.ok and verdict.spec is not None and verdict.spec_hash is not None
+    ]
 
 
 def _run_order(verdict: Verdict) -> tuple[int, str]:

@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from logferry.aggregator.filters import _get, _text
-from logferry.aggregator.pipelines.filters_extra import Multiline
-from logferry.aggregator.pipelines.regexes import Pattern, compile_pattern
-from logferry.aggregator.pipelines.steps import (
+from logferry.pipelines.fields import field_text, get_field
+from logferry.pipelines.regexes import Pattern, compile_pattern
+from logferry.pipelines.steps import (
     CLOCK_EVERY,
     Record,
     RunContext,
@@ -23,6 +22,7 @@ from logferry.aggregator.pipelines.steps import (
     cow_set,
     path_of,
 )
+from logferry.pipelines.whitelist import Multiline
 
 
 @dataclass
@@ -72,7 +72,7 @@ class MultilineStep(Step):
                 checked += 1
                 if checked % CLOCK_EVERY == 0:
                     ctx.check(self.index)
-                text = _text(_get(record, self.path))
+                text = field_text(get_field(record, self.path))
                 if text is None:
                     current = None  # nothing to join: it ends the current record
                     continue

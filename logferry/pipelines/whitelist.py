@@ -1,68 +1,112 @@
-"""The filter whitelist of a LogPipeline: the aggregator's tenant filter configs
-(:mod:`logferry.aggregator.filters`), made strict and with safe regexes, plus the filters
-only pipelines have: parse_regex, drop_level, sample and multiline.
+"""The filter whitelist of a LogPipeline: every filter a tenant may write, as a strict
+config (grep, parse_json, parse_regex, add, remove, rename, drop_level, sample, multiline).
 
-These are configs only (what a tenant may write); :mod:`.steps` compiles them into the code
-that runs. The reserved-field rules are the aggregator's: ``_lf``, ``kubernetes`` and
-``@timestamp`` may be read but never written, because they carry the proof of delivery and
-the routing to the tenant's own index.
+These are configs only; :mod:`.steps` compiles them into the code that runs. Regexes are
+checked by :mod:`.regexes` (size, catastrophic patterns), field paths by :mod:`.fields`
+(``_lf``, ``kubernetes`` and ``@timestamp`` may be read, never written).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from logferry.aggregator.filters import (
-    AddFilter,
-    GrepFilter,
-    ParseJsonFilter,
-    RemoveFilter,
-    RenameFilter,
-    _field_path,
-)
-from logferry.aggregator.pipelines.regexes import check_pattern, compile_pattern
 from logferry.common.config import ConfigModel
+from logferry.pipelines.fields import field_path
+from logferry.pipelines.regexes import check_pattern, compile_pattern
 
 # Kubernetes validates a CRD against its OpenAPI schema without coercion ("10" is not an
 # integer), so the offline validation does not coerce either: the two must agree.
 _STRICT = ConfigDict(strict=True)
 
 
-class Grep(GrepFilter):
+class Grep(ConfigModel):
     """Keep (``include``) or discard (``exclude``) records whose field matches a regex."""
 
     model_config = _STRICT
 
-    @field_validator("regex")
-    @classmethod
-    def _safe_regex(cls, value: str) -> str:
-        return check_pattern(value)
+    type: Literal["grep"]
+    field: str = "log"
+    """Dotted path of the field to test; a record without it never matches."""
+    regex: str
+    """Python regular expression, searched anywhere in the field's text."""
+    mode: Literal["include", "exclude"] = "include"
+    """``include`` keeps only matching records; ``exclude`` discards matching records."""
+
+    _check_field = field_validator("field")(lambda v: field_path(v, writable=False))
+    _check_regex = field_validator("regex")(check_pattern)
 
 
-class ParseJson(ParseJsonFilter):
+class ParseJson(ConfigModel):
     """Parse JSON text found in a field into fields; on failure the record is kept unchanged."""
 
     model_config = _STRICT
 
+    type: Literal["parse_json"]
+    field: str = "log"
+    """Field holding the JSON text."""
+    target: str | None = None
+    """Put the parsed object under this key; by default it is merged into the record's root."""
+    keep_original: bool = True
+    """Keep the source field after a successful parse."""
 
-class Add(AddFilter):
+    _check_field = field_validator("field")(lambda v: field_path(v, writable=False))
+
+    @field_validator("target")
+    @classmethod
+    def _check_target(cls, value: str | None) -> str | None:
+        return None if value is None else field_path(value, writable=True)
+
+
+class Add(ConfigModel):
     """Set fields to constant values (overwriting)."""
 
     model_config = _STRICT
 
+    type: Literal["add"]
+    fields: dict[str, str | int | float | bool]
+    """Field path -> value."""
 
-class Remove(RemoveFilter):
+    @field_validator("fields")
+    @classmethod
+    def _check(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for path in value:
+            field_path(path, writable=True)
+        return value
+
+
+class Remove(ConfigModel):
     """Remove fields (absent ones are ignored)."""
 
     model_config = _STRICT
 
+    type: Literal["remove"]
+    fields: list[str] = Field(min_length=1)
+    """Field paths to remove."""
 
-class Rename(RenameFilter):
+    @field_validator("fields")
+    @classmethod
+    def _check(cls, value: list[str]) -> list[str]:
+        return [field_path(path, writable=True) for path in value]
+
+
+class Rename(ConfigModel):
     """Move fields to new names (absent ones are ignored)."""
 
     model_config = _STRICT
+
+    type: Literal["rename"]
+    fields: dict[str, str] = Field(min_length=1)
+    """Old path -> new path."""
+
+    @field_validator("fields")
+    @classmethod
+    def _check(cls, value: dict[str, str]) -> dict[str, str]:
+        for old, new in value.items():
+            field_path(old, writable=True)
+            field_path(new, writable=True)
+        return value
 
 
 class ParseRegex(ConfigModel):
@@ -81,7 +125,7 @@ class ParseRegex(ConfigModel):
     keep_original: bool = True
     """Keep the source field after a successful match."""
 
-    _check_field = field_validator("field")(lambda v: _field_path(v, writable=False))
+    _check_field = field_validator("field")(lambda v: field_path(v, writable=False))
 
     @field_validator("regex")
     @classmethod
@@ -91,13 +135,13 @@ class ParseRegex(ConfigModel):
         if not groups:
             raise ValueError("parse_regex needs named groups, e.g. (?P<status>\\d+)")
         for name in groups:
-            _field_path(name, writable=True)
+            field_path(name, writable=True)
         return value
 
     @field_validator("target")
     @classmethod
     def _check_target(cls, value: str | None) -> str | None:
-        return None if value is None else _field_path(value, writable=True)
+        return None if value is None else field_path(value, writable=True)
 
 
 class DropLevel(ConfigModel):
@@ -111,7 +155,7 @@ class DropLevel(ConfigModel):
     levels: list[str] = Field(min_length=1, max_length=32)
     """Levels to discard, e.g. ``[debug, trace]``."""
 
-    _check_field = field_validator("field")(lambda v: _field_path(v, writable=False))
+    _check_field = field_validator("field")(lambda v: field_path(v, writable=False))
 
     @field_validator("levels")
     @classmethod
@@ -155,7 +199,7 @@ class Multiline(ConfigModel):
     max_lines: int = Field(default=500, ge=2, le=10_000)
     """A joined record holds at most this many lines; later continuations stay on their own."""
 
-    _check_field = field_validator("field")(lambda v: _field_path(v, writable=True))
+    _check_field = field_validator("field")(lambda v: field_path(v, writable=True))
     _check_start = field_validator("start")(check_pattern)
 
 
