@@ -52,7 +52,7 @@ run: venv
 	$(BIN)/python scripts/run_local.py $(RUN_ARGS)
 
 docs: venv
-	$(BIN)/python scripts/update_readme.py
+	$(BIN)/python scripts/update_docs.py
 
 bench: venv
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -199,14 +199,14 @@ class Status:
             "acked": int(fwd.get("logferry_sender_records_acked_total", 0)),
             "indexed": await store_count(session, self.store),
             "spool": int(
-                fwd.get("logferry_spool_bytes", 0)
+                fwd.get("logferry_node_spool_bytes", 0)
                 + sum(a.get("logferry_spool_bytes", 0) for a in aggs)
             ),
             # Spool bytes include delivered records until their segment file is recycled; what
             # is still owed is the pending count.
             "pending": int(
-                fwd.get("logferry_spool_blocks", 0)
-                + sum(a.get("logferry_spool_records", 0) for a in aggs)
+                fwd.get("logferry_node_spool_blocks", 0)
+                + sum(a.get("logferry_spool_fragments", 0) for a in aggs)
             ),
         }
 
@@ -342,7 +342,7 @@ def verify(store: str | None, aggs: list[Daemon]) -> int:
         return 0
     args = [
         sys.executable, "-m", "logferry", "verify",
-        "--store", store,
+        "--url", store,
         "--index", INDEX,
         "--positions", str(RUN / "forwarder" / "positions"),
         "--manifest", str(RUN / "node" / "manifest.json"),
@@ -352,7 +352,7 @@ def verify(store: str | None, aggs: list[Daemon]) -> int:
     for agg in aggs:
         if Path(agg.config["dlq"]["directory"]).is_dir():  # made at the first dead letter
             args += ["--dlq", agg.config["dlq"]["directory"]]
-    print("$ logferry verify --store", store, "--index", f"'{INDEX}'", "...")
+    print("$ logferry verify --url", store, "--index", f"'{INDEX}'", "...")
     return subprocess.run(args, check=False).returncode
 
 

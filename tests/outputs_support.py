@@ -15,6 +15,7 @@ from aiohttp import web
 
 from logferry.aggregator.documents import action_line, render_fragment
 from logferry.aggregator.outputs.base import Output
+from logferry.aggregator.outputs.pump import drain
 from logferry.common.spool import Spool
 
 DEADLINE_S = 30.0
@@ -61,9 +62,9 @@ async def drain_until(
     deadline_s: float = 5.0,
     timeout_s: float = DEADLINE_S,
 ) -> None:
-    """Run ``output.drain`` until ``condition`` holds, then stop it and wait for it."""
+    """Drain ``spool`` into ``output`` until ``condition`` holds, then stop and wait."""
     stop = asyncio.Event()
-    task = asyncio.create_task(output.drain(tenant, spool, stop, deadline_s))
+    task = asyncio.create_task(drain(output, tenant, spool, stop, deadline_s))
     try:
         await wait_until(lambda: condition() or task.done(), timeout_s)
     finally:

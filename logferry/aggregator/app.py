@@ -24,6 +24,7 @@ from logferry.aggregator.ingest import Ingest
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.outputs import build_output
 from logferry.aggregator.outputs.base import Output
+from logferry.aggregator.outputs.pump import drain
 from logferry.aggregator.pipeline_watch import PipelineRegistry, PipelineWatcher
 from logferry.aggregator.render import TimeWindow
 from logferry.aggregator.routing import TenantResolver
@@ -194,7 +195,9 @@ class Aggregator:
         if spool.quarantined_bytes:
             self.metrics.spool_quarantined.inc(spool.quarantined_bytes)
         task = asyncio.create_task(
-            self.output.drain(tenant, spool, self._drain_stop, self.config.shutdown_deadline_s / 2),
+            drain(
+                self.output, tenant, spool, self._drain_stop, self.config.shutdown_deadline_s / 2
+            ),
             name=f"drain-{tenant}",
         )
         self._drains.add(task)
@@ -228,5 +231,5 @@ class Aggregator:
         for tenant, spool in list(self.spools.spools.items()):
             with contextlib.suppress(Exception):
                 metrics.spool_bytes.labels(tenant).set(spool.bytes_used)
-                metrics.spool_records.labels(tenant).set(spool.records_pending)
+                metrics.spool_fragments.labels(tenant).set(spool.records_pending)
                 metrics.spool_oldest_age.labels(tenant).set(spool.oldest_pending_age_s)

@@ -14,9 +14,7 @@ from logferry.aggregator.spools import AggregatorSpoolSettings
 from logferry.common.config import ConfigModel
 from logferry.common.naming import DEFAULT_TENANT, NAMESPACE, PREFIX
 from logferry.common.sections import HttpSettings, LogSettings
-from logferry.common.units import ByteSize
-
-MiB = 1024 * 1024
+from logferry.common.units import ByteSize, MiB
 
 
 class ForwardInputSettings(ConfigModel):

@@ -47,11 +47,10 @@ from logferry.common.config import ConfigModel
 from logferry.common.errors import OutputError
 from logferry.common.files import DIR_MODE, FILE_MODE, fsync_dir
 from logferry.common.logs import get_logger
-from logferry.common.units import ByteSize
+from logferry.common.units import ByteSize, MiB
 
 log = get_logger(__name__)
 
-MiB = 1024 * 1024
 LOCK_FILE = ".lock"
 _FILE = re.compile(r"^dlq-(\d{8})\.jsonl\Z")
 _TENANT_DIR = re.compile(r"^_?[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")

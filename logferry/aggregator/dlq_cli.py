@@ -6,7 +6,9 @@ delivered and already-present (409) entries are removed from the queue, entries 
 stay with the new reason. It can run while the daemon runs (the queue's files are locked).
 
 The store comes from ``--config aggregator.yaml`` (its ``output`` section, see
-:func:`load_output_settings`) or from ``--url`` and the credential options.
+:func:`load_output_settings`) or from the store flags that ``logferry verify`` takes too
+(``--url``, ``--username``, ``--password-file``, ``--api-key-file``, ``--tls-ca-file``,
+``--insecure``; see :mod:`logferry.common.store_access`).
 Exit status: 0 done, 1 some replayed entries are still in the queue, 2 usage or config error.
 """
 
@@ -27,10 +29,11 @@ from pydantic import BaseModel, ConfigDict
 from logferry.aggregator.dlq import DeadLetterQueue, DeadLetterSettings, DlqEntry
 from logferry.aggregator.documents import Document, action_line
 from logferry.aggregator.outputs import OutputSettings
-from logferry.aggregator.outputs.bulk import BulkClient, BulkOutputSettings
+from logferry.aggregator.outputs.bulk_client import BulkClient, BulkOutputSettings
 from logferry.aggregator.outputs.bulk_delivery import BulkDelivery
 from logferry.common.config import load_config
 from logferry.common.errors import ConfigError, OutputError
+from logferry.common.store_access import add_store_arguments, store_access_from_args
 
 DEFAULT_REPLAY_ROUNDS = 5
 _REASON_COLUMN_CHARS = 100
@@ -149,18 +152,8 @@ def _replay_settings(
     args: argparse.Namespace, from_config: BulkOutputSettings | None
 ) -> BulkOutputSettings:
     if args.url:
-        try:
-            return BulkOutputSettings(
-                type="opensearch",
-                urls=args.url,
-                username=args.username,
-                password_file=args.password_file,
-                api_key_file=args.api_key_file,
-                tls_ca_file=args.tls_ca_file,
-                tls_verify=not args.insecure,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"store options: {exc}") from exc
+        access = store_access_from_args(args)
+        return BulkOutputSettings(type="opensearch", **dict(access))
     if from_config is None:
         raise ConfigError("replay needs --url, or --config whose output is a store")
     return from_config
@@ -198,7 +191,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("list", "print entries"), ("replay", "send entries to the store again")):
-        sub = commands.add_parser(name, help=text)
+        # No abbreviations: "--password S" must be refused, not read as --password-file S.
+        sub = commands.add_parser(name, help=text, allow_abbrev=False)
         sub.add_argument("--dlq-dir", type=Path, help="the queue's directory")
         sub.add_argument("-c", "--config", type=Path, help="aggregator.yaml (output, dlq)")
         sub.add_argument("--tenant", help="only this tenant's entries")
@@ -208,12 +202,7 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", help="one JSON object a line")
             sub.add_argument("--with-source", action="store_true", help="include documents")
         else:
-            sub.add_argument("--url", action="append", help="store URL (repeatable)")
-            sub.add_argument("--username", help="basic auth user")
-            sub.add_argument("--password-file", type=Path, help="file with the password")
-            sub.add_argument("--api-key-file", type=Path, help="file with an API key")
-            sub.add_argument("--tls-ca-file", type=Path, help="CA bundle for https")
-            sub.add_argument("--insecure", action="store_true", help="skip TLS verification")
+            add_store_arguments(sub, required=False)
             sub.add_argument(
                 "--max-rounds",
                 type=_positive,

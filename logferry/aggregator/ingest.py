@@ -31,6 +31,7 @@ from logferry.aggregator.render import (
 )
 from logferry.aggregator.routing import TenantResolver
 from logferry.aggregator.spools import TenantSpools
+from logferry.common.backoff import backoff_delay
 from logferry.common.budget import ByteBudget
 from logferry.common.errors import OutputError
 from logferry.common.logs import get_logger
@@ -69,6 +70,7 @@ class Rendered:
         return sum(count for _parts, count in self.fragments.values())
 
 
+_PARK_RETRY_FIRST_S = 0.5
 _PARK_RETRY_MAX_S = 5.0
 
 
@@ -420,7 +422,7 @@ class Ingest:
         for letter in rendered.letters:
             by_tenant.setdefault(letter.tenant, []).append(letter)
         for tenant, letters in by_tenant.items():
-            delay_s = 0.5
+            attempt = 0
             while True:
                 try:
                     await self._dlq.append(letters)
@@ -432,8 +434,11 @@ class Ingest:
                     log.warning("ingest.signal_park_waiting", error=str(exc)[:200])
                 except OutputError as exc:  # the disk failed: hold the ack (backpressure)
                     log.warning("ingest.park_waiting", tenant=tenant, error=str(exc)[:200])
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, _PARK_RETRY_MAX_S)
+                # The DLQ is a local file, not a server many clients share: no jitter.
+                await asyncio.sleep(
+                    backoff_delay(attempt, _PARK_RETRY_FIRST_S, _PARK_RETRY_MAX_S, jitter="none")
+                )
+                attempt += 1
         unrenderable = len(rendered.letters) if rendered.signal is None else 0
         if unrenderable:
             log.warning(

@@ -119,9 +119,15 @@ class AggregatorMetrics:
             registry=r,
         )
         # spool
-        self.spool_bytes = gauge("spool_bytes", "Bytes in the tenant's spool on disk.", "tenant")
-        self.spool_records = gauge(
-            "spool_records", "Records spooled but not yet delivered.", "tenant"
+        self.spool_bytes = gauge(
+            "spool_bytes",
+            "Bytes on disk in the tenant's spool (segments not yet freed, delivered or not).",
+            "tenant",
+        )
+        self.spool_fragments = gauge(
+            "spool_fragments",
+            "Spool records not yet delivered: fragments, each a chunk's documents of one tenant.",
+            "tenant",
         )
         self.spool_oldest_age = gauge(
             "spool_oldest_record_age_seconds", "Age of the oldest undelivered record.", "tenant"

@@ -20,9 +20,9 @@ from pydantic import Field, model_validator
 from logferry.common.disk_full import DiskStalls
 from logferry.common.errors import SpoolClosedError
 from logferry.common.logs import get_logger
-from logferry.common.sections import MiB, SpoolSettings
+from logferry.common.sections import SpoolSettings
 from logferry.common.spool import Spool
-from logferry.common.units import ByteSize
+from logferry.common.units import ByteSize, MiB
 
 log = get_logger(__name__)
 _TENANT_DIR = re.compile(r"^_?[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")

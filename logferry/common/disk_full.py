@@ -22,6 +22,7 @@ from typing import Literal, TypeVar
 from prometheus_client import CollectorRegistry
 
 from logferry.common import metrics
+from logferry.common.backoff import backoff_delay
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
 
@@ -67,7 +68,7 @@ def stall_delay(attempt: int) -> float:
     Short at first (a neighbour's commit may free a segment at any moment), at most 2 s so
     that a resume after an operator frees space is quick; a failed retry costs one syscall.
     """
-    return float(min(_STALL_MAX_S, _STALL_FIRST_S * 2 ** min(max(attempt - 1, 0), 16)))
+    return backoff_delay(attempt - 1, _STALL_FIRST_S, _STALL_MAX_S, jitter="none")
 
 
 class DiskStalls:

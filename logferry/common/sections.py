@@ -9,9 +9,7 @@ from pydantic import Field, model_validator
 
 from logferry.common.config import ConfigModel
 from logferry.common.logs import LogFormat, LogLevel
-from logferry.common.units import ByteSize
-
-MiB = 1024 * 1024
+from logferry.common.units import ByteSize, MiB
 
 
 class LogSettings(ConfigModel):

@@ -7,6 +7,10 @@ from typing import Annotated
 
 from pydantic import BeforeValidator
 
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
 _BYTE_UNITS = {
     "": 1,
     "b": 1,

@@ -16,9 +16,8 @@ import dataclasses
 import os
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
-from logferry.common import metrics
 from logferry.common.disk_full import DiskStalls
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
@@ -27,6 +26,7 @@ from logferry.common.status_http import StatusServer
 from logferry.forwarder.config import ForwarderConfig
 from logferry.forwarder.discovery import Discovery, FoundFile
 from logferry.forwarder.metadata import parse_file_name
+from logferry.forwarder.metrics import ForwarderMetrics
 from logferry.forwarder.parking import Parking
 from logferry.forwarder.pathguard import RefusedFileError, check_target, open_pod_log
 from logferry.forwarder.positions import PositionStore, fingerprint, resolve
@@ -41,63 +41,6 @@ IDLE_ROUNDS_TO_RELEASE = 2
 _STOP_POLL_S = 0.1
 
 
-class ForwarderMetrics:
-    """The forwarder's own metrics (the sender registers its own on the same registry)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        def counter(name: str, doc: str, *labels: str) -> Counter:
-            return metrics.counter(registry, name, doc, labels)
-
-        def gauge(name: str, doc: str, *labels: str) -> Gauge:
-            return metrics.gauge(registry, name, doc, labels)
-
-        self.lines_read = counter("lines_read", "Physical log lines read.", "tenant")
-        self.bytes_read = counter("bytes_read", "Log file bytes read.", "tenant")
-        self.records_spooled = counter("records_spooled", "Records made durable in the spool.")
-        self.rotations = counter("rotations", "Files drained and released after rotation/deletion.")
-        self.truncations = counter("truncations", "Files found truncated (a new generation).")
-        self.sources_lost = counter(
-            "sources_lost",
-            "Sources with unread bytes whose file was gone before it could be drained "
-            "(rotated and deleted while the forwarder was down).",
-        )
-        self.partial_merges = counter("partial_merges", "Split lines merged into one record.")
-        self.truncated_lines = counter(
-            "truncated_lines", "Lines cut at source.max_line_bytes (kept, flagged)."
-        )
-        self.malformed_lines = counter(
-            "malformed_lines", "Lines not in the file's format, forwarded raw and flagged."
-        )
-        self.open_files = gauge("open_files", "Files being tailed.")
-        self.lag_bytes = gauge(
-            "lag_bytes",
-            "Bytes written to tailed files but not read yet (file size minus position).",
-            "tenant",
-        )
-        self.spool_bytes = gauge("spool_bytes", "Bytes in the node spool.")
-        self.spool_quarantined_frames = counter(
-            "spool_quarantined_frames",
-            "Damaged node spool frames moved to quarantine at start (their records are lost; "
-            "verify reports them missing).",
-        )
-        self.spool_quarantined_bytes = counter(
-            "spool_quarantined_bytes", "Damaged node spool bytes moved to quarantine at start."
-        )
-        self.positions_quarantined = counter(
-            "positions_quarantined",
-            "Damaged position files set aside at start (every file is then read again from "
-            "its start; record ids make the resend harmless).",
-        )
-        self.spool_blocks = gauge(
-            "spool_blocks", "Spool blocks (compressed groups of records) not yet acked."
-        )
-        self.spool_volume_bytes = gauge(
-            "spool_volume_bytes",
-            "Size of the filesystem holding the spool (a warning at start when it is smaller "
-            "than a few segments or than spool.max_bytes).",
-        )
-
-
 class Forwarder:
     """One forwarder process. ``run`` returns when ``stop`` is set and shutdown is done."""
 
@@ -110,8 +53,8 @@ class Forwarder:
         self.stalls = DiskStalls(self.registry)
         self.positions = PositionStore(config.positions_path)
         self._positions_saver = PositionsSaver(self.positions, self.stalls)
-        self.discovery = Discovery(config.source, config.node_name, registry=self.registry)
-        self.parking = Parking(config.parked_path, registry=self.registry, stalls=self.stalls)
+        self.discovery = Discovery(config.source, config.node_name, metrics=self.metrics)
+        self.parking = Parking(config.parked_path, metrics=self.metrics, stalls=self.stalls)
         self._tails: dict[Key, FileTail] = {}
         self._live: set[Key] = set()
         self._idle_rounds: dict[Key, int] = {}
@@ -119,8 +62,6 @@ class Forwarder:
         self._spool: Spool | None = None
         self._ready = False
         self._recovered = False
-        self._released_counts: dict[str, int] = {}
-        self._counted: dict[str, int] = {}
         self.status = StatusServer(
             config.http.listen_host,
             config.http.listen_port,
@@ -152,7 +93,7 @@ class Forwarder:
             self.config.sender,
             spool,
             node_name=self.config.node_name,
-            metrics=self.registry,
+            metrics=self.metrics,
             shared_key=self._shared_key,
             parking=self.parking,
         )
@@ -350,8 +291,15 @@ class Forwarder:
 
     async def _make_durable(self, tail: FileTail, batch: TailBatch) -> None:
         namespace = tail.meta.namespace_name
-        self.metrics.bytes_read.labels(namespace).inc(batch.bytes_read)
-        self.metrics.lines_read.labels(namespace).inc(batch.lines)
+        metrics = self.metrics
+        metrics.bytes_read.labels(namespace).inc(batch.bytes_read)
+        metrics.lines_read.labels(namespace).inc(batch.lines)
+        if batch.partial_merges:
+            metrics.partial_merges.inc(batch.partial_merges)
+        if batch.truncated_lines:
+            metrics.truncated_lines.inc(batch.truncated_lines)
+        if batch.malformed_lines:
+            metrics.malformed_lines.inc(batch.malformed_lines)
         if batch.entries:
             assert self._spool is not None
             # Appends sized to a fraction of the spool, so one big read always fits; each
@@ -380,13 +328,6 @@ class Forwarder:
         if rounds < IDLE_ROUNDS_TO_RELEASE:
             return
         await self._make_durable(tail, tail.finish())
-        merger = tail.reader.merger
-        for name, value in (
-            ("merges", merger.partial_merges),
-            ("truncated", merger.truncated_lines),
-            ("malformed", merger.malformed_lines),
-        ):
-            self._released_counts[name] = self._released_counts.get(name, 0) + value
         self.positions.remove(*key)
         tail.close()
         del self._tails[key]
@@ -403,14 +344,6 @@ class Forwarder:
         self._live.discard(key)
         self._wake.set()
 
-    def _bump(self, metric: Counter, name: str, total_open: int) -> None:
-        # Counters of open tails plus those already released; a counter never goes back.
-        current = self._released_counts.get(name, 0) + total_open
-        seen = self._counted.get(name, 0)
-        if current > seen:
-            metric.inc(current - seen)
-            self._counted[name] = current
-
     def _update_gauges(self) -> None:
         lag: dict[str, int] = {}
         for tail in list(self._tails.values()):
@@ -420,15 +353,6 @@ class Forwarder:
         for namespace, value in lag.items():
             self.metrics.lag_bytes.labels(namespace).set(value)
         self.metrics.open_files.set(len(self._tails))
-        merges = truncated = malformed = 0
-        for tail in list(self._tails.values()):
-            merger = tail.reader.merger
-            merges += merger.partial_merges
-            truncated += merger.truncated_lines
-            malformed += merger.malformed_lines
-        self._bump(self.metrics.partial_merges, "merges", merges)
-        self._bump(self.metrics.truncated_lines, "truncated", truncated)
-        self._bump(self.metrics.malformed_lines, "malformed", malformed)
         if self._spool is not None:
             with contextlib.suppress(Exception):
                 self.metrics.spool_bytes.set(self._spool.bytes_used)

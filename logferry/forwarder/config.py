@@ -11,9 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from logferry.common.config import ConfigModel
 from logferry.common.errors import ConfigError
 from logferry.common.sections import HttpSettings, LogSettings, SpoolSettings
-from logferry.common.units import ByteSize
-
-KiB = 1024
+from logferry.common.units import ByteSize, KiB
 
 
 class SourceSettings(ConfigModel):

@@ -30,17 +30,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from prometheus_client import CollectorRegistry
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from logferry.common import metrics
 from logferry.common.events import first_set
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
 from logferry.forwarder.config import SourceSettings
 from logferry.forwarder.metadata import ContainerMeta, excluded, parse_file_name
+from logferry.forwarder.metrics import ForwarderMetrics
 from logferry.forwarder.pathguard import RefusalReason, check_target, pods_root
 
 log = get_logger(__name__)
@@ -139,7 +138,7 @@ class Discovery:
         host: str,
         *,
         use_inotify: bool = True,
-        registry: CollectorRegistry | None = None,
+        metrics: ForwarderMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._host = host
@@ -147,14 +146,7 @@ class Discovery:
         self._root, self._recursive = watch_root(settings.path_glob)
         self.pods_root = pods_root(settings.pods_root_path)
         """The resolved pods root every target must lie under."""
-        self.skipped = metrics.counter(
-            registry if registry is not None else CollectorRegistry(),
-            "files_skipped",
-            "Container log files refused, by reason (each refusal counted once, not per "
-            "rescan): outside_pods_root, not_pod_layout, wrong_owner (the link's target is "
-            "another container's file), symlink, not_regular.",
-            ("reason",),
-        )
+        self.skipped = (metrics if metrics is not None else ForwarderMetrics()).files_skipped
         self._refused: dict[str, tuple[RefusalReason, str]] = {}  # link -> (reason, target)
         self._refused_lock = threading.Lock()
         self.stats = ScanStats()

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from logferry.common.backoff import backoff_delay
 from logferry.common.logs import get_logger
 
 __all__ = [
@@ -60,8 +61,7 @@ class Backoff:
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after the ``failures``-th consecutive failure (``failures >= 1``)."""
-        ceiling = min(self.max_s, self.initial_s * 2.0 ** min(max(failures - 1, 0), 62))
-        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
+        return backoff_delay(failures - 1, self.initial_s, self.max_s, jitter="equal", rng=self.rng)
 
 
 class Endpoint:

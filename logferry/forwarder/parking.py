@@ -32,13 +32,12 @@ from typing import Any
 
 import msgpack
 import orjson
-from prometheus_client import CollectorRegistry
 
-from logferry.common import metrics
 from logferry.common.disk_full import DiskStalls, is_disk_full, stall_delay
 from logferry.common.files import FILE_MODE, fsync_dir, make_private_dirs, write_all
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
+from logferry.forwarder.metrics import ForwarderMetrics
 
 __all__ = [
     "PARKED_SUFFIX",
@@ -210,18 +209,13 @@ class Parking:
         self,
         directory: Path,
         *,
-        registry: CollectorRegistry | None = None,
+        metrics: ForwarderMetrics | None = None,
         stalls: DiskStalls | None = None,
     ) -> None:
         self.directory = directory
-        self._stalls = stalls if stalls is not None else DiskStalls(registry)
-        self.parked = metrics.counter(
-            registry if registry is not None else CollectorRegistry(),
-            "chunks_parked",
-            "Chunks the aggregators refused sender.park_after_refusals times, written to the "
-            "parked folder and committed (requeue with logferry forwarder parked requeue).",
-            ("reason",),
-        )
+        metrics = metrics if metrics is not None else ForwarderMetrics()
+        self._stalls = stalls if stalls is not None else DiskStalls(metrics.registry)
+        self.parked = metrics.chunks_parked
         self.records_parked = 0
 
     async def park(self, header: dict[str, Any], payload: bytes, *, reason: str) -> Path:

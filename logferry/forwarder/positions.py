@@ -128,8 +128,6 @@ class SourceState:
     """The next byte to read: every record from the bytes before it is durable in the spool."""
     next_seq: int = 0
     """The ``_lf.seq`` of the next record; sequence numbers are contiguous from 0 per source."""
-    draining: bool = False
-    """The file was seen rotated away or deleted: read it to its end, then release it."""
     link: str = ""
     """The container log name that led to the file (``/var/log/containers/...``): its name
     carries the Kubernetes metadata, needed to drain a file rotated while we were down."""
@@ -152,10 +150,6 @@ class SourceState:
     def advanced(self, offset: int, next_seq: int) -> SourceState:
         """This source with its position moved to ``offset``/``next_seq`` (both durable)."""
         return dataclasses.replace(self, offset=offset, next_seq=next_seq)
-
-    def marked_draining(self) -> SourceState:
-        """This source, flagged as rotated away or deleted."""
-        return dataclasses.replace(self, draining=True)
 
 
 class Resolution(StrEnum):
@@ -362,8 +356,6 @@ def decode_positions(data: bytes) -> tuple[list[SourceState], list[tuple[int, in
 def _state_from(item: dict[str, Any]) -> SourceState:
     if not isinstance(item["node"], str) or not isinstance(item["path"], str):
         raise TypeError("node and path must be strings")
-    if not isinstance(item["draining"], bool):
-        raise TypeError("draining must be a bool")
     fp = item["fingerprint"]
     if not isinstance(fp, str):
         raise TypeError("fingerprint must be a string")
@@ -377,7 +369,7 @@ def _state_from(item: dict[str, Any]) -> SourceState:
         path=item["path"],
         offset=_uint(item["offset"]),
         next_seq=_uint(item["next_seq"]),
-        draining=item["draining"],
+        # (position files of older versions also carry "draining", never set: ignored)
         link=str(item.get("link", "")),
     )
 

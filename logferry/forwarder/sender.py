@@ -33,12 +33,9 @@ import ssl
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
-
 from logferry.common.errors import HandshakeError, ProtocolError
 from logferry.common.events import first_set
 from logferry.common.logs import get_logger
-from logferry.common.metrics import check_labels, counter
 from logferry.common.protocol import (
     Ack,
     ClientDecoder,
@@ -58,6 +55,7 @@ from logferry.forwarder.endpoints import (
     refresh_dns_forever,
 )
 from logferry.forwarder.entries import block_count, block_gzip, block_raw_size
+from logferry.forwarder.metrics import ForwarderMetrics
 from logferry.forwarder.parking import Parking
 
 __all__ = ["Chunk", "PeerClosedError", "Sender", "SenderStats", "chunk_id", "client_ssl_context"]
@@ -115,10 +113,10 @@ class Chunk:
 
 
 class SenderStats:
-    """Counters by endpoint (``host:port``), kept on the object and mirrored to Prometheus
-    (``logferry_sender_*``) when a registry is given."""
+    """Counters by endpoint (``host:port``), kept on the object and counted in the
+    forwarder's metrics (``logferry_sender_*``) as they happen."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, metrics: ForwarderMetrics | None = None) -> None:
         self.sent: Tally[str] = Tally()
         """Chunks written to an endpoint (resends included)."""
         self.acked: Tally[str] = Tally()
@@ -132,30 +130,11 @@ class SenderStats:
         self.ack_latency_sum_s = 0.0
         self.ack_latency_max_s = 0.0
         self.endpoints_up = 0
-        self._registry = registry
-        if registry is None:
-            return
-        self._sent = counter(registry, "sender_chunks_sent", "Chunks sent.", ("endpoint",))
-        self._acked = counter(registry, "sender_chunks_acked", "Chunks acked.", ("endpoint",))
-        self._retried = counter(
-            registry, "sender_chunks_retried", "Chunk attempts that failed.", ("endpoint",)
-        )
-        self._records = counter(registry, "sender_records_acked", "Records acked.")
-        self._latency = Histogram(
-            "logferry_sender_ack_latency_seconds",
-            "From writing a chunk to its ack.",
-            check_labels(("endpoint",)),
-            registry=registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-        )
-        self._up = Gauge(
-            "logferry_sender_endpoints_up", "Endpoints that are healthy.", registry=registry
-        )
+        self._metrics = metrics if metrics is not None else ForwarderMetrics()
 
     def chunk_sent(self, endpoint: str) -> None:
         self.sent[endpoint] += 1
-        if self._registry is not None:
-            self._sent.labels(endpoint).inc()
+        self._metrics.chunks_sent.labels(endpoint).inc()
 
     def chunk_acked(self, endpoint: str, records: int, latency_s: float) -> None:
         self.acked[endpoint] += 1
@@ -163,20 +142,17 @@ class SenderStats:
         self.records_acked_by[endpoint] += records
         self.ack_latency_sum_s += latency_s
         self.ack_latency_max_s = max(self.ack_latency_max_s, latency_s)
-        if self._registry is not None:
-            self._acked.labels(endpoint).inc()
-            self._records.inc(records)
-            self._latency.labels(endpoint).observe(latency_s)
+        self._metrics.chunks_acked.labels(endpoint).inc()
+        self._metrics.records_acked.inc(records)
+        self._metrics.ack_latency.labels(endpoint).observe(latency_s)
 
     def chunk_retried(self, endpoint: str) -> None:
         self.retried[endpoint] += 1
-        if self._registry is not None:
-            self._retried.labels(endpoint).inc()
+        self._metrics.chunks_retried.labels(endpoint).inc()
 
     def set_endpoints_up(self, count: int) -> None:
         self.endpoints_up = count
-        if self._registry is not None:
-            self._up.set(count)
+        self._metrics.endpoints_up.set(count)
 
 
 @dataclass(eq=False)
@@ -271,7 +247,7 @@ class Sender:
         spool: Spool,
         *,
         node_name: str,
-        metrics: CollectorRegistry | None = None,
+        metrics: ForwarderMetrics | None = None,
         resolver: Resolver = getaddrinfo_resolver,
         rng: random.Random | None = None,
         shared_key: str | None = None,

@@ -44,6 +44,12 @@ class TailBatch:
     lines: int = 0
     records: int = 0
     """Records in the blocks."""
+    partial_merges: int = 0
+    """Split lines merged into one record by this read."""
+    truncated_lines: int = 0
+    """Lines cut at the length cap by this read."""
+    malformed_lines: int = 0
+    """Lines not in the file's format (forwarded raw) in this read."""
 
 
 @dataclass(slots=True)
@@ -98,6 +104,7 @@ class FileTail:
 
     def read(self, budget_bytes: int) -> TailBatch:
         """Read up to ``budget_bytes`` (whole chunks) and return what became records."""
+        before = self._counts()
         offset = self.read_offset
         if self.size() < offset:
             return TailBatch([], self._reader.checkpoint, TailStatus.TRUNCATED)
@@ -119,16 +126,30 @@ class FileTail:
         if checkpoint is None:
             checkpoint = self._reader.checkpoint
         status = TailStatus.DATA if read else TailStatus.IDLE
-        return TailBatch(entries, checkpoint, status, read, lines, records)
+        return self._counted(TailBatch(entries, checkpoint, status, read, lines, records), before)
 
     def finish(self) -> TailBatch:
         """The file will grow no more (rotated away and drained, or deleted): emit what is
         left, including split lines whose last part never came."""
+        before = self._counts()
         result = self._reader.finish()
         blocks = encode_blocks(result.records, self.block_records, self.block_bytes)
-        return TailBatch(
+        batch = TailBatch(
             blocks, result.checkpoint, TailStatus.IDLE, 0, result.lines, len(result.records)
         )
+        return self._counted(batch, before)
+
+    def _counts(self) -> tuple[int, int, int]:
+        merger = self._reader.merger
+        return merger.partial_merges, merger.truncated_lines, merger.malformed_lines
+
+    def _counted(self, batch: TailBatch, before: tuple[int, int, int]) -> TailBatch:
+        """``batch`` with what its read merged, cut and found malformed."""
+        after = self._counts()
+        batch.partial_merges = after[0] - before[0]
+        batch.truncated_lines = after[1] - before[1]
+        batch.malformed_lines = after[2] - before[2]
+        return batch
 
     def close(self) -> None:
         """Release the descriptor. Safe to call twice."""

@@ -43,6 +43,8 @@ from typing import Any
 
 import orjson
 
+from logferry.common.errors import ConfigError
+from logferry.common.store_access import add_store_arguments, store_access_from_args
 from logferry.tools.verify_inputs import (
     DlqSource,
     Expectation,
@@ -377,8 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
             "by reading documents. Exit 0 all delivered once, 1 missing or duplicated records, "
             "2 usage or connection error."
         ),
+        # No abbreviations: "--password S" must be refused, not read as --password-file S.
+        allow_abbrev=False,
     )
-    parser.add_argument("--store", required=True, metavar="URL", help="OpenSearch/ES base URL")
+    add_store_arguments(parser, required=True)
     parser.add_argument("--index", default="logs-*", metavar="PATTERN", help="default: logs-*")
     parser.add_argument("--namespace", metavar="NS", help="only this tenant's records")
     parser.add_argument("--since", metavar="TIME", help="ISO 8601, or 15m / 2h / 1d ago")
@@ -402,11 +406,6 @@ def build_parser() -> argparse.ArgumentParser:
         "'/var/log/pods/*/*/*.log*' (repeatable; needs --node)",
     )
     parser.add_argument("--node", metavar="NAME", help="node name of the manifest's/files' node")
-    parser.add_argument("--user", metavar="U", help="basic auth user")
-    parser.add_argument("--password", metavar="P", help="basic auth password")
-    parser.add_argument("--api-key", metavar="K", help="API key (id:key or its base64)")
-    parser.add_argument("--ca-file", type=Path, metavar="F", help="CA bundle for https")
-    parser.add_argument("--insecure", action="store_true", help="do not verify the certificate")
     parser.add_argument(
         "--timeout", type=float, default=300.0, metavar="SECONDS", help="per request"
     )
@@ -417,10 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace, now: datetime | None = None) -> VerifyOptions:
     """Options from parsed arguments; VerifyError on an inconsistent combination."""
     now = datetime.now(UTC) if now is None else now
-    if args.api_key and (args.user or args.password):
-        raise VerifyError("use either --user/--password or --api-key")
-    if args.password and not args.user:
-        raise VerifyError("--password needs --user")
+    try:
+        store = store_access_from_args(args)
+    except ConfigError as exc:
+        raise VerifyError(exc.reason) from exc
     if (args.manifest or args.files) and not args.node:
         raise VerifyError("--manifest and --files need --node")
     since = parse_time(args.since, now) if args.since else None
@@ -428,7 +427,7 @@ def options_from_args(args: argparse.Namespace, now: datetime | None = None) -> 
     if since is not None and until is not None and since >= until:
         raise VerifyError("--since must be before --until")
     return VerifyOptions(
-        store_url=args.store,
+        store=store,
         index=args.index,
         namespace=args.namespace,
         since=since,
@@ -438,11 +437,6 @@ def options_from_args(args: argparse.Namespace, now: datetime | None = None) -> 
         manifest_file=args.manifest,
         files=tuple(args.files),
         node=args.node,
-        username=args.user,
-        password=args.password,
-        api_key=args.api_key,
-        ca_file=args.ca_file,
-        insecure=args.insecure,
         request_timeout_s=args.timeout,
     )
 

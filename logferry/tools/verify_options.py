@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from logferry.common.errors import LogferryError
+from logferry.common.store_access import StoreAccess
 
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -23,7 +24,8 @@ class VerifyError(LogferryError):
 class VerifyOptions:
     """What to verify and where; the CLI flags of ``logferry verify``."""
 
-    store_url: str
+    store: StoreAccess
+    """The store's nodes, credentials and TLS (the ``--url`` ... ``--insecure`` flags)."""
     index: str = "logs-*"
     namespace: str | None = None
     since: datetime | None = None
@@ -34,15 +36,9 @@ class VerifyOptions:
     positions_file: Path | None = None
     manifest_file: Path | None = None
     node: str | None = None
+    """Node name of the manifest's files (part of their source ids)."""
     files: tuple[str, ...] = ()
     """Globs of container log files still on disk, whose records are counted (needs node)."""
-    """Node name of the manifest's files (part of their source ids)."""
-    username: str | None = None
-    password: str | None = None
-    api_key: str | None = None
-    """``id:key`` or its base64, sent as ``Authorization: ApiKey``."""
-    ca_file: Path | None = None
-    insecure: bool = False
     request_timeout_s: float = 300.0
 
 

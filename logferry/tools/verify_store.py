@@ -1,13 +1,14 @@
 """The OpenSearch side of ``logferry verify``: the HTTP session and its few REST calls
 (refresh, search), the window query, the ``composite`` aggregation paged over (source, seq
 block) buckets and folded into per-source block tables, the exact recount of blocks whose
-cardinality came out low, and the lookup of dead-lettered seqs in the store.
+cardinality came out low, and the lookup of dead-lettered seqs in the store. Credentials and
+TLS come from :class:`~logferry.common.store_access.StoreAccess`, as for the aggregator.
 """
 
 from __future__ import annotations
 
-import base64
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from logferry.common.errors import OutputError
 from logferry.tools.verify_options import VerifyError, VerifyOptions, epoch_ms
 
 SRC_FIELD = "_lf.src.keyword"
@@ -120,28 +122,44 @@ def apply_recount(block: BlockStats, doubled: Iterable[Mapping[str, Any]]) -> No
 class StoreClient:
     """The few REST calls verify makes, over one aiohttp session."""
 
-    def __init__(self, options: VerifyOptions, session: aiohttp.ClientSession) -> None:
-        self.url = options.store_url.rstrip("/")
+    def __init__(
+        self,
+        options: VerifyOptions,
+        session: aiohttp.ClientSession,
+        ssl_option: ssl.SSLContext | bool,
+    ) -> None:
         self.options = options
+        self._urls = deque(url.rstrip("/") for url in options.store.urls)
         self._session = session
-        self._ssl = _ssl_option(options)
+        self._ssl = ssl_option
         self._index = quote(options.index, safe="*,")
 
+    @property
+    def url(self) -> str:
+        """The node requests go to: the first ``--url``, until it cannot be reached."""
+        return self._urls[0]
+
     async def request(self, method: str, path: str, body: Any = None) -> Any:
-        """The JSON answer; VerifyError on any failure, with the store's reason."""
-        url = f"{self.url}{path}"
-        try:
-            async with self._session.request(
-                method,
-                url,
-                data=None if body is None else orjson.dumps(body),
-                headers={"Content-Type": "application/json"},
-                ssl=self._ssl,
-            ) as response:
-                payload = await response.json(content_type=None)
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            raise VerifyError(f"store {self.url}: {type(exc).__name__}: {exc}") from exc
+        """The JSON answer; VerifyError on any failure, with the store's reason. A node that
+        cannot be connected to hands over to the next one, if there are several."""
+        data = None if body is None else orjson.dumps(body)
+        for nodes_left in reversed(range(len(self._urls))):
+            try:
+                async with self._session.request(
+                    method,
+                    f"{self.url}{path}",
+                    data=data,
+                    headers={"Content-Type": "application/json"},
+                    ssl=self._ssl,
+                ) as response:
+                    payload = await response.json(content_type=None)
+                    status = response.status
+                break
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+                if isinstance(exc, aiohttp.ClientConnectorError) and nodes_left:
+                    self._urls.rotate(-1)  # never reached: that node goes last, try the next
+                    continue
+                raise VerifyError(f"store {self.url}: {type(exc).__name__}: {exc}") from exc
         if status >= 300:
             raise VerifyError(
                 f"store {method} {path.split('?')[0]}: {_store_reason(status, payload)}"
@@ -261,9 +279,13 @@ def window_query(options: VerifyOptions) -> dict[str, Any]:
 @asynccontextmanager
 async def open_store(options: VerifyOptions) -> AsyncIterator[StoreClient]:
     """A :class:`StoreClient` over a new session (auth, timeout), closed on leaving."""
+    try:  # the secret files and the CA bundle are read here
+        headers, ssl_option = options.store.headers(), options.store.ssl_option()
+    except OutputError as exc:
+        raise VerifyError(str(exc)) from exc
     timeout = aiohttp.ClientTimeout(total=options.request_timeout_s)
-    async with aiohttp.ClientSession(headers=_auth_header(options), timeout=timeout) as session:
-        yield StoreClient(options, session)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+        yield StoreClient(options, session, ssl_option)
 
 
 def _bool_filter(filters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -285,26 +307,3 @@ def _store_reason(status: int, payload: Any) -> str:
         root = (error.get("root_cause") or [error])[0]
         return f"HTTP {status}: {root.get('type', '')}: {root.get('reason', '')}"
     return f"HTTP {status}: {str(error or payload)[:300]}"
-
-
-def _auth_header(options: VerifyOptions) -> dict[str, str]:
-    if options.api_key:
-        key = options.api_key.strip()
-        if ":" in key:
-            key = base64.b64encode(key.encode()).decode()
-        return {"Authorization": f"ApiKey {key}"}
-    if options.username:
-        token = base64.b64encode(f"{options.username}:{options.password or ''}".encode())
-        return {"Authorization": f"Basic {token.decode()}"}
-    return {}
-
-
-def _ssl_option(options: VerifyOptions) -> ssl.SSLContext | bool:
-    if options.insecure:
-        return False
-    if options.ca_file is None:
-        return True
-    try:
-        return ssl.create_default_context(cafile=str(options.ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise VerifyError(f"cannot load --ca-file: {exc}") from exc

@@ -141,7 +141,7 @@ async def test_forwarder_spool_volume_full_pauses_tailing_then_delivers_everythi
         daemons.append(fwd)
         await fwd.start()
         assert len(events(fwd, "spool.volume_small")) == 1  # 8 MiB < spool.max_bytes
-        assert await fwd.metric("logferry_spool_volume_bytes") == 8 << 20
+        assert await fwd.metric("logferry_node_spool_volume_bytes") == 8 << 20
         writer.write(100)
         positions = volume / "positions"
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from logferry.common.store_access import StoreAccess
 from logferry.tools.verify import VerifyError, VerifyOptions, VerifyReport, verify
 from tests.integration.test_aggregator import aggregator_config
 from tests.support.daemon import DaemonProcess
@@ -207,7 +208,7 @@ class Pipeline:
 
     def verify_options(self) -> VerifyOptions:
         return VerifyOptions(
-            store_url=self.store_url,
+            store=StoreAccess(urls=[self.store_url]),
             index=self.index_pattern,
             # Absent until the first save, and for a moment after a damaged one is set aside.
             positions_file=self.positions if self.positions.exists() else None,

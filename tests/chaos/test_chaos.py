@@ -89,7 +89,7 @@ async def test_3_store_down_for_a_while_spools_fill_then_drain(
         await pipeline.wait_loadgen()
 
         async def spooled() -> bool:
-            held = [await a.metric("logferry_spool_records") for a in pipeline.aggregators]
+            held = [await a.metric("logferry_spool_fragments") for a in pipeline.aggregators]
             return sum(held) > 0 and await pipeline.forwarder.metric("logferry_lag_bytes") == 0
 
         await wait_until(spooled, timeout_s=120, what="the aggregators to hold the backlog")

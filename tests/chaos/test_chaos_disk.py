@@ -139,7 +139,7 @@ async def test_7_aggregator_volume_full_acks_stop_and_resume(
             # (The node spool also holds what is merely in flight, so it can pass its mark
             # before an aggregator holds anything: wait for both.)
             held = [await a.metric("logferry_spool_bytes") for a in pipeline.aggregators]
-            forwarder = await pipeline.forwarder.metric("logferry_spool_bytes")
+            forwarder = await pipeline.forwarder.metric("logferry_node_spool_bytes")
             return forwarder > 256 * 1024 and sum(held) > 0  # (one may have been favoured)
 
         await wait_until(held_by_both, timeout_s=120, what="both spools to hold data")
@@ -190,7 +190,7 @@ async def test_8_damaged_spool_and_positions_are_quarantined_and_reported(
     assert outcome.duplicates == 0
     missing_by_source = {row.source: row.missing for row in outcome_rows(pipeline) if row.missing}
     assert missing_by_source == dict(lost)
-    assert await pipeline.forwarder.metric("logferry_spool_quarantined_frames_total") >= 1
+    assert await pipeline.forwarder.metric("logferry_node_spool_quarantined_frames_total") >= 1
 
     # Now damage the position file while stopped: it is quarantined, every file is read again
     # from the start, the store's create-if-absent drops what it has, and the records lost with

@@ -218,7 +218,7 @@ async def test_store_down_then_up_loses_and_duplicates_nothing(
             await client.wait_ack(f"d-{n}")
 
         async def backlog() -> bool:
-            return await agg.metric("logferry_spool_records", tenant=ns) >= 1
+            return await agg.metric("logferry_spool_fragments", tenant=ns) >= 1
 
         await wait_until(backlog, timeout_s=10, what="a backlog while the store is down")
         assert await store.count(f"logs-{ns}-*") == 1000
@@ -226,7 +226,7 @@ async def test_store_down_then_up_loses_and_duplicates_nothing(
     await wait_count(store, f"logs-{ns}-*", 3000, timeout_s=90)
 
     async def drained() -> bool:
-        return await agg.metric("logferry_spool_records", tenant=ns) == 0
+        return await agg.metric("logferry_spool_fragments", tenant=ns) == 0
 
     await wait_until(drained, timeout_s=30, what="the spool to drain")
     assert await store.count(f"logs-{ns}-*") == 3000

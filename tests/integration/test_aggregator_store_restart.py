@@ -40,7 +40,7 @@ async def test_opensearch_down_then_started_receives_everything_once(
                 await client.wait_ack(f"a-{n}")
 
             async def backlog() -> bool:
-                return await agg.metric("logferry_spool_records", tenant="restart-a") > 0
+                return await agg.metric("logferry_spool_fragments", tenant="restart-a") > 0
 
             await wait_until(backlog, timeout_s=10, what="a backlog while the store is absent")
             node = OpenSearchNode(port, cluster_name="logferry-restart")
@@ -60,7 +60,7 @@ async def test_opensearch_down_then_started_receives_everything_once(
         await wait_count(store, "logs-restart-b-*", 2000, timeout_s=120)
 
         async def drained() -> bool:
-            return await agg.metric("logferry_spool_records") == 0
+            return await agg.metric("logferry_spool_fragments") == 0
 
         await wait_until(drained, timeout_s=60, what="every tenant spool to drain")
         assert await store.count("logs-restart-b-*") == 2000

@@ -26,6 +26,7 @@ from logferry.aggregator.dlq_cli import dlq_main
 from logferry.aggregator.documents import action_line
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.outputs import BulkOutput, BulkOutputSettings
+from logferry.aggregator.outputs.pump import drain
 from logferry.common.spool import Spool
 from tests.outputs_support import drain_until, fill, make_docs, open_spool, wait_until
 
@@ -197,7 +198,7 @@ async def test_an_unreachable_store_commits_nothing_then_the_real_node_gets_ever
     down = BulkOutput(bulk_settings(f"http://127.0.0.1:{refused_port}"), metrics, dlq)
     await down.start()
     stop = asyncio.Event()
-    task = asyncio.create_task(down.drain("team-a", spool, stop, 0.5))
+    task = asyncio.create_task(drain(down, "team-a", spool, stop, 0.5))
     failures = {"status": "connection_error"}
     await wait_until(lambda: sample(metrics, "logferry_bulk_requests_total", **failures) >= 5)
     stop.set()

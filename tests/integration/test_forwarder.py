@@ -340,7 +340,7 @@ async def test_spool_full_with_aggregators_down_pauses_tailing_then_everything_a
 
     async def paused() -> bool:
         return (
-            await fwd.metric("logferry_spool_bytes") >= 1024 * 1024
+            await fwd.metric("logferry_node_spool_bytes") >= 1024 * 1024
             and await fwd.metric("logferry_lag_bytes") > 0
         )
 

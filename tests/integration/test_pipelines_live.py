@@ -177,7 +177,7 @@ async def test_a_destination_suffix_stays_inside_the_tenant_and_a_failing_one_st
         # B flows while every one of A's items keeps being refused; A's backlog is visible.
         await wait_count(store, f"logs-{ns_b}-*", total * 100, timeout_s=120)
         assert await store.count(f"logs-{ns_a}*") == 0
-        assert await agg.metric("logferry_spool_records", tenant=ns_a) > 0
+        assert await agg.metric("logferry_spool_fragments", tenant=ns_a) > 0
         proxy.fail_429_index = None  # A's destination recovers: nothing of A was lost
         await wait_count(store, f"logs-{ns_a}.to-{ns_b}-*", total * 100, timeout_s=120)
         assert await store.count(f"logs-{ns_b}-*") == total * 100  # nothing of A went to B
@@ -189,6 +189,7 @@ async def test_a_destination_suffix_stays_inside_the_tenant_and_a_failing_one_st
 async def test_filtered_and_joined_lines_stay_provable_and_a_resend_cut_elsewhere_adds_nothing(
     opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
 ) -> None:
+    from logferry.common.store_access import StoreAccess
     from logferry.tools.verify import VerifyOptions, verify
 
     ns = unique_ns("proof")
@@ -216,7 +217,9 @@ async def test_filtered_and_joined_lines_stay_provable_and_a_resend_cut_elsewher
             await client.wait_ack(f"k-{number}")
     store = StoreReader(opensearch.url)
     await wait_count(store, f"logs-{ns}-*", 400)
-    report = await verify(VerifyOptions(store_url=opensearch.url, index=f"logs-{ns}-*"))
+    report = await verify(
+        VerifyOptions(store=StoreAccess(urls=[opensearch.url]), index=f"logs-{ns}-*")
+    )
     assert (report.totals.found, report.totals.missing, report.totals.duplicates) == (400, 0, 0)
     hits = {
         h["_source"]["_lf"]["seq"]: h["_source"]
@@ -238,6 +241,7 @@ async def test_a_stuck_tenant_past_its_share_is_parked_in_the_dlq_and_others_kee
     opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
 ) -> None:
     from logferry.aggregator.dlq_cli import dlq_main
+    from logferry.common.store_access import StoreAccess
     from logferry.tools.verify import VerifyOptions, verify
 
     ns_a, ns_b = unique_ns("stuck-a"), unique_ns("stuck-b")
@@ -274,7 +278,11 @@ async def test_a_stuck_tenant_past_its_share_is_parked_in_the_dlq_and_others_kee
         proxy.fail_429_index = None
         dlq_dir = Path(agg.config["dlq"]["directory"])
         report = await verify(
-            VerifyOptions(store_url=opensearch.url, index=f"logs-{ns_a}-*", dlq_dirs=(dlq_dir,))
+            VerifyOptions(
+                store=StoreAccess(urls=[opensearch.url]),
+                index=f"logs-{ns_a}-*",
+                dlq_dirs=(dlq_dir,),
+            )
         )
         assert report.totals.duplicates == 0
         await wait_count(store, f"logs-{ns_a}-*", chunks * 100 - int(parked), timeout_s=120)
@@ -282,7 +290,9 @@ async def test_a_stuck_tenant_past_its_share_is_parked_in_the_dlq_and_others_kee
         assert await asyncio.to_thread(dlq_main, replay) == 0
         await wait_count(store, f"logs-{ns_a}-*", chunks * 100, timeout_s=120)
         for ns, count in ((ns_a, chunks * 100), (ns_b, chunks * 20)):
-            final = await verify(VerifyOptions(store_url=opensearch.url, index=f"logs-{ns}-*"))
+            final = await verify(
+                VerifyOptions(store=StoreAccess(urls=[opensearch.url]), index=f"logs-{ns}-*")
+            )
             totals = final.totals
             assert (totals.found, totals.missing, totals.duplicates) == (count, 0, 0)
         assert await agg.stop() == 0

@@ -24,6 +24,7 @@ from opensearchctl import OpenSearchNode
 
 from logferry.aggregator.dlq import DeadLetter, encode_letter
 from logferry.common.records import record_id, source_id
+from logferry.common.store_access import StoreAccess
 from logferry.forwarder.positions import PositionStore, SourceState
 from logferry.tools.verify import VerifyOptions, verify
 
@@ -205,7 +206,7 @@ async def test_verify_counts_gaps_duplicates_dlq_positions_and_manifest_exactly(
     try:
         report = await verify(
             VerifyOptions(
-                store_url=opensearch.url,
+                store=StoreAccess(urls=[opensearch.url]),
                 index=f"logs-{tag}-*",
                 dlq_dirs=(dlq_dir,),
                 positions_file=tmp_path / "positions",
@@ -235,7 +236,7 @@ async def test_verify_counts_gaps_duplicates_dlq_positions_and_manifest_exactly(
         assert not report.ok
 
         code, out, err = await run_cli(
-            "--store",
+            "--url",
             opensearch.url,
             "--index",
             "logs-*",
@@ -264,7 +265,7 @@ async def test_verify_counts_gaps_duplicates_dlq_positions_and_manifest_exactly(
         }
         assert list(doc["namespaces"]) == [tag]
 
-        code, out, err = await run_cli("--store", opensearch.url, "--index", f"logs-{tag}-*")
+        code, out, err = await run_cli("--url", opensearch.url, "--index", f"logs-{tag}-*")
         assert code == 1, err
         assert out.splitlines()[-1] == "FAILED: 1005 missing, 1 duplicates"  # 10..14 without --dlq
         assert "1000-1999" in out
@@ -289,7 +290,7 @@ async def test_low_cardinality_block_is_recounted_and_since_judges_from_the_wind
         )
         report = await verify(
             VerifyOptions(
-                store_url=opensearch.url,
+                store=StoreAccess(urls=[opensearch.url]),
                 index=f"logs-{tag}-*",
                 since=datetime(2026, 11, 25, tzinfo=UTC),
             )
@@ -306,13 +307,13 @@ async def test_low_cardinality_block_is_recounted_and_since_judges_from_the_wind
         assert any("--since" in note for note in report.notes)
 
         code, out, err = await run_cli(
-            "--store", opensearch.url, "--index", f"logs-{tag}-*", "--since", "2026-11-25T00:00Z"
+            "--url", opensearch.url, "--index", f"logs-{tag}-*", "--since", "2026-11-25T00:00Z"
         )
         assert code == 0, out + err
         assert out.splitlines()[-1].startswith("OK: 1000 records of 1 sources")
 
         # Without the window the run starts at 0: 10..36999 are missing, exactly.
-        code, out, err = await run_cli("--store", opensearch.url, "--index", f"logs-{tag}-*")
+        code, out, err = await run_cli("--url", opensearch.url, "--index", f"logs-{tag}-*")
         assert code == 1, err
         assert out.splitlines()[-1] == "FAILED: 36990 missing, 0 duplicates"
         assert "10-36999" in out
@@ -324,12 +325,20 @@ async def test_no_matching_index_is_an_empty_pass_and_a_dead_store_exits_2(
     opensearch: OpenSearchNode, tmp_path: Path
 ) -> None:
     report = await verify(
-        VerifyOptions(store_url=opensearch.url, index=f"logs-none{uuid.uuid4().hex[:8]}-*")
+        VerifyOptions(
+            store=StoreAccess(urls=[opensearch.url]), index=f"logs-none{uuid.uuid4().hex[:8]}-*"
+        )
     )
     assert report.ok
     assert report.totals.sources == 0
 
-    code, _out, err = await run_cli("--store", "http://127.0.0.1:9", "--index", "logs-*")
+    code, _out, err = await run_cli("--url", "http://127.0.0.1:9", "--index", "logs-*")
     assert code == 2
     assert err.startswith("logferry verify: store http://127.0.0.1:9:")
     assert "Traceback" not in err
+    # A node that cannot be reached hands over to the next --url.
+    empty = f"logs-none{uuid.uuid4().hex[:8]}-*"
+    code, _out, err = await run_cli(
+        "--url", "http://127.0.0.1:9", "--url", opensearch.url, "--index", empty
+    )
+    assert code == 0, err

@@ -1,10 +1,9 @@
-"""The bulk output: item classification, backoff, request bodies, and delivery against a fake
-store (retries resend only failed items, 413 splits, rejects reach the DLQ before commit)."""
+"""The bulk output: item classification, request bodies, and delivery against a fake store
+(retries resend only failed items, 413 splits, rejects reach the DLQ before commit)."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,8 @@ from logferry.aggregator.dlq import DeadLetterQueue
 from logferry.aggregator.documents import render_fragment, split_fragment
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.outputs import BulkOutput, BulkOutputSettings, build_output
-from logferry.aggregator.outputs.bulk import backoff_delay, render_body, settle
+from logferry.aggregator.outputs.bulk_client import render_body, settle
+from logferry.aggregator.outputs.pump import drain
 from logferry.common.errors import OutputError
 from logferry.common.spool import Spool, SpoolBatch
 from tests.outputs_support import (
@@ -86,15 +86,6 @@ def test_settle_refuses_a_response_that_does_not_list_every_item() -> None:
     with pytest.raises(OutputError) as caught:
         settle(3, {"errors": False, "items": [item(201)]})
     assert caught.value.retriable
-
-
-def test_backoff_stays_within_full_jitter_bounds() -> None:
-    random.seed(7)
-    for attempt in range(40):
-        ceiling = min(2.0, 0.1 * 2**attempt)
-        delays = [backoff_delay(attempt, 0.1, 2.0) for _ in range(50)]
-        assert all(0 <= d <= ceiling for d in delays)
-    assert max(backoff_delay(1000, 0.1, 2.0) for _ in range(200)) > 1.0  # capped, not zero
 
 
 def test_body_is_the_fragments_lines_unchanged() -> None:
@@ -244,7 +235,7 @@ async def test_a_failing_tenant_does_not_starve_another_of_request_slots(tmp_pat
         )
         await output.start()
         stop = asyncio.Event()
-        stuck_task = asyncio.create_task(output.drain("stuck", stuck, stop, 1.0))
+        stuck_task = asyncio.create_task(drain(output, "stuck", stuck, stop, 1.0))
         try:
             await drain_until(output, "ok", healthy, lambda: healthy.records_pending == 0)
             assert stuck.records_pending == 5  # no fragment of the failing tenant committed
@@ -258,6 +249,37 @@ async def test_a_failing_tenant_does_not_starve_another_of_request_slots(tmp_pat
     await healthy.close()
 
 
+async def test_a_failing_tenant_keeps_one_batch_in_hand_until_it_delivers_again(
+    tmp_path: Path,
+) -> None:
+    healthy = asyncio.Event()
+
+    def respond(_: int, docs: list[Any]) -> Any:
+        return [(201, "")] * len(docs) if healthy.is_set() else 503
+
+    metrics = AggregatorMetrics()
+    spool = await open_spool(tmp_path / "spool")
+    await fill(spool, make_docs("logs-a", 10), per_fragment=5)
+    async with fake_store(respond) as store:
+        output = BulkOutput(settings(store.url), metrics, DeadLetterQueue(tmp_path / "dlq"))
+        await output.start()
+        assert output.concurrency("a") == 2  # max_in_flight before anything failed
+        stop = asyncio.Event()
+        task = asyncio.create_task(drain(output, "a", spool, stop, 1.0))
+        try:
+            await wait_until(lambda: len(store.requests) >= 2)
+            assert output.concurrency("a") == 1  # in backoff: one probe at a time
+            assert output.concurrency("b") == 2  # another tenant is not held back
+            healthy.set()
+            await wait_until(lambda: spool.records_pending == 0)
+            assert output.concurrency("a") == 2
+        finally:
+            stop.set()
+            await task
+            await output.close()
+    await spool.close()
+
+
 async def test_stop_returns_within_the_deadline_and_leaves_unsettled_batches_in_the_spool(
     tmp_path: Path,
 ) -> None:
@@ -267,7 +289,7 @@ async def test_stop_returns_within_the_deadline_and_leaves_unsettled_batches_in_
         output = BulkOutput(settings(store.url), AggregatorMetrics(), DeadLetterQueue(tmp_path))
         await output.start()
         stop = asyncio.Event()
-        task = asyncio.create_task(output.drain("a", spool, stop, 0.2))
+        task = asyncio.create_task(drain(output, "a", spool, stop, 0.2))
         await wait_until(lambda: len(store.requests) >= 3)
         stop.set()
         await asyncio.wait_for(task, timeout=5)

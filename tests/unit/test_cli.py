@@ -53,9 +53,9 @@ def test_config_reference_lists_every_key(capsys: pytest.CaptureFixture[str]) ->
     assert "`node_name` | `(required)`" in out
 
 
-def test_readme_config_reference_is_current() -> None:
+def test_config_reference_page_is_current() -> None:
     sys.path.insert(0, str(REPO / "scripts"))
-    from update_readme import README, render
+    from update_docs import DOCS, render
 
-    text = README.read_text()
-    assert render(text) == text, "README config reference is stale: run `make docs`"
+    text = DOCS.read_text()
+    assert render(text) == text, "docs/configuration.md is stale: run `make docs`"

@@ -1485,7 +1485,7 @@ def test_metric_scan_sees_every_aggregator_and_forwarder_metric() -> None:
     from prometheus_client import CollectorRegistry
 
     from logferry.aggregator.metrics import AggregatorMetrics
-    from logferry.forwarder.app import ForwarderMetrics
+    from logferry.forwarder.metrics import ForwarderMetrics
 
     registry = CollectorRegistry()
     ForwarderMetrics(registry)
@@ -1543,12 +1543,10 @@ def test_dashboard_queries_each_daemon_in_its_own_namespace() -> None:
     from prometheus_client import CollectorRegistry
 
     from logferry.aggregator.metrics import AggregatorMetrics
-    from logferry.forwarder.app import ForwarderMetrics
-    from logferry.forwarder.sender import SenderStats
+    from logferry.forwarder.metrics import ForwarderMetrics
 
     registry = CollectorRegistry()
-    ForwarderMetrics(registry)
-    SenderStats(registry)  # the forwarder's sender registers its own metrics
+    ForwarderMetrics(registry)  # every forwarder metric, the sender's included
     forwarder = _series_of(registry)
     aggregator = _series_of(AggregatorMetrics().registry)
     dashboard = json.loads(DASHBOARD.read_text())

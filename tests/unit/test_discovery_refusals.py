@@ -17,6 +17,7 @@ from logferry.forwarder.app import Forwarder
 from logferry.forwarder.config import ForwarderConfig, SourceSettings
 from logferry.forwarder.discovery import Discovery
 from logferry.forwarder.metadata import ContainerMeta, parse_file_name
+from logferry.forwarder.metrics import ForwarderMetrics
 from logferry.forwarder.pathguard import RefusedFileError, check_target, open_pod_log
 from tests.support.kubelet import container_log, glob_of, link_name
 
@@ -113,7 +114,9 @@ def test_links_out_of_the_pods_root_or_into_another_tenant_are_refused_once(
     thief = tmp_path / "containers" / link_name("evil", "x-2")
     thief.symlink_to(victim.path)
     registry = CollectorRegistry()
-    discovery = Discovery(SourceSettings(path_glob=glob_of(tmp_path)), "n1", registry=registry)
+    discovery = Discovery(
+        SourceSettings(path_glob=glob_of(tmp_path)), "n1", metrics=ForwarderMetrics(registry)
+    )
     for _ in range(3):  # rescans do not repeat the warnings or the counts
         found = discovery.scan()
         assert sorted(found) == sorted([str(honest.link), str(victim.link)])

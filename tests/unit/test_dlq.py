@@ -20,7 +20,7 @@ from logferry.aggregator.dlq import (
     DeadLetterSettings,
 )
 from logferry.aggregator.dlq_cli import dlq_main, load_output_settings
-from logferry.aggregator.outputs.bulk import BulkOutputSettings
+from logferry.aggregator.outputs.bulk_client import BulkOutputSettings
 
 
 def letter(

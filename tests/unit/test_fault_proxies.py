@@ -259,7 +259,7 @@ async def test_each_connection_counts_and_policy_spans_connections(
 # BulkFaultProxy
 # --------------------------------------------------------------------------------------------
 
-# What the aggregator's bulk client asks for (logferry.aggregator.outputs.bulk).
+# What the aggregator's bulk client asks for (logferry.aggregator.outputs.bulk_client).
 AGGREGATOR_FILTER = "errors,items.*.status,items.*.error"
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pytest
 
 from logferry.common.records import source_id
@@ -76,7 +77,7 @@ def test_source_id_comes_from_node_device_inode_generation() -> None:
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
     store = PositionStore(tmp_path / "positions")
     a = SourceState(NODE, 1, 10, 0, "5:ab", "/var/log/a.log", 500, 7)
-    b = SourceState(NODE, 1, 11, 2, "1024:cd", "/var/log/b.log.1", 9, 1, draining=True)
+    b = SourceState(NODE, 1, 11, 2, "1024:cd", "/var/log/b.log.1", 9, 1)
     store.update(a)
     store.update(b)
     assert store.save()
@@ -319,3 +320,13 @@ def test_a_missing_position_file_is_an_empty_store(tmp_path: Path) -> None:
     assert store.all() == []
     assert store.corrupt_loads == 0
     assert not list(tmp_path.glob("positions.corrupt-*"))
+
+
+def test_position_files_of_older_versions_still_load() -> None:
+    # They carried a "draining" flag per source that nothing ever set: it is ignored now.
+    state = SourceState(NODE, 1, 10, 0, "1024:ab", "/var/log/a.log", 4096, 12)
+    body = orjson.loads(encode_positions([state], [])[12:])
+    body["sources"][0]["draining"] = False
+    data = orjson.dumps(body)
+    framed = struct.pack("<4sII", b"LFP1", len(data), zlib.crc32(data)) + data
+    assert decode_positions(framed) == ([state], [])

@@ -16,6 +16,7 @@ from logferry.forwarder.endpoints import (
     refresh_dns_forever,
     refresh_dns_once,
 )
+from logferry.forwarder.metrics import ForwarderMetrics
 from logferry.forwarder.sender import Sender, SenderStats, chunk_id
 
 
@@ -222,7 +223,7 @@ def test_stats_mirror_to_a_prometheus_registry() -> None:
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry()
-    stats = SenderStats(registry)
+    stats = SenderStats(ForwarderMetrics(registry))
     stats.chunk_sent("a:1")
     stats.chunk_acked("a:1", 10, 0.02)
     stats.chunk_retried("b:1")

@@ -20,6 +20,7 @@ from logferry.common import protocol
 from logferry.common.spool import Spool
 from logferry.forwarder.config import SenderSettings
 from logferry.forwarder.entries import block_count, block_stream, make_block
+from logferry.forwarder.metrics import ForwarderMetrics
 from logferry.forwarder.parked_cli import parked_main
 from logferry.forwarder.parking import Parking, list_parked, read_parked
 from logferry.forwarder.sender import Sender
@@ -110,9 +111,10 @@ async def test_a_poison_chunk_is_parked_committed_and_the_rest_flows(
     peer = RefusingPeer("poison", reset=reset)
     await peer.start()
     registry = CollectorRegistry()
-    parking = Parking(tmp_path / "parked", registry=registry)
+    metrics = ForwarderMetrics(registry)
+    parking = Parking(tmp_path / "parked", metrics=metrics)
     sender = Sender(
-        settings([peer.address]), spool, node_name="n1", metrics=registry, parking=parking
+        settings([peer.address]), spool, node_name="n1", metrics=metrics, parking=parking
     )
     # One chunk (at most 50 records) carries both: the poison drags the innocent along.
     await spool.append([block("ok", 20, 0)])

@@ -312,18 +312,20 @@ def test_time_refuses_garbage() -> None:
 def test_options_refuse_inconsistent_flags() -> None:
     parser = build_parser()
     with pytest.raises(VerifyError, match="either"):
-        options_from_args(parser.parse_args(["--store", "u", "--user", "a", "--api-key", "k"]))
+        options_from_args(
+            parser.parse_args(["--url", "http://u", "--username", "a", "--api-key-file", "k"])
+        )
     with pytest.raises(VerifyError, match="--node"):
-        options_from_args(parser.parse_args(["--store", "u", "--manifest", "m.json"]))
+        options_from_args(parser.parse_args(["--url", "http://u", "--manifest", "m.json"]))
     with pytest.raises(VerifyError, match="before"):
         options_from_args(
-            parser.parse_args(["--store", "u", "--since", "1h", "--until", "2h"]), NOW
+            parser.parse_args(["--url", "http://u", "--since", "1h", "--until", "2h"]), NOW
         )
 
 
 def test_usage_errors_exit_2_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     assert verify_main([]) == 2
-    assert verify_main(["--store", "http://x", "--since", "soon"]) == 2
+    assert verify_main(["--url", "http://x", "--since", "soon"]) == 2
     assert "not a time" in capsys.readouterr().err
 
 

@@ -1,7 +1,13 @@
 """Where the aggregator's spooled documents go: a store (bulk), files, or nowhere (null).
 
 ``OutputSettings`` is the ``output:`` section of aggregator.yaml (chosen by ``type``);
-:func:`build_output` turns it into an :class:`~.base.Output`.
+:func:`build_output` turns it into an :class:`~.base.Output`, which :func:`~.pump.drain`
+runs on each tenant's spool.
+
+Modules: ``base`` (the Output contract), ``pump`` (the drain loop every output shares),
+``bulk_client`` (``_bulk`` settings, requests and how items settle), ``bulk_delivery``
+(retries and splitting until every document is settled), ``bulk_output`` (the store output),
+``file`` and ``null`` (the other outputs), ``dead_letters`` (what outputs cannot deliver).
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ from pydantic import Field
 from logferry.aggregator.dlq import DeadLetterQueue
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.outputs.base import Output
-from logferry.aggregator.outputs.bulk import BulkOutputSettings
-from logferry.aggregator.outputs.bulk_delivery import BulkOutput
+from logferry.aggregator.outputs.bulk_client import BulkOutputSettings
+from logferry.aggregator.outputs.bulk_output import BulkOutput
 from logferry.aggregator.outputs.file import FileOutput, FileOutputSettings
 from logferry.aggregator.outputs.null import NullOutput, NullOutputSettings
 
@@ -41,7 +47,7 @@ def build_output(
     metrics: AggregatorMetrics,
     dlq: DeadLetterQueue,
 ) -> Output:
-    """The output ``settings`` describe (call ``start()`` on it before ``drain``)."""
+    """The output ``settings`` describe (call ``start()`` on it before draining into it)."""
     if isinstance(settings, BulkOutputSettings):
         return BulkOutput(settings, metrics, dlq)
     if isinstance(settings, FileOutputSettings):

@@ -1,14 +1,12 @@
-"""Delivering documents through ``_bulk`` until each one is settled, and the bulk output.
+"""Delivering documents through ``_bulk`` until each one is settled.
 
 :class:`BulkDelivery` takes a list of documents and returns when every one is delivered
 (created or already there) or rejected for good, retrying the rest: a request that failed as a
 whole is resent after an exponential backoff with full jitter, a partial failure resends only
 the failed items, and a 413 splits the request in halves (a single document that is still too
-large is rejected). The shared ``slots`` semaphore is held only while a request is on the
-wire, never while sleeping, so one tenant in backoff never holds capacity others could use.
-
-:class:`BulkOutput` runs one :func:`~.pump.pump` per tenant and, per batch: delivers it,
-writes the rejected documents to the dead-letter queue (fsynced), and only then commits.
+large is rejected). The shared ``request_slots`` semaphore is held only while a request is on
+the wire, never while sleeping, so one tenant in backoff never holds capacity others could use.
+What to do with a spool batch (dead-letter, commit) is :mod:`.bulk_output`'s business.
 """
 
 from __future__ import annotations
@@ -16,39 +14,23 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-import aiohttp
-
-from logferry.aggregator.dlq import DeadLetter, DeadLetterQueue
-from logferry.aggregator.documents import Document, count_documents, split_fragment
+from logferry.aggregator.documents import Document
 from logferry.aggregator.metrics import AggregatorMetrics
-from logferry.aggregator.outputs.bulk import (
+from logferry.aggregator.outputs.bulk_client import (
     BulkClient,
-    BulkOutputSettings,
     BulkRequestError,
     BulkResult,
+    Rejection,
     RequestTooLargeError,
-    backoff_delay,
 )
-from logferry.aggregator.outputs.pump import pump
-from logferry.common.errors import OutputError
+from logferry.common.backoff import backoff_delay
 from logferry.common.logs import get_logger
-from logferry.common.spool import Spool, SpoolBatch
 
 log = get_logger(__name__)
 
 TOO_LARGE_REASON = "request_too_large: the document alone is over the store's request size limit"
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """A document the store refused for good (``position`` in the delivered list)."""
-
-    position: int
-    status: int
-    reason: str
-    kind: str
 
 
 @dataclass(slots=True)
@@ -58,7 +40,8 @@ class Settlement:
     delivered: int = 0
     duplicates: int = 0
     delivered_bytes: int = 0
-    refused: list[Refusal] = field(default_factory=list)
+    refused: list[Rejection] = field(default_factory=list)
+    """Documents the store refused for good (``position`` in the delivered list)."""
     unsettled: list[int] = field(default_factory=list)
     """Positions still failing when ``max_rounds`` ran out (never set without a limit)."""
 
@@ -76,7 +59,7 @@ class BulkDelivery:
     def __init__(
         self,
         client: BulkClient,
-        slots: asyncio.Semaphore,
+        request_slots: asyncio.Semaphore,
         *,
         metrics: AggregatorMetrics | None = None,
         tenant: str = "",
@@ -84,7 +67,7 @@ class BulkDelivery:
         max_rounds: int | None = None,
     ) -> None:
         self._client = client
-        self._slots = slots
+        self._request_slots = request_slots
         self._metrics = metrics
         self._tenant = tenant
         self._retry = retry or RetryState()
@@ -106,11 +89,7 @@ class BulkDelivery:
             if self._max_rounds is not None and rounds >= self._max_rounds:
                 settlement.unsettled = again
                 break
-            if self._metrics is not None:
-                self._metrics.retries.labels(tenant=self._tenant).inc(len(again))
-            delay = backoff_delay(self._retry.failures, self._initial_s, self._max_s)
-            self._retry.failures += 1
-            await asyncio.sleep(delay)
+            await self._back_off(len(again))
             pending = again
         return settlement
 
@@ -124,13 +103,13 @@ class BulkDelivery:
         while groups:
             group = groups.popleft()
             try:
-                async with self._slots:
+                async with self._request_slots:
                     result = await self._client.send([documents[p] for p in group])
             except RequestTooLargeError as exc:
                 self._count_request(exc.status)
                 if len(group) == 1:
                     settlement.refused.append(
-                        Refusal(group[0], 413, TOO_LARGE_REASON, "request_too_large")
+                        Rejection(group[0], 413, TOO_LARGE_REASON, "request_too_large")
                     )
                 else:  # halves go first, so the rest of the round waits behind them
                     middle = len(group) // 2
@@ -147,7 +126,8 @@ class BulkDelivery:
             settlement.duplicates += result.duplicates
             again.extend(group[position] for position in result.retry)
             settlement.refused.extend(
-                Refusal(group[r.position], r.status, r.reason, r.kind) for r in result.rejected
+                replace(rejection, position=group[rejection.position])
+                for rejection in result.rejected
             )
             if self._metrics is not None:
                 self._metrics.records_out.labels(tenant=self._tenant).inc(result.delivered)
@@ -165,18 +145,14 @@ class BulkDelivery:
         """
         while True:
             try:
-                async with self._slots:
+                async with self._request_slots:
                     result = await self._client.send_body(parts, count)
             except RequestTooLargeError as exc:
                 self._count_request(exc.status)
                 return None
             except BulkRequestError as exc:
                 self._request_failed(exc, count)
-                if self._metrics is not None:
-                    self._metrics.retries.labels(tenant=self._tenant).inc(count)
-                delay = backoff_delay(self._retry.failures, self._initial_s, self._max_s)
-                self._retry.failures += 1
-                await asyncio.sleep(delay)
+                await self._back_off(count)
                 continue
             break
         self._count_request(str(result.status))
@@ -192,10 +168,13 @@ class BulkDelivery:
             self._retry.failures = 0
         return result
 
-    @property
-    def retry_failures(self) -> int:
-        """Consecutive failed rounds of this tenant (0 when healthy)."""
-        return self._retry.failures
+    async def _back_off(self, documents: int) -> None:
+        """Count ``documents`` as retried and wait before the tenant's next attempt."""
+        if self._metrics is not None:
+            self._metrics.retries.labels(tenant=self._tenant).inc(documents)
+        delay = backoff_delay(self._retry.failures, self._initial_s, self._max_s)
+        self._retry.failures += 1
+        await asyncio.sleep(delay)
 
     def _request_failed(self, exc: BulkRequestError, documents: int) -> None:
         """Count and log a request that failed as a whole (its documents go out again)."""
@@ -213,155 +192,3 @@ class BulkDelivery:
     def _count_request(self, status: str) -> None:
         if self._metrics is not None:
             self._metrics.bulk_requests.labels(status=status).inc()
-
-
-class BulkOutput:
-    """The ``_bulk`` output: implements :class:`~.base.Output` (see its contract)."""
-
-    def __init__(
-        self, settings: BulkOutputSettings, metrics: AggregatorMetrics, dlq: DeadLetterQueue
-    ) -> None:
-        self.settings = settings
-        self._metrics = metrics
-        self._dlq = dlq
-        self._session: aiohttp.ClientSession | None = None
-        self._client: BulkClient | None = None
-        # Held only while a request is on the wire: shared by every tenant.
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
-        # Batches held in memory by all tenants together: memory is bounded by this times
-        # batch_max_bytes, however many tenants have a backlog.
-        self._held = asyncio.Semaphore(settings.max_in_flight + 2)
-
-    async def start(self) -> None:
-        """Open the HTTP session (credentials files are read here)."""
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self.settings.max_in_flight * 2)
-            self._session = aiohttp.ClientSession(connector=connector)
-            self._client = BulkClient(self.settings, self._session)
-
-    async def drain(
-        self, tenant: str, spool: Spool, stop: asyncio.Event, deadline_s: float
-    ) -> None:
-        """Deliver ``tenant``'s spool until ``stop`` (see the Output contract)."""
-        if self._client is None:
-            raise RuntimeError("BulkOutput.start() was not called")
-        retry = RetryState()
-        delivery = BulkDelivery(
-            self._client, self._slots, metrics=self._metrics, tenant=tenant, retry=retry
-        )
-        in_flight = self.settings.max_in_flight
-
-        async def handle(batch: SpoolBatch) -> None:
-            await self._settle_batch(tenant, spool, batch, delivery)
-
-        await pump(
-            tenant,
-            spool,
-            stop,
-            deadline_s,
-            max_records=self.settings.batch_max_records,
-            max_bytes=self.settings.batch_max_bytes,
-            # A failing tenant keeps one batch in hand, not max_in_flight: its memory stays
-            # small while it waits, and the store sees one probe instead of a burst.
-            concurrency=lambda: 1 if retry.failures else in_flight,
-            handle=handle,
-            slots=self._held,
-        )
-
-    async def _settle_batch(
-        self, tenant: str, spool: Spool, batch: SpoolBatch, delivery: BulkDelivery
-    ) -> None:
-        documents: list[Document] = []
-        letters: list[DeadLetter] = []
-        refused: list[tuple[Document, Refusal]] = []
-        # Fast path: fragments already are _bulk NDJSON, so a group of them is a request body
-        # as it stands. Only what does not settle at once is split into documents, and of a
-        # partial failure only the failed items go on (refused ones to the DLQ, the rest to
-        # the per-document path that retries them with backoff).
-        slow: list[bytes] = []
-        for group, count in _groups(batch.records, self.settings.batch_max_records):
-            fast = count <= self.settings.batch_max_records
-            result = await delivery.deliver_whole(group, count) if fast else None
-            if result is None:
-                slow.extend(group)
-                continue
-            if not result.retry and not result.rejected:
-                continue
-            try:
-                group_docs = [doc for fragment in group for doc in split_fragment(fragment)]
-            except ValueError:
-                slow.extend(group)  # cannot map items to documents: the slow path sorts it out
-                continue
-            documents.extend(group_docs[position] for position in result.retry)
-            refused.extend(
-                (group_docs[r.position], Refusal(r.position, r.status, r.reason, r.kind))
-                for r in result.rejected
-            )
-        for fragment in slow:
-            try:
-                documents.extend(split_fragment(fragment))
-            except ValueError:  # never rendered by us: keep it for an operator, do not loop
-                letters.append(
-                    DeadLetter(tenant, "", "", 0, "malformed_fragment: odd line count", fragment)
-                )
-                self._metrics.dlq_records.labels(tenant=tenant, reason="malformed_fragment").inc()
-        settlement = await delivery.deliver(documents) if documents else Settlement()
-        refused.extend((documents[r.position], r) for r in settlement.refused)
-        for doc, refusal in refused:
-            letters.append(
-                DeadLetter(
-                    tenant, doc.index, doc.doc_id, refusal.status, refusal.reason, doc.source
-                )
-            )
-            self._metrics.dlq_records.labels(tenant=tenant, reason=refusal.kind).inc()
-        if refused:
-            first_doc, first = refused[0]
-            log.warning(  # one line per batch; every document is in the DLQ with its reason
-                "bulk.documents_rejected",
-                tenant=tenant,
-                count=len(refused),
-                first_index=first_doc.index,
-                first_doc_id=first_doc.doc_id,
-                first_status=first.status,
-                first_reason=first.reason,
-            )
-        await self._dead_letter(tenant, letters)
-        spool.commit(batch)
-
-    async def _dead_letter(self, tenant: str, letters: list[DeadLetter]) -> None:
-        """Write ``letters`` durably, retrying with backoff: the batch waits, uncommitted."""
-        attempt = 0
-        while letters:
-            try:
-                await self._dlq.append(letters)
-                return
-            except OutputError as exc:
-                log.error("dlq.append_failed", tenant=tenant, attempt=attempt, error=str(exc))
-                await asyncio.sleep(
-                    backoff_delay(attempt, self.settings.retry_initial_s, self.settings.retry_max_s)
-                )
-                attempt += 1
-
-    async def close(self) -> None:
-        """Close the HTTP session. Safe to call twice."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-
-def _groups(fragments: list[bytes], max_documents: int) -> list[tuple[list[bytes], int]]:
-    """Consecutive fragments gathered into groups of at most ``max_documents`` documents (a
-    single larger fragment forms a group of its own)."""
-    groups: list[tuple[list[bytes], int]] = []
-    current: list[bytes] = []
-    count = 0
-    for fragment in fragments:
-        n = count_documents(fragment)
-        if current and count + n > max_documents:
-            groups.append((current, count))
-            current, count = [], 0
-        current.append(fragment)
-        count += n
-    if current:
-        groups.append((current, count))
-    return groups

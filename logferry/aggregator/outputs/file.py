@@ -25,18 +25,16 @@ from pydantic import Field
 from logferry.aggregator.dlq import DeadLetter, DeadLetterQueue
 from logferry.aggregator.documents import split_fragment
 from logferry.aggregator.metrics import AggregatorMetrics
-from logferry.aggregator.outputs.bulk import backoff_delay
-from logferry.aggregator.outputs.pump import pump
+from logferry.aggregator.outputs.dead_letters import DeadLetterWriter, malformed_fragment
+from logferry.common.backoff import backoff_delay
 from logferry.common.config import ConfigModel
-from logferry.common.errors import OutputError
 from logferry.common.files import FILE_MODE, fsync_dir, make_private_dirs
 from logferry.common.logs import get_logger
 from logferry.common.spool import Spool, SpoolBatch
-from logferry.common.units import ByteSize
+from logferry.common.units import ByteSize, MiB
 
 log = get_logger(__name__)
 
-MiB = 1024 * 1024
 # The store's own index-name rules, which also keep a name from escaping its directory.
 _INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,254}$")
 
@@ -73,8 +71,13 @@ class FileOutput:
         self, settings: FileOutputSettings, metrics: AggregatorMetrics, dlq: DeadLetterQueue
     ) -> None:
         self.settings = settings
+        self.batch_max_records = settings.batch_max_records
+        self.batch_max_bytes = settings.batch_max_bytes
+        self.slots = None  # no cap across tenants: each holds one batch (concurrency)
         self._metrics = metrics
-        self._dlq = dlq
+        self._letters = DeadLetterWriter(
+            dlq, retry_initial_s=settings.retry_initial_s, retry_max_s=settings.retry_max_s
+        )
         self._root = Path(settings.directory)
         self._files: dict[str, _IndexFile] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -84,29 +87,15 @@ class FileOutput:
         """Create the root folder (0700: it holds every tenant's documents)."""
         await asyncio.to_thread(make_private_dirs, self._root)
 
-    async def drain(
-        self, tenant: str, spool: Spool, stop: asyncio.Event, deadline_s: float
-    ) -> None:
-        """Write ``tenant``'s spool to files until ``stop`` (see the Output contract)."""
-
-        async def handle(batch: SpoolBatch) -> None:
-            await self._settle_batch(tenant, spool, batch)
-
-        await pump(
-            tenant,
-            spool,
-            stop,
-            deadline_s,
-            max_records=self.settings.batch_max_records,
-            max_bytes=self.settings.batch_max_bytes,
-            concurrency=1,  # one batch at a time keeps each tenant's lines in spool order
-            handle=handle,
-        )
+    def concurrency(self, tenant: str) -> int:
+        """One batch at a time: it keeps each tenant's lines in spool order."""
+        return 1
 
     async def close(self) -> None:
         """Nothing stays open between batches. Safe to call twice."""
 
-    async def _settle_batch(self, tenant: str, spool: Spool, batch: SpoolBatch) -> None:
+    async def settle(self, tenant: str, spool: Spool, batch: SpoolBatch) -> None:
+        """Write ``batch``'s documents (fsynced), dead-letter what cannot be written, commit."""
         by_index: dict[str, list[bytes]] = {}
         letters: list[DeadLetter] = []
         nbytes = 0
@@ -114,10 +103,7 @@ class FileOutput:
             try:
                 documents = split_fragment(fragment)
             except ValueError:
-                letters.append(
-                    DeadLetter(tenant, "", "", 0, "malformed_fragment: odd line count", fragment)
-                )
-                self._metrics.dlq_records.labels(tenant=tenant, reason="malformed_fragment").inc()
+                letters.append(malformed_fragment(tenant, fragment, self._metrics))
                 continue
             for doc in documents:
                 index = doc.index
@@ -150,25 +136,11 @@ class FileOutput:
                 )
                 await asyncio.sleep(delay)
                 attempt += 1
-        await self._dead_letter(tenant, letters)
+        await self._letters.write(tenant, letters)
         spool.commit(batch)
         written = sum(len(lines) for lines in by_index.values())
         self._metrics.records_out.labels(tenant=tenant).inc(written)
         self._metrics.bytes_out.labels(tenant=tenant).inc(nbytes)
-
-    async def _dead_letter(self, tenant: str, letters: list[DeadLetter]) -> None:
-        attempt = 0
-        while letters:
-            try:
-                await self._dlq.append(letters)
-                return
-            except OutputError as exc:
-                log.error("dlq.append_failed", tenant=tenant, attempt=attempt, error=str(exc))
-                delay = backoff_delay(
-                    attempt, self.settings.retry_initial_s, self.settings.retry_max_s
-                )
-                await asyncio.sleep(delay)
-                attempt += 1
 
     # ------------------------------------------------------------ blocking part
 

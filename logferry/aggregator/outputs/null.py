@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Literal
 
 from pydantic import Field
 
 from logferry.aggregator.documents import count_documents
 from logferry.aggregator.metrics import AggregatorMetrics
-from logferry.aggregator.outputs.pump import pump
 from logferry.common.config import ConfigModel
 from logferry.common.spool import Spool, SpoolBatch
-from logferry.common.units import ByteSize
-
-MiB = 1024 * 1024
+from logferry.common.units import ByteSize, MiB
 
 
 class NullOutputSettings(ConfigModel):
@@ -33,33 +29,24 @@ class NullOutput:
 
     def __init__(self, settings: NullOutputSettings, metrics: AggregatorMetrics) -> None:
         self.settings = settings
+        self.batch_max_records = settings.batch_max_records
+        self.batch_max_bytes = settings.batch_max_bytes
+        self.slots = None
         self._metrics = metrics
 
     async def start(self) -> None:
         """Nothing to open."""
 
-    async def drain(
-        self, tenant: str, spool: Spool, stop: asyncio.Event, deadline_s: float
-    ) -> None:
-        """Commit ``tenant``'s batches as they come until ``stop``."""
-        records_out = self._metrics.records_out.labels(tenant=tenant)
-        bytes_out = self._metrics.bytes_out.labels(tenant=tenant)
+    def concurrency(self, tenant: str) -> int:
+        """One batch at a time: committing takes no time."""
+        return 1
 
-        async def handle(batch: SpoolBatch) -> None:
-            records_out.inc(sum(count_documents(fragment) for fragment in batch.records))
-            bytes_out.inc(sum(len(fragment) for fragment in batch.records))
-            spool.commit(batch)
-
-        await pump(
-            tenant,
-            spool,
-            stop,
-            deadline_s,
-            max_records=self.settings.batch_max_records,
-            max_bytes=self.settings.batch_max_bytes,
-            concurrency=1,
-            handle=handle,
-        )
+    async def settle(self, tenant: str, spool: Spool, batch: SpoolBatch) -> None:
+        """Count ``batch``'s documents as delivered and commit it."""
+        records = sum(count_documents(fragment) for fragment in batch.records)
+        self._metrics.records_out.labels(tenant=tenant).inc(records)
+        self._metrics.bytes_out.labels(tenant=tenant).inc(sum(map(len, batch.records)))
+        spool.commit(batch)
 
     async def close(self) -> None:
         """Nothing to close."""

@@ -1,18 +1,21 @@
 """The drain loop every output shares: read batches, hand each to a handler, stop cleanly.
 
-A handler settles one batch (delivers it, dead-letters what the destination refused for
-good) and commits it; it retries inside. The pump keeps up to ``concurrency`` batches of
-one tenant in hand, so memory stays bounded (``concurrency * max_bytes``). On stop it reads
-nothing new, gives the handlers ``deadline_s`` to finish, then cancels the rest: their
-batches stay uncommitted in the spool and go out after the next start.
+:func:`drain` is how the aggregator runs any :class:`~.base.Output` on a tenant's spool:
+:func:`pump` with the output's batch limits, concurrency and shared slots, and its
+``settle`` as the handler. A handler settles one batch (delivers it, dead-letters what the
+destination refused for good) and commits it; it retries inside. The pump keeps up to
+``concurrency`` batches of one tenant in hand, so memory stays bounded (``concurrency *
+max_bytes``). On stop it reads nothing new, gives the handlers ``deadline_s`` to finish, then
+cancels the rest: their batches stay uncommitted in the spool and go out after the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
+from logferry.aggregator.outputs.base import Output
 from logferry.common.errors import SpoolClosedError
 from logferry.common.logs import get_logger
 from logferry.common.spool import Spool, SpoolBatch
@@ -20,10 +23,33 @@ from logferry.common.spool import Spool, SpoolBatch
 log = get_logger(__name__)
 
 BatchHandler = Callable[[SpoolBatch], Coroutine[Any, Any, None]]
+_T = TypeVar("_T")
 
 
 _SLOT_READ_TIMEOUT_S = 1.0
 """How long a pump holding a shared slot waits for its read before giving the slot back."""
+
+
+async def drain(
+    output: Output, tenant: str, spool: Spool, stop: asyncio.Event, deadline_s: float
+) -> None:
+    """Settle ``tenant``'s spool through ``output`` until ``stop`` is set (see the module
+    docstring and the Output contract); a failing ``settle`` propagates from here."""
+
+    async def settle(batch: SpoolBatch) -> None:
+        await output.settle(tenant, spool, batch)
+
+    await pump(
+        tenant,
+        spool,
+        stop,
+        deadline_s,
+        max_records=output.batch_max_records,
+        max_bytes=output.batch_max_bytes,
+        concurrency=lambda: output.concurrency(tenant),
+        handle=settle,
+        slots=output.slots,
+    )
 
 
 async def read_or_stop(
@@ -38,18 +64,11 @@ async def read_or_stop(
     passed) first."""
     if stop.is_set():
         return None
-    read = asyncio.ensure_future(
-        spool.read(max_records=max_records, max_bytes=max_bytes, timeout_s=timeout_s)
+    # A read cancelled after taking a batch only leaves it uncommitted: it is read again
+    # after a restart (resends are harmless), never lost.
+    read = await _unless_stopped(
+        spool.read(max_records=max_records, max_bytes=max_bytes, timeout_s=timeout_s), stop
     )
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (read, stopped):
-            task.cancel()
-        # A read cancelled after taking a batch only leaves it uncommitted: it is read again
-        # after a restart (resends are harmless), never lost.
-        await asyncio.gather(read, stopped, return_exceptions=True)
     if read.cancelled():
         return None
     try:
@@ -133,17 +152,24 @@ async def pump(
         raise failures[0]
 
 
-async def _unread_or_stop(spool: Spool, stop: asyncio.Event) -> bool:
-    """Wait until ``spool`` has a record to read (True) or ``stop`` / closing (False)."""
-    unread = asyncio.ensure_future(spool.wait_unread())
+async def _unless_stopped(work: Awaitable[_T], stop: asyncio.Event) -> asyncio.Future[_T]:
+    """Run ``work`` until it finishes or ``stop`` is set; its future, cancelled if ``stop``
+    came first (or if the caller was cancelled meanwhile)."""
+    future = asyncio.ensure_future(work)
     stopped = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait({unread, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({future, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (unread, stopped):
-            task.cancel()
-        await asyncio.gather(unread, stopped, return_exceptions=True)
-    return unread.done() and not unread.cancelled() and unread.exception() is None
+        for task in (future, stopped):
+            task.cancel()  # a no-op on the one that finished
+        await asyncio.gather(future, stopped, return_exceptions=True)
+    return future
+
+
+async def _unread_or_stop(spool: Spool, stop: asyncio.Event) -> bool:
+    """Wait until ``spool`` has a record to read (True) or ``stop`` / closing (False)."""
+    unread = await _unless_stopped(spool.wait_unread(), stop)
+    return not unread.cancelled() and unread.exception() is None
 
 
 async def _first_of(tasks: set[asyncio.Task[None]], stop: asyncio.Event) -> None:
@@ -158,15 +184,7 @@ async def _first_of(tasks: set[asyncio.Task[None]], stop: asyncio.Event) -> None
 
 async def _acquire_or_stop(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
     """Take a slot; False if ``stop`` came first (nothing held then)."""
-    acquire = asyncio.ensure_future(slots.acquire())
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({acquire, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        if not acquire.done():
-            acquire.cancel()
-        await asyncio.gather(acquire, stopped, return_exceptions=True)
+    acquire = await _unless_stopped(slots.acquire(), stop)
     if acquire.cancelled():
         return False
     if stop.is_set():

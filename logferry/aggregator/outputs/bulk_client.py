@@ -6,19 +6,17 @@ harmless), retry (429, 5xx, a block that clears by itself), or rejected (any oth
 mapping conflict, oversize, invalid — the dead-letter queue takes it with the server's
 reason). A request that fails as a whole (connection, timeout, 401/403, 429, 5xx) is an
 ``OutputError`` and never rejects a document; 413 is its own error so the caller can split.
-Retrying and splitting live in :mod:`.bulk_delivery`; this module knows nothing of spools.
+Retrying and splitting live in :mod:`.bulk_delivery`, the output that settles spool batches in
+:mod:`.bulk_output`; this module knows nothing of spools. The store's nodes, credentials and
+TLS are a :class:`~logferry.common.store_access.StoreAccess`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import random
 import re
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
@@ -30,9 +28,9 @@ from logferry.common.config import ConfigModel
 from logferry.common.deflate import gzip_parts
 from logferry.common.errors import OutputError
 from logferry.common.faults import crash_point
-from logferry.common.units import ByteSize
+from logferry.common.store_access import StoreAccess
+from logferry.common.units import ByteSize, MiB
 
-MiB = 1024 * 1024
 # Blocks that clear by themselves (disk flood stage, a closing index, a full write queue):
 # retry, never dead-letter.
 RETRIABLE_ERROR_TYPES = frozenset(
@@ -44,23 +42,16 @@ _ERROR_TYPE = re.compile(r"^[a-z_]{1,80}\Z")
 _REASON_MAX_CHARS = 2000
 
 
-class BulkOutputSettings(ConfigModel):
-    """Bulk writes to Elasticsearch 7/8/9 or OpenSearch 1/2/3."""
-
+class _BulkStoreType(ConfigModel):
     type: Literal["opensearch", "elasticsearch"]
     """Which store; both speak the same ``_bulk`` API."""
-    urls: list[str] = Field(min_length=1)
-    """Base URLs of the store's nodes (``https://es-0:9200``); requests rotate across them."""
-    username: str | None = None
-    """Basic auth user."""
-    password_file: Path | None = None
-    """File holding the basic auth password (a mounted Secret), read at start."""
-    api_key_file: Path | None = None
-    """File holding an API key (``id:key`` or its base64), sent as ``Authorization: ApiKey``."""
-    tls_ca_file: Path | None = None
-    """CA bundle to verify the store's certificate."""
-    tls_verify: bool = True
-    """Verify the store's certificate (turn off only for a throwaway test cluster)."""
+
+
+# Fields are listed base by base, the last base first: ``type`` leads, then the store's access
+# keys, then the bulk keys (the order of the generated configuration reference).
+class BulkOutputSettings(StoreAccess, _BulkStoreType):
+    """Bulk writes to Elasticsearch 7/8/9 or OpenSearch 1/2/3."""
+
     batch_max_records: int = Field(default=5000, ge=1, le=100_000)
     """Most documents in one request."""
     batch_max_bytes: ByteSize = Field(default=4 * MiB, ge=1024)
@@ -78,16 +69,9 @@ class BulkOutputSettings(ConfigModel):
     """Longest retry delay."""
 
     @model_validator(mode="after")
-    def _auth(self) -> BulkOutputSettings:
-        if self.password_file and not self.username:
-            raise ValueError("password_file needs username")
-        if self.api_key_file and self.username:
-            raise ValueError("use either username/password_file or api_key_file, not both")
+    def _retry_range(self) -> BulkOutputSettings:
         if self.retry_initial_s > self.retry_max_s:
             raise ValueError("retry_initial_s cannot exceed retry_max_s")
-        for url in self.urls:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"url {url!r} must start with http:// or https://")
         return self
 
 
@@ -204,8 +188,8 @@ class BulkClient:
         self._headers = {"Content-Type": "application/x-ndjson"}
         if settings.gzip:
             self._headers["Content-Encoding"] = "gzip"
-        self._headers.update(auth_header(settings))
-        self._ssl = ssl_option(settings)
+        self._headers.update(settings.headers())
+        self._ssl = settings.ssl_option()
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
 
     def _endpoint(self) -> str:
@@ -284,37 +268,3 @@ class BulkClient:
             return settle(count, response_json)
         except OutputError as exc:
             raise BulkRequestError(str(exc), status="bad_response", endpoint=endpoint) from exc
-
-
-def backoff_delay(attempt: int, initial_s: float, max_s: float) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(max, initial * 2**attempt)]."""
-    return random.uniform(0, min(max_s, initial_s * (2 ** min(max(attempt, 0), 30))))
-
-
-def auth_header(settings: BulkOutputSettings) -> dict[str, str]:
-    """The ``Authorization`` header from the configured secret files (read now, at start)."""
-    try:
-        if settings.api_key_file is not None:
-            key = settings.api_key_file.read_text().strip()
-            if ":" in key:
-                key = base64.b64encode(key.encode()).decode()
-            return {"Authorization": f"ApiKey {key}"}
-        if settings.username is not None:
-            password = settings.password_file.read_text().strip() if settings.password_file else ""
-            token = base64.b64encode(f"{settings.username}:{password}".encode()).decode()
-            return {"Authorization": f"Basic {token}"}
-    except OSError as exc:
-        raise OutputError(f"cannot read a credentials file: {exc}", retriable=False) from exc
-    return {}
-
-
-def ssl_option(settings: BulkOutputSettings) -> ssl.SSLContext | bool:
-    """aiohttp's ``ssl=`` argument: a context with the CA bundle, False if unverified."""
-    if not settings.tls_verify:
-        return False
-    if settings.tls_ca_file is None:
-        return True
-    try:
-        return ssl.create_default_context(cafile=str(settings.tls_ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise OutputError(f"cannot load tls_ca_file: {exc}", retriable=False) from exc
