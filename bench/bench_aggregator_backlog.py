@@ -268,7 +268,7 @@ async def bench(args: argparse.Namespace, workdir: Path, estimate_bytes: float) 
             while time.perf_counter() - t0 < ready_s + args.hold_s:
                 restart_rss.append(proc_status_kb(pid, "VmRSS") / 1024)
                 await asyncio.sleep(1.0)
-            pending = await daemon.metric("logferry_spool_records")
+            pending = await daemon.metric("logferry_spool_fragments")
             print(
                 f"  restart over the backlog: ready after {ready_s:.1f}s; over the next "
                 f"{args.hold_s:.0f}s RSS {min(restart_rss):.1f}-{max(restart_rss):.1f} MB, "
