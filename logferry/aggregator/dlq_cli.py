@@ -31,6 +31,7 @@ from logferry.aggregator.documents import Document, action_line
 from logferry.aggregator.outputs import OutputSettings
 from logferry.aggregator.outputs.bulk_client import BulkClient, BulkOutputSettings
 from logferry.aggregator.outputs.bulk_delivery import BulkDelivery
+from logferry.common.commands import Subcommands, run_handler, standalone_parser
 from logferry.common.config import load_config
 from logferry.common.errors import ConfigError, OutputError
 from logferry.common.store_access import add_store_arguments, store_access_from_args
@@ -110,8 +111,14 @@ async def replay(
 
 def dlq_main(argv: Sequence[str], out: TextIO | None = None) -> int:
     """Run ``dlq list|replay`` with ``argv`` (the words after ``dlq``); return the exit status."""
+    parser = standalone_parser(register, "dlq", parent="logferry aggregator")
+    parser.set_defaults(handler=lambda args: run(args, out=out))
+    return run_handler(parser, argv)
+
+
+def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """Run a parsed ``dlq`` command; the exit status."""
     out = out or sys.stdout
-    args = _parser().parse_args(list(argv))
     try:
         bulk, dlq_settings = (None, None)
         if args.config is not None:
@@ -123,7 +130,7 @@ def dlq_main(argv: Sequence[str], out: TextIO | None = None) -> int:
         scan = dlq.scan(tenant=args.tenant, reason_contains=args.reason_contains, limit=args.limit)
         if scan.damaged_lines:
             print(f"skipped {scan.damaged_lines} damaged lines", file=sys.stderr)
-        if args.command == "list":
+        if args.action == "list":
             _print_list(scan.entries, as_json=args.json, with_source=args.with_source, out=out)
             return 0
         settings = _replay_settings(args, bulk)
@@ -185,20 +192,21 @@ def _print_list(
     out.write(f"{len(entries)} entries\n")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="logferry aggregator dlq", description="Inspect and re-drive the dead-letter queue."
+def register(commands: Subcommands, name: str, help_text: str) -> argparse.ArgumentParser:
+    """Add ``dlq list|replay`` to ``commands`` (the aggregator's tools)."""
+    parser = commands.add_parser(
+        name, help=help_text, description="Inspect and re-drive the dead-letter queue."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("list", "print entries"), ("replay", "send entries to the store again")):
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, text in (("list", "print entries"), ("replay", "send entries to the store again")):
         # No abbreviations: "--password S" must be refused, not read as --password-file S.
-        sub = commands.add_parser(name, help=text, allow_abbrev=False)
+        sub = actions.add_parser(action, help=text, description=text, allow_abbrev=False)
         sub.add_argument("--dlq-dir", type=Path, help="the queue's directory")
         sub.add_argument("-c", "--config", type=Path, help="aggregator.yaml (output, dlq)")
         sub.add_argument("--tenant", help="only this tenant's entries")
         sub.add_argument("--reason-contains", help="only entries whose reason has this text")
         sub.add_argument("--limit", type=_positive, help="at most this many entries (oldest first)")
-        if name == "list":
+        if action == "list":
             sub.add_argument("--json", action="store_true", help="one JSON object a line")
             sub.add_argument("--with-source", action="store_true", help="include documents")
         else:
@@ -209,6 +217,7 @@ def _parser() -> argparse.ArgumentParser:
                 default=DEFAULT_REPLAY_ROUNDS,
                 help="attempts per entry while the store fails",
             )
+    parser.set_defaults(handler=run)
     return parser
 
 

@@ -520,6 +520,11 @@ class Ingest:
         except OutputError as exc:  # the DLQ is full too: wait for the spool after all
             log.warning("ingest.divert_failed", tenant=tenant, error=str(exc))
             return False
-        self._metrics.records_diverted.labels(tenant).inc(len(letters))
-        log.warning("ingest.diverted", tenant=tenant, documents=len(letters))
+        count_and_log(
+            self._metrics.records_diverted,
+            log,
+            "ingest.diverted",
+            amount=len(letters),
+            labels={"tenant": tenant},
+        )
         return True

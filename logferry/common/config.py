@@ -129,9 +129,9 @@ def _translate(exc: ValidationError, root: yaml.Node | None, file: str) -> Confi
     first_path = ""
     for error in exc.errors(include_url=False):
         loc = _strip_union_tags(root, [p for p in error["loc"] if not _is_union_tag(p)])
-        path = _format_path(loc)
+        path = format_path(loc)
         line = _line_of(root, loc)
-        reason = _reason(error)
+        reason = error_reason(error)
         problems.append((line, path, reason))
         if first_line is None:
             first_line, first_path = line, path
@@ -168,7 +168,8 @@ def _strip_union_tags(root: yaml.Node | None, loc: list[int | str]) -> list[int 
     return out
 
 
-def _reason(error: Any) -> str:
+def error_reason(error: Any) -> str:
+    """One pydantic error as a reader would say it ("unknown key", "... (got 'x')")."""
     kind = error["type"]
     if kind == "extra_forbidden":
         return "unknown key"
@@ -183,7 +184,8 @@ def _reason(error: Any) -> str:
     return message
 
 
-def _format_path(loc: list[int | str]) -> str:
+def format_path(loc: list[int | str]) -> str:
+    """A location as a key path: ``spool.max_bytes``, ``filters[2].match``."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))

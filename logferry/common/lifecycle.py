@@ -9,12 +9,18 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 from logferry.common.logs import get_logger
 
 log = get_logger(__name__)
 FORCED_EXIT_CODE = 130
+
+
+class Daemon(Protocol):
+    """A daemon: runs until ``stop`` is set, then returns its exit status."""
+
+    async def run(self, stop: asyncio.Event) -> int: ...
 
 
 def tune_gc() -> None:

@@ -19,6 +19,7 @@ import time
 from prometheus_client import CollectorRegistry
 
 from logferry.common.disk_full import DiskStalls
+from logferry.common.events import unless_stopped
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
 from logferry.common.spool import Spool
@@ -136,14 +137,8 @@ class Forwarder:
                 stalls=self.stalls,
             )
         )
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({opening, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not opening.done():
-            opening.cancel()
-            await asyncio.wait({opening})
-            return None
-        return opening.result()
+        spool = await unless_stopped(opening, stop)
+        return None if spool.cancelled() else spool.result()
 
     async def _finish_tailing(self, task: asyncio.Task[None], spool: Spool) -> None:
         """Let the last round spool its records and save positions, unless the spool cannot

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from logferry.common.backoff import backoff_delay
+from logferry.common.events import first_set
 from logferry.common.logs import get_logger
 
 __all__ = [
@@ -293,11 +294,7 @@ async def refresh_dns_forever(
     """Resolve ``name`` now and every ``interval_s`` until ``stop``; keep the last good list."""
     while not stop.is_set():
         await refresh_dns_once(endpoints, resolver, name, port)
-        try:
-            async with asyncio.timeout(interval_s):
-                await stop.wait()
-        except TimeoutError:
-            pass
+        await first_set((stop,), interval_s)
 
 
 async def refresh_dns_once(

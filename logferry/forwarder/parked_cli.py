@@ -24,6 +24,7 @@ from typing import TextIO
 
 import orjson
 
+from logferry.common.commands import Subcommands, run_handler, standalone_parser
 from logferry.common.config import load_config
 from logferry.common.errors import ConfigError, SpoolError, SpoolFullError
 from logferry.common.files import fsync_dir
@@ -32,35 +33,44 @@ from logferry.forwarder.config import ForwarderConfig
 from logferry.forwarder.entries import make_block
 from logferry.forwarder.parking import ParkedChunk, decode_payload, list_parked, read_parked
 
-__all__ = ["parked_main"]
+__all__ = ["parked_main", "register", "run"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="logferry forwarder parked",
+def register(commands: Subcommands, name: str, help_text: str) -> argparse.ArgumentParser:
+    """Add ``parked list|requeue`` to ``commands`` (the forwarder's tools)."""
+    parser = commands.add_parser(
+        name,
+        help=help_text,
         description="List the chunks the aggregators kept refusing, or put them back into "
         "the node spool (with the forwarder stopped).",
     )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for name, text in (
+    for action_name, text in (
         ("list", "print the parked chunks"),
         ("requeue", "append parked chunks to the spool again (forwarder stopped)"),
     ):
-        action = sub.add_parser(name, help=text, description=text)
+        action = sub.add_parser(action_name, help=text, description=text)
         action.add_argument("--config", "-c", type=Path, required=True, help="forwarder.yaml")
-        if name == "list":
+        if action_name == "list":
             action.add_argument("--json", action="store_true", help="one JSON object a line")
         else:
             which = action.add_mutually_exclusive_group(required=True)
             which.add_argument("--all", action="store_true", help="every parked chunk")
             which.add_argument("files", nargs="*", default=[], help="parked files (names)")
+    parser.set_defaults(handler=run)
     return parser
 
 
 def parked_main(argv: Sequence[str], *, out: TextIO | None = None) -> int:
-    """Entry point (``argv`` after ``forwarder parked``); returns the exit status."""
+    """``logferry forwarder parked`` with ``argv`` (the words after ``parked``)."""
+    parser = standalone_parser(register, "parked", parent="logferry forwarder")
+    parser.set_defaults(handler=lambda args: run(args, out=out))
+    return run_handler(parser, argv)
+
+
+def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """Run a parsed ``parked`` command; the exit status."""
     out = out or sys.stdout
-    args = _parser().parse_args(list(argv))
     try:
         config = load_config(args.config, ForwarderConfig)
     except ConfigError as exc:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from logferry.common.commands import Subcommands, run_handler, standalone_parser
 from logferry.pipelines.render import render
 from logferry.pipelines.validate import (
     TenantLimits,
@@ -29,18 +30,19 @@ from logferry.pipelines.validate import (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``logferry pipelines``."""
-    parser = argparse.ArgumentParser(
-        prog="logferry pipelines",
+def register(commands: Subcommands, name: str, help_text: str) -> argparse.ArgumentParser:
+    """Add ``pipelines validate|render`` to ``commands``."""
+    parser = commands.add_parser(
+        name,
+        help=help_text,
         description="Validate and render tenant LogPipeline documents (schema, policy, dry run).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, help_text in (
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, text in (
         ("validate", "validate every pipeline document in DIR; exit 1 if any is refused"),
         ("render", "write the accepted pipelines as one normalized YAML stream"),
     ):
-        command = sub.add_parser(name, help=help_text, description=help_text)
+        command = sub.add_parser(action, help=text, description=text)
         command.add_argument("directory", type=Path, metavar="DIR", help="folder (or one file)")
         command.add_argument(
             "--namespace", help="refuse documents of any other namespace (a per-tenant folder)"
@@ -48,10 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--max-pipelines", type=int, default=TenantLimits.max_pipelines)
         command.add_argument("--max-filters", type=int, default=TenantLimits.max_filters)
         command.add_argument("--max-regex-chars", type=int, default=TenantLimits.max_regex_chars)
-        if name == "validate":
+        if action == "validate":
             command.add_argument("--json", action="store_true", help="print verdicts as JSON")
         else:
             command.add_argument("--out", type=Path, help="write here (atomically), not stdout")
+    parser.set_defaults(handler=run)
     return parser
 
 
@@ -91,12 +94,12 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def pipelines_main(argv: Sequence[str]) -> int:
-    """Entry point of ``logferry pipelines``; returns the exit status."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(argv))
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
+    """``logferry pipelines`` with ``argv``; the exit status."""
+    return run_handler(standalone_parser(register, "pipelines"), argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed ``pipelines`` command; the exit status."""
     if not args.directory.exists():
         print(f"logferry pipelines: {args.directory}: no such file or directory", file=sys.stderr)
         return 2
@@ -105,7 +108,7 @@ def pipelines_main(argv: Sequence[str]) -> int:
         load_directory(args.directory), namespace=args.namespace, limits=limits
     )
     refused = any(not v.ok for v in verdicts)
-    if args.command == "validate":
+    if args.action == "validate":
         if args.json:
             print(json.dumps([_as_json(v) for v in verdicts], indent=2))
         else:

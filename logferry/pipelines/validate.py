@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from logferry.common.config import _format_path, _reason
+from logferry.common.config import error_reason, format_path
 from logferry.common.naming import SUFFIX, IndexNamer
 from logferry.pipelines.compiled import CompiledPipeline
 from logferry.pipelines.loading import LoadFailure, load_directory
@@ -131,13 +131,13 @@ def _loc_path(loc: Sequence[int | str], doc: Any) -> str:
             node = node[part]
         else:
             node = None
-    return _format_path(parts)
+    return format_path(parts)
 
 
 def _schema_issues(exc: ValidationError, doc: Mapping[str, Any], label: str) -> list[Issue]:
     issues = []
     for error in exc.errors(include_url=False):
-        issues.append(Issue(label, _loc_path(error["loc"], doc), _reason(error), "schema"))
+        issues.append(Issue(label, _loc_path(error["loc"], doc), error_reason(error), "schema"))
     return issues
 
 

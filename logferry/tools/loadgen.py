@@ -34,6 +34,7 @@ from types import FrameType
 
 import orjson
 
+from logferry.common.commands import Subcommands, run_handler, standalone_parser
 from logferry.common.errors import LogferryError
 from logferry.common.units import parse_byte_size
 from logferry.tools.loadgen_content import Clock, Kind, Messages
@@ -520,10 +521,11 @@ def _byte_size(value: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``logferry loadgen`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="logferry loadgen",
+def register(commands: Subcommands, name: str, help_text: str) -> argparse.ArgumentParser:
+    """Add ``loadgen`` to ``commands``."""
+    parser = commands.add_parser(
+        name,
+        help=help_text,
         description="Write container log files laid out like a Kubernetes node "
         "(pods/ and containers/ symlinks, docker or CRI lines, kubelet rotation) "
         "and a manifest of what was written.",
@@ -547,7 +549,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, help="seed for names, ids and content (default: random)")
     add("--manifest", type=Path, metavar="FILE", help="default ROOT/manifest.json")
     add("--quiet", action="store_true", help="no summary line on stderr")
+    parser.set_defaults(handler=lambda args: run(parser, args))
     return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``logferry loadgen`` argument parser."""
+    return standalone_parser(register, "loadgen")
 
 
 def options_from_args(args: argparse.Namespace) -> LoadgenOptions:
@@ -584,9 +592,13 @@ def summary(manifest: Manifest, elapsed_s: float, manifest_path: Path) -> str:
 
 
 def loadgen_main(argv: Sequence[str]) -> int:
-    """``logferry loadgen``: 0 when done or stopped by SIGTERM/SIGINT, 2 on bad options."""
-    parser = build_parser()
-    args = parser.parse_args(list(argv))
+    """``logferry loadgen`` with ``argv``: 0 when done or stopped by SIGTERM/SIGINT, 2 on bad
+    options."""
+    return run_handler(build_parser(), argv)
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run a parsed ``loadgen`` until done or signalled; the exit status."""
     options = options_from_args(args)
     stop = threading.Event()
 

@@ -43,6 +43,7 @@ from typing import Any
 
 import orjson
 
+from logferry.common.commands import Subcommands, run_handler, standalone_parser
 from logferry.common.errors import ConfigError
 from logferry.common.store_access import add_store_arguments, store_access_from_args
 from logferry.tools.verify_inputs import (
@@ -369,10 +370,11 @@ async def verify(options: VerifyOptions) -> VerifyReport:
 # ------------------------------------------------------------------------------------ CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``logferry verify`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="logferry verify",
+def register(commands: Subcommands, name: str, help_text: str) -> argparse.ArgumentParser:
+    """Add ``verify`` to ``commands``."""
+    parser = commands.add_parser(
+        name,
+        help=help_text,
         description=(
             "Prove delivery: for every source, the stored _lf.seq values must run contiguously "
             "up to the expected end, each stored once. Counted by aggregations (exact), never "
@@ -410,7 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=300.0, metavar="SECONDS", help="per request"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON report")
+    parser.set_defaults(handler=run)
     return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``logferry verify`` argument parser."""
+    return standalone_parser(register, "verify")
 
 
 def options_from_args(args: argparse.Namespace, now: datetime | None = None) -> VerifyOptions:
@@ -442,12 +450,13 @@ def options_from_args(args: argparse.Namespace, now: datetime | None = None) -> 
 
 
 def verify_main(argv: Sequence[str]) -> int:
-    """``logferry verify``: 0 verified, 1 missing or duplicated records, 2 could not verify."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(argv))
-    except SystemExit as exc:  # argparse exits on --help (0) and on usage errors (2)
-        return exc.code if isinstance(exc.code, int) else 2
+    """``logferry verify`` with ``argv``: 0 verified, 1 missing or duplicated records, 2 could
+    not verify (argparse's usage errors included)."""
+    return run_handler(build_parser(), argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed ``verify``; the exit status."""
     try:
         report = asyncio.run(verify(options_from_args(args)))
     except VerifyError as exc:

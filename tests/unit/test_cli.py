@@ -22,6 +22,46 @@ def test_help_lists_the_daemons(capsys: pytest.CaptureFixture[str]) -> None:
     assert "aggregator" in out
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["forwarder"],
+        ["forwarder", "parked", "requeue"],
+        ["aggregator"],
+        ["aggregator", "dlq", "replay"],
+        ["verify"],
+        ["loadgen"],
+        ["pipelines", "validate"],
+        ["config-reference"],
+    ],
+)
+def test_each_command_module_registers_its_parser(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--help"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: logferry {' '.join(argv)} ")
+
+
+def test_a_daemon_needs_its_config(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["forwarder"])
+    assert info.value.code == 2
+    assert "--config" in capsys.readouterr().err
+
+
+def test_the_forwarder_loads_nothing_of_the_aggregator() -> None:
+    probe = (
+        "import sys; from logferry.cli import build_parser; build_parser('forwarder'); "
+        "print(sorted(m for m in sys.modules if m.startswith(('logferry.aggregator', 'aiohttp'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
 def test_check_config_accepts_the_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert (
         main(["aggregator", "--config", str(REPO / "examples/aggregator.yaml"), "--check-config"])

@@ -12,18 +12,18 @@ cancels the rest: their batches stay uncommitted in the spool and go out after t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from logferry.aggregator.outputs.base import Output
 from logferry.common.errors import SpoolClosedError
+from logferry.common.events import unless_stopped
 from logferry.common.logs import get_logger
 from logferry.common.spool import Spool, SpoolBatch
 
 log = get_logger(__name__)
 
 BatchHandler = Callable[[SpoolBatch], Coroutine[Any, Any, None]]
-_T = TypeVar("_T")
 
 
 _SLOT_READ_TIMEOUT_S = 1.0
@@ -66,7 +66,7 @@ async def read_or_stop(
         return None
     # A read cancelled after taking a batch only leaves it uncommitted: it is read again
     # after a restart (resends are harmless), never lost.
-    read = await _unless_stopped(
+    read = await unless_stopped(
         spool.read(max_records=max_records, max_bytes=max_bytes, timeout_s=timeout_s), stop
     )
     if read.cancelled():
@@ -152,23 +152,9 @@ async def pump(
         raise failures[0]
 
 
-async def _unless_stopped(work: Awaitable[_T], stop: asyncio.Event) -> asyncio.Future[_T]:
-    """Run ``work`` until it finishes or ``stop`` is set; its future, cancelled if ``stop``
-    came first (or if the caller was cancelled meanwhile)."""
-    future = asyncio.ensure_future(work)
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({future, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (future, stopped):
-            task.cancel()  # a no-op on the one that finished
-        await asyncio.gather(future, stopped, return_exceptions=True)
-    return future
-
-
 async def _unread_or_stop(spool: Spool, stop: asyncio.Event) -> bool:
     """Wait until ``spool`` has a record to read (True) or ``stop`` / closing (False)."""
-    unread = await _unless_stopped(spool.wait_unread(), stop)
+    unread = await unless_stopped(spool.wait_unread(), stop)
     return not unread.cancelled() and unread.exception() is None
 
 
@@ -184,7 +170,7 @@ async def _first_of(tasks: set[asyncio.Task[None]], stop: asyncio.Event) -> None
 
 async def _acquire_or_stop(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
     """Take a slot; False if ``stop`` came first (nothing held then)."""
-    acquire = await _unless_stopped(slots.acquire(), stop)
+    acquire = await unless_stopped(slots.acquire(), stop)
     if acquire.cancelled():
         return False
     if stop.is_set():

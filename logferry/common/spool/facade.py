@@ -46,6 +46,7 @@ from logferry.common.disk_full import (
     volume_of,
 )
 from logferry.common.errors import SpoolClosedError, SpoolError, SpoolFullError
+from logferry.common.events import first_set
 from logferry.common.files import (
     FILE_MODE,
     make_private_dirs,
@@ -464,11 +465,8 @@ class Spool:
             await self._lwm_dirty.wait()
             if self._closing:
                 return
-            try:  # batch the commits of one interval into one file write
-                async with asyncio.timeout(self._flush_interval_s):
-                    await self._stop.wait()
-            except TimeoutError:
-                pass
+            # batch the commits of one interval into one file write
+            await first_set((self._stop,), self._flush_interval_s)
             self._lwm_dirty.clear()
             try:
                 persisted = await self._persist_and_cleanup()
@@ -482,9 +480,7 @@ class Spool:
             # The volume is full: the old mark stays (resend, never lose); retry later.
             self._mark_stall_attempts += 1
             self._lwm_dirty.set()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(stall_delay(self._mark_stall_attempts)):
-                    await self._stop.wait()
+            await first_set((self._stop,), stall_delay(self._mark_stall_attempts))
 
     async def _persist_and_cleanup(self) -> bool:
         """Persist the mark, then delete what it covers; False if the volume was too full to

@@ -1,0 +1,35 @@
+"""``logferry aggregator``: the aggregator daemon, and its tool ``dlq`` (see :mod:`.dlq_cli`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from logferry.aggregator import dlq_cli
+from logferry.aggregator.config import AggregatorConfig
+from logferry.common.commands import Subcommands, add_daemon_arguments, start_daemon
+from logferry.common.lifecycle import Daemon
+
+__all__ = ["CONFIG_MODEL", "register"]
+
+CONFIG_MODEL = AggregatorConfig
+DESCRIPTION = (
+    "Receive Forward Protocol v1 batches, apply tenant filters, spool them with fsync before "
+    "acking, and bulk-write them to Elasticsearch/OpenSearch."
+)
+
+
+def register(commands: Subcommands, name: str, help_text: str) -> argparse.ArgumentParser:
+    """Add ``aggregator`` (the daemon) and ``aggregator dlq ...`` to ``commands``."""
+    parser = commands.add_parser(name, help=help_text, description=DESCRIPTION)
+    add_daemon_arguments(parser, name)
+    parser.set_defaults(handler=lambda args: start_daemon(parser, args, AggregatorConfig, _build))
+    tools = parser.add_subparsers(dest="aggregator_tool", metavar="TOOL")
+    dlq_cli.register(tools, "dlq", "list or replay the dead-letter queue")
+    return parser
+
+
+def _build(config: AggregatorConfig) -> Daemon:
+    from logferry.aggregator.app import Aggregator
+
+    # Secret files are read here: an empty or unreadable one refuses the start.
+    return Aggregator(config)
