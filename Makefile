@@ -52,7 +52,7 @@ run: venv
 	$(BIN)/python scripts/run_local.py $(RUN_ARGS)
 
 docs: venv
-	$(BIN)/python scripts/update_docs.py
+	$(BIN)/python -m devtools.update_docs
 
 bench: venv
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -23,11 +23,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
 
-from opensearchctl import OpenSearchNode  # noqa: E402
 from process_stats import report  # noqa: E402
 
+from devtools.opensearch_node import OpenSearchNode  # noqa: E402
 from tests.support import attacks  # noqa: E402
 
 MiB = 1024 * 1024

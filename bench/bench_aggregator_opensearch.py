@@ -1,6 +1,6 @@
 """Aggregator into one local OpenSearch node, against a plain bulk loader in the same run.
 
-Starts one real OpenSearch node (``scripts/opensearchctl.py``), builds a workload of N
+Starts one real OpenSearch node (``devtools/opensearch_node.py``), builds a workload of N
 docker-style records (4 sources, one namespace each, CompressedPackedForward chunks of 1,000
 records with contiguous ids), then per round:
 
@@ -47,11 +47,10 @@ import orjson
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
 
-from opensearchctl import OpenSearchNode  # noqa: E402
 from process_stats import proc_cpu_s, proc_peak_rss_mb, report  # noqa: E402
 
+from devtools.opensearch_node import OpenSearchNode  # noqa: E402
 from logferry.aggregator.ingest import Ingest, Receipt  # noqa: E402
 from logferry.aggregator.metrics import AggregatorMetrics  # noqa: E402
 from logferry.aggregator.spools import AggregatorSpoolSettings, TenantSpools  # noqa: E402

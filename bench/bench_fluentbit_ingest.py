@@ -36,11 +36,10 @@ import orjson
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
 
-from opensearchctl import OpenSearchNode  # noqa: E402
 from process_stats import proc_cpu_s, proc_peak_rss_mb, report  # noqa: E402
 
+from devtools.opensearch_node import OpenSearchNode  # noqa: E402
 from logferry.tools.loadgen_content import Clock, Messages  # noqa: E402
 from tests.support import fluentbit_wire as wire  # noqa: E402
 from tests.support.daemon import DaemonProcess  # noqa: E402

@@ -6,17 +6,11 @@ first time a test asks for it; tests that don't ask never start a JVM.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-# scripts/ is not a package: put it on the path so the tests drive the node the way
-# `scripts/opensearch` does, with the same code.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-from opensearchctl import OpenSearchNode
+from devtools.opensearch_node import OpenSearchNode
 
 
 @pytest.fixture(scope="session")

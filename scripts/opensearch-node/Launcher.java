@@ -5,7 +5,7 @@
 // Prints "READY http://127.0.0.1:PORT" once the cluster is at least yellow. Stops the node
 // cleanly on SIGTERM/SIGINT (JVM shutdown hook) and, with --watch-stdin, when stdin reaches
 // EOF: the parent holds the only write end of that pipe, so even a SIGKILLed parent leaves no
-// orphan JVM behind. Driven by scripts/opensearchctl.py; not meant to be run by hand.
+// orphan JVM behind. Driven by devtools/opensearch_node.py; not meant to be run by hand.
 
 import java.io.IOException;
 import java.io.InputStream;

@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 import pytest
-from opensearchctl import OpenSearchNode  # scripts/ is on sys.path (tests/conftest.py)
 
+from devtools.opensearch_node import OpenSearchNode
 from tests.integration.test_aggregator import (
     MakeAggregator,
     input_port,

@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from opensearchctl import OpenSearchNode
 
+from devtools.opensearch_node import OpenSearchNode
 from logferry.aggregator.dlq import DeadLetterQueue
 from logferry.aggregator.dlq_cli import dlq_main
 from logferry.aggregator.documents import action_line

@@ -20,12 +20,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from opensearchctl import OpenSearchNode, pid_alive
+
+from devtools.opensearch_node import OpenSearchNode, pid_alive
 
 pytestmark = pytest.mark.integration
 
 DOC_COUNT = 300
-SCRIPTS_DIR = Path(__file__).resolve().parents[2] / "scripts"
+REPO = Path(__file__).resolve().parents[2]
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=60)
 
 
@@ -117,8 +118,7 @@ def test_stop_leaves_no_jvm_and_no_data_behind() -> None:
 # Started in a child Python that is then SIGKILLed: only the stdin watch can end the JVM.
 _OWNER_SCRIPT = """
 import json, sys, threading
-sys.path.insert(0, sys.argv[1])
-from opensearchctl import OpenSearchNode
+from devtools.opensearch_node import OpenSearchNode
 node = OpenSearchNode(cluster_name="logferry-orphan-test").start()
 print(json.dumps({"pid": node.pid, "data_dir": str(node.data_dir)}), flush=True)
 threading.Event().wait()
@@ -127,7 +127,7 @@ threading.Event().wait()
 
 def test_jvm_exits_when_its_owner_is_killed() -> None:
     owner = subprocess.Popen(
-        [sys.executable, "-c", _OWNER_SCRIPT, str(SCRIPTS_DIR)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _OWNER_SCRIPT], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
     assert owner.stdout is not None
     try:

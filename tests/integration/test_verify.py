@@ -20,8 +20,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from opensearchctl import OpenSearchNode
 
+from devtools.opensearch_node import OpenSearchNode
 from logferry.aggregator.dlq import DeadLetter, encode_letter
 from logferry.common.records import record_id, source_id
 from logferry.common.store_access import StoreAccess

@@ -19,8 +19,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from opensearchctl import OpenSearchNodeError  # scripts/ is on sys.path (tests/conftest.py)
-from opensearchctl import find_tool as find_jdk_tool
+from devtools.opensearch_node import OpenSearchNodeError
+from devtools.opensearch_node import find_tool as find_jdk_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PEER_DIR = REPO_ROOT / "tests" / "peers" / "fluency"

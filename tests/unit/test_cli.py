@@ -94,8 +94,7 @@ def test_config_reference_lists_every_key(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_config_reference_page_is_current() -> None:
-    sys.path.insert(0, str(REPO / "scripts"))
-    from update_docs import DOCS, render
+    from devtools.update_docs import DOCS, render
 
     text = DOCS.read_text()
     assert render(text) == text, "docs/configuration.md is stale: run `make docs`"

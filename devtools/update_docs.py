@@ -16,16 +16,15 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from logferry.cli import config_model, main
+from logferry.cli import DAEMONS, config_model, main
 from logferry.common.config import iter_reference
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
-DAEMONS = ("aggregator", "forwarder")
 
 
 def _row(path: str, default: str, doc: str) -> str:
@@ -74,6 +73,10 @@ def reference(daemon: str) -> str:
     return "\n".join(_with_sections(out.getvalue(), _section_rows(daemon))) + "\n"
 
 
+def _replacement(table: str) -> Callable[[re.Match[str]], str]:
+    return lambda m: m.group(1) + table + m.group(2)
+
+
 def render(text: str) -> str:
     """``text`` with every config-reference block regenerated."""
     for daemon in DAEMONS:
@@ -81,7 +84,7 @@ def render(text: str) -> str:
             rf"(<!-- config-reference:{daemon} -->\n).*?(<!-- /config-reference:{daemon} -->)",
             re.S,
         )
-        text = pattern.sub(lambda m, d=daemon: m.group(1) + reference(d) + m.group(2), text)
+        text = pattern.sub(_replacement(reference(daemon)), text)
     return text
 
 
