@@ -1,4 +1,4 @@
-"""Aggregator memory while a large backlog sits in its spool (DESIGN.md guarantee 6).
+"""Aggregator memory while a large backlog sits in its spool (guarantee 6).
 
 Starts a real aggregator whose output cannot deliver (``type: opensearch`` pointing at a closed
 127.0.0.1 port, ``retry_max_s: 5``) with spool caps large enough for the whole backlog, then

@@ -6,7 +6,7 @@ import argparse
 
 from logferry.aggregator import dlq_cli
 from logferry.aggregator.config import AggregatorConfig
-from logferry.common.commands import Subcommands, add_daemon_arguments, start_daemon
+from logferry.common.commands import Subcommands, register_daemon
 from logferry.common.lifecycle import Daemon
 
 __all__ = ["CONFIG_MODEL", "register"]
@@ -20,10 +20,9 @@ DESCRIPTION = (
 
 def register(commands: Subcommands, name: str, help_text: str) -> argparse.ArgumentParser:
     """Add ``aggregator`` (the daemon) and ``aggregator dlq ...`` to ``commands``."""
-    parser = commands.add_parser(name, help=help_text, description=DESCRIPTION)
-    add_daemon_arguments(parser, name)
-    parser.set_defaults(handler=lambda args: start_daemon(parser, args, AggregatorConfig, _build))
-    tools = parser.add_subparsers(dest="aggregator_tool", metavar="TOOL")
+    parser, tools = register_daemon(
+        commands, name, help_text, description=DESCRIPTION, model=AggregatorConfig, build=_build
+    )
     dlq_cli.register(tools, "dlq", "list or replay the dead-letter queue")
     return parser
 

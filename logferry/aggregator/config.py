@@ -13,6 +13,7 @@ from logferry.aggregator.pipeline_watch import PipelineSettings
 from logferry.aggregator.spools import AggregatorSpoolSettings
 from logferry.common.config import ConfigModel
 from logferry.common.naming import DEFAULT_TENANT, NAMESPACE, PREFIX
+from logferry.common.secrets import InlineSecret
 from logferry.common.sections import HttpSettings, LogSettings
 from logferry.common.units import ByteSize, MiB
 
@@ -24,7 +25,7 @@ class ForwardInputSettings(ConfigModel):
     """Address to bind."""
     listen_port: int = Field(default=24224, ge=0, le=65535)
     """TCP port (24224 is the Forward Protocol's customary port); 0 picks a free one."""
-    shared_key: str | None = None
+    shared_key: InlineSecret | None = None
     """When set, peers must pass the HELO/PING/PONG handshake with this key. Prefer
     ``shared_key_file`` so the key stays in a Secret."""
     shared_key_file: Path | None = None
@@ -88,14 +89,6 @@ class ForwardInputSettings(ConfigModel):
         if self.buffer_budget_bytes < self.max_message_bytes:
             raise ValueError("buffer_budget_bytes must hold at least one max_message_bytes")
         return self
-
-    @field_validator("shared_key")
-    @classmethod
-    def _key_not_empty(cls, value: str | None) -> str | None:
-        # Secret files are read, and an empty one refused, when the daemon starts.
-        if value is not None and not value.strip():
-            raise ValueError("shared_key is empty")
-        return value
 
     @property
     def authenticates(self) -> bool:

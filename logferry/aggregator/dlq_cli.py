@@ -31,7 +31,7 @@ from logferry.aggregator.documents import Document, action_line
 from logferry.aggregator.outputs import OutputSettings
 from logferry.aggregator.outputs.bulk_client import BulkClient, BulkOutputSettings
 from logferry.aggregator.outputs.bulk_delivery import BulkDelivery
-from logferry.common.commands import Subcommands, run_handler, standalone_parser
+from logferry.common.commands import Subcommands, run_standalone
 from logferry.common.config import load_config
 from logferry.common.errors import ConfigError, OutputError
 from logferry.common.store_access import add_store_arguments, store_access_from_args
@@ -111,9 +111,9 @@ async def replay(
 
 def dlq_main(argv: Sequence[str], out: TextIO | None = None) -> int:
     """Run ``dlq list|replay`` with ``argv`` (the words after ``dlq``); return the exit status."""
-    parser = standalone_parser(register, "dlq", parent="logferry aggregator")
-    parser.set_defaults(handler=lambda args: run(args, out=out))
-    return run_handler(parser, argv)
+    return run_standalone(
+        register, "dlq", argv, parent="logferry aggregator", handler=lambda a: run(a, out=out)
+    )
 
 
 def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:

@@ -27,14 +27,12 @@ import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from logferry.aggregator.config import ForwardInputSettings
 from logferry.aggregator.ingest import Ingest, Receipt, Rendered
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.common.budget import ByteBudget
 from logferry.common.errors import (
-    ConfigError,
     HandshakeError,
     ProtocolError,
     SpoolClosedError,
@@ -45,6 +43,7 @@ from logferry.common.metrics import count_and_log
 from logferry.common.protocol import Ping, ServerDecoder
 from logferry.common.protocol.decode import HANDSHAKE_MAX_BYTES
 from logferry.common.protocol.handshake import ServerHandshake, encode_helo, encode_pong
+from logferry.common.secrets import read_secret
 
 log = get_logger(__name__)
 READ_BYTES = 1 << 20
@@ -103,11 +102,11 @@ class ForwardServer:
         self._per_source: Counter[str] = Counter()
         self._serial = 0
         self._stopping = False
-        self._shared_key = _read_secret(
-            settings.shared_key, settings.shared_key_file, "input.shared_key"
+        self._shared_key = read_secret(
+            settings.shared_key, settings.shared_key_file, "input.shared_key_file", "shared key"
         )
         self._users = {
-            name: _read_secret(None, path, f"the password of user {name!r}") or ""
+            name: read_secret(None, path, f"input.users.{name}", f"password of user {name!r}") or ""
             for name, path in settings.users.items()
         }
         self._ssl = _server_ssl(settings)
@@ -466,20 +465,6 @@ def _peer(writer: asyncio.StreamWriter) -> tuple[str, str]:
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}", str(address[0])
     return str(address), str(address)
-
-
-def _read_secret(inline: str | None, path: Path | None, what: str) -> str | None:
-    """An inline secret, or the stripped content of its file; an unreadable or empty file is
-    refused with a ConfigError (a start that would accept any key, or none, must not happen)."""
-    if path is None:
-        return inline
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} from {path}: {exc.strerror}") from exc
-    if not value:
-        raise ConfigError(f"{what} file {path} is empty")
-    return value
 
 
 def _server_ssl(settings: ForwardInputSettings) -> ssl.SSLContext | None:

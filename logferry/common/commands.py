@@ -26,10 +26,10 @@ __all__ = [
     "Handler",
     "Register",
     "Subcommands",
-    "add_daemon_arguments",
+    "register_daemon",
     "run_handler",
+    "run_standalone",
     "standalone_parser",
-    "start_daemon",
 ]
 
 Handler = Callable[[argparse.Namespace], int]
@@ -54,6 +54,22 @@ def standalone_parser(
     return register(top.add_subparsers(), name, "")
 
 
+def run_standalone(
+    register: Register,
+    name: str,
+    argv: Sequence[str],
+    *,
+    parent: str = "logferry",
+    handler: Handler | None = None,
+) -> int:
+    """Run ``name`` with ``argv`` through its own parser (``handler`` in place of the one it
+    registers, say to print somewhere else); the exit status."""
+    parser = standalone_parser(register, name, parent=parent)
+    if handler is not None:
+        parser.set_defaults(handler=handler)
+    return run_handler(parser, argv)
+
+
 def run_handler(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     """Parse ``argv`` and run the handler it selects; argparse's own exits (0 after --help,
     2 on a usage error) become the returned status."""
@@ -65,18 +81,33 @@ def run_handler(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     return handler(args)
 
 
-def add_daemon_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    """``--config`` and ``--check-config``; ``--config`` is checked by :func:`start_daemon`,
-    not by argparse, so that the daemon's tools (``forwarder parked ...``) parse without it."""
+def register_daemon(
+    commands: Subcommands,
+    name: str,
+    help_text: str,
+    *,
+    description: str,
+    model: type[_Config],
+    build: Callable[[_Config], Daemon],
+) -> tuple[argparse.ArgumentParser, Subcommands]:
+    """Add daemon ``name`` (``--config``, ``--check-config``) to ``commands``; its parser and
+    the subcommands its tools register under it (``forwarder parked ...``).
+
+    ``--config`` is checked when the daemon starts, not by argparse, so that the tools parse
+    without it.
+    """
+    parser = commands.add_parser(name, help=help_text, description=description)
     parser.add_argument("--config", "-c", type=Path, help=f"path to {name}.yaml (required)")
     parser.add_argument(
         "--check-config",
         action="store_true",
         help="validate the config file, print OK or the problems, and exit",
     )
+    parser.set_defaults(handler=lambda args: _start_daemon(parser, args, model, build))
+    return parser, parser.add_subparsers(dest=f"{name}_tool", metavar="TOOL")
 
 
-def start_daemon(
+def _start_daemon(
     parser: argparse.ArgumentParser,
     args: argparse.Namespace,
     model: type[_Config],

@@ -225,8 +225,8 @@ def iter_reference(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[s
     """Yield ``(key path, default, description)`` for every field, nested sections included.
 
     A section that is one of several models (chosen by ``type``) lists each choice's keys as
-    ``section(type=x).key``. The README's configuration reference is generated from this, so
-    it cannot drift from the code.
+    ``section(type=x).key``. docs/configuration.md is generated from this, so it cannot
+    drift from the code.
     """
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"

@@ -1,6 +1,6 @@
 """Record identity: sources, deterministic record ids and per-source sequence numbers.
 
-DESIGN.md guarantee 3 (resends are harmless) and 4 (gaps are detectable) rest on this module:
+guarantee 3 (resends are harmless) and 4 (gaps are detectable) rest on this module:
 
 - a **source** is one generation of one file on one node: (node, device, inode, generation);
 - a record from a file gets the id ``<source id>-<byte offset of the line's first byte>`` in

@@ -1,4 +1,5 @@
-"""Config value types with units: byte sizes written as ``64MiB`` and durations as ``1.5s``."""
+"""Byte sizes: the KiB/MiB/GiB constants, and config sizes written as ``64MiB`` or ``1.5GB``
+(durations are plain seconds, keys ending in ``_s``)."""
 
 from __future__ import annotations
 

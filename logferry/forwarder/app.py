@@ -1,7 +1,7 @@
 """The forwarder daemon: discovery -> tails -> node spool -> sender, with positions that trail
 durability.
 
-The order of one round is the invariant of DESIGN.md guarantee 2: read a file, append its
+The order of one round is the invariant of guarantee 2: read a file, append its
 records to the spool (``append`` returns only once they are fsynced), and only then move that
 file's position to the reader's checkpoint. The sender commits spool batches only after an
 aggregator acked them. A kill at any instant can therefore only make something be read or

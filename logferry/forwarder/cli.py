@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from logferry.common.commands import Subcommands, add_daemon_arguments, start_daemon
+from logferry.common.commands import Subcommands, register_daemon
 from logferry.common.lifecycle import Daemon
 from logferry.forwarder import parked_cli
 from logferry.forwarder.config import ForwarderConfig
@@ -20,10 +20,9 @@ DESCRIPTION = (
 
 def register(commands: Subcommands, name: str, help_text: str) -> argparse.ArgumentParser:
     """Add ``forwarder`` (the daemon) and ``forwarder parked ...`` to ``commands``."""
-    parser = commands.add_parser(name, help=help_text, description=DESCRIPTION)
-    add_daemon_arguments(parser, name)
-    parser.set_defaults(handler=lambda args: start_daemon(parser, args, ForwarderConfig, _build))
-    tools = parser.add_subparsers(dest="forwarder_tool", metavar="TOOL")
+    parser, tools = register_daemon(
+        commands, name, help_text, description=DESCRIPTION, model=ForwarderConfig, build=_build
+    )
     parked_cli.register(tools, "parked", "list or requeue the chunks the aggregators refused")
     return parser
 

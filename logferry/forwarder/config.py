@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from logferry.common.config import ConfigModel
-from logferry.common.errors import ConfigError
+from logferry.common.secrets import InlineSecret, read_secret
 from logferry.common.sections import HttpSettings, LogSettings, SpoolSettings
 from logferry.common.units import ByteSize, KiB
 
@@ -68,7 +68,7 @@ class SenderSettings(ConfigModel):
     elsewhere with the same chunk id."""
     connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
     """Limit for TCP connect, TLS and the shared-key handshake together."""
-    shared_key: str | None = None
+    shared_key: InlineSecret | None = None
     """Forward Protocol shared key for the HELO/PING/PONG handshake. Prefer
     ``shared_key_file`` so the key stays in a Secret."""
     shared_key_file: Path | None = None
@@ -119,30 +119,12 @@ class SenderSettings(ConfigModel):
             raise ValueError("set shared_key or shared_key_file, not both")
         return self
 
-    @field_validator("shared_key")
-    @classmethod
-    def _key_not_empty(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("shared_key is empty")
-        return value
-
     def read_shared_key(self) -> str | None:
-        """The handshake key: ``shared_key``, or the stripped content of ``shared_key_file``
-        (read now: call once at start). ConfigError if the file is unreadable or empty: a
-        forwarder that would send no key, or a wrong one, must not start."""
-        path = self.shared_key_file
-        if path is None:
-            return self.shared_key
-        try:
-            value = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc)
-            raise ConfigError(
-                f"cannot read the shared key from {path}: {reason}", path="sender.shared_key_file"
-            ) from exc
-        if not value:
-            raise ConfigError(f"{path} is empty: no shared key", path="sender.shared_key_file")
-        return value
+        """The handshake key: ``shared_key``, or the content of ``shared_key_file`` (read
+        now: call once at start; ConfigError if it is unreadable or empty)."""
+        return read_secret(
+            self.shared_key, self.shared_key_file, "sender.shared_key_file", "shared key"
+        )
 
 
 def parse_host_port(server: str) -> tuple[str, int]:

@@ -1,7 +1,8 @@
 """The forward entries the forwarder builds, and the spool blocks they travel in.
 
-An entry is ``[EventTime, record]`` with the record of DESIGN.md ("Records"), held as msgspec
-structs so that a whole batch encodes to MessagePack in one C call: no per-line ``packb``.
+An entry is ``[EventTime, record]`` with the record of docs/architecture.md ("Record
+format"), held as msgspec structs so that a whole batch encodes to MessagePack in one C
+call: no per-line ``packb``.
 
 A **block** is one spool record: a header (entry count and uncompressed size, u32 each,
 big-endian) and one gzip member holding those entries as a MessagePackEventStream: the
@@ -61,7 +62,7 @@ class LfMeta(msgspec.Struct, gc=False, omit_defaults=True):
 
 
 class Body(msgspec.Struct, gc=False):
-    """The record map, keys in DESIGN.md's order."""
+    """The record map, keys in the order of docs/architecture.md ("Record format")."""
 
     log: str
     stream: str

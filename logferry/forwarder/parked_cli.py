@@ -24,7 +24,7 @@ from typing import TextIO
 
 import orjson
 
-from logferry.common.commands import Subcommands, run_handler, standalone_parser
+from logferry.common.commands import Subcommands, run_standalone
 from logferry.common.config import load_config
 from logferry.common.errors import ConfigError, SpoolError, SpoolFullError
 from logferry.common.files import fsync_dir
@@ -63,9 +63,9 @@ def register(commands: Subcommands, name: str, help_text: str) -> argparse.Argum
 
 def parked_main(argv: Sequence[str], *, out: TextIO | None = None) -> int:
     """``logferry forwarder parked`` with ``argv`` (the words after ``parked``)."""
-    parser = standalone_parser(register, "parked", parent="logferry forwarder")
-    parser.set_defaults(handler=lambda args: run(args, out=out))
-    return run_handler(parser, argv)
+    return run_standalone(
+        register, "parked", argv, parent="logferry forwarder", handler=lambda a: run(a, out=out)
+    )
 
 
 def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:

@@ -1,6 +1,6 @@
 """Read positions and sequence numbers of every source, and how a file on disk maps to one.
 
-A **source** (DESIGN.md) is one generation of one file on one node: (node, device, inode,
+A **source** (docs/architecture.md) is one generation of one file on one node: (node, device, inode,
 generation). Its state here is the next byte offset to read and the ``_lf.seq`` of the next
 record; both are persisted together in one position file, so a re-read after a restart gets
 the same record ids and sequence numbers (guarantees 3 and 4).

@@ -12,7 +12,7 @@ split), so a completed record waits until every record that starts before it is 
 A :class:`Checkpoint` is what the caller persists as the source's position once the records
 up to it are durable in the spool: an offset at a *cut* — a line boundary that no split line
 spans — and the seq of the first record at or after it. Reading again from a checkpoint
-reproduces exactly the same records with the same offsets and seqs (DESIGN.md guarantees 2,
+reproduces exactly the same records with the same offsets and seqs (the guarantees 2,
 3 and 4): records emitted past the checkpoint before a crash come out again identical, and
 the store's create-if-absent drops the copies.
 """

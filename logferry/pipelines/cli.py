@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from logferry.common.commands import Subcommands, run_handler, standalone_parser
+from logferry.common.commands import Subcommands, run_standalone
 from logferry.pipelines.render import render
 from logferry.pipelines.validate import (
     TenantLimits,
@@ -95,7 +95,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def pipelines_main(argv: Sequence[str]) -> int:
     """``logferry pipelines`` with ``argv``; the exit status."""
-    return run_handler(standalone_parser(register, "pipelines"), argv)
+    return run_standalone(register, "pipelines", argv)
 
 
 def run(args: argparse.Namespace) -> int:

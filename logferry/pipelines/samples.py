@@ -1,7 +1,7 @@
 """Built-in sample records for the dry run: what container records look like on the wire
-(DESIGN.md, Records), with the shapes filters meet in practice: plain text, JSON with a
-level, an access log line, a Java stack trace split over several lines, stderr, and an empty
-line."""
+(docs/architecture.md, "Record format"), with the shapes filters meet in practice: plain
+text, JSON with a level, an access log line, a Java stack trace split over several lines,
+stderr, and an empty line."""
 
 from __future__ import annotations
 

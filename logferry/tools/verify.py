@@ -1,7 +1,7 @@
 """``logferry verify``: proof of delivery, per source, by aggregations over the store.
 
 Every forwarded record carries ``_lf.src`` (its source: one generation of one file on one node)
-and ``_lf.seq``, contiguous from 0 per source (DESIGN.md guarantee 4). So a source is whole and
+and ``_lf.seq``, contiguous from 0 per source (guarantee 4). So a source is whole and
 stored once exactly when its stored seqs are ``start .. expected-1``, each held by one document.
 
 How it is counted, without reading documents:
