@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import types
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,8 +226,8 @@ def iter_reference(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[s
     """Yield ``(key path, default, description)`` for every field, nested sections included.
 
     A section that is one of several models (chosen by ``type``) lists each choice's keys as
-    ``section(type=x).key``. docs/configuration.md is generated from this, so it cannot
-    drift from the code.
+    ``section(type=x).key``; an optional section (``Model | None``) lists its keys too.
+    docs/configuration.md is generated from this, so it cannot drift from the code.
     """
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
@@ -238,11 +239,9 @@ def iter_reference(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[s
                 label = _type_label(kind.annotation) if kind is not None else choice.__name__
                 yield from iter_reference(choice, f"{path}(type={label}).")
             continue
-        yield (
-            path,
-            _default_text(field) if not _model_choices_single(field.annotation) else "",
-            (field.description or ""),
-        )
+        # A section that is always there has its defaults on its keys, not on itself.
+        section = isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        yield path, "" if section else _default_text(field), field.description or ""
         single = _model_choices_single(field.annotation)
         if single is not None:
             yield from iter_reference(single, f"{path}.")
@@ -257,8 +256,14 @@ def _default_text(field: Any) -> str:
 
 
 def _model_choices_single(annotation: Any) -> type[BaseModel] | None:
+    """The model of a section annotated ``Model`` or ``Model | None`` (a section that is
+    absent unless configured), else None."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            return args[0]
     return None
 
 
