@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import tempfile
+from collections.abc import Iterable
 
 FILE_MODE = 0o600
 """Spool segments, commit and position files, parked chunks: records of every tenant of the
@@ -56,6 +58,36 @@ def write_file_atomic(path: str, data: bytes, *, mode: int = FILE_MODE) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(os.path.dirname(path) or ".")
+
+
+def write_new_file(directory: str | os.PathLike[str], names: Iterable[str], data: bytes) -> str:
+    """Write ``data`` durably as a new file of ``directory`` under the first of ``names``
+    that is free; its path. Tmp file, fsync, link (which, unlike rename, never replaces a
+    file), directory fsync: a crash leaves either the whole file or none under its name.
+    """
+    directory = os.fspath(directory)
+    make_private_dirs(directory)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".new-", suffix=".tmp")  # 0600
+    try:
+        try:
+            write_all(fd, data, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                continue
+            break
+        else:
+            raise FileExistsError(errno.EEXIST, f"no free name in {directory}")
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    fsync_dir(directory)
+    return path
 
 
 def overwrite_in_place(path: str, data: bytes) -> None:

@@ -21,7 +21,7 @@ spool meanwhile) and retries, like every other write of the forwarder.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import os
 import time
 import zlib
@@ -34,7 +34,7 @@ import msgpack
 import orjson
 
 from logferry.common.disk_full import DiskStalls, is_disk_full, stall_delay
-from logferry.common.files import FILE_MODE, fsync_dir, make_private_dirs, write_all
+from logferry.common.files import write_new_file
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
 from logferry.forwarder.metrics import ForwarderMetrics
@@ -178,28 +178,10 @@ def list_parked(directory: Path) -> list[Path]:
 
 def _write_new(directory: Path, name: str, data: bytes) -> Path:
     """Write ``data`` as a new file named ``name`` (or ``name`` with a counter) atomically."""
-    make_private_dirs(directory)
-    stem, n = name.removesuffix(PARKED_SUFFIX), 0
-    path = directory / name
-    while path.exists():  # the same chunk parked again (it was requeued and refused again)
-        n += 1
-        path = directory / f"{stem}.{n}{PARKED_SUFFIX}"
-    tmp = directory / f".{path.name}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-        try:
-            write_all(fd, data, 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.link(tmp, path)  # never replaces an existing file, unlike rename
-        os.unlink(tmp)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(directory)
-    return path
+    stem = name.removesuffix(PARKED_SUFFIX)
+    # A counter when the same chunk is parked again (it was requeued and refused again).
+    names = itertools.chain([name], (f"{stem}.{n}{PARKED_SUFFIX}" for n in itertools.count(1)))
+    return Path(write_new_file(directory, names, data))
 
 
 class Parking:

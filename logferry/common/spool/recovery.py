@@ -15,15 +15,13 @@ It is synchronous; the spool runs it in a worker thread.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
 
 from logferry.common.files import (
-    FILE_MODE,
-    fsync_dir,
-    make_private_dirs,
-    write_all,
     write_file_atomic,
+    write_new_file,
 )
 from logferry.common.spool.segment import (
     DamagedRange,
@@ -234,17 +232,6 @@ def _remove_tmp_files(directory: str) -> None:
 
 def _quarantine_bytes(directory: str, name: str, data: bytes) -> str:
     """Write ``data`` durably under ``quarantine/`` (before the segment is rewritten)."""
-    qdir = os.path.join(directory, QUARANTINE_DIR)
-    make_private_dirs(qdir)
-    base, path, n = name, os.path.join(qdir, name), 1
-    while os.path.exists(path):  # damage found again at the same place on a later open
-        name = f"{base}.{n}"
-        path, n = os.path.join(qdir, name), n + 1
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-    try:
-        write_all(fd, data, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(qdir)
-    return path
+    # A counter when damage is found again at the same place on a later open.
+    names = itertools.chain([name], (f"{name}.{n}" for n in itertools.count(1)))
+    return write_new_file(os.path.join(directory, QUARANTINE_DIR), names, data)
