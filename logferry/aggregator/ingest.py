@@ -380,11 +380,6 @@ class Ingest:
 
     # ----------------------------------------------------------------- storing
 
-    async def accept(self, message: EventMessage, receipt: Receipt) -> int:
-        """Make the message durable; returns the number of documents spooled."""
-        await self.admit()
-        return await self.store(self.render(message, receipt))
-
     async def store(self, rendered: Rendered) -> int:
         """Make a rendered message durable (spools fsynced, letters in the DLQ); returns the
         number of documents spooled. Its budget is given back either way."""

@@ -145,7 +145,6 @@ class PipelineWatcher:
         self._loaded_hash: str | None = None
         self._bypassed: set[str] = set()
         self.applies = 0
-        self.rejections = 0
 
     @property
     def states(self) -> dict[str, PipelineState]:
@@ -188,7 +187,6 @@ class PipelineWatcher:
                     observed_generation=generation,
                 )
                 continue
-            self.rejections += 1
             good = self._last_good.get(key)
             issues = tuple(f"{i.path}: {i.reason} ({i.layer})" for i in verdict.issues)
             states[key] = PipelineState(

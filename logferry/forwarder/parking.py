@@ -198,7 +198,6 @@ class Parking:
         metrics = metrics if metrics is not None else ForwarderMetrics()
         self._stalls = stalls if stalls is not None else DiskStalls(metrics.registry)
         self.parked = metrics.chunks_parked
-        self.records_parked = 0
 
     async def park(self, header: dict[str, Any], payload: bytes, *, reason: str) -> Path:
         """Write the chunk; returns its file once durable. Waits (and retries) while the
@@ -236,7 +235,6 @@ class Parking:
                 self._stalls.failed("parked", owner, "file", exc)
                 await asyncio.sleep(stall_delay(attempt))
         self._stalls.succeeded("parked", owner, "file")
-        self.records_parked += count
         count_and_log(
             self.parked,
             log,

@@ -179,7 +179,6 @@ class PositionStore:
         self.max_released = max_released
         self.corrupt_loads = 0
         """How many times a damaged position file was quarantined (export it as a metric)."""
-        self.saves = 0
         self._states: dict[FileKey, SourceState] = {}
         # The last generation of inodes whose source was removed: a file that reuses one of
         # them starts at the next generation, so it never gets the ids of the old content.
@@ -281,7 +280,6 @@ class PositionStore:
             except BaseException:
                 self._dirty = True
                 raise
-            self.saves += 1
             return True
 
     def _load(self) -> None:

@@ -103,7 +103,6 @@ class Chunk:
     payload: bytes
     records: int
     """Entries in the chunk (its blocks' counts summed)."""
-    attempts: int = 0
     suspect: bool = False
     """An aggregator closed the connection on it once: it is sent alone from now on."""
     refusals: int = 0
@@ -127,7 +126,6 @@ class SenderStats:
         """Records in acked chunks, over all endpoints."""
         self.records_acked_by: Tally[str] = Tally()
         """Records in acked chunks, by the endpoint that acked."""
-        self.ack_latency_sum_s = 0.0
         self.ack_latency_max_s = 0.0
         self.endpoints_up = 0
         self._metrics = metrics if metrics is not None else ForwarderMetrics()
@@ -140,7 +138,6 @@ class SenderStats:
         self.acked[endpoint] += 1
         self.records_acked += records
         self.records_acked_by[endpoint] += records
-        self.ack_latency_sum_s += latency_s
         self.ack_latency_max_s = max(self.ack_latency_max_s, latency_s)
         self._metrics.chunks_acked.labels(endpoint).inc()
         self._metrics.records_acked.inc(records)
@@ -377,7 +374,6 @@ class Sender:
             written = False
             try:
                 connection = await self._connection(endpoint)
-                chunk.attempts += 1
                 started = loop.time()
                 future = connection.send(chunk)
                 written = True

@@ -39,7 +39,6 @@ class Settlement:
 
     delivered: int = 0
     duplicates: int = 0
-    delivered_bytes: int = 0
     refused: list[Rejection] = field(default_factory=list)
     """Documents the store refused for good (``position`` in the delivered list)."""
     unsettled: list[int] = field(default_factory=list)
@@ -121,7 +120,6 @@ class BulkDelivery:
                 continue
             self._count_request(str(result.status))
             nbytes = sum(len(documents[group[p]].source) for p in result.delivered_positions)
-            settlement.delivered_bytes += nbytes
             settlement.delivered += result.delivered
             settlement.duplicates += result.duplicates
             again.extend(group[position] for position in result.retry)

@@ -621,6 +621,7 @@ class Spool:
                 offset=event.offset,
                 bytes=event.length,
                 missing_seqs=event.missing_seqs,
+                kept_in=event.quarantine_file,
             )
         if recovered.commit_file_damaged:
             log.warning(
