@@ -40,6 +40,7 @@ from logferry.common.naming import IndexNamer
 from logferry.common.protocol import EventMessage
 from logferry.common.protocol.entries import UnreadableRecord
 from logferry.common.spool import Spool
+from logferry.common.units import MiB
 from logferry.pipelines.compiled import TenantPipelines
 
 __all__ = ["ByteBudget", "Ingest", "Receipt", "Rendered"]
@@ -91,7 +92,7 @@ class Ingest:
         namer: IndexNamer,
         default_tenant: str,
         instance: str,
-        inflight_max_bytes: int = 64 * 1024 * 1024,
+        inflight_max_bytes: int = 64 * MiB,
         pipelines: PipelineRegistry | None = None,
         pipeline_budget_s: float = 0.5,
         drop_markers: bool = True,

@@ -44,9 +44,10 @@ from logferry.common.protocol import Ping, ServerDecoder
 from logferry.common.protocol.decode import HANDSHAKE_MAX_BYTES
 from logferry.common.protocol.handshake import ServerHandshake, encode_helo, encode_pong
 from logferry.common.secrets import read_secret
+from logferry.common.units import MiB
 
 log = get_logger(__name__)
-READ_BYTES = 1 << 20
+READ_BYTES = MiB
 UNSLOTTED_READ_BYTES = 64 * 1024
 """What a connection reads while it holds no slot: a message that fits completes at once;
 one that does not waits for a slot before the rest is read."""

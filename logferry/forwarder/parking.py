@@ -37,6 +37,7 @@ from logferry.common.disk_full import DiskStalls, is_disk_full, stall_delay
 from logferry.common.files import write_new_file
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
+from logferry.common.units import MiB
 from logferry.forwarder.metrics import ForwarderMetrics
 
 __all__ = [
@@ -54,7 +55,7 @@ log = get_logger(__name__)
 PARKED_SUFFIX = ".parked"
 _FORMAT = "logferry-parked-chunk"
 _VERSION = 1
-_MAX_DECOMPRESSED = 256 * 1024 * 1024  # far above any chunk the forwarder makes
+_MAX_DECOMPRESSED = 256 * MiB  # far above any chunk the forwarder makes
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from logferry.common.units import MiB
 from logferry.forwarder.entries import encode_blocks, kubernetes_raw
 from logferry.forwarder.metadata import ContainerMeta
 from logferry.forwarder.positions import SourceState
@@ -60,7 +61,7 @@ class FileTail:
     meta: ContainerMeta
     fd: int
     max_line_bytes: int
-    read_bytes: int = 1 << 20
+    read_bytes: int = MiB
     block_records: int = 2000
     """Most records in one spool block (the sender's records-per-chunk cap)."""
     block_bytes: int = 4 << 20

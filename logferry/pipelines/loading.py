@@ -25,8 +25,10 @@ from typing import Any
 
 import yaml
 
+from logferry.common.units import MiB
+
 SUFFIXES = (".yaml", ".yml", ".json")
-MAX_FILE_BYTES = 1024 * 1024
+MAX_FILE_BYTES = MiB
 MAX_NODES_PER_DOCUMENT = 20_000
 
 Document = tuple[str, Mapping[str, Any]]

@@ -53,6 +53,7 @@ from logferry.common.protocol.types import (
     UnicodeErrors,
     ext_hook,
 )
+from logferry.common.units import MiB
 
 HANDSHAKE_MAX_BYTES: Final = 4096
 """What a peer may send before its PING is checked: a PING is a few hundred bytes."""
@@ -411,7 +412,7 @@ class ServerDecoder:
 class ClientDecoder:
     """Incremental decoder of what a server sends: HELO, PONG and ``{"ack": chunk}`` maps."""
 
-    def __init__(self, *, max_message_bytes: int = 1024 * 1024) -> None:
+    def __init__(self, *, max_message_bytes: int = MiB) -> None:
         self._framer = _Framer(max_message_bytes)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Helo | Pong | Ack]:

@@ -52,6 +52,7 @@ from logferry.common.protocol.types import (
     event_time_of,
     ext_hook,
 )
+from logferry.common.units import MiB
 
 MSGPACK_ERRORS: Final = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
 MAX_DEPTH: Final = 64
@@ -62,7 +63,7 @@ ROOM: Final = 5
 array), so the fast path never copies a stream to put a header in front of it."""
 _ARRAY32: Final = struct.Struct(">BI")
 _MIN_ENTRY_BYTES: Final = 3  # 0x92, a fixint time, an empty fixmap
-_WALK_PIECE: Final = 1 << 20
+_WALK_PIECE: Final = MiB
 
 
 @dataclass(frozen=True, slots=True)

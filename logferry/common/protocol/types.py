@@ -16,10 +16,11 @@ from typing import Any, Final, Literal, Protocol, TypeAlias
 import msgpack
 
 from logferry.common.errors import MalformedMessageError
+from logferry.common.units import MiB
 
-DEFAULT_MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES: Final = 8 * MiB
 DEFAULT_MAX_ENTRIES: Final = 100_000
-DEFAULT_MAX_DECOMPRESSED_BYTES: Final = 16 * 1024 * 1024
+DEFAULT_MAX_DECOMPRESSED_BYTES: Final = 16 * MiB
 DEFAULT_MAX_RECORD_BYTES: Final = 1280 * 1024
 _NS_PER_S: Final = 1_000_000_000
 _U32_MAX: Final = 0xFFFF_FFFF

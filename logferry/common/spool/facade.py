@@ -65,13 +65,14 @@ from logferry.common.spool.segment import (
     segment_name,
 )
 from logferry.common.spool.writer import GroupWriter, PendingAppend, set_exception
+from logferry.common.units import MiB
 
 __all__ = ["QuarantineEvent", "Spool", "SpoolBatch"]
 
 log = get_logger(__name__)
 
 LOCK_FILE = "lock"
-_DEFAULT_SEGMENT_MAX_BYTES = 64 * 1024 * 1024
+_DEFAULT_SEGMENT_MAX_BYTES = 64 * MiB
 
 
 @dataclass(frozen=True, slots=True)
