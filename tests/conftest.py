@@ -1,7 +1,9 @@
 """Fixtures shared by the whole test suite.
 
 The `opensearch` fixture starts one real OpenSearch node (a child JVM) for the session, the
-first time a test asks for it; tests that don't ask never start a JVM.
+first time a test asks for it; tests that don't ask never start a JVM. Fixtures that live
+with their helpers in tests/support/ are registered below, so tests never import one from
+another test module.
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ from collections.abc import Iterator
 import pytest
 
 from devtools.opensearch_node import OpenSearchNode
+
+pytest_plugins = [
+    "tests.support.daemon",  # daemons
+    "tests.support.aggregator",  # make_aggregator
+]
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.aggregator import input_port
 from tests.support.certs import Authority, Leaf
 from tests.support.daemon import DaemonProcess
 from tests.support.forward_client import ForwardClient
@@ -96,7 +97,7 @@ async def test_client_certificates_signed_by_the_ca_are_the_way_in(
     mtls: tuple[DaemonProcess, Authority, Leaf], tmp_path: Path
 ) -> None:
     daemon, ca, _server = mtls
-    port = int(daemon.config["input"]["listen_port"])
+    port = input_port(daemon)
     node = await asyncio.to_thread(ca.issue, "node-1", server=False)
     async with ForwardClient("127.0.0.1", port, ssl_context=client_context(ca, node)) as ok:
         await ok.send(compressed_chunk(container_entries("mtls", 20), "m-1"))
@@ -122,7 +123,7 @@ async def test_a_peer_that_never_finishes_the_tls_handshake_is_cut(
     mtls: tuple[DaemonProcess, Authority, Leaf],
 ) -> None:
     daemon, _ca, _server = mtls
-    port = int(daemon.config["input"]["listen_port"])
+    port = input_port(daemon)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         # Silent after connecting: cut at handshake_timeout_s (2 s), not at the idle timeout.

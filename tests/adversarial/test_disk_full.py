@@ -7,37 +7,26 @@ Needs root (the volumes are real tmpfs mounts); skipped with the reason otherwis
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from logferry.common.protocol import decode_entries
-from logferry.common.spool.segment import DamagedRange, parse_segment_name, scan_frames
+from logferry.common.spool.segment import DamagedRange, scan_frames
 from logferry.common.spool.segment import read_frame as read_spool_frame
 from logferry.forwarder.entries import block_stream
 from logferry.forwarder.positions import decode_positions
-from tests.integration.test_aggregator import aggregator_config
+from tests.support.aggregator import MakeAggregator, input_address
 from tests.support.daemon import DaemonProcess
 from tests.support.file_store import assert_exactly_once, documents
-from tests.support.kubelet import ContainerLog, container_log, glob_of
+from tests.support.kubelet import CRI_TIME, ContainerLog, container_log, glob_of
 from tests.support.net import free_port, wait_until
+from tests.support.spool_damage import segments
 from tests.support.tmpfs import fill, free_bytes, mounted_tmpfs
 
 pytestmark = pytest.mark.integration
-TS = "2026-11-25T19:50:31.{:09d}Z"
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.ensure_dead()
 
 
 class Writer:
@@ -52,7 +41,7 @@ class Writer:
             first = self.written[i]
             noise = os.urandom(per_file * 60).hex()
             data = b"".join(
-                f"{TS.format(n)} stdout F {noise[k * 120 : k * 120 + 120]} {n}\n".encode()
+                f"{CRI_TIME.format(n)} stdout F {noise[k * 120 : k * 120 + 120]} {n}\n".encode()
                 for k, n in enumerate(range(first, first + per_file))
             )
             with log.path.open("ab") as f:
@@ -62,16 +51,6 @@ class Writer:
     @property
     def total(self) -> int:
         return sum(self.written)
-
-
-def events(daemon: DaemonProcess, event: str) -> list[dict[str, Any]]:
-    out = []
-    for line in daemon.log_path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            if entry.get("event") == event:
-                out.append(entry)
-    return out
 
 
 async def healthy(daemon: DaemonProcess) -> bool:
@@ -84,10 +63,7 @@ def spooled_seqs(spool_dir: Path) -> dict[str, set[int]]:
     """Per source, the seqs of the records held in the forwarder's spool segments (valid
     frames only: a frame being retried on a full disk may be half there for a moment)."""
     held: dict[str, set[int]] = {}
-    for path in sorted(spool_dir.iterdir()):
-        first = parse_segment_name(path.name)
-        if first is None:
-            continue
+    for path in segments(spool_dir):
         data = path.read_bytes()
         for item in scan_frames(data, 0):
             if isinstance(item, DamagedRange):
@@ -112,7 +88,7 @@ def assert_positions_trail_the_spool(positions: Path, spool_dir: Path) -> int:
 
 
 async def test_forwarder_spool_volume_full_pauses_tailing_then_delivers_everything_once(
-    tmp_path: Path, daemons: list[DaemonProcess]
+    tmp_path: Path, daemons: list[DaemonProcess], make_aggregator: MakeAggregator
 ) -> None:
     with mounted_tmpfs(tmp_path / "fwdvol", size="8m") as volume:
         node = tmp_path / "node"
@@ -140,7 +116,7 @@ async def test_forwarder_spool_volume_full_pauses_tailing_then_delivers_everythi
         )
         daemons.append(fwd)
         await fwd.start()
-        assert len(events(fwd, "spool.volume_small")) == 1  # 8 MiB < spool.max_bytes
+        assert len(fwd.events("spool.volume_small")) == 1  # 8 MiB < spool.max_bytes
         assert await fwd.metric("logferry_node_spool_volume_bytes") == 8 << 20
         writer.write(100)
         positions = volume / "positions"
@@ -162,10 +138,10 @@ async def test_forwarder_spool_volume_full_pauses_tailing_then_delivers_everythi
         assert await healthy(fwd)
         assert await fwd.metric("logferry_lag_bytes") > 1 << 20  # tailing waits, reads no more
         assert await fwd.metric("logferry_disk_full_stalls_total", kind="spool") == 1
-        warned = [e for e in events(fwd, "disk.full") if e["kind"] == "spool"]
+        warned = [e for e in fwd.events("disk.full") if e["kind"] == "spool"]
         assert len(warned) == 1  # once per stall, however many retries
         assert warned[0]["level"] == "warning"
-        assert not events(fwd, "daemon.crashed")
+        assert not fwd.events("daemon.crashed")
         assert assert_positions_trail_the_spool(positions, spool_dir) == 3
 
         # SIGTERM while full: it stops (the appends it cannot make are abandoned; positions
@@ -176,12 +152,11 @@ async def test_forwarder_spool_volume_full_pauses_tailing_then_delivers_everythi
         await wait_until(spool_disk_full, timeout_s=60, what="the restarted spool to stall")
 
         out = tmp_path / "out"
-        agg_dir = tmp_path / "agg"
-        output = {"type": "file", "directory": str(out)}
-        agg_config = aggregator_config(agg_dir, None, output=output)
-        agg_config["input"]["listen_port"] = agg_port
-        agg = DaemonProcess("aggregator", agg_dir, agg_config)
-        daemons.append(agg)
+        agg = make_aggregator(
+            None,
+            input={"listen_port": agg_port},
+            output={"type": "file", "directory": str(out)},
+        )
         await agg.start()  # delivery frees segments: the spool resumes by itself
         writer.write(2_000)
 
@@ -192,13 +167,13 @@ async def test_forwarder_spool_volume_full_pauses_tailing_then_delivers_everythi
         assert_exactly_once(out, writer.written)
         assert await fwd.metric("logferry_disk_full", kind="spool") == 0
         assert await fwd.metric("logferry_lag_bytes") == 0
-        assert not events(fwd, "daemon.crashed")
+        assert not fwd.events("daemon.crashed")
         assert await fwd.stop() == 0
         assert await agg.stop() == 0
 
 
 async def test_aggregator_spool_volume_full_holds_acks_then_delivers_everything_once(
-    tmp_path: Path, daemons: list[DaemonProcess]
+    tmp_path: Path, daemons: list[DaemonProcess], make_aggregator: MakeAggregator
 ) -> None:
     with (
         mounted_tmpfs(tmp_path / "aggvol", size="8m") as agg_volume,
@@ -206,23 +181,16 @@ async def test_aggregator_spool_volume_full_holds_acks_then_delivers_everything_
     ):
         out = out_volume / "out"
         filler = fill(out_volume)  # the output cannot write: the spool keeps everything
-        agg_dir = tmp_path / "agg"
-        agg = DaemonProcess(
-            "aggregator",
-            agg_dir,
-            aggregator_config(
-                agg_dir,
-                None,
-                spool={"directory": str(agg_volume / "spool"), "segment_max_bytes": "1MiB"},
-                output={
-                    "type": "file",
-                    "directory": str(out),
-                    "retry_initial_s": 0.05,
-                    "retry_max_s": 0.5,
-                },
-            ),
+        agg = make_aggregator(
+            None,
+            spool={"directory": str(agg_volume / "spool"), "segment_max_bytes": "1MiB"},
+            output={
+                "type": "file",
+                "directory": str(out),
+                "retry_initial_s": 0.05,
+                "retry_max_s": 0.5,
+            },
         )
-        daemons.append(agg)
         await agg.start()
         node = tmp_path / "node"
         writer = Writer([container_log(node, f"ns-{i}", f"pod-{i}") for i in range(3)])
@@ -237,7 +205,7 @@ async def test_aggregator_spool_volume_full_holds_acks_then_delivers_everything_
                 # No resend while the aggregator holds a chunk: a resend would be a second
                 # copy in the file output, which (unlike a store) does not deduplicate.
                 "sender": {
-                    "servers": [f"127.0.0.1:{agg.config['input']['listen_port']}"],
+                    "servers": [input_address(agg)],
                     "ack_timeout_s": 600,
                 },
             },
@@ -247,7 +215,7 @@ async def test_aggregator_spool_volume_full_holds_acks_then_delivers_everything_
         writer.write(20_000)  # ~15 MB of lines; rendered in the aggregator's spool, ~2x that
 
         async def aggregator_disk_full() -> bool:
-            return any(e["kind"] == "spool" for e in events(agg, "disk.full"))
+            return any(e["kind"] == "spool" for e in agg.events("disk.full"))
 
         await wait_until(aggregator_disk_full, timeout_s=120, what="the aggregator volume to fill")
 
@@ -268,8 +236,8 @@ async def test_aggregator_spool_volume_full_holds_acks_then_delivers_everything_
         assert free_bytes(agg_volume) < 1 << 20
         assert await healthy(agg)
         assert await agg.metric("logferry_connections") == 1  # the connection stays open
-        assert not events(agg, "input.connection_failed")
-        assert not events(agg, "daemon.crashed")
+        assert not agg.events("input.connection_failed")
+        assert not agg.events("daemon.crashed")
         assert "traceback" not in agg.log_path.read_text()
 
         filler.unlink()  # the output can write again: delivery frees the spool volume

@@ -6,57 +6,30 @@ reason and warned once, however many rescans see it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.integration.test_aggregator import aggregator_config
+from tests.support.aggregator import MakeAggregator, input_address
 from tests.support.daemon import DaemonProcess
 from tests.support.file_store import assert_exactly_once, documents
-from tests.support.kubelet import container_log, glob_of, link_name
+from tests.support.kubelet import container_log, cri_lines, glob_of, link_name
 from tests.support.net import wait_until
 
 pytestmark = pytest.mark.integration
-TS = "2026-11-25T19:50:31.{:09d}Z"
 SECRET = "root:$6$SECRET-HASH-THAT-MUST-NOT-LEAVE-THE-NODE"
 
 
-def cri(first: int, count: int, tag: str) -> bytes:
-    return b"".join(
-        f"{TS.format(n)} stdout F {tag} line {n}\n".encode() for n in range(first, first + count)
-    )
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.ensure_dead()
-
-
-def log_events(daemon: DaemonProcess, event: str) -> list[dict[str, Any]]:
-    out = []
-    for line in daemon.log_path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            if entry.get("event") == event:
-                out.append(entry)
-    return out
-
-
 async def test_links_to_node_files_and_other_tenants_logs_are_never_shipped(
-    tmp_path: Path, daemons: list[DaemonProcess]
+    tmp_path: Path, daemons: list[DaemonProcess], make_aggregator: MakeAggregator
 ) -> None:
     node = tmp_path / "node"
     secret = tmp_path / "etc" / "shadow"
     secret.parent.mkdir()
     secret.write_text(SECRET + "\n")
-    shop = container_log(node, "shop", "web-1", body=cri(0, 300, "shop"))
-    blog = container_log(node, "blog", "www-0", body=cri(0, 200, "blog"))
-    bank = container_log(node, "bank", "vault-0", body=cri(0, 100, "bank"))
+    shop = container_log(node, "shop", "web-1", body=cri_lines(0, 300, "shop"))
+    blog = container_log(node, "blog", "www-0", body=cri_lines(0, 200, "blog"))
+    bank = container_log(node, "bank", "vault-0", body=cri_lines(0, 100, "bank"))
     # Tenant "evil" owns its pod folder: its 0.log is a symlink to the node's secret ...
     evil = container_log(node, "evil", "x-1")
     evil.path.unlink()
@@ -68,18 +41,11 @@ async def test_links_to_node_files_and_other_tenants_logs_are_never_shipped(
     key_file = tmp_path / "shared-key"
     key_file.write_text("fwd-key-from-a-secret\n")
     out = tmp_path / "out"
-    agg_dir = tmp_path / "agg"
-    agg = DaemonProcess(
-        "aggregator",
-        agg_dir,
-        aggregator_config(
-            agg_dir,
-            None,
-            input={"shared_key": "fwd-key-from-a-secret"},
-            output={"type": "file", "directory": str(out)},
-        ),
+    agg = make_aggregator(
+        None,
+        input={"shared_key": "fwd-key-from-a-secret"},
+        output={"type": "file", "directory": str(out)},
     )
-    daemons.append(agg)
     await agg.start()
     fwd_dir = tmp_path / "fwd"
     fwd = DaemonProcess(
@@ -98,7 +64,7 @@ async def test_links_to_node_files_and_other_tenants_logs_are_never_shipped(
                 "poll_interval_s": 0.05,
             },
             "sender": {
-                "servers": [f"127.0.0.1:{agg.config['input']['listen_port']}"],
+                "servers": [input_address(agg)],
                 "shared_key_file": str(key_file),  # the handshake works with the file's key
                 "ack_timeout_s": 10,
             },
@@ -114,7 +80,7 @@ async def test_links_to_node_files_and_other_tenants_logs_are_never_shipped(
     await wait_until(honest_delivered, timeout_s=60, what="the honest tenants' 600 lines")
 
     async def rescanned_often() -> bool:
-        return len(log_events(fwd, "discovery.scanned")) >= 10
+        return len(fwd.events("discovery.scanned")) >= 10
 
     await wait_until(rescanned_often, timeout_s=60, what="ten rescans")
     skipped = {
@@ -122,7 +88,7 @@ async def test_links_to_node_files_and_other_tenants_logs_are_never_shipped(
         for reason in ("outside_pods_root", "wrong_owner")
     }
     assert skipped == {"outside_pods_root": 1, "wrong_owner": 1}
-    refused = log_events(fwd, "discovery.file_refused")
+    refused = fwd.events("discovery.file_refused")
     assert sorted((e["reason"], e["namespace"], e["level"]) for e in refused) == [
         ("outside_pods_root", "evil", "warning"),
         ("wrong_owner", "evil", "warning"),
@@ -131,7 +97,7 @@ async def test_links_to_node_files_and_other_tenants_logs_are_never_shipped(
     # A tenant already being tailed swaps its 0.log for a symlink to the secret: the open
     # descriptor is drained and released, the secret is not followed.
     with shop.path.open("ab") as f:
-        f.write(cri(300, 50, "shop"))
+        f.write(cri_lines(300, 50, "shop"))
     shop.path.unlink()
     shop.path.symlink_to(secret)
 
@@ -140,7 +106,7 @@ async def test_links_to_node_files_and_other_tenants_logs_are_never_shipped(
 
     await wait_until(shop_refused, timeout_s=30, what="the swapped 0.log to be refused")
     with blog.path.open("ab") as f:
-        f.write(cri(200, 100, "blog"))
+        f.write(cri_lines(200, 100, "blog"))
 
     async def all_delivered() -> bool:
         return len(documents(out)) >= 750
@@ -154,6 +120,6 @@ async def test_links_to_node_files_and_other_tenants_logs_are_never_shipped(
     assert by_ns == {"shop": 350, "blog": 300, "bank": 100}  # the bank's log once, as the bank's
     assert_exactly_once(out, [350, 300, 100])
     assert await fwd.metric("logferry_files_skipped_total") == 3
-    assert len(log_events(fwd, "discovery.file_refused")) == 3
+    assert len(fwd.events("discovery.file_refused")) == 3
     assert await fwd.stop() == 0
     assert await agg.stop() == 0

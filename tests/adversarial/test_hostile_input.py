@@ -24,8 +24,7 @@ import pytest
 from logferry.aggregator.dlq import DeadLetterQueue
 from tests.support import attacks
 from tests.support.daemon import DaemonProcess
-from tests.support.net import wait_until
-from tests.support.opensearch_client import StoreReader
+from tests.support.opensearch_client import StoreReader, wait_count
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
@@ -55,11 +54,7 @@ async def under_attack(
         f"no honest ack during {measured.attack_s:.1f}s of attack"
     )
     store = StoreReader(opensearch.url)
-
-    async def stored() -> bool:
-        return await store.count(f"logs-{honest.namespace}-*") >= honest.sent
-
-    await wait_until(stored, timeout_s=60, what="the honest records in the store")
+    await wait_count(store, f"logs-{honest.namespace}-*", honest.sent)
     assert await store.count(f"logs-{honest.namespace}-*") == honest.sent
     growth = measured.growth
     assert growth < RSS_BOUND, f"peak RSS grew {growth / MiB:.0f} MiB under {attack.name}"
@@ -91,7 +86,9 @@ async def test_a_poison_record_is_parked_and_the_rest_of_its_chunk_stored(
 ) -> None:
     outcome, _, _ = await under_attack(aggregator, opensearch, attack("poison record"))
     assert outcome == "acked"
-    await wait_until_count(opensearch, "logs-poisoned-*", 100)
+    store = StoreReader(opensearch.url)
+    await wait_count(store, "logs-poisoned-*", 100)
+    assert await store.count("logs-poisoned-*") == 100
     entries = DeadLetterQueue(aggregator.config["dlq"]["directory"]).scan().entries
     (parked,) = entries
     assert parked.tenant == "deep-tenant"
@@ -136,7 +133,8 @@ async def test_odd_times_and_names_cannot_make_indices_or_tenants(
     outcome, _, _ = await under_attack(aggregator, opensearch, attack("out-of-window"))
     assert outcome == "acked"
     store = StoreReader(opensearch.url)
-    await wait_until_count(opensearch, "logs-time-tenant-*", 2)
+    await wait_count(store, "logs-time-tenant-*", 2)
+    assert await store.count("logs-time-tenant-*") == 2
     today = time.strftime("%Y.%m.%d", time.gmtime())
     hits = await store.search("logs-time-tenant-*")
     assert {h["_index"] for h in hits} == {f"logs-time-tenant-{today}"}
@@ -151,16 +149,6 @@ async def test_odd_times_and_names_cannot_make_indices_or_tenants(
     spool_root = Path(aggregator.config["spool"]["directory"])
     spools = {p.name for p in await asyncio.to_thread(lambda: list(spool_root.iterdir()))}
     assert not any("\n" in name or "." in name or name != name.lower() for name in spools)
-
-
-async def wait_until_count(opensearch: Any, pattern: str, count: int) -> None:
-    store = StoreReader(opensearch.url)
-
-    async def reached() -> bool:
-        return await store.count(pattern) >= count
-
-    await wait_until(reached, timeout_s=60, what=f"{count} documents in {pattern}")
-    assert await store.count(pattern) == count
 
 
 async def test_concurrent_attacks_do_not_multiply_memory(

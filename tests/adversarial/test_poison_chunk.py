@@ -9,40 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from logferry.forwarder.parked_cli import parked_main
-from tests.integration.test_aggregator import aggregator_config
+from tests.support.aggregator import MakeAggregator, input_address
 from tests.support.daemon import DaemonProcess
 from tests.support.file_store import assert_exactly_once, documents, ids
-from tests.support.kubelet import ContainerLog, container_log, glob_of
+from tests.support.kubelet import CRI_TIME, ContainerLog, container_log, glob_of
 from tests.support.net import wait_until
 
 pytestmark = pytest.mark.integration
-TS = "2026-11-25T19:50:31.{:09d}Z"
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.ensure_dead()
-
-
-def events(daemon: DaemonProcess, event: str) -> list[dict[str, Any]]:
-    return [
-        entry
-        for line in daemon.log_path.read_text(errors="replace").splitlines()
-        if line.startswith("{") and (entry := json.loads(line)).get("event") == event
-    ]
 
 
 class Lines:
@@ -55,7 +36,7 @@ class Lines:
     def write(self, n: int, text: str = "ok") -> None:
         with self.log.path.open("ab") as f:
             for i in range(self.count, self.count + n):
-                f.write(f"{TS.format(i)} stdout F {text} {i}\n".encode())
+                f.write(f"{CRI_TIME.format(i)} stdout F {text} {i}\n".encode())
         self.count += n
 
 
@@ -77,23 +58,15 @@ async def steady(lines: Lines) -> AsyncIterator[None]:
             await task
 
 
-def aggregator(tmp_path: Path, out: Path, max_message_bytes: str) -> DaemonProcess:
-    agg_dir = tmp_path / "agg"
-    config = aggregator_config(
-        agg_dir,
-        None,
-        input={"max_message_bytes": max_message_bytes},
-        output={"type": "file", "directory": str(out)},
-    )
-    return DaemonProcess("aggregator", agg_dir, config)
-
-
 async def test_a_poison_chunk_is_parked_the_node_flows_and_requeue_delivers_it_once(
-    tmp_path: Path, daemons: list[DaemonProcess]
+    tmp_path: Path, daemons: list[DaemonProcess], make_aggregator: MakeAggregator
 ) -> None:
     out = tmp_path / "out"
-    agg = aggregator(tmp_path, out, "256KiB")
-    daemons.append(agg)
+    agg = make_aggregator(
+        None,
+        input={"max_message_bytes": "256KiB"},
+        output={"type": "file", "directory": str(out)},
+    )
     await agg.start()
     node = tmp_path / "node"
     shop = Lines(container_log(node, "shop", "web-1"))
@@ -107,7 +80,7 @@ async def test_a_poison_chunk_is_parked_the_node_flows_and_requeue_delivers_it_o
             "spool": {"directory": str(fwd_dir / "spool"), "segment_max_bytes": "4MiB"},
             "source": {"path_glob": glob_of(node), "poll_interval_s": 0.05},
             "sender": {
-                "servers": [f"127.0.0.1:{agg.config['input']['listen_port']}"],
+                "servers": [input_address(agg)],
                 "batch_max_bytes": "64KiB",  # ordinary chunks stay far below the limit
                 "ack_timeout_s": 30,
                 "backoff_initial_s": 0.05,
@@ -135,9 +108,9 @@ async def test_a_poison_chunk_is_parked_the_node_flows_and_requeue_delivers_it_o
     await wait_until(innocents_delivered, timeout_s=120, what="every other line")
     docs = documents(out)
     assert not any(len(d["log"]) > 100_000 for d in docs)
-    assert len(events(fwd, "sender.chunk_parked")) == 1
-    assert events(fwd, "sender.chunk_parked")[0]["level"] == "warning"
-    assert len(events(agg, "input.protocol_error")) >= 5  # refused that often, at least
+    assert len(fwd.events("sender.chunk_parked")) == 1
+    assert fwd.events("sender.chunk_parked")[0]["level"] == "warning"
+    assert len(agg.events("input.protocol_error")) >= 5  # refused that often, at least
 
     listing = io.StringIO()
     assert parked_main(["list", "--config", str(fwd.config_path)], out=listing) == 0

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.chaos.harness import Pipeline
-
-MakePipeline = Callable[..., Pipeline]
+from tests.support.chaos_harness import MakePipeline, Pipeline
 
 
 @pytest.fixture

@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.conftest import MakePipeline
-from tests.chaos.harness import BlackHole, assert_proven, scale
 from tests.support.ack_dropping_proxy import AckDroppingProxy
+from tests.support.aggregator import input_port
+from tests.support.blackhole import BlackHole
 from tests.support.bulk_fault_proxy import BulkFaultProxy
+from tests.support.chaos_harness import MakePipeline, assert_proven, scale
 from tests.support.net import wait_until
 from tests.support.tcp_proxy import TcpProxy
 
@@ -78,8 +79,7 @@ async def test_2_aggregator_sigkill_at_each_step(make_pipeline: MakePipeline) ->
 async def test_3_store_down_for_a_while_spools_fill_then_drain(
     make_pipeline: MakePipeline, opensearch: Any
 ) -> None:
-    host, port = opensearch.url.removeprefix("http://").rsplit(":", 1)
-    proxy = TcpProxy(host, int(port))
+    proxy = TcpProxy.in_front_of(opensearch.url)
     await proxy.start()
     try:
         pipeline = make_pipeline(output_url=proxy.url)
@@ -129,7 +129,7 @@ async def test_9_acks_lost_on_the_way_back_resends_are_deduplicated(
 ) -> None:
     pipeline = make_pipeline(forwarder={"sender": {"ack_timeout_s": 2}})
     first = pipeline.aggregators[0]
-    proxy = AckDroppingProxy("127.0.0.1", int(first.config["input"]["listen_port"]))
+    proxy = AckDroppingProxy("127.0.0.1", input_port(first))
     await proxy.start()
     try:
         servers = pipeline.forwarder.config["sender"]["servers"]

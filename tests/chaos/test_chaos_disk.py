@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.conftest import MakePipeline
-from tests.chaos.damage import flip_byte, forwarder_records, frames, segments
-from tests.chaos.harness import Pipeline, assert_proven, scale
-from tests.support.kubelet import container_log
+from tests.support.chaos_harness import MakePipeline, Pipeline, assert_proven, scale
+from tests.support.kubelet import container_log, cri_lines
 from tests.support.net import wait_until
+from tests.support.spool_damage import flip_byte, forwarder_records, frames, segments
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -59,11 +58,6 @@ async def test_4_rotation_faster_than_the_forwarder_reads(make_pipeline: MakePip
     await pipeline.stop()
 
 
-def cri(count: int, tag: str) -> bytes:
-    stamp = "2026-11-25T19:50:31.000000001Z"
-    return b"".join(f"{stamp} stdout F {tag} line {n}\n".encode() for n in range(count))
-
-
 async def test_5_rotations_and_truncations_while_the_forwarder_is_down(
     make_pipeline: MakePipeline,
 ) -> None:
@@ -71,7 +65,7 @@ async def test_5_rotations_and_truncations_while_the_forwarder_is_down(
     files = {}
     for name in ("rotated", "truncated", "both"):  # kubelet's layout, one pod each
         log = container_log(pipeline.logs, f"{pipeline.prefix}-a", f"{name}-0")
-        log.path.write_bytes(cri(2000, f"{name}-0"))
+        log.path.write_bytes(cri_lines(0, 2000, f"{name}-0"))
         files[name] = log.path
     await pipeline.start()
     await read_everything(pipeline)
@@ -79,17 +73,17 @@ async def test_5_rotations_and_truncations_while_the_forwarder_is_down(
     # While it is down: a rename rotation with lines written before it, a truncation of a file
     # whose lines were all read (copytruncate), and a file rotated and then truncated.
     with files["rotated"].open("ab") as f:
-        f.write(cri(700, "rotated-0-more"))
+        f.write(cri_lines(0, 700, "rotated-0-more"))
     os.rename(files["rotated"], files["rotated"].with_name("0.log.1"))
-    files["rotated"].write_bytes(cri(500, "rotated-1"))
+    files["rotated"].write_bytes(cri_lines(0, 500, "rotated-1"))
     with files["truncated"].open("r+b") as f:
         f.truncate(0)
-    files["truncated"].write_bytes(cri(900, "truncated-1"))  # a new generation, same inode
+    files["truncated"].write_bytes(cri_lines(0, 900, "truncated-1"))  # a new generation, same inode
     os.rename(files["both"], files["both"].with_name("0.log.1"))
-    files["both"].write_bytes(cri(300, "both-1"))
+    files["both"].write_bytes(cri_lines(0, 300, "both-1"))
     with files["both"].open("r+b") as f:
         f.truncate(0)
-    files["both"].write_bytes(cri(400, "both-2"))
+    files["both"].write_bytes(cri_lines(0, 400, "both-2"))
     # No loadgen here: verify counts the records in the files on disk (``--files``).
     await pipeline.forwarder.start()
     expected = sorted([2700, 500, 2000, 900, 2000, 400])  # every generation, its own source
@@ -115,8 +109,7 @@ def outcome_rows(pipeline: Pipeline) -> list[Any]:
 async def test_7_aggregator_volume_full_acks_stop_and_resume(
     make_pipeline: MakePipeline, opensearch: Any
 ) -> None:
-    host, port = opensearch.url.removeprefix("http://").rsplit(":", 1)
-    proxy = TcpProxy(host, int(port))
+    proxy = TcpProxy.in_front_of(opensearch.url)
     await proxy.start()
     try:
         pipeline = make_pipeline(

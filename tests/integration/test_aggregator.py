@@ -7,8 +7,6 @@ import json
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,62 +15,14 @@ from fluent import sender
 
 from logferry.common import protocol
 from logferry.common.errors import HandshakeError
-from tests.support.daemon import DaemonProcess
+from tests.support.aggregator import MakeAggregator, input_port, unique_ns
 from tests.support.forward_client import ForwardClient
-from tests.support.net import free_port, wait_until
-from tests.support.opensearch_client import StoreReader
+from tests.support.net import wait_until
+from tests.support.opensearch_client import StoreReader, wait_count
 from tests.support.records import compressed_chunk, container_entries
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
-MakeAggregator = Callable[..., DaemonProcess]
-
-
-def aggregator_config(workdir: Path, store_url: str | None, **overrides: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "input": {
-            "listen_host": "127.0.0.1",
-            "listen_port": free_port(),
-            # fluent-logger and the third-party peers cannot do the shared-key handshake
-            "allow_unauthenticated": True,
-        },
-        "spool": {
-            "directory": str(workdir / "spool"),
-            "max_bytes": "256MiB",
-            "tenant_max_bytes": "64MiB",
-            "segment_max_bytes": "4MiB",
-        },
-        "dlq": {"directory": str(workdir / "dlq")},
-        "output": (
-            {"type": "opensearch", "urls": [store_url], "retry_max_s": 1.0, "retry_initial_s": 0.05}
-            if store_url
-            else {"type": "null"}
-        ),
-        "shutdown_deadline_s": 10,
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
-        else:
-            config[key] = value
-    return config
-
-
-@pytest.fixture
-async def make_aggregator(tmp_path: Path) -> AsyncIterator[MakeAggregator]:
-    started: list[DaemonProcess] = []
-
-    def make(store_url: str | None, name: str = "agg", **overrides: Any) -> DaemonProcess:
-        workdir = tmp_path / name
-        daemon = DaemonProcess(
-            "aggregator", workdir, aggregator_config(workdir, store_url, **overrides)
-        )
-        started.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in started:
-        daemon.ensure_dead()
 
 
 async def run_cli(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -86,23 +36,6 @@ async def run_cli(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess
         timeout=120,
         **kwargs,
     )
-
-
-def unique_ns(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def input_port(daemon: DaemonProcess) -> int:
-    return int(daemon.config["input"]["listen_port"])
-
-
-async def wait_count(
-    store: StoreReader, pattern: str, expected: int, timeout_s: float = 60
-) -> None:
-    async def reached() -> bool:
-        return await store.count(pattern) >= expected
-
-    await wait_until(reached, timeout_s=timeout_s, what=f"{expected} documents in {pattern}")
 
 
 async def test_fluent_logger_records_land_with_index_id_and_fields(
@@ -167,7 +100,7 @@ async def test_own_client_chunks_are_acked_and_stored_under_their_ids(
 async def test_acked_records_survive_sigkill_and_resent_chunks_are_stored_once(
     opensearch: Any, make_aggregator: MakeAggregator
 ) -> None:
-    proxy = TcpProxy("127.0.0.1", int(opensearch.url.rsplit(":", 1)[1]))
+    proxy = TcpProxy.in_front_of(opensearch.url)
     await proxy.start()
     proxy.set_down()  # nothing can leave: acked records exist only in the spool
     agg = make_aggregator(proxy.url)
@@ -201,7 +134,7 @@ async def test_acked_records_survive_sigkill_and_resent_chunks_are_stored_once(
 async def test_store_down_then_up_loses_and_duplicates_nothing(
     opensearch: Any, make_aggregator: MakeAggregator
 ) -> None:
-    proxy = TcpProxy("127.0.0.1", int(opensearch.url.rsplit(":", 1)[1]))
+    proxy = TcpProxy.in_front_of(opensearch.url)
     await proxy.start()
     agg = make_aggregator(proxy.url)
     await agg.start()
@@ -361,7 +294,7 @@ async def test_bad_peers_lose_only_their_own_connection(
 async def test_full_spool_slows_senders_instead_of_dropping(
     opensearch: Any, make_aggregator: MakeAggregator
 ) -> None:
-    proxy = TcpProxy("127.0.0.1", int(opensearch.url.rsplit(":", 1)[1]))
+    proxy = TcpProxy.in_front_of(opensearch.url)
     await proxy.start()
     proxy.set_down()
     agg = make_aggregator(

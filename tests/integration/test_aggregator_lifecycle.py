@@ -14,20 +14,15 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.integration.test_aggregator import (
-    MakeAggregator,
-    input_port,
-    make_aggregator,
-    wait_count,
-)
+from tests.support.aggregator import MakeAggregator, input_port
 from tests.support.forward_client import ForwardClient
+from tests.support.log_pipelines import log_pipeline
 from tests.support.net import wait_until
-from tests.support.opensearch_client import StoreReader
+from tests.support.opensearch_client import StoreReader, wait_count
 from tests.support.records import compressed_chunk, container_entries
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
-__all__ = ["make_aggregator"]  # the fixture, shared with test_aggregator
 
 
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:
@@ -130,7 +125,7 @@ async def test_probes_and_metrics_endpoint(make_aggregator: MakeAggregator) -> N
 async def test_sigterm_with_store_down_exits_cleanly_and_backlog_goes_out_after_restart(
     opensearch: Any, make_aggregator: MakeAggregator
 ) -> None:
-    proxy = TcpProxy("127.0.0.1", int(opensearch.url.rsplit(":", 1)[1]))
+    proxy = TcpProxy.in_front_of(opensearch.url)
     await proxy.start()
     proxy.set_down()
     agg = make_aggregator(proxy.url, shutdown_deadline_s=3)
@@ -143,9 +138,7 @@ async def test_sigterm_with_store_down_exits_cleanly_and_backlog_goes_out_after_
         for n in range(3):
             await client.wait_ack(f"s-{n}")
     assert await agg.stop(timeout_s=30) == 0
-    log = agg.log_path.read_text()
-    stopped = [json.loads(line) for line in log.splitlines() if '"aggregator.stopped"' in line]
-    assert stopped[-1]["left_in_spool"] > 0
+    assert agg.events("aggregator.stopped")[-1]["left_in_spool"] > 0
     proxy.set_up()
     await agg.start()
     store = StoreReader(opensearch.url)
@@ -185,26 +178,13 @@ async def test_a_tenants_pipeline_applies_to_its_tenant_only(
 ) -> None:
     pipelines = tmp_path / "pipelines"
     pipelines.mkdir()
+    filters: list[dict[str, Any]] = [
+        {"type": "grep", "field": "log", "regex": "line [0-9]*[05] ", "mode": "exclude"},
+        {"type": "parse_json", "field": "log"},
+        {"type": "add", "fields": {"team": "alpha"}},
+    ]
     (pipelines / "filt-a.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "logferry.io/v1alpha1",
-                "kind": "LogPipeline",
-                "metadata": {"name": "trim", "namespace": "filt-a"},
-                "spec": {
-                    "filters": [
-                        {
-                            "type": "grep",
-                            "field": "log",
-                            "regex": "line [0-9]*[05] ",
-                            "mode": "exclude",
-                        },
-                        {"type": "parse_json", "field": "log"},
-                        {"type": "add", "fields": {"team": "alpha"}},
-                    ]
-                },
-            }
-        )
+        yaml.safe_dump(log_pipeline("trim", filters, namespace="filt-a"))
     )
     agg = make_aggregator(opensearch.url, pipelines={"directory": str(pipelines)})
     await agg.start()

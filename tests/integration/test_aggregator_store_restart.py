@@ -8,19 +8,13 @@ from typing import Any
 import pytest
 
 from devtools.opensearch_node import OpenSearchNode
-from tests.integration.test_aggregator import (
-    MakeAggregator,
-    input_port,
-    make_aggregator,
-    wait_count,
-)
+from tests.support.aggregator import MakeAggregator, input_port
 from tests.support.forward_client import ForwardClient
 from tests.support.net import free_port, wait_until
-from tests.support.opensearch_client import StoreReader
+from tests.support.opensearch_client import StoreReader, wait_count
 from tests.support.records import compressed_chunk, container_entries
 
 pytestmark = pytest.mark.integration
-__all__ = ["make_aggregator"]
 
 
 async def test_opensearch_down_then_started_receives_everything_once(

@@ -28,7 +28,8 @@ from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.outputs import BulkOutput, BulkOutputSettings
 from logferry.aggregator.outputs.pump import drain
 from logferry.common.spool import Spool
-from tests.outputs_support import drain_until, fill, make_docs, open_spool, wait_until
+from tests.support.net import wait_until
+from tests.support.output_drain import drain_until, fill, make_docs, open_spool, sample
 
 pytestmark = pytest.mark.integration
 
@@ -82,10 +83,6 @@ def bulk_settings(*urls: str, **overrides: Any) -> BulkOutputSettings:
     }
     values.update(overrides)
     return BulkOutputSettings(**values)
-
-
-def sample(metrics: AggregatorMetrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 async def drain_all(
@@ -200,7 +197,11 @@ async def test_an_unreachable_store_commits_nothing_then_the_real_node_gets_ever
     stop = asyncio.Event()
     task = asyncio.create_task(drain(down, "team-a", spool, stop, 0.5))
     failures = {"status": "connection_error"}
-    await wait_until(lambda: sample(metrics, "logferry_bulk_requests_total", **failures) >= 5)
+    await wait_until(
+        lambda: sample(metrics, "logferry_bulk_requests_total", **failures) >= 5,
+        timeout_s=30,
+        what="five failed bulk requests",
+    )
     stop.set()
     await task
     await down.close()

@@ -20,20 +20,13 @@ import pytest
 from logferry.aggregator.dlq import DeadLetterQueue
 from logferry.aggregator.dlq_cli import dlq_main
 from logferry.common.protocol.types import METADATA_FIELD
-from tests.integration.test_aggregator import (
-    MakeAggregator,
-    input_port,
-    make_aggregator,
-    unique_ns,
-    wait_count,
-)
 from tests.support import fluentbit_wire as wire
+from tests.support.aggregator import MakeAggregator, input_port, unique_ns
 from tests.support.forward_client import ForwardClient
 from tests.support.net import wait_until
-from tests.support.opensearch_client import StoreReader
+from tests.support.opensearch_client import StoreReader, wait_count
 
 pytestmark = pytest.mark.integration
-__all__ = ["make_aggregator"]  # the fixture, shared with test_aggregator
 T0 = (int(time.time()) // 3600 - 1) * 3600  # an hour ago, on the hour: inside the time window
 
 
@@ -129,8 +122,7 @@ async def test_a_metrics_signal_is_acked_and_parked_and_the_connection_goes_on(
     assert await asyncio.to_thread(dlq_main, argv, out) == 0
     assert "1 entries have no index to replay into" in out.getvalue()
     assert len(DeadLetterQueue(agg.config["dlq"]["directory"]).scan().entries) == 1
-    warnings = [json.loads(line) for line in agg.log_path.read_text().splitlines() if "{" in line]
-    assert any(w.get("event") == "input.unsupported_signal" for w in warnings)
+    assert agg.events("input.unsupported_signal")
     assert await agg.stop() == 0
 
 
@@ -151,8 +143,7 @@ async def test_a_refused_dialect_is_logged_with_mode_and_shape_and_counted(
         return await agg.metric("logferry_protocol_errors_total", reason="bad_entry") == 1
 
     await wait_until(counted, timeout_s=10, what="the refusal to be counted")
-    lines = [json.loads(line) for line in agg.log_path.read_text().splitlines() if "{" in line]
-    (event,) = [line for line in lines if line.get("event") == "input.protocol_error"]
+    (event,) = agg.events("input.protocol_error")
     assert event["level"] == "warning"
     assert event["mode"] == "CompressedPackedForward"
     assert event["shape"] == "array[array[EventTime, array[int, int]], map]"

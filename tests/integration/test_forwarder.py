@@ -7,27 +7,20 @@ import json
 import os
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.test_aggregator import MakeAggregator, make_aggregator, wait_count
+from tests.support.aggregator import MakeAggregator, input_port
+from tests.support.blackhole import BlackHole
 from tests.support.daemon import DaemonProcess
-from tests.support.kubelet import container_log
+from tests.support.kubelet import CRI_TIME, container_log, cri_lines
 from tests.support.net import wait_until
-from tests.support.opensearch_client import StoreReader
+from tests.support.opensearch_client import StoreReader, wait_count
 
 pytestmark = pytest.mark.integration
-__all__ = ["make_aggregator"]
-TS = "2026-11-25T19:50:31.{:09d}Z"
-
-
-def cri_lines(first: int, count: int, tag: str) -> bytes:
-    return b"".join(
-        f"{TS.format(n)} stdout F {tag} line {n}\n".encode() for n in range(first, first + count)
-    )
 
 
 def docker_split_line(n: int, size: int) -> bytes:
@@ -37,47 +30,49 @@ def docker_split_line(n: int, size: int) -> bytes:
     out = []
     for i, part in enumerate(parts):
         log = part + ("\n" if i == len(parts) - 1 else "")
-        out.append(json.dumps({"log": log, "stream": "stderr", "time": TS.format(n)}) + "\n")
+        out.append(json.dumps({"log": log, "stream": "stderr", "time": CRI_TIME.format(n)}) + "\n")
     return "".join(out).encode()
 
 
-_STARTED: list[DaemonProcess] = []
+MakeForwarder = Callable[[Path, int], DaemonProcess]
 
 
-@pytest.fixture(autouse=True)
-def _no_forwarder_left_behind() -> Iterator[None]:
-    """A failing test must not leave its forwarder process running."""
-    yield
-    while _STARTED:
-        _STARTED.pop().ensure_dead()
+@pytest.fixture
+def make_forwarder(tmp_path: Path, daemons: list[DaemonProcess]) -> MakeForwarder:
+    """``make(logs, agg_port)``: the node's forwarder (not started) tailing ``logs/*.log``
+    and sending to the aggregator on ``agg_port``; killed at the end if still running."""
 
-
-def forwarder(tmp_path: Path, logs: Path, agg_port: int) -> DaemonProcess:
-    workdir = tmp_path / "fwd"
-    daemon = DaemonProcess(
-        "forwarder",
-        workdir,
-        {
-            "node_name": "node-it",
-            "spool": {
-                "directory": str(workdir / "spool"),
-                "max_bytes": "64MiB",
-                "segment_max_bytes": "4MiB",
+    def make(logs: Path, agg_port: int) -> DaemonProcess:
+        workdir = tmp_path / "fwd"
+        daemon = DaemonProcess(
+            "forwarder",
+            workdir,
+            {
+                "node_name": "node-it",
+                "spool": {
+                    "directory": str(workdir / "spool"),
+                    "max_bytes": "64MiB",
+                    "segment_max_bytes": "4MiB",
+                },
+                "source": {
+                    "path_glob": str(logs / "*.log"),
+                    "rescan_interval_s": 1,
+                    "poll_interval_s": 0.05,
+                },
+                "sender": {"servers": [f"127.0.0.1:{agg_port}"], "ack_timeout_s": 10},
             },
-            "source": {
-                "path_glob": str(logs / "*.log"),
-                "rescan_interval_s": 1,
-                "poll_interval_s": 0.05,
-            },
-            "sender": {"servers": [f"127.0.0.1:{agg_port}"], "ack_timeout_s": 10},
-        },
-    )
-    _STARTED.append(daemon)
-    return daemon
+        )
+        daemons.append(daemon)
+        return daemon
+
+    return make
 
 
 async def test_files_arrive_once_with_contiguous_seqs_across_rotation(
-    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+    opensearch: Any,
+    make_aggregator: MakeAggregator,
+    make_forwarder: MakeForwarder,
+    tmp_path: Path,
 ) -> None:
     ns = f"fwd-{uuid.uuid4().hex[:8]}"
     agg = make_aggregator(opensearch.url)
@@ -87,7 +82,7 @@ async def test_files_arrive_once_with_contiguous_seqs_across_rotation(
     cri = container_log(node, ns, "web-1", body=cri_lines(0, 3000, "cri")).path
     docker_body = b"".join(docker_split_line(n, 40_000 if n % 10 == 0 else 200) for n in range(300))
     container_log(node, ns, "web-2", body=docker_body)
-    fwd = forwarder(tmp_path, logs, int(agg.config["input"]["listen_port"]))
+    fwd = make_forwarder(logs, input_port(agg))
     await fwd.start()
     store = StoreReader(opensearch.url)
     await wait_count(store, f"logs-{ns}-*", 3300, timeout_s=120)
@@ -116,7 +111,10 @@ async def test_files_arrive_once_with_contiguous_seqs_across_rotation(
 
 
 async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
-    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+    opensearch: Any,
+    make_aggregator: MakeAggregator,
+    make_forwarder: MakeForwarder,
+    tmp_path: Path,
 ) -> None:
     kills = 40 if os.environ.get("CHAOS_LONG") else 20
     ns = f"kill-{uuid.uuid4().hex[:8]}"
@@ -134,7 +132,7 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
                 f.write(cri_lines(written[i], count, f"f{i}"))
             written[i] += count
 
-    fwd = forwarder(tmp_path, logs, int(agg.config["input"]["listen_port"]))
+    fwd = make_forwarder(logs, input_port(agg))
     for _ in range(kills):
         await write_some()
         fwd.spawn()
@@ -156,13 +154,17 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
 
 
 async def setup_one_file(
-    tmp_path: Path, ns: str, make_aggregator: MakeAggregator, opensearch: Any
+    tmp_path: Path,
+    ns: str,
+    make_aggregator: MakeAggregator,
+    make_forwarder: MakeForwarder,
+    opensearch: Any,
 ) -> tuple[DaemonProcess, DaemonProcess, Path, StoreReader]:
     agg = make_aggregator(opensearch.url)
     await agg.start()
     logs = tmp_path / "node" / "containers"
     path = container_log(tmp_path / "node", ns, "web-0", body=cri_lines(0, 1000, "one")).path
-    fwd = forwarder(tmp_path, logs, int(agg.config["input"]["listen_port"]))
+    fwd = make_forwarder(logs, input_port(agg))
     await fwd.start()
     store = StoreReader(opensearch.url)
     await wait_count(store, f"logs-{ns}-*", 1000, timeout_s=120)
@@ -179,10 +181,15 @@ async def assert_sources(store: StoreReader, ns: str, expected: list[int]) -> No
 
 
 async def test_rotation_while_stopped_is_drained_from_the_saved_position(
-    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+    opensearch: Any,
+    make_aggregator: MakeAggregator,
+    make_forwarder: MakeForwarder,
+    tmp_path: Path,
 ) -> None:
     ns = f"rot-{uuid.uuid4().hex[:8]}"
-    agg, fwd, path, store = await setup_one_file(tmp_path, ns, make_aggregator, opensearch)
+    agg, fwd, path, store = await setup_one_file(
+        tmp_path, ns, make_aggregator, make_forwarder, opensearch
+    )
     assert await fwd.stop() == 0
     with path.open("ab") as f:
         f.write(cri_lines(1000, 400, "one"))  # written after we stopped, then rotated away
@@ -195,10 +202,15 @@ async def test_rotation_while_stopped_is_drained_from_the_saved_position(
 
 
 async def test_rename_rotation_every_few_megabytes_under_steady_writes(
-    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+    opensearch: Any,
+    make_aggregator: MakeAggregator,
+    make_forwarder: MakeForwarder,
+    tmp_path: Path,
 ) -> None:
     ns = f"rr-{uuid.uuid4().hex[:8]}"
-    agg, fwd, path, store = await setup_one_file(tmp_path, ns, make_aggregator, opensearch)
+    agg, fwd, path, store = await setup_one_file(
+        tmp_path, ns, make_aggregator, make_forwarder, opensearch
+    )
     counts = [1000]  # lines per file generation; the first already holds 1000
     rotated: list[Path] = []
     filler = "r" * 150
@@ -208,7 +220,7 @@ async def test_rename_rotation_every_few_megabytes_under_steady_writes(
             while size < 2 * 1024 * 1024:
                 n = counts[-1]
                 batch = "".join(
-                    f"{TS.format(i)} stdout F g{generation} line {i} {filler}\n"
+                    f"{CRI_TIME.format(i)} stdout F g{generation} line {i} {filler}\n"
                     for i in range(n, n + 50)
                 ).encode()
                 f.write(batch)
@@ -233,10 +245,15 @@ async def test_rename_rotation_every_few_megabytes_under_steady_writes(
 
 
 async def test_inode_reuse_while_stopped_is_read_as_a_new_source(
-    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+    opensearch: Any,
+    make_aggregator: MakeAggregator,
+    make_forwarder: MakeForwarder,
+    tmp_path: Path,
 ) -> None:
     ns = f"ino-{uuid.uuid4().hex[:8]}"
-    agg, fwd, path, store = await setup_one_file(tmp_path, ns, make_aggregator, opensearch)
+    agg, fwd, path, store = await setup_one_file(
+        tmp_path, ns, make_aggregator, make_forwarder, opensearch
+    )
     assert await fwd.stop() == 0
     old = path.stat()
     os.unlink(path)
@@ -257,10 +274,15 @@ async def test_inode_reuse_while_stopped_is_read_as_a_new_source(
 
 
 async def test_copytruncate_starts_a_new_generation(
-    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+    opensearch: Any,
+    make_aggregator: MakeAggregator,
+    make_forwarder: MakeForwarder,
+    tmp_path: Path,
 ) -> None:
     ns = f"ct-{uuid.uuid4().hex[:8]}"
-    agg, fwd, path, store = await setup_one_file(tmp_path, ns, make_aggregator, opensearch)
+    agg, fwd, path, store = await setup_one_file(
+        tmp_path, ns, make_aggregator, make_forwarder, opensearch
+    )
     with path.open("r+b") as f:
         f.truncate(0)  # logrotate's copytruncate: the copy is not ours to read
     with path.open("ab") as f:
@@ -271,7 +293,10 @@ async def test_copytruncate_starts_a_new_generation(
 
 
 async def test_one_aggregator_killed_and_one_blackholed_everything_arrives_via_the_third(
-    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+    opensearch: Any,
+    make_aggregator: MakeAggregator,
+    make_forwarder: MakeForwarder,
+    tmp_path: Path,
 ) -> None:
     ns = f"ha-{uuid.uuid4().hex[:8]}"
     first = make_aggregator(opensearch.url, name="agg-1")
@@ -279,19 +304,14 @@ async def test_one_aggregator_killed_and_one_blackholed_everything_arrives_via_t
     await first.start()
     await second.start()
 
-    async def blackhole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while await reader.read(65536):
-            pass  # accepts and reads everything, acks nothing
-        writer.close()
-
-    hole = await asyncio.start_server(blackhole, "127.0.0.1", 0)
-    hole_port = hole.sockets[0].getsockname()[1]
+    hole = BlackHole()  # accepts and reads everything, acks nothing
+    await hole.start()
     logs = tmp_path / "node" / "containers"
     path = container_log(tmp_path / "node", ns, "web-0").path
-    ports = [int(a.config["input"]["listen_port"]) for a in (first, second)]
-    fwd = forwarder(tmp_path, logs, ports[0])
+    ports = [input_port(a) for a in (first, second)]
+    fwd = make_forwarder(logs, ports[0])
     fwd.config["sender"] = {
-        "servers": [f"127.0.0.1:{p}" for p in (*ports, hole_port)],
+        "servers": [*(f"127.0.0.1:{p}" for p in ports), hole.address],
         "ack_timeout_s": 2,
         "batch_max_records": 200,
     }
@@ -309,16 +329,18 @@ async def test_one_aggregator_killed_and_one_blackholed_everything_arrives_via_t
     assert await fwd.metric("logferry_sender_chunks_retried_total") >= 1
     assert await fwd.stop() == 0
     await second.stop()
-    hole.close()
-    await hole.wait_closed()
+    await hole.stop()
 
 
 async def test_spool_full_with_aggregators_down_pauses_tailing_then_everything_arrives(
-    opensearch: Any, make_aggregator: MakeAggregator, tmp_path: Path
+    opensearch: Any,
+    make_aggregator: MakeAggregator,
+    make_forwarder: MakeForwarder,
+    tmp_path: Path,
 ) -> None:
     ns = f"full-{uuid.uuid4().hex[:8]}"
     agg = make_aggregator(opensearch.url)
-    port = int(agg.config["input"]["listen_port"])  # not started yet: nothing listens
+    port = input_port(agg)  # not started yet: nothing listens
     logs = tmp_path / "node" / "containers"
     path = container_log(tmp_path / "node", ns, "web-0").path
     # ~14 MB of lines that do not compress away (the spool holds compressed blocks): 2 MiB of
@@ -326,11 +348,11 @@ async def test_spool_full_with_aggregators_down_pauses_tailing_then_everything_a
     noise = os.urandom(50 * 100_000).hex()
     path.write_bytes(
         b"".join(
-            f"{TS.format(n)} stdout F {noise[n * 100 : n * 100 + 100]} line {n}\n".encode()
+            f"{CRI_TIME.format(n)} stdout F {noise[n * 100 : n * 100 + 100]} line {n}\n".encode()
             for n in range(100_000)
         )
     )
-    fwd = forwarder(tmp_path, logs, port)
+    fwd = make_forwarder(logs, port)
     fwd.config["spool"] = {
         "directory": str(tmp_path / "fwd" / "spool"),
         "max_bytes": "2MiB",

@@ -12,20 +12,13 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_aggregator import (
-    MakeAggregator,
-    input_port,
-    make_aggregator,
-    unique_ns,
-    wait_count,
-)
+from tests.support.aggregator import MakeAggregator, input_port, unique_ns
 from tests.support.daemon import DaemonProcess
 from tests.support.fluency_peer import run_fluency, tail
 from tests.support.net import wait_until
-from tests.support.opensearch_client import StoreReader
+from tests.support.opensearch_client import StoreReader, wait_count
 
 pytestmark = pytest.mark.integration
-__all__ = ["make_aggregator"]  # the fixture, shared with test_aggregator
 RECORDS = 2000
 
 

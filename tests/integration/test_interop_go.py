@@ -27,22 +27,15 @@ from logferry.common import protocol
 from logferry.common.spool import Spool
 from logferry.forwarder.entries import make_block
 from logferry.forwarder.sender import Sender
-from tests.integration.test_aggregator import (
-    MakeAggregator,
-    input_port,
-    make_aggregator,
-    unique_ns,
-    wait_count,
-)
-from tests.integration.test_sender import drained, open_spool, running, settings
 from tests.support.ack_dropping_proxy import AckDroppingProxy
+from tests.support.aggregator import MakeAggregator, input_port, unique_ns
 from tests.support.go_peer import GoPeers, GoServer, build_go_peers, run_go_client
 from tests.support.net import wait_until
-from tests.support.opensearch_client import StoreReader
+from tests.support.opensearch_client import StoreReader, wait_count
 from tests.support.records import Entry, container_entries
+from tests.support.sender import drained, open_spool, running, settings
 
 pytestmark = pytest.mark.integration
-__all__ = ["make_aggregator"]
 
 RECORDS = 1000
 BATCH = 100

@@ -7,13 +7,13 @@ leaves no JVM behind, whether it is stopped or its owner is killed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from devtools.opensearch_node import OpenSearchNode, pid_alive
+from tests.support.net import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -125,24 +126,33 @@ threading.Event().wait()
 """
 
 
-def test_jvm_exits_when_its_owner_is_killed() -> None:
+def start_an_owner_and_kill_it() -> str:
+    """Run the owner script until its node is up, then SIGKILL it; its one line of output
+    (empty if the node did not start)."""
     owner = subprocess.Popen(
         [sys.executable, "-c", _OWNER_SCRIPT], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
     assert owner.stdout is not None
     try:
-        line = owner.stdout.readline()  # one line once the node is up, or EOF if start failed
+        return owner.stdout.readline()  # one line once the node is up, or EOF if start failed
     finally:
         owner.send_signal(signal.SIGKILL)  # no atexit, no finalizer: a hard crash
         owner.communicate()
+
+
+async def test_jvm_exits_when_its_owner_is_killed() -> None:
+    line = await asyncio.to_thread(start_an_owner_and_kill_it)
     assert line, "the owner process could not start a node (see its stderr)"
     started = json.loads(line)
     jvm_pid = int(started["pid"])
     try:
-        deadline = time.monotonic() + 60
-        while pid_alive(jvm_pid) and time.monotonic() < deadline:
-            time.sleep(0.1)  # not our child: polling its pid is the only way to watch it
-        assert not pid_alive(jvm_pid), "the JVM outlived its killed owner"
+        # Not our child: polling its pid is the only way to watch it.
+        await wait_until(
+            lambda: not pid_alive(jvm_pid),
+            timeout_s=60,
+            what="the JVM to exit after its owner was killed",
+            poll_s=0.1,
+        )
     finally:
         if pid_alive(jvm_pid):
             os.kill(jvm_pid, signal.SIGKILL)

@@ -4,6 +4,7 @@ isolation between tenants. Real aggregator process, real sockets, real OpenSearc
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -11,31 +12,21 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.test_aggregator import (
-    MakeAggregator,
-    input_port,
-    make_aggregator,
-    unique_ns,
-    wait_count,
-)
+from tests.support.aggregator import MakeAggregator, input_port, unique_ns
 from tests.support.bulk_fault_proxy import BulkFaultProxy
 from tests.support.forward_client import ForwardClient
+from tests.support.log_pipelines import log_pipeline
 from tests.support.net import wait_until
-from tests.support.opensearch_client import StoreReader
+from tests.support.opensearch_client import StoreReader, wait_count
 from tests.support.records import compressed_chunk, container_entries
 
 pytestmark = pytest.mark.integration
-__all__ = ["make_aggregator"]
 
 
 def pipeline(ns: str, name: str, filters: list[dict[str, Any]], **destination: Any) -> str:
-    doc = {
-        "apiVersion": "logferry.io/v1alpha1",
-        "kind": "LogPipeline",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"order": 10, "filters": filters, "destination": destination},
-    }
-    return yaml.safe_dump(doc)
+    """The YAML of tenant ``ns``'s pipeline ``name``, as its ConfigMap mount holds it."""
+    document = log_pipeline(name, filters, namespace=ns, order=10, destination=destination)
+    return yaml.safe_dump(document)
 
 
 def write(directory: Path, name: str, text: str) -> None:
@@ -91,7 +82,7 @@ async def test_hot_change_under_load_each_record_processed_by_exactly_one_versio
                 marked = pipeline(ns, "mark", [{"type": "add", "fields": {"v2": True}}])
                 write(directory, "p.yaml", marked)
                 await wait_until(
-                    lambda old=first_hash: _applied_other_than(status_file, f"{ns}/mark", old),
+                    functools.partial(_applied_other_than, status_file, f"{ns}/mark", first_hash),
                     timeout_s=30,
                     what="v2 to be applied",
                 )

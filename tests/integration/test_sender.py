@@ -3,65 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from logferry.common import protocol
 from logferry.common.spool import Spool
-from logferry.forwarder.config import SenderSettings
 from logferry.forwarder.entries import make_block
 from logferry.forwarder.sender import Sender
-from tests.support.daemon import DaemonProcess
+from tests.support.aggregator import MakeAggregator, input_address
+from tests.support.blackhole import BlackHole
 from tests.support.net import free_port, wait_until
 from tests.support.records import container_entries
+from tests.support.sender import drained, open_spool, running, settings
 
 pytestmark = pytest.mark.integration
-MakeAggregator = Callable[..., DaemonProcess]
-
-
-@pytest.fixture
-async def make_aggregator(tmp_path: Path) -> AsyncIterator[MakeAggregator]:
-    started: list[DaemonProcess] = []
-
-    def make(name: str = "agg", **input_overrides: Any) -> DaemonProcess:
-        workdir = tmp_path / name
-        config = {
-            "input": {
-                "listen_host": "127.0.0.1",
-                "listen_port": free_port(),
-                "allow_unauthenticated": True,
-                **input_overrides,
-            },
-            "spool": {
-                "directory": str(workdir / "spool"),
-                "max_bytes": "256MiB",
-                "tenant_max_bytes": "64MiB",
-                "segment_max_bytes": "4MiB",
-            },
-            "dlq": {"directory": str(workdir / "dlq")},
-            "output": {"type": "null"},
-            "shutdown_deadline_s": 10,
-        }
-        daemon = DaemonProcess("aggregator", workdir, config)
-        started.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in started:
-        daemon.ensure_dead()
-
-
-async def open_spool(directory: Path) -> Spool:
-    return await Spool.open(
-        directory,
-        max_bytes=256 * 1024 * 1024,
-        segment_max_bytes=4 * 1024 * 1024,
-        commit_flush_interval_s=0.05,
-    )
 
 
 @pytest.fixture
@@ -69,10 +26,6 @@ async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
     opened = await open_spool(tmp_path / "forwarder-spool")
     yield opened
     await opened.close()
-
-
-def address(daemon: DaemonProcess) -> str:
-    return f"127.0.0.1:{daemon.config['input']['listen_port']}"
 
 
 async def fill(spool: Spool, namespace: str, count: int) -> int:
@@ -91,58 +44,19 @@ async def fill(spool: Spool, namespace: str, count: int) -> int:
     return len(blocks)
 
 
-def settings(servers: list[str], **overrides: Any) -> SenderSettings:
-    base: dict[str, Any] = {
-        "servers": servers,
-        "batch_max_records": 100,
-        "ack_timeout_s": 5.0,
-        "connect_timeout_s": 2.0,
-        "backoff_initial_s": 0.05,
-        "backoff_max_s": 0.5,
-        "shutdown_deadline_s": 5.0,
-    }
-    return SenderSettings(**{**base, **overrides})
-
-
-@contextlib.asynccontextmanager
-async def running(sender: Sender) -> AsyncIterator[asyncio.Event]:
-    """Run ``sender`` in the background; on exit stop it and require a clean return."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(sender.run(stop))
-    try:
-        yield stop
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-async def drained(spool: Spool, *, timeout_s: float) -> None:
-    async def empty() -> bool:
-        return spool.records_pending == 0
-
-    await wait_until(empty, timeout_s=timeout_s, what="the forwarder spool to drain")
-
-
-async def metric_reaches(daemon: DaemonProcess, name: str, value: float, timeout_s: float) -> None:
-    async def reached() -> bool:
-        return await daemon.metric(name) >= value
-
-    await wait_until(reached, timeout_s=timeout_s, what=f"{name} >= {value}")
-
-
 async def test_everything_in_the_spool_arrives_and_is_committed(
     make_aggregator: MakeAggregator, spool: Spool
 ) -> None:
-    agg = make_aggregator()
+    agg = make_aggregator(None)
     await agg.start()
     await fill(spool, "tenant-a", 5000)
-    sender = Sender(settings([address(agg)]), spool, node_name="node-1")
+    sender = Sender(settings([input_address(agg)]), spool, node_name="node-1")
     async with running(sender):
         await drained(spool, timeout_s=60)
     assert await agg.metric("logferry_records_in_total") == 5000
     assert await agg.metric("logferry_acks_total") == 50
     assert sender.stats.records_acked == 5000
-    assert sender.stats.acked[address(agg)] == 50
+    assert sender.stats.acked[input_address(agg)] == 50
     assert sender.stats.retried.total() == 0
     assert sender.chunks_in_hand == 0
 
@@ -150,72 +64,41 @@ async def test_everything_in_the_spool_arrives_and_is_committed(
 async def test_killed_aggregator_mid_stream_everything_is_acked_through_the_other(
     make_aggregator: MakeAggregator, spool: Spool
 ) -> None:
-    first, second = make_aggregator("agg-1"), make_aggregator("agg-2")
+    first, second = make_aggregator(None, "agg-1"), make_aggregator(None, "agg-2")
     await asyncio.gather(first.start(), second.start())
     total = 30_000
     await fill(spool, "tenant-k", total)
     sender = Sender(
-        settings([address(first), address(second)], batch_max_records=50),
+        settings([input_address(first), input_address(second)], batch_max_records=50),
         spool,
         node_name="node-1",
     )
     async with running(sender):
 
         async def first_is_busy() -> bool:
-            return sender.stats.acked[address(first)] >= 5
+            return sender.stats.acked[input_address(first)] >= 5
 
         await wait_until(first_is_busy, timeout_s=60, what="acks from the first aggregator")
         first.kill()
         await drained(spool, timeout_s=120)
     assert spool.records_pending == 0
     assert sender.stats.records_acked == total
-    via_first = sender.stats.records_acked_by[address(first)]
+    via_first = sender.stats.records_acked_by[input_address(first)]
     assert via_first < total
     # Each chunk is acked once; the survivor holds everything the dead one did not ack.
     assert await second.metric("logferry_records_in_total") >= total - via_first
 
 
-class Blackhole:
-    """A server that accepts connections and reads everything, but never acks."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.bytes_read = 0
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-        self.port = 0
-
-    async def __aenter__(self) -> Blackhole:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:  # Server.close_clients() is Python 3.13+
-            writer.close()
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.append(writer)
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                self.bytes_read += len(data)
-        writer.close()
-
-
 async def test_blackhole_endpoint_does_not_stall_delivery(
     make_aggregator: MakeAggregator, spool: Spool
 ) -> None:
-    agg = make_aggregator()
+    agg = make_aggregator(None)
     await agg.start()
     await fill(spool, "tenant-b", 5000)
-    async with Blackhole() as hole:
-        blackhole = f"127.0.0.1:{hole.port}"
+    async with BlackHole() as hole:
+        blackhole = hole.address
         sender = Sender(
-            settings([blackhole, address(agg)], ack_timeout_s=0.5, backoff_initial_s=0.2),
+            settings([blackhole, input_address(agg)], ack_timeout_s=0.5, backoff_initial_s=0.2),
             spool,
             node_name="node-1",
         )
@@ -231,16 +114,18 @@ async def test_blackhole_endpoint_does_not_stall_delivery(
 async def test_shared_key_handshake_delivers_and_a_wrong_key_delivers_nothing(
     make_aggregator: MakeAggregator, tmp_path: Path
 ) -> None:
-    agg = make_aggregator(shared_key="s3cret")
+    agg = make_aggregator(None, input={"shared_key": "s3cret"})
     await agg.start()
     spool = await open_spool(tmp_path / "spool-h")
     try:
         blocks = await fill(spool, "tenant-h", 1000)
-        wrong = Sender(settings([address(agg)], shared_key="wrong"), spool, node_name="node-1")
+        wrong = Sender(
+            settings([input_address(agg)], shared_key="wrong"), spool, node_name="node-1"
+        )
         async with running(wrong):
 
             async def refused() -> bool:
-                return wrong.stats.retried[address(agg)] >= 2
+                return wrong.stats.retried[input_address(agg)] >= 2
 
             await wait_until(refused, timeout_s=30, what="the wrong key to be refused twice")
         assert wrong.stats.acked.total() == 0
@@ -252,7 +137,9 @@ async def test_shared_key_handshake_delivers_and_a_wrong_key_delivers_nothing(
     spool = await open_spool(tmp_path / "spool-h")
     try:
         assert spool.records_pending == blocks
-        right = Sender(settings([address(agg)], shared_key="s3cret"), spool, node_name="node-1")
+        right = Sender(
+            settings([input_address(agg)], shared_key="s3cret"), spool, node_name="node-1"
+        )
         async with running(right):
             await drained(spool, timeout_s=60)
         assert await agg.metric("logferry_records_in_total") >= 1000

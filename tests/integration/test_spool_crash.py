@@ -22,7 +22,7 @@ import pytest
 
 from logferry.common.spool import Spool
 from logferry.common.spool.segment import FrameHeader, parse_segment_name, scan_frames
-from tests.integration.spool_crash_writer import check_record
+from tests.support.spool_crash_writer import check_record
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 200 if os.environ.get("CHAOS_LONG") == "1" else 30
@@ -58,7 +58,7 @@ async def run_writer(directory: Path, run: int, kill_after_s: float) -> list[str
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.integration.spool_crash_writer",
+        "tests.support.spool_crash_writer",
         str(directory),
         str(run),
         str(run * 7919),

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from tests.support.net import free_port
+from tests.support.tcp_proxy import TcpProxy
 
 
 def _ack_chunk(message: Any) -> str | bytes | None:
@@ -29,7 +29,7 @@ def _ack_chunk(message: Any) -> str | bytes | None:
     return None
 
 
-class AckDroppingProxy:
+class AckDroppingProxy(TcpProxy):
     """Proxies 127.0.0.1:<port> to a Forward server and drops acks by policy.
 
     Policy, read for every ack so a test can flip it at any time:
@@ -42,30 +42,12 @@ class AckDroppingProxy:
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = free_port()
+        super().__init__(target_host, target_port)
         self.drop_all = False
         self.drop_every = 0
-        self.connections = 0
         self.acks_seen = 0
         self.acks_dropped = 0
         self.dropped_chunks: list[str | bytes] = []
-        self._server: asyncio.Server | None = None
-        self._links: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        """Stop listening and cut every open link."""
-        if self._server is not None:
-            self._server.close()
-        for writer in list(self._links):
-            writer.transport.abort()
-        self._links.clear()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
 
     def _should_drop(self) -> bool:
         """Count one ack and decide its fate."""
@@ -74,35 +56,7 @@ class AckDroppingProxy:
             return True
         return self.drop_every > 0 and self.acks_seen % self.drop_every == 0
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            # Like an unreachable server: the client sees its connection cut.
-            writer.transport.abort()
-            return
-        self._links.update((writer, up_writer))
-        await asyncio.gather(
-            self._pipe(reader, up_writer),
-            self._filter_acks(up_reader, writer),
-            return_exceptions=True,
-        )
-        self._links.discard(writer)
-        self._links.discard(up_writer)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        finally:
-            with contextlib.suppress(Exception):
-                writer.close()
-
-    async def _filter_acks(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _downstream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Server to client: forward every object but the acks the policy swallows.
 
         An ack may arrive split over reads and several may share one read, so the stream goes

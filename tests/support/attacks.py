@@ -28,9 +28,10 @@ from logferry.common.protocol import (
     encode_packed_forward,
     pack_entries,
 )
+from tests.support.aggregator import input_port
 from tests.support.daemon import DaemonProcess
 from tests.support.forward_client import ForwardClient
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_until
 from tests.support.records import compressed_chunk, container_entries
 
 MiB = 1024 * 1024
@@ -347,14 +348,15 @@ async def measure(daemon: DaemonProcess, attack: Attack) -> Measured:
     the honest tenant goes on, and wait for a few honest acks after it."""
     assert daemon.proc is not None
     pid = daemon.proc.pid
-    port = int(daemon.config["input"]["listen_port"])
+    port = input_port(daemon)
     honest = HonestTenant(port)
     honest.start()
-    deadline = time.monotonic() + 60
-    while honest.sent < 100:  # warm-up: a polled condition with a deadline
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the honest tenant did not warm up: {honest.failures}")
-        await asyncio.sleep(0.05)
+    await wait_until(
+        lambda: honest.sent >= 100,
+        timeout_s=60,
+        what="the honest tenant to warm up",
+        detail=lambda: f"its failures: {honest.failures}",
+    )
     before, _ = rss_bytes(pid)
     reset_peak_rss(pid)
     began = time.monotonic()
@@ -362,11 +364,12 @@ async def measure(daemon: DaemonProcess, attack: Attack) -> Measured:
     outcome = await attack.run(port)
     attack_s = time.monotonic() - began
     during = honest.latencies_s[acks_before:]
-    deadline = time.monotonic() + 60
-    while len(honest.latencies_s) < acks_before + len(during) + 5:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no honest acks after the attack: {honest.failures}")
-        await asyncio.sleep(0.05)
+    await wait_until(
+        lambda: len(honest.latencies_s) >= acks_before + len(during) + 5,
+        timeout_s=60,
+        what="honest acks after the attack",
+        detail=lambda: f"the honest tenant's failures: {honest.failures}",
+    )
     await honest.stop()
     _, peak = rss_bytes(pid)
     return Measured(outcome, attack_s, before, peak, honest, len(during), list(during))

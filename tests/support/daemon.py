@@ -1,17 +1,19 @@
-"""Run a logferry daemon as a real subprocess: config file, start, readiness, metrics, signals."""
+"""Run a logferry daemon as a real subprocess: config file, start, readiness, metrics, log
+events, signals; and the ``daemons`` fixture that kills whatever a test left running."""
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -56,15 +58,25 @@ class DaemonProcess:
     async def start(self, *, timeout_s: float = 60.0) -> None:
         """Start and wait until /readyz answers 200."""
         self.spawn()
-        try:
-            await wait_until(self.ready, timeout_s=timeout_s, what=f"{self.kind} /readyz")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.tail()}") from None
+        await wait_until(
+            self.ready, timeout_s=timeout_s, what=f"{self.kind} /readyz", detail=self.tail
+        )
 
     def tail(self, lines: int = 30) -> str:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        """Every JSON log line of ``event`` the daemon wrote, over all its starts (the log
+        also holds our ``--- start n ---`` separators, which are not JSON)."""
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                entry = json.loads(line)
+                if entry.get("event") == event:
+                    out.append(entry)
+        return out
 
     async def _get(self, path: str) -> tuple[int, str]:
         async with (
@@ -111,16 +123,31 @@ class DaemonProcess:
         """SIGTERM and wait for exit; returns the exit code."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while self.proc.poll() is None:
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                raise AssertionError(f"{self.kind} did not stop on SIGTERM\n{self.tail()}")
-            await asyncio.sleep(0.05)
-        return self.proc.returncode
+        proc = self.proc
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await wait_until(
+                lambda: proc.poll() is not None,
+                timeout_s=timeout_s,
+                what=f"{self.kind} to stop on SIGTERM",
+                detail=self.tail,
+            )
+        except AssertionError:
+            proc.kill()
+            raise
+        return proc.returncode
 
     def ensure_dead(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """A list a test appends its daemons to; whatever still runs at the end is killed, so a
+    failing test leaves no process behind."""
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.ensure_dead()

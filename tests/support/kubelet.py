@@ -4,6 +4,8 @@
 ``<root>/containers/<pod>_<namespace>_<container>-<id>.log`` is kubelet's symlink to it, and
 what the forwarder's ``source.path_glob`` matches. The forwarder reads a file only if the
 link resolves into the pods folder, to the folder of the container the link names.
+
+Also the lines a container runtime writes there, in CRI format.
 """
 
 from __future__ import annotations
@@ -11,6 +13,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+
+CRI_TIME = "2026-11-25T19:50:31.{:09d}Z"
+"""A CRI timestamp to ``.format(n)`` with a line's number: its nanoseconds, so lines differ."""
+
+
+def cri_lines(first: int, count: int, tag: str) -> bytes:
+    """Full CRI lines ``<time> stdout F <tag> line <n>`` for ``n`` from ``first`` on."""
+    return b"".join(
+        f"{CRI_TIME.format(n)} stdout F {tag} line {n}\n".encode()
+        for n in range(first, first + count)
+    )
 
 
 @dataclass(frozen=True)

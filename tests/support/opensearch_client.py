@@ -1,10 +1,12 @@
-"""Reading what reached OpenSearch, for assertions."""
+"""Reading what reached OpenSearch, for assertions, and waiting for documents to get there."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import aiohttp
+
+from tests.support.net import wait_until
 
 
 class StoreReader:
@@ -81,3 +83,15 @@ class StoreReader:
             )
             for bucket in payload["aggregations"]["src"]["buckets"]
         }
+
+
+async def wait_count(
+    store: StoreReader, pattern: str, expected: int, timeout_s: float = 60
+) -> None:
+    """Wait until at least ``expected`` documents match ``pattern`` (a test asserts the exact
+    count itself where more would be wrong)."""
+
+    async def reached() -> bool:
+        return await store.count(pattern) >= expected
+
+    await wait_until(reached, timeout_s=timeout_s, what=f"{expected} documents in {pattern}")

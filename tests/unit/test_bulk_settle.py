@@ -17,20 +17,16 @@ from logferry.aggregator.outputs.bulk_client import render_body, settle
 from logferry.aggregator.outputs.pump import drain
 from logferry.common.errors import OutputError
 from logferry.common.spool import Spool, SpoolBatch
-from tests.outputs_support import (
-    all_created,
+from tests.support.fake_bulk_store import all_created, fake_store
+from tests.support.net import wait_until
+from tests.support.output_drain import (
+    DEADLINE_S,
     drain_until,
-    fake_store,
     fill,
     make_docs,
     open_spool,
-    wait_until,
+    sample,
 )
-
-
-def sample(metrics: AggregatorMetrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels or None)
-    return value or 0.0
 
 
 def settings(url: str, **overrides: Any) -> BulkOutputSettings:
@@ -267,11 +263,17 @@ async def test_a_failing_tenant_keeps_one_batch_in_hand_until_it_delivers_again(
         stop = asyncio.Event()
         task = asyncio.create_task(drain(output, "a", spool, stop, 1.0))
         try:
-            await wait_until(lambda: len(store.requests) >= 2)
+            await wait_until(
+                lambda: len(store.requests) >= 2, timeout_s=DEADLINE_S, what="two requests"
+            )
             assert output.concurrency("a") == 1  # in backoff: one probe at a time
             assert output.concurrency("b") == 2  # another tenant is not held back
             healthy.set()
-            await wait_until(lambda: spool.records_pending == 0)
+            await wait_until(
+                lambda: spool.records_pending == 0,
+                timeout_s=DEADLINE_S,
+                what="the spool to drain once the store is healthy",
+            )
             assert output.concurrency("a") == 2
         finally:
             stop.set()
@@ -290,7 +292,9 @@ async def test_stop_returns_within_the_deadline_and_leaves_unsettled_batches_in_
         await output.start()
         stop = asyncio.Event()
         task = asyncio.create_task(drain(output, "a", spool, stop, 0.2))
-        await wait_until(lambda: len(store.requests) >= 3)
+        await wait_until(
+            lambda: len(store.requests) >= 3, timeout_s=DEADLINE_S, what="three failed requests"
+        )
         stop.set()
         await asyncio.wait_for(task, timeout=5)
         await output.close()

@@ -15,6 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.support.log_pipelines import log_pipeline
+
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "deploy" / "crd"
 OPERATOR_DIR = ROOT / "deploy" / "operator"
@@ -91,12 +93,7 @@ def _pipeline(**spec: Any) -> dict[str, Any]:
         "destination": {"indexSuffix": "web-app", "audit": False},
     }
     base.update(spec)
-    return {
-        "apiVersion": "logferry.io/v1alpha1",
-        "kind": "LogPipeline",
-        "metadata": {"name": "web", "namespace": "team-a"},
-        "spec": base,
-    }
+    return {**log_pipeline("web"), "spec": base}
 
 
 def _example_pipelines() -> list[dict[str, Any]]:

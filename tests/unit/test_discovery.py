@@ -87,7 +87,7 @@ def test_symlinked_container_logs_are_found_with_the_targets_identity(tmp_path: 
     }
 
 
-def test_excluded_namespaces_pods_and_containers_are_skipped_and_counted(
+def test_excluded_namespaces_pods_and_containers_are_skipped_and_tallied_in_the_scan_stats(
     tmp_path: Path,
 ) -> None:
     keep = container_log(tmp_path, "web-1", "shop", "nginx")

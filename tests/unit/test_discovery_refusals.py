@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from logferry.common.config import parse_config
-from logferry.forwarder.app import Forwarder
-from logferry.forwarder.config import ForwarderConfig, SourceSettings
+from logferry.forwarder.config import SourceSettings
 from logferry.forwarder.discovery import Discovery
 from logferry.forwarder.metadata import ContainerMeta, parse_file_name
 from logferry.forwarder.metrics import ForwarderMetrics
 from logferry.forwarder.pathguard import RefusedFileError, check_target, open_pod_log
+from tests.support.forwarder_app import forwarder_in
 from tests.support.kubelet import container_log, glob_of, link_name
 
 ROOT = "/var/log/pods"
@@ -144,26 +143,13 @@ def test_links_out_of_the_pods_root_or_into_another_tenant_are_refused_once(
     assert len(refusal_warnings(caplog)) == 3
 
 
-def forwarder(tmp_path: Path) -> Forwarder:
-    config = parse_config(
-        f"""
-node_name: n1
-spool: {{directory: {tmp_path / "spool"}}}
-source: {{path_glob: {glob_of(tmp_path)}}}
-sender: {{servers: ["127.0.0.1:1"]}}
-""",
-        ForwarderConfig,
-    )
-    return Forwarder(config)
-
-
 def test_a_symlink_swapped_in_between_the_scan_and_the_open_is_refused(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     secret = tmp_path / "secret"
     secret.write_text("top secret\n")
     log = container_log(tmp_path, "shop", "web-1", body=b"x\n")
-    fwd = forwarder(tmp_path)
+    fwd = forwarder_in(tmp_path)
     found = fwd.discovery.scan()
     log.path.unlink()
     log.path.symlink_to(secret)  # after the scan resolved and checked it
@@ -178,7 +164,7 @@ def test_a_file_replaced_between_the_scan_and_the_open_is_not_opened_under_the_o
     tmp_path: Path,
 ) -> None:
     log = container_log(tmp_path, "shop", "web-1", body=b"old\n")
-    fwd = forwarder(tmp_path)
+    fwd = forwarder_in(tmp_path)
     found = fwd.discovery.scan()
     replacement = log.path.with_name("new")
     replacement.write_bytes(b"new\n")
@@ -194,7 +180,7 @@ def test_a_file_replaced_between_the_scan_and_the_open_is_not_opened_under_the_o
 
 def test_a_fifo_planted_as_a_log_cannot_hang_the_forwarder(tmp_path: Path) -> None:
     log = container_log(tmp_path, "shop", "web-1", body=b"x\n")
-    fwd = forwarder(tmp_path)
+    fwd = forwarder_in(tmp_path)
     found = fwd.discovery.scan()
     log.path.unlink()
     os.mkfifo(log.path)  # no writer ever opens it: a blocking open would never return

@@ -90,7 +90,7 @@ def test_settle_removes_delivered_updates_refused_and_deletes_emptied_files(
     assert not [n for n in os.listdir(tmp_path / "team-a") if n.endswith(".tmp")]
 
 
-def test_a_torn_last_line_is_skipped_and_counted_and_the_next_append_reads_fine(
+def test_a_torn_last_line_is_skipped_and_reported_by_the_scan_and_the_next_append_reads_fine(
     tmp_path: Path,
 ) -> None:
     dlq = DeadLetterQueue(tmp_path)

@@ -14,7 +14,7 @@ from logferry.aggregator.outputs import FileOutputSettings, build_output
 from logferry.common.spool import Spool
 from logferry.forwarder.parking import Parking
 from logferry.forwarder.positions import PositionStore, SourceState
-from tests.outputs_support import drain_until, fill, make_docs, open_spool
+from tests.support.output_drain import drain_until, fill, make_docs, open_spool
 
 
 def mode(path: Path) -> int:

@@ -22,7 +22,7 @@ from logferry.aggregator.outputs import (
 )
 from logferry.aggregator.outputs import file as file_module
 from logferry.common.spool import SpoolBatch
-from tests.outputs_support import drain_until, fill, make_docs, open_spool
+from tests.support.output_drain import drain_until, fill, make_docs, open_spool, sample
 
 
 def file_settings(directory: Path, **overrides: Any) -> FileOutputSettings:
@@ -40,10 +40,6 @@ def read_index(root: Path, index: str) -> list[list[dict[str, Any]]]:
     ]
 
 
-def records_out(metrics: AggregatorMetrics, tenant: str) -> float:
-    return metrics.registry.get_sample_value("logferry_records_out_total", {"tenant": tenant}) or 0
-
-
 async def test_documents_land_in_ndjson_files_per_index_in_order(tmp_path: Path) -> None:
     metrics = AggregatorMetrics()
     spool = await open_spool(tmp_path / "spool")
@@ -57,7 +53,7 @@ async def test_documents_land_in_ndjson_files_per_index_in_order(tmp_path: Path)
     (day1,) = read_index(tmp_path / "out", "logs-a-2026.11.25")
     assert [doc["n"] for doc in day1] == list(range(12))
     assert os.listdir(tmp_path / "out" / "logs-a-2026.11.26") == ["logs-a-2026.11.26.0.ndjson"]
-    assert records_out(metrics, "a") == 15
+    assert sample(metrics, "logferry_records_out_total", tenant="a") == 15
     await spool.close()
 
 
@@ -137,5 +133,5 @@ async def test_null_output_commits_and_counts_documents(tmp_path: Path) -> None:
     await output.start()
     await drain_until(output, "a", spool, lambda: spool.records_pending == 0)
     await output.close()
-    assert records_out(metrics, "a") == 25
+    assert sample(metrics, "logferry_records_out_total", tenant="a") == 25
     await spool.close()

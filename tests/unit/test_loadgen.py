@@ -3,13 +3,12 @@ reader makes of the files: one record per logical message, split lines merged ba
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import signal
-import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from logferry.tools.loadgen import (
     run_loadgen,
     split_message,
 )
+from tests.support.net import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 KUBELET_NAME = re.compile(
@@ -259,30 +259,44 @@ def test_command_line_parses_units_and_formats(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "manifest.json").read_text())["messages_total"] == 5
 
 
-def test_sigterm_finishes_the_batch_and_writes_a_complete_manifest(tmp_path: Path) -> None:
+async def test_sigterm_finishes_the_batch_and_writes_a_complete_manifest(tmp_path: Path) -> None:
     manifest_path = tmp_path / "manifest.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "logferry.tools.loadgen", "--dir", str(tmp_path), *RUN_FOREVER],
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "logferry.tools.loadgen",
+        "--dir",
+        str(tmp_path),
+        *RUN_FOREVER,
         cwd=REPO,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 10
-        # Wait until the manifest exists and messages are being written.
-        while not (manifest_path.exists() and any(p.stat().st_size for p in logs(tmp_path))):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "no manifest within 10 s"
-            time.sleep(0.01)  # polling a condition, with the deadline above
+        # Until the manifest exists and messages are being written (or loadgen gave up).
+        await wait_until(
+            lambda: (
+                proc.returncode is not None
+                or (manifest_path.exists() and any(p.stat().st_size for p in logs(tmp_path)))
+            ),
+            timeout_s=10,
+            what="a manifest and messages being written",
+        )
+        assert proc.returncode is None, await proc.stderr.read() if proc.stderr else b""
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=10)
+        _, err = await asyncio.wait_for(proc.communicate(), 10)
+        stderr = err.decode()
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-            proc.wait()
+            await proc.wait()
     assert proc.returncode == 0, stderr
     assert "messages" in stderr
     assert "rotations" in stderr
+    assert_complete_manifest(manifest_path)
+
+
+def assert_complete_manifest(manifest_path: Path) -> None:
+    """The manifest says the run finished, and every file's size and messages are on disk."""
     manifest = json.loads(manifest_path.read_text())
     assert manifest["finished"] is not None
     assert manifest["messages_total"] > 0

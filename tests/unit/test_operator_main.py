@@ -13,7 +13,7 @@ import pytest
 from logferry.operator import main
 from logferry.operator import reconcile as rc
 from logferry.operator.kubeapi import KubeApiError
-from tests.unit.test_operator_reconcile import SCHEMA_INVALID, _obj
+from tests.support.log_pipelines import SCHEMA_INVALID, api_object
 
 
 class FakeStore:
@@ -63,7 +63,7 @@ async def test_apply_writes_the_configmap_then_fills_status_and_posts_events() -
     controller, recorder = _controller(store)
     status: dict[str, Any] = {}
 
-    result = await controller.apply(_obj(), status)
+    result = await controller.apply(api_object(), status)
 
     assert store.writes == [result.configmap_data]
     assert status["appliedHash"] == result.verdict.spec_hash
@@ -75,9 +75,9 @@ async def test_an_unchanged_configmap_is_not_written_again() -> None:
     store = FakeStore()
     controller, _ = _controller(store)
     status: dict[str, Any] = {}
-    await controller.apply(_obj(), status)
-    await controller.apply(_obj(status=copy.deepcopy(status)), {})
-    await controller.apply(_obj(generation=2, spec=SCHEMA_INVALID), {})
+    await controller.apply(api_object(), status)
+    await controller.apply(api_object(status=copy.deepcopy(status)), {})
+    await controller.apply(api_object(generation=2, spec=SCHEMA_INVALID), {})
     assert len(store.writes) == 1
 
 
@@ -88,24 +88,24 @@ async def test_a_failed_configmap_write_reports_nothing_and_keeps_the_state() ->
     status: dict[str, Any] = {}
 
     with pytest.raises(KubeApiError):
-        await controller.apply(_obj(), status)
+        await controller.apply(api_object(), status)
 
     assert status == {}
     assert recorder.events == []
     assert controller.accepted == {}
     store.fail_with = None
-    await controller.apply(_obj(), status)
+    await controller.apply(api_object(), status)
     assert status["conditions"][1]["reason"] == "Applied"
 
 
 async def test_a_restarted_controller_keeps_the_last_known_good_from_the_configmap() -> None:
     store = FakeStore()
     controller, _ = _controller(store)
-    await controller.apply(_obj(generation=1), {})
+    await controller.apply(api_object(generation=1), {})
 
     restarted, _ = _controller(FakeStore(store.data))
     status: dict[str, Any] = {}
-    await restarted.apply(_obj(generation=2, spec=SCHEMA_INVALID), status)
+    await restarted.apply(api_object(generation=2, spec=SCHEMA_INVALID), status)
 
     assert status["conditions"][1]["reason"] == "KeptLastKnownGood"
     assert set(restarted.accepted) == {"team-a/web"}
@@ -114,8 +114,8 @@ async def test_a_restarted_controller_keeps_the_last_known_good_from_the_configm
 async def test_delete_removes_the_pipeline_from_the_configmap() -> None:
     store = FakeStore()
     controller, _ = _controller(store)
-    await controller.apply(_obj(name="web"), {})
-    await controller.apply(_obj(name="api"), {})
+    await controller.apply(api_object(name="web"), {})
+    await controller.apply(api_object(name="api"), {})
 
     await controller.delete("team-a", "web")
 
@@ -128,7 +128,7 @@ async def test_delete_removes_the_pipeline_from_the_configmap() -> None:
 async def test_handlers_turn_api_errors_into_kopf_retries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    seeded = rc.reconcile(_obj(name="web"), {})
+    seeded = rc.reconcile(api_object(name="web"), {})
     store = FakeStore(seeded.configmap_data)
     controller, recorder = _controller(store)
     monkeypatch.setattr(main, "_controller", controller)
@@ -142,7 +142,7 @@ async def test_handlers_turn_api_errors_into_kopf_retries(
     store.fail_with = KubeApiError("HTTP 503", status=503, retriable=True)
     patch = kopf.Patch()
     with pytest.raises(kopf.TemporaryError) as raised:
-        await main.reconcile_pipeline(body=kopf.Body(_obj(name="api")), patch=patch)
+        await main.reconcile_pipeline(body=kopf.Body(api_object(name="api")), patch=patch)
     assert raised.value.delay == main.RETRY_DELAY_S
     assert not patch.status
     assert recorder.events == []
@@ -151,7 +151,7 @@ async def test_handlers_turn_api_errors_into_kopf_retries(
 async def test_handlers_before_startup_ask_kopf_to_retry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(main, "_controller", None)
     with pytest.raises(kopf.TemporaryError):
-        await main.reconcile_pipeline(body=kopf.Body(_obj()), patch=kopf.Patch())
+        await main.reconcile_pipeline(body=kopf.Body(api_object()), patch=kopf.Patch())
 
 
 def test_budget_from_env_reads_the_tenant_share() -> None:
@@ -170,14 +170,14 @@ def test_a_bad_tenant_share_stops_the_operator_at_start(value: str) -> None:
 
 
 async def test_the_controller_holds_each_tenant_to_its_share() -> None:
-    one = rc.configmap_size(rc.reconcile(_obj(name="a"), {}).configmap_data)
+    one = rc.configmap_size(rc.reconcile(api_object(name="a"), {}).configmap_data)
     budget = rc.ConfigMapBudget(tenant_bytes=one + one // 2)
     store = FakeStore()
     controller = main.Controller(store, Recorder(), budget)
     status: dict[str, Any] = {}
-    await controller.apply(_obj(name="a"), {})
-    await controller.apply(_obj(name="b"), status)
-    await controller.apply(_obj(name="c", namespace="team-b"), {})
+    await controller.apply(api_object(name="a"), {})
+    await controller.apply(api_object(name="b"), status)
+    await controller.apply(api_object(name="c", namespace="team-b"), {})
 
     assert status["conditions"][0]["reason"] == "TenantBudgetExceeded"
     assert store.data is not None

@@ -13,67 +13,27 @@ import yaml
 from logferry.operator import reconcile as rc
 from logferry.pipelines import validate
 from logferry.pipelines.validate import TenantLimits, validate_document
+from tests.support.log_pipelines import (
+    SCHEMA_INVALID,
+    VALID_SPEC,
+    api_object,
+    log_pipeline,
+    with_filter,
+)
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 LATER = datetime(2026, 11, 26, 13, 0, 0, tzinfo=UTC)
-
-VALID_SPEC: dict[str, Any] = {
-    "order": 10,
-    "selector": {"pods": ["web-*"], "containers": ["app"]},
-    "filters": [
-        {"type": "grep", "field": "log", "regex": "healthz", "mode": "exclude"},
-        {"type": "parse_json", "field": "log", "target": "json"},
-        {"type": "add", "fields": {"team": "a"}},
-    ],
-    "destination": {"indexSuffix": "web"},
-}
-
-
-def _obj(
-    name: str = "web",
-    namespace: str = "team-a",
-    generation: int = 1,
-    spec: dict[str, Any] | None = None,
-    status: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A LogPipeline as the API server returns it, server-set fields included."""
-    obj: dict[str, Any] = {
-        "apiVersion": "logferry.io/v1alpha1",
-        "kind": "LogPipeline",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "generation": generation,
-            "uid": "0d6f3c7e-8a51-4f7e-9a35-4d0e1f6a2b11",
-            "resourceVersion": "4711",
-            "creationTimestamp": "2026-11-26T11:00:00Z",
-            "finalizers": ["logferry.io/operator"],
-            "annotations": {"logferry.io/last-handled-configuration": "{}"},
-            "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
-        },
-        "spec": copy.deepcopy(spec if spec is not None else VALID_SPEC),
-    }
-    if status is not None:
-        obj["status"] = status
-    return obj
-
-
-def _with_filter(filter_: dict[str, Any]) -> dict[str, Any]:
-    spec = copy.deepcopy(VALID_SPEC)
-    spec["filters"] = [*spec["filters"], filter_]
-    return spec
 
 
 def _conditions(result: rc.ReconcileResult) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in result.status["conditions"]}
 
 
-SCHEMA_INVALID = _with_filter({"type": "grep", "regex": "x", "mode": "sometimes"})
-CATASTROPHIC = _with_filter({"type": "grep", "field": "log", "regex": "(a+)+$"})
+CATASTROPHIC = with_filter({"type": "grep", "field": "log", "regex": "(a+)+$"})
 
 
 def test_valid_pipeline_is_accepted_applied_and_written_to_the_configmap() -> None:
-    result = rc.reconcile(_obj(generation=3), {}, now=NOW)
+    result = rc.reconcile(api_object(generation=3), {}, now=NOW)
 
     assert result.verdict.ok
     conditions = _conditions(result)
@@ -102,7 +62,7 @@ def test_valid_pipeline_is_accepted_applied_and_written_to_the_configmap() -> No
 def test_the_configmap_document_passes_the_offline_validation_with_the_same_hash() -> None:
     # The aggregators load these files with the same validator: what the operator writes
     # must be valid there, and its hash must not change on the way.
-    result = rc.reconcile(_obj(), {}, now=NOW)
+    result = rc.reconcile(api_object(), {}, now=NOW)
     document = yaml.safe_load(result.configmap_data["team-a.web.yaml"])
     verdict = validate_document(document, namespace="team-a")
     assert verdict.ok, verdict.issues
@@ -110,21 +70,16 @@ def test_the_configmap_document_passes_the_offline_validation_with_the_same_hash
 
 
 def test_server_fields_and_kopf_annotations_do_not_change_the_hash() -> None:
-    plain = {
-        "apiVersion": "logferry.io/v1alpha1",
-        "kind": "LogPipeline",
-        "metadata": {"name": "web", "namespace": "team-a"},
-        "spec": copy.deepcopy(VALID_SPEC),
-    }
+    plain = {**log_pipeline("web"), "spec": copy.deepcopy(VALID_SPEC)}
     offline = validate_document(plain, namespace="team-a")
-    assert rc.reconcile(_obj(), {}, now=NOW).verdict.spec_hash == offline.spec_hash
+    assert rc.reconcile(api_object(), {}, now=NOW).verdict.spec_hash == offline.spec_hash
 
 
 @pytest.mark.parametrize(
     ("spec", "reason", "path"),
     [
         (SCHEMA_INVALID, "SchemaError", "spec.filters[3].mode"),
-        (_with_filter({"type": "exec", "command": "rm"}), "SchemaError", "spec.filters[3]"),
+        (with_filter({"type": "exec", "command": "rm"}), "SchemaError", "spec.filters[3]"),
         (CATASTROPHIC, "SchemaError", "spec.filters[3].regex"),
         (
             {**VALID_SPEC, "destination": {"indexSuffix": "web", "namespace": "team-b"}},
@@ -166,7 +121,7 @@ def test_server_fields_and_kopf_annotations_do_not_change_the_hash() -> None:
 def test_invalid_pipeline_is_rejected_with_the_layer_and_field_path(
     spec: dict[str, Any], reason: str, path: str
 ) -> None:
-    result = rc.reconcile(_obj(spec=spec, generation=2), {}, now=NOW)
+    result = rc.reconcile(api_object(spec=spec, generation=2), {}, now=NOW)
 
     assert not result.verdict.ok
     conditions = _conditions(result)
@@ -190,7 +145,7 @@ def test_a_filter_over_the_dry_run_budget_is_a_dry_run_error(
 ) -> None:
     # A budget already spent: the real dry run reports the pipeline as too slow.
     monkeypatch.setattr(validate, "DRY_RUN_BUDGET_S", -1.0)
-    result = rc.reconcile(_obj(), {}, now=NOW)
+    result = rc.reconcile(api_object(), {}, now=NOW)
     accepted = _conditions(result)["Accepted"]
     assert accepted["status"] == "False"
     assert accepted["reason"] == "DryRunError"
@@ -202,9 +157,9 @@ def test_a_filter_over_the_dry_run_budget_is_a_dry_run_error(
 def test_a_filter_failing_on_the_tenants_sample_records_is_a_dry_run_error() -> None:
     # sample hashes the record's content when it has no id; an integer beyond 64 bits
     # cannot be serialized, so the filter raises on this record during the dry run.
-    spec = _with_filter({"type": "sample", "rate": 10})
+    spec = with_filter({"type": "sample", "rate": 10})
     samples = [{"log": "x", "counter": 2**70, "kubernetes": {"namespace_name": "team-a"}}]
-    result = rc.reconcile(_obj(spec=spec), {}, samples=samples, now=NOW)
+    result = rc.reconcile(api_object(spec=spec), {}, samples=samples, now=NOW)
     accepted = _conditions(result)["Accepted"]
     assert accepted["reason"] == "DryRunError"
     assert "spec.filters[3]" in accepted["message"]
@@ -215,18 +170,18 @@ def test_a_tenant_over_its_pipeline_limit_has_the_newcomer_refused() -> None:
     limits = TenantLimits(max_pipelines=2)
     state: rc.Accepted = {}
     for name in ("a", "b"):
-        state = rc.reconcile(_obj(name=name), state, limits=limits, now=NOW).accepted
-    other_tenant = rc.reconcile(_obj(name="c", namespace="team-b"), state, limits=limits)
+        state = rc.reconcile(api_object(name=name), state, limits=limits, now=NOW).accepted
+    other_tenant = rc.reconcile(api_object(name="c", namespace="team-b"), state, limits=limits)
     assert other_tenant.verdict.ok
     assert "team-b/c" in other_tenant.accepted
 
-    third = rc.reconcile(_obj(name="c"), state, limits=limits, now=NOW)
+    third = rc.reconcile(api_object(name="c"), state, limits=limits, now=NOW)
     accepted = _conditions(third)["Accepted"]
     assert accepted["reason"] == "PolicyError"
     assert "metadata.namespace" in accepted["message"]
     assert set(third.accepted) == {"team-a/a", "team-a/b"}
     # An update of an already accepted pipeline is not a newcomer.
-    update = rc.reconcile(_obj(name="a", generation=2), state, limits=limits, now=NOW)
+    update = rc.reconcile(api_object(name="a", generation=2), state, limits=limits, now=NOW)
     assert _conditions(update)["Accepted"]["reason"] == "Valid"
 
 
@@ -242,12 +197,14 @@ def test_rejection_reason_names_the_earliest_failing_layer() -> None:
 
 
 def test_invalid_update_of_an_accepted_pipeline_keeps_the_last_known_good() -> None:
-    first = rc.reconcile(_obj(generation=1), {}, now=NOW)
+    first = rc.reconcile(api_object(generation=1), {}, now=NOW)
     good_hash = first.status["appliedHash"]
     good_data = first.configmap_data
 
     second = rc.reconcile(
-        _obj(generation=2, spec=SCHEMA_INVALID, status=first.status), first.accepted, now=LATER
+        api_object(generation=2, spec=SCHEMA_INVALID, status=first.status),
+        first.accepted,
+        now=LATER,
     )
 
     conditions = _conditions(second)
@@ -273,10 +230,10 @@ def test_invalid_update_of_an_accepted_pipeline_keeps_the_last_known_good() -> N
 
 
 def test_a_fixed_pipeline_replaces_the_last_known_good() -> None:
-    first = rc.reconcile(_obj(generation=1), {}, now=NOW)
-    bad = rc.reconcile(_obj(generation=2, spec=CATASTROPHIC), first.accepted, now=NOW)
+    first = rc.reconcile(api_object(generation=1), {}, now=NOW)
+    bad = rc.reconcile(api_object(generation=2, spec=CATASTROPHIC), first.accepted, now=NOW)
     fixed_spec = {**VALID_SPEC, "destination": {"indexSuffix": "web-v2"}}
-    fixed = rc.reconcile(_obj(generation=3, spec=fixed_spec), bad.accepted, now=LATER)
+    fixed = rc.reconcile(api_object(generation=3, spec=fixed_spec), bad.accepted, now=LATER)
 
     assert _conditions(fixed)["Accepted"]["reason"] == "Valid"
     assert fixed.status["appliedHash"] == fixed.verdict.spec_hash != first.status["appliedHash"]
@@ -287,10 +244,10 @@ def test_a_fixed_pipeline_replaces_the_last_known_good() -> None:
 
 
 def test_one_tenants_invalid_pipeline_leaves_other_pipelines_untouched() -> None:
-    a = rc.reconcile(_obj(name="web", namespace="team-a"), {}, now=NOW)
-    b = rc.reconcile(_obj(name="api", namespace="team-b"), a.accepted, now=NOW)
+    a = rc.reconcile(api_object(name="web", namespace="team-a"), {}, now=NOW)
+    b = rc.reconcile(api_object(name="api", namespace="team-b"), a.accepted, now=NOW)
     broken = rc.reconcile(
-        _obj(name="api", namespace="team-b", generation=2, spec=SCHEMA_INVALID),
+        api_object(name="api", namespace="team-b", generation=2, spec=SCHEMA_INVALID),
         b.accepted,
         now=NOW,
     )
@@ -302,7 +259,7 @@ def test_observed_generation_follows_metadata_generation() -> None:
     accepted: rc.Accepted = {}
     status: dict[str, Any] | None = None
     for generation in (1, 2, 5):
-        result = rc.reconcile(_obj(generation=generation, status=status), accepted, now=NOW)
+        result = rc.reconcile(api_object(generation=generation, status=status), accepted, now=NOW)
         assert result.status["observedGeneration"] == generation
         assert {c["observedGeneration"] for c in result.status["conditions"]} == {generation}
         accepted, status = result.accepted, result.status
@@ -310,22 +267,22 @@ def test_observed_generation_follows_metadata_generation() -> None:
 
 def test_reconciling_the_same_generation_again_posts_no_event_and_writes_nothing() -> None:
     # What happens for every pipeline when the operator restarts (kopf's resume).
-    first = rc.reconcile(_obj(), {}, now=NOW)
-    again = rc.reconcile(_obj(status=first.status), first.accepted, now=LATER)
+    first = rc.reconcile(api_object(), {}, now=NOW)
+    again = rc.reconcile(api_object(status=first.status), first.accepted, now=LATER)
     assert again.events == ()
     assert not again.configmap_changed
     assert again.status == first.status
 
-    bad = rc.reconcile(_obj(generation=2, spec=SCHEMA_INVALID), first.accepted, now=NOW)
+    bad = rc.reconcile(api_object(generation=2, spec=SCHEMA_INVALID), first.accepted, now=NOW)
     bad_again = rc.reconcile(
-        _obj(generation=2, spec=SCHEMA_INVALID, status=bad.status), bad.accepted, now=LATER
+        api_object(generation=2, spec=SCHEMA_INVALID, status=bad.status), bad.accepted, now=LATER
     )
     assert bad_again.events == ()
 
 
 def test_delete_removes_the_key_and_only_that_key() -> None:
-    a = rc.reconcile(_obj(name="web"), {}, now=NOW)
-    b = rc.reconcile(_obj(name="api"), a.accepted, now=NOW)
+    a = rc.reconcile(api_object(name="web"), {}, now=NOW)
+    b = rc.reconcile(api_object(name="api"), a.accepted, now=NOW)
 
     deleted = rc.forget("team-a", "web", b.accepted)
 
@@ -336,7 +293,7 @@ def test_delete_removes_the_key_and_only_that_key() -> None:
 
 
 def test_deleting_a_never_accepted_pipeline_changes_nothing() -> None:
-    a = rc.reconcile(_obj(name="web"), {}, now=NOW)
+    a = rc.reconcile(api_object(name="web"), {}, now=NOW)
     deleted = rc.forget("team-a", "never-valid", a.accepted)
     assert not deleted.configmap_changed
     assert deleted.configmap_data == a.configmap_data
@@ -345,7 +302,7 @@ def test_deleting_a_never_accepted_pipeline_changes_nothing() -> None:
 def test_render_configmap_is_deterministic() -> None:
     state: dict[str, dict[str, Any]] = {}
     for namespace, name in [("team-b", "x"), ("team-a", "web"), ("team-a", "api"), ("c", "z")]:
-        state = rc.reconcile(_obj(name=name, namespace=namespace), state, now=NOW).accepted
+        state = rc.reconcile(api_object(name=name, namespace=namespace), state, now=NOW).accepted
     rendered = rc.render_configmap(state)
 
     items = list(state.items())
@@ -359,12 +316,12 @@ def test_render_configmap_is_deterministic() -> None:
 
 
 def test_render_configmap_keys_are_namespace_dot_name() -> None:
-    state = rc.reconcile(_obj(name="web.v2", namespace="team-a"), {}, now=NOW).accepted
+    state = rc.reconcile(api_object(name="web.v2", namespace="team-a"), {}, now=NOW).accepted
     assert list(rc.render_configmap(state)) == ["team-a.web.v2.yaml"]
 
 
 def test_state_is_rebuilt_from_the_configmap_after_a_restart() -> None:
-    first = rc.reconcile(_obj(generation=4), {}, now=NOW)
+    first = rc.reconcile(api_object(generation=4), {}, now=NOW)
     data = {**first.configmap_data, "stray.key": "not: [a pipeline", "team-x.y.yaml": "a: 1\n"}
 
     accepted, unreadable = rc.accepted_from_configmap(data)
@@ -372,19 +329,19 @@ def test_state_is_rebuilt_from_the_configmap_after_a_restart() -> None:
     assert accepted == first.accepted
     assert unreadable == ["stray.key", "team-x.y.yaml"]
     # The restarted operator still keeps the last good version of a now-invalid pipeline.
-    bad = rc.reconcile(_obj(generation=5, spec=SCHEMA_INVALID), accepted, now=NOW)
+    bad = rc.reconcile(api_object(generation=5, spec=SCHEMA_INVALID), accepted, now=NOW)
     assert _conditions(bad)["Applied"]["reason"] == "KeptLastKnownGood"
     assert "generation 4" in _conditions(bad)["Applied"]["message"]
     assert bad.configmap_data == first.configmap_data
 
 
 def test_a_pipeline_that_would_overflow_the_configmap_is_refused() -> None:
-    first = rc.reconcile(_obj(name="web"), {}, now=NOW)
+    first = rc.reconcile(api_object(name="web"), {}, now=NOW)
     size = rc.configmap_size(first.configmap_data)
     budget = rc.ConfigMapBudget(total_bytes=size + 10, tenant_bytes=size + 10)
 
     # Another tenant, so the tenant share is not what refuses it.
-    second = rc.reconcile(_obj(name="api", namespace="team-b"), first.accepted, budget=budget)
+    second = rc.reconcile(api_object(name="api", namespace="team-b"), first.accepted, budget=budget)
 
     conditions = _conditions(second)
     assert conditions["Accepted"]["status"] == "False"
@@ -399,11 +356,13 @@ def test_a_pipeline_that_would_overflow_the_configmap_is_refused() -> None:
 
 def _size_of_one(name: str = "p", namespace: str = "team-a") -> int:
     """ConfigMap bytes of one VALID_SPEC pipeline under this name."""
-    return rc.configmap_size(rc.reconcile(_obj(name=name, namespace=namespace), {}).configmap_data)
+    return rc.configmap_size(
+        rc.reconcile(api_object(name=name, namespace=namespace), {}).configmap_data
+    )
 
 
 def _grown_spec(extra_bytes: int) -> dict[str, Any]:
-    return _with_filter({"type": "add", "fields": {"note": "x" * extra_bytes}})
+    return with_filter({"type": "add", "fields": {"note": "x" * extra_bytes}})
 
 
 def test_a_tenant_past_its_share_has_its_newest_pipeline_refused_and_others_still_apply() -> None:
@@ -412,12 +371,12 @@ def test_a_tenant_past_its_share_has_its_newest_pipeline_refused_and_others_stil
     budget = rc.ConfigMapBudget(total_bytes=100 * one, tenant_bytes=2 * one + one // 2)
     state: rc.Accepted = {}
     for name in ("a", "b"):
-        result = rc.reconcile(_obj(name=name), state, budget=budget, now=NOW)
+        result = rc.reconcile(api_object(name=name), state, budget=budget, now=NOW)
         assert _conditions(result)["Accepted"]["reason"] == "Valid"
         state = result.accepted
     used = rc.configmap_size(rc.render_configmap(state), "team-a")
 
-    third = rc.reconcile(_obj(name="c", generation=4), state, budget=budget, now=NOW)
+    third = rc.reconcile(api_object(name="c", generation=4), state, budget=budget, now=NOW)
 
     accepted = _conditions(third)["Accepted"]
     assert accepted["status"] == "False"
@@ -435,7 +394,7 @@ def test_a_tenant_past_its_share_has_its_newest_pipeline_refused_and_others_stil
     assert not third.configmap_changed
 
     # Another tenant still gets its pipelines applied, next to the first tenant's.
-    other = rc.reconcile(_obj(name="c", namespace="team-b"), third.accepted, budget=budget)
+    other = rc.reconcile(api_object(name="c", namespace="team-b"), third.accepted, budget=budget)
     assert _conditions(other)["Accepted"]["reason"] == "Valid"
     assert sorted(other.configmap_data) == ["team-a.a.yaml", "team-a.b.yaml", "team-b.c.yaml"]
 
@@ -449,13 +408,13 @@ def test_one_tenant_cannot_fill_the_configmap_for_the_others() -> None:
     state: rc.Accepted = {}
     reasons = []
     for index in range(TenantLimits().max_pipelines):
-        result = rc.reconcile(_obj(name=f"{index:x}"), state, budget=budget, now=NOW)
+        result = rc.reconcile(api_object(name=f"{index:x}"), state, budget=budget, now=NOW)
         reasons.append(_conditions(result)["Accepted"]["reason"])
         state = result.accepted
     assert reasons[:2] == ["Valid", "Valid"]
     assert set(reasons[2:]) == {"TenantBudgetExceeded"}
     for name in ("x", "y"):
-        result = rc.reconcile(_obj(name=name, namespace="team-b"), state, budget=budget)
+        result = rc.reconcile(api_object(name=name, namespace="team-b"), state, budget=budget)
         assert _conditions(result)["Accepted"]["reason"] == "Valid", result.status
         state = result.accepted
     assert rc.configmap_size(rc.render_configmap(state)) <= budget.total_bytes
@@ -465,10 +424,10 @@ def test_one_tenant_cannot_fill_the_configmap_for_the_others() -> None:
 def test_an_update_growing_past_the_share_keeps_the_last_known_good() -> None:
     one = _size_of_one("web")
     budget = rc.ConfigMapBudget(total_bytes=100 * one, tenant_bytes=3 * one)
-    first = rc.reconcile(_obj(generation=1), {}, budget=budget, now=NOW)
+    first = rc.reconcile(api_object(generation=1), {}, budget=budget, now=NOW)
 
     grown = rc.reconcile(
-        _obj(generation=2, spec=_grown_spec(4 * one)), first.accepted, budget=budget, now=NOW
+        api_object(generation=2, spec=_grown_spec(4 * one)), first.accepted, budget=budget, now=NOW
     )
 
     conditions = _conditions(grown)
@@ -482,12 +441,12 @@ def test_an_update_growing_past_the_share_keeps_the_last_known_good() -> None:
 def test_a_tenant_over_its_share_may_keep_fix_and_shrink_but_not_grow() -> None:
     # Accepted under a bigger share (the operator restarts with a smaller one): nothing is
     # evicted, what the tenant has is re-applied as it is, and shrinking is allowed.
-    big = rc.reconcile(_obj(generation=1, spec=_grown_spec(3000)), {}, now=NOW)
+    big = rc.reconcile(api_object(generation=1, spec=_grown_spec(3000)), {}, now=NOW)
     small = rc.ConfigMapBudget(tenant_bytes=_size_of_one("web") + 100)
     assert rc.configmap_size(big.configmap_data, "team-a") > small.tenant_bytes
 
     resumed = rc.reconcile(
-        _obj(generation=1, spec=_grown_spec(3000), status=big.status),
+        api_object(generation=1, spec=_grown_spec(3000), status=big.status),
         big.accepted,
         budget=small,
         now=LATER,
@@ -497,13 +456,13 @@ def test_a_tenant_over_its_share_may_keep_fix_and_shrink_but_not_grow() -> None:
     assert resumed.events == ()
 
     still_over = rc.reconcile(
-        _obj(generation=2, spec=_grown_spec(2000)), big.accepted, budget=small, now=NOW
+        api_object(generation=2, spec=_grown_spec(2000)), big.accepted, budget=small, now=NOW
     )
     assert _conditions(still_over)["Accepted"]["reason"] == "Valid"
     assert still_over.configmap_changed
 
     growing = rc.reconcile(
-        _obj(generation=3, spec=_grown_spec(2500)), still_over.accepted, budget=small, now=NOW
+        api_object(generation=3, spec=_grown_spec(2500)), still_over.accepted, budget=small, now=NOW
     )
     assert _conditions(growing)["Accepted"]["reason"] == "TenantBudgetExceeded"
     assert _conditions(growing)["Applied"]["reason"] == "KeptLastKnownGood"
@@ -513,13 +472,13 @@ def test_a_tenant_over_its_share_may_keep_fix_and_shrink_but_not_grow() -> None:
 def test_deleting_a_pipeline_makes_room_in_the_tenants_share() -> None:
     one = _size_of_one()
     budget = rc.ConfigMapBudget(total_bytes=100 * one, tenant_bytes=one + one // 2)
-    first = rc.reconcile(_obj(name="a"), {}, budget=budget, now=NOW)
-    refused = rc.reconcile(_obj(name="b"), first.accepted, budget=budget, now=NOW)
+    first = rc.reconcile(api_object(name="a"), {}, budget=budget, now=NOW)
+    refused = rc.reconcile(api_object(name="b"), first.accepted, budget=budget, now=NOW)
     assert _conditions(refused)["Accepted"]["reason"] == "TenantBudgetExceeded"
 
     deleted = rc.forget("team-a", "a", refused.accepted)
     retried = rc.reconcile(
-        _obj(name="b", status=refused.status), deleted.accepted, budget=budget, now=LATER
+        api_object(name="b", status=refused.status), deleted.accepted, budget=budget, now=LATER
     )
     assert _conditions(retried)["Accepted"]["reason"] == "Valid"
     assert list(retried.configmap_data) == ["team-a.b.yaml"]
@@ -537,7 +496,7 @@ def test_the_default_share_holds_a_full_tenant_of_typical_pipelines() -> None:
     budget = rc.ConfigMapBudget()
     state: rc.Accepted = {}
     for index in range(TenantLimits().max_pipelines):
-        result = rc.reconcile(_obj(name=f"pipeline-{index:02d}"), state, now=NOW)
+        result = rc.reconcile(api_object(name=f"pipeline-{index:02d}"), state, now=NOW)
         assert _conditions(result)["Accepted"]["reason"] == "Valid"
         state = result.accepted
     assert rc.configmap_size(rc.render_configmap(state), "team-a") < budget.tenant_bytes
@@ -554,6 +513,6 @@ def test_an_impossible_budget_is_refused(total: int, tenant: int) -> None:
 def test_long_issue_lists_are_truncated_to_the_kubernetes_limits() -> None:
     spec = copy.deepcopy(VALID_SPEC)
     spec["filters"] = [{"type": "grep", "regex": "x", "mode": f"m{i}"} for i in range(200)]
-    result = rc.reconcile(_obj(spec=spec), {}, now=NOW)
+    result = rc.reconcile(api_object(spec=spec), {}, now=NOW)
     assert len(result.events[0].message) <= rc.EVENT_MESSAGE_MAX_CHARS
     assert len(_conditions(result)["Accepted"]["message"]) <= rc.CONDITION_MESSAGE_MAX_CHARS

@@ -12,18 +12,12 @@ import pytest
 import yaml
 
 from logferry.aggregator.pipeline_watch import PipelineRegistry, PipelineSettings, PipelineWatcher
+from tests.support.log_pipelines import log_pipeline
 from tests.support.net import wait_until
 
 
 def document(mark: str) -> str:
-    return yaml.safe_dump(
-        {
-            "apiVersion": "logferry.io/v1alpha1",
-            "kind": "LogPipeline",
-            "metadata": {"name": "p", "namespace": "team-a"},
-            "spec": {"filters": [{"type": "add", "fields": {"mark": mark}}]},
-        }
-    )
+    return yaml.safe_dump(log_pipeline("p", [{"type": "add", "fields": {"mark": mark}}]))
 
 
 @pytest.fixture

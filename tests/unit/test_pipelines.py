@@ -17,20 +17,7 @@ from logferry.pipelines.validate import (
     validate_document,
     validate_documents,
 )
-
-
-def doc(
-    name: str = "web",
-    namespace: str = "team-a",
-    filters: list[dict[str, Any]] | None = None,
-    **spec: Any,
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "logferry.io/v1alpha1",
-        "kind": "LogPipeline",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"filters": filters or [], **spec},
-    }
+from tests.support.log_pipelines import log_pipeline
 
 
 def only_issue(document: dict[str, Any], **kwargs: Any) -> Issue:
@@ -41,7 +28,7 @@ def only_issue(document: dict[str, Any], **kwargs: Any) -> Issue:
 
 
 def test_a_valid_pipeline_is_accepted_with_a_stable_hash() -> None:
-    document = doc(
+    document = log_pipeline(
         filters=[
             {"type": "grep", "regex": "ERROR|WARN"},
             {"type": "parse_json"},
@@ -70,10 +57,12 @@ def test_a_valid_pipeline_is_accepted_with_a_stable_hash() -> None:
 
 
 def test_spec_hash_ignores_explicit_defaults_and_metadata_but_not_behaviour() -> None:
-    plain = validate_document(doc(filters=[{"type": "grep", "regex": "x"}]))
-    explicit = doc(filters=[{"type": "grep", "regex": "x", "mode": "include", "field": "log"}])
+    plain = validate_document(log_pipeline(filters=[{"type": "grep", "regex": "x"}]))
+    explicit = log_pipeline(
+        filters=[{"type": "grep", "regex": "x", "mode": "include", "field": "log"}]
+    )
     explicit["metadata"]["generation"] = 7
-    changed = validate_document(doc(filters=[{"type": "grep", "regex": "y"}]))
+    changed = validate_document(log_pipeline(filters=[{"type": "grep", "regex": "y"}]))
     assert plain.spec_hash == validate_document(explicit).spec_hash
     assert plain.spec_hash != changed.spec_hash
 
@@ -82,7 +71,7 @@ def test_spec_hash_ignores_explicit_defaults_and_metadata_but_not_behaviour() ->
 
 
 def test_unknown_key_is_refused_with_its_path() -> None:
-    issue = only_issue(doc(filters=[{"type": "grep", "regex": "x", "regexp": "y"}]))
+    issue = only_issue(log_pipeline(filters=[{"type": "grep", "regex": "x", "regexp": "y"}]))
     assert (issue.path, issue.reason, issue.layer) == (
         "spec.filters[0].regexp",
         "unknown key",
@@ -91,47 +80,49 @@ def test_unknown_key_is_refused_with_its_path() -> None:
 
 
 def test_wrong_type_is_refused_without_coercion() -> None:
-    issue = only_issue(doc(order="10"))
+    issue = only_issue(log_pipeline(order="10"))
     assert issue.path == "spec.order"
     assert issue.layer == "schema"
     assert "integer" in issue.reason
 
 
 def test_out_of_range_values_are_refused() -> None:
-    issue = only_issue(doc(filters=[{"type": "sample", "rate": 0}]))
+    issue = only_issue(log_pipeline(filters=[{"type": "sample", "rate": 0}]))
     assert issue.path == "spec.filters[0].rate"
     assert "greater than or equal to 1" in issue.reason
 
 
 def test_an_unknown_filter_type_is_refused() -> None:
-    issue = only_issue(doc(filters=[{"type": "exec", "command": "rm -rf /"}]))
+    issue = only_issue(log_pipeline(filters=[{"type": "exec", "command": "rm -rf /"}]))
     assert issue.path == "spec.filters[0]"
     assert "exec" in issue.reason
 
 
 def test_a_regex_that_does_not_compile_is_refused() -> None:
-    issue = only_issue(doc(filters=[{"type": "parse_regex", "regex": "(?P<a>x"}]))
+    issue = only_issue(log_pipeline(filters=[{"type": "parse_regex", "regex": "(?P<a>x"}]))
     assert issue.path == "spec.filters[0].regex"
     assert issue.reason.startswith("invalid regular expression")
     assert issue.layer == "schema"
 
 
 def test_parse_regex_needs_named_groups() -> None:
-    issue = only_issue(doc(filters=[{"type": "parse_regex", "regex": "(x)"}]))
+    issue = only_issue(log_pipeline(filters=[{"type": "parse_regex", "regex": "(x)"}]))
     assert issue.path == "spec.filters[0].regex"
     assert "named groups" in issue.reason
 
 
 def test_filters_may_not_write_reserved_fields() -> None:
-    issue = only_issue(doc(filters=[{"type": "add", "fields": {"kubernetes.namespace_name": "b"}}]))
+    issue = only_issue(
+        log_pipeline(filters=[{"type": "add", "fields": {"kubernetes.namespace_name": "b"}}])
+    )
     assert issue.path == "spec.filters[0].fields"
     assert "reserved" in issue.reason
-    issue = only_issue(doc(filters=[{"type": "parse_regex", "regex": "(?P<_lf>x)"}]))
+    issue = only_issue(log_pipeline(filters=[{"type": "parse_regex", "regex": "(?P<_lf>x)"}]))
     assert "reserved" in issue.reason
 
 
 def test_missing_metadata_is_refused() -> None:
-    document = doc()
+    document = log_pipeline()
     del document["metadata"]["namespace"]
     issue = only_issue(document)
     assert (issue.path, issue.reason) == ("metadata.namespace", "required key is missing")
@@ -141,7 +132,7 @@ def test_missing_metadata_is_refused() -> None:
 @pytest.mark.parametrize("pattern", ["(a+)+$", "(x+x+)+y", "(a|aa)+$", r"^(\d+)*$", r"(\w+\s?)+$"])
 def test_catastrophic_regexes_are_refused_quickly(pattern: str) -> None:
     started = time.monotonic()
-    issue = only_issue(doc(filters=[{"type": "grep", "regex": pattern}]))
+    issue = only_issue(log_pipeline(filters=[{"type": "grep", "regex": pattern}]))
     assert time.monotonic() - started < 5  # bounded, not a benchmark
     assert issue.path == "spec.filters[0].regex"
     assert "catastrophic" in issue.reason
@@ -149,7 +140,7 @@ def test_catastrophic_regexes_are_refused_quickly(pattern: str) -> None:
 
 
 def test_catastrophic_multiline_start_is_refused() -> None:
-    issue = only_issue(doc(filters=[{"type": "multiline", "start": "(x+x+)+y"}]))
+    issue = only_issue(log_pipeline(filters=[{"type": "multiline", "start": "(x+x+)+y"}]))
     assert issue.path == "spec.filters[0].start"
     assert "catastrophic" in issue.reason
 
@@ -172,7 +163,7 @@ def test_normal_regexes_are_accepted(pattern: str) -> None:
 
 
 def test_an_oversized_regex_is_refused_before_compiling() -> None:
-    issue = only_issue(doc(filters=[{"type": "grep", "regex": "a" * 20_000}]))
+    issue = only_issue(log_pipeline(filters=[{"type": "grep", "regex": "a" * 20_000}]))
     assert "at most 10000" in issue.reason
 
 
@@ -180,7 +171,7 @@ def test_an_oversized_regex_is_refused_before_compiling() -> None:
 
 
 def test_a_pipeline_of_another_namespace_is_refused() -> None:
-    issue = only_issue(doc(namespace="team-b"), namespace="team-a")
+    issue = only_issue(log_pipeline(namespace="team-b"), namespace="team-a")
     assert issue.path == "metadata.namespace"
     assert issue.layer == "policy"
     assert "'team-b'" in issue.reason
@@ -192,7 +183,7 @@ def test_a_pipeline_of_another_namespace_is_refused() -> None:
     ["team-b", "x.team-b", "../team-b", "UPPER", "a" * 40, "-x", "x-2026.01.01,logs-team-b"],
 )
 def test_index_suffix_can_only_extend_the_own_index(suffix: str) -> None:
-    verdict = validate_document(doc(destination={"indexSuffix": suffix}))
+    verdict = validate_document(log_pipeline(destination={"indexSuffix": suffix}))
     if suffix == "team-b":
         # logs-team-a.team-b-YYYY.MM.DD is still team-a's index: allowed.
         assert verdict.ok, verdict.issues
@@ -205,7 +196,7 @@ def test_index_suffix_can_only_extend_the_own_index(suffix: str) -> None:
 
 def test_naming_a_full_index_or_namespace_is_refused_as_cross_tenant() -> None:
     verdict = validate_document(
-        doc(destination={"index": "logs-team-b"}, selector={"namespaces": ["team-b"]})
+        log_pipeline(destination={"index": "logs-team-b"}, selector={"namespaces": ["team-b"]})
     )
     assert not verdict.ok
     found = {(i.path, i.layer) for i in verdict.issues}
@@ -218,7 +209,7 @@ def test_naming_a_full_index_or_namespace_is_refused_as_cross_tenant() -> None:
 
 def test_audit_pipeline_with_a_grep_is_refused() -> None:
     issue = only_issue(
-        doc(
+        log_pipeline(
             filters=[{"type": "parse_json"}, {"type": "grep", "regex": "x"}],
             destination={"audit": True},
         )
@@ -230,7 +221,7 @@ def test_audit_pipeline_with_a_grep_is_refused() -> None:
 
 def test_audit_pipeline_that_only_parses_is_accepted() -> None:
     verdict = validate_document(
-        doc(
+        log_pipeline(
             filters=[{"type": "parse_json"}, {"type": "multiline", "start": "^x"}],
             destination={"audit": True},
         )
@@ -240,20 +231,20 @@ def test_audit_pipeline_that_only_parses_is_accepted() -> None:
 
 def test_filter_and_regex_limits_per_pipeline() -> None:
     limits = TenantLimits(max_filters=2, max_regex_chars=5)
-    issue = only_issue(doc(filters=[{"type": "parse_json"}] * 3), limits=limits)
+    issue = only_issue(log_pipeline(filters=[{"type": "parse_json"}] * 3), limits=limits)
     assert (issue.path, issue.layer) == ("spec.filters", "policy")
     assert issue.reason == "3 filters; the limit is 2 per pipeline"
-    issue = only_issue(doc(filters=[{"type": "grep", "regex": "abcdef"}]), limits=limits)
+    issue = only_issue(log_pipeline(filters=[{"type": "grep", "regex": "abcdef"}]), limits=limits)
     assert issue.path == "spec.filters[0].regex"
     assert issue.reason == "regular expression is 6 characters; the limit is 5"
 
 
 def test_pipelines_over_the_tenant_limit_are_refused_last_in_run_order() -> None:
     docs = [
-        ("a.yaml:0", doc("p-late", order=50)),
-        ("a.yaml:1", doc("p-first", order=1)),
-        ("a.yaml:2", doc("p-second", order=2)),
-        ("b.yaml:0", doc("other", namespace="team-b")),
+        ("a.yaml:0", log_pipeline("p-late", order=50)),
+        ("a.yaml:1", log_pipeline("p-first", order=1)),
+        ("a.yaml:2", log_pipeline("p-second", order=2)),
+        ("b.yaml:0", log_pipeline("other", namespace="team-b")),
     ]
     verdicts = validate_documents(docs, limits=TenantLimits(max_pipelines=2))
     assert [v.ok for v in verdicts] == [False, True, True, True]
@@ -264,7 +255,11 @@ def test_pipelines_over_the_tenant_limit_are_refused_last_in_run_order() -> None
 
 def test_a_pipeline_defined_twice_is_refused_in_both_places() -> None:
     verdicts = validate_documents(
-        [("a.yaml:0", doc()), ("b.yaml:0", doc()), ("c.yaml:0", doc("x"))]
+        [
+            ("a.yaml:0", log_pipeline()),
+            ("b.yaml:0", log_pipeline()),
+            ("c.yaml:0", log_pipeline("x")),
+        ]
     )
     assert [v.ok for v in verdicts] == [False, False, True]
     assert "also in b.yaml:0" in verdicts[0].issues[0].reason
@@ -288,7 +283,7 @@ def test_a_filter_that_raises_on_a_sample_fails_the_dry_run(
 
     monkeypatch.setattr(steps.DropLevelStep, "apply", boom)
     issue = only_issue(
-        doc(filters=[{"type": "parse_json"}, {"type": "drop_level", "levels": ["x"]}])
+        log_pipeline(filters=[{"type": "parse_json"}, {"type": "drop_level", "levels": ["x"]}])
     )
     assert (issue.path, issue.layer) == ("spec.filters[1]", "dry_run")
     assert issue.reason == "failed on a sample record: KeyError: 'level'"
@@ -296,14 +291,14 @@ def test_a_filter_that_raises_on_a_sample_fails_the_dry_run(
 
 def test_a_pipeline_over_the_dry_run_budget_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(validate_module, "DRY_RUN_BUDGET_S", -1.0)
-    issue = only_issue(doc(filters=[{"type": "parse_json"}]))
+    issue = only_issue(log_pipeline(filters=[{"type": "parse_json"}]))
     assert (issue.path, issue.layer) == ("spec.filters", "dry_run")
     assert "sample records" in issue.reason
 
 
 def test_dry_run_uses_given_samples_and_leaves_them_unchanged() -> None:
     samples = [{"log": '{"a": 1}', "_lf": {"id": "x", "src": "s", "seq": 0}}]
-    verdict = validate_document(doc(filters=[{"type": "parse_json"}]), samples=samples)
+    verdict = validate_document(log_pipeline(filters=[{"type": "parse_json"}]), samples=samples)
     assert verdict.ok
     assert samples == [{"log": '{"a": 1}', "_lf": {"id": "x", "src": "s", "seq": 0}}]
 

@@ -8,21 +8,17 @@ from typing import Any
 
 import pytest
 
+from logferry.aggregator.ingest import Ingest
+from logferry.aggregator.metrics import AggregatorMetrics
+from logferry.aggregator.pipeline_watch import PipelineRegistry
+from logferry.aggregator.render import Receipt
+from logferry.common.naming import IndexNamer
+from logferry.common.protocol import EventMessage, EventTime, Mode
 from logferry.pipelines import steps
 from logferry.pipelines.compiled import TenantPipelines, compile_tenants
 from logferry.pipelines.validate import accepted, validate_documents
 from logferry.pipelines.whitelist import Grep
-
-
-def pipeline(
-    name: str, filters: list[dict[str, Any]], namespace: str = "team-a", **spec: Any
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "logferry.io/v1alpha1",
-        "kind": "LogPipeline",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"filters": filters, **spec},
-    }
+from tests.support.log_pipelines import log_pipeline
 
 
 def compile_one(*docs: dict[str, Any]) -> TenantPipelines:
@@ -60,9 +56,9 @@ def run(tenant: TenantPipelines, records: list[dict[str, Any]]) -> list[dict[str
 
 
 def test_grep_include_and_exclude() -> None:
-    keep = compile_one(pipeline("p", [{"type": "grep", "regex": "ERROR"}]))
+    keep = compile_one(log_pipeline("p", [{"type": "grep", "regex": "ERROR"}]))
     assert [r["log"] for r in run(keep, [record("ERROR x"), record("ok")])] == ["ERROR x"]
-    drop = compile_one(pipeline("p", [{"type": "grep", "regex": "ERROR", "mode": "exclude"}]))
+    drop = compile_one(log_pipeline("p", [{"type": "grep", "regex": "ERROR", "mode": "exclude"}]))
     processed = drop.process([record("ERROR x"), record("ok")])
     assert [r["log"] for r, _ in processed.kept] == ["ok"]
     assert processed.dropped == 1
@@ -71,7 +67,7 @@ def test_grep_include_and_exclude() -> None:
 
 def test_parse_json_rename_remove_add() -> None:
     tenant = compile_one(
-        pipeline(
+        log_pipeline(
             "p",
             [
                 {"type": "parse_json"},
@@ -91,7 +87,7 @@ def test_parse_json_rename_remove_add() -> None:
 
 
 def test_parse_json_deeper_than_its_cap_fails_that_record_alone() -> None:
-    tenant = compile_one(pipeline("p", [{"type": "parse_json"}]))
+    tenant = compile_one(log_pipeline("p", [{"type": "parse_json"}]))
     cap = steps.PARSE_JSON_MAX_DEPTH
     deep = "{" + '"a":{' * cap + "}" * cap + "}"  # cap + 1 levels
     shallow = "{" + '"a":{' * (cap - 1) + "}" * (cap - 1) + "}"  # exactly cap
@@ -105,7 +101,7 @@ def test_parse_json_deeper_than_its_cap_fails_that_record_alone() -> None:
 
 def test_parse_regex_into_a_target() -> None:
     tenant = compile_one(
-        pipeline(
+        log_pipeline(
             "p",
             [
                 {
@@ -124,14 +120,14 @@ def test_parse_regex_into_a_target() -> None:
 
 def test_drop_level_is_case_insensitive_and_keeps_records_without_a_level() -> None:
     tenant = compile_one(
-        pipeline("p", [{"type": "parse_json"}, {"type": "drop_level", "levels": ["debug"]}])
+        log_pipeline("p", [{"type": "parse_json"}, {"type": "drop_level", "levels": ["debug"]}])
     )
     logs = ['{"level": "DEBUG"}', '{"level": "info"}', "plain", '{"level": 3}']
     assert [r["log"] for r in run(tenant, [record(x) for x in logs])] == logs[1:]
 
 
 def test_sample_is_deterministic_and_keeps_about_one_in_rate() -> None:
-    tenant = compile_one(pipeline("p", [{"type": "sample", "rate": 10}]))
+    tenant = compile_one(log_pipeline("p", [{"type": "sample", "rate": 10}]))
     batch = [record(f"line {n}", seq=n) for n in range(2000)]
     first = {r["_lf"]["id"] for r in run(tenant, copy.deepcopy(batch))}
     again = {r["_lf"]["id"] for r in run(tenant, copy.deepcopy(batch))}
@@ -144,7 +140,7 @@ def test_sample_is_deterministic_and_keeps_about_one_in_rate() -> None:
 
 
 def test_sample_without_an_id_hashes_the_content() -> None:
-    tenant = compile_one(pipeline("p", [{"type": "sample", "rate": 3}]))
+    tenant = compile_one(log_pipeline("p", [{"type": "sample", "rate": 3}]))
     batch = [
         {"log": f"x{n}", "kubernetes": {"pod_name": "a", "container_name": "b"}} for n in range(300)
     ]
@@ -154,7 +150,7 @@ def test_sample_without_an_id_hashes_the_content() -> None:
 
 
 def test_multiline_joins_per_source_in_seq_order_and_keeps_the_first_identity() -> None:
-    tenant = compile_one(pipeline("p", [{"type": "multiline", "start": r"^\d{4}-"}]))
+    tenant = compile_one(log_pipeline("p", [{"type": "multiline", "start": r"^\d{4}-"}]))
     batch = [
         record("2026-11-25 boom", src="a", seq=4),
         record("2026-11-25 other source", src="b", seq=0),
@@ -184,7 +180,9 @@ def test_multiline_joins_per_source_in_seq_order_and_keeps_the_first_identity() 
 
 
 def test_multiline_never_drops_what_it_cannot_join() -> None:
-    tenant = compile_one(pipeline("p", [{"type": "multiline", "start": "^START", "max_lines": 2}]))
+    tenant = compile_one(
+        log_pipeline("p", [{"type": "multiline", "start": "^START", "max_lines": 2}])
+    )
     batch = [
         record("\tat orphan", seq=0),  # its start was in the previous batch
         record("START", seq=1),
@@ -203,26 +201,26 @@ def test_multiline_never_drops_what_it_cannot_join() -> None:
 
 def test_first_matching_pipeline_wins_by_order_then_name() -> None:
     tenant = compile_one(
-        pipeline(
+        log_pipeline(
             "z-web",
             [{"type": "add", "fields": {"by": "z-web"}}],
             order=5,
             selector={"pods": ["web-*"]},
         ),
-        pipeline(
+        log_pipeline(
             "a-web",
             [{"type": "add", "fields": {"by": "a-web"}}],
             order=5,
             selector={"pods": ["web-*"]},
         ),
-        pipeline(
+        log_pipeline(
             "early-api",
             [{"type": "add", "fields": {"by": "api"}}],
             order=1,
             selector={"pods": ["api-*"], "containers": ["app"]},
             destination={"indexSuffix": "api"},
         ),
-        pipeline(
+        log_pipeline(
             "late", [{"type": "add", "fields": {"by": "late"}}], order=9, selector={"pods": ["*"]}
         ),
     )
@@ -245,7 +243,7 @@ def test_first_matching_pipeline_wins_by_order_then_name() -> None:
 
 def test_records_matching_no_pipeline_pass_unchanged_to_the_main_index() -> None:
     tenant = compile_one(
-        pipeline("p", [{"type": "grep", "regex": "x"}], selector={"pods": ["web-*"]})
+        log_pipeline("p", [{"type": "grep", "regex": "x"}], selector={"pods": ["web-*"]})
     )
     item = record("no match here", pod="db-0")
     processed = tenant.process([copy.deepcopy(item)])
@@ -255,7 +253,7 @@ def test_records_matching_no_pipeline_pass_unchanged_to_the_main_index() -> None
 
 def test_label_selector_needs_the_labels_on_the_record() -> None:
     tenant = compile_one(
-        pipeline(
+        log_pipeline(
             "p", [{"type": "add", "fields": {"hit": True}}], selector={"labels": {"app": "web"}}
         )
     )
@@ -276,7 +274,7 @@ def test_budget_overrun_passes_the_group_through_unfiltered(
     monkeypatch: pytest.MonkeyPatch, fake_clock: list[float]
 ) -> None:
     tenant = compile_one(
-        pipeline(
+        log_pipeline(
             "slow",
             [
                 {"type": "grep", "regex": "keep"},
@@ -305,7 +303,7 @@ def test_budget_overrun_passes_the_group_through_unfiltered(
 
 
 def test_pipelines_starting_after_the_budget_pass_through(fake_clock: list[float]) -> None:
-    tenant = compile_one(pipeline("p", [{"type": "grep", "regex": "x"}]))
+    tenant = compile_one(log_pipeline("p", [{"type": "grep", "regex": "x"}]))
     tenant.clock = lambda: fake_clock[0]
     processed = tenant.process([record("a"), record("x")], budget_s=-1.0)
     assert processed.over_budget
@@ -316,7 +314,7 @@ def test_a_raising_filter_leaves_that_record_unchanged_and_counts_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tenant = compile_one(
-        pipeline(
+        log_pipeline(
             "p",
             [
                 {"type": "add", "fields": {"meta.stage": "added"}},
@@ -344,13 +342,35 @@ def test_a_raising_filter_leaves_that_record_unchanged_and_counts_it(
     assert "stream" not in good_out
     assert good_out["meta"] == {"stage": "added"}
     assert bad_out == expected_bad  # nested dicts included: changes are copy-on-write
+    # The aggregator running this tenant's pipelines over a message counts the error.
+    metrics = AggregatorMetrics()
+    in_force = PipelineRegistry()
+    in_force.swap({"team-a": tenant})
+    ingest = Ingest(
+        None,  # type: ignore[arg-type]  # rendering never touches the spools
+        metrics,
+        namer=IndexNamer("logs"),
+        default_tenant="_default",
+        instance="agg-0/1/x",
+        pipelines=in_force,
+    )
+    now = EventTime.from_float(time.time())
+    entries: list[tuple[EventTime | int, dict[str, Any]]] = [
+        (now, record("good")),
+        (now, record("bad", meta={"kept": 1})),
+    ]
+    ingest.render(EventMessage("tag", Mode.FORWARD, entries, {}, "c1", 0), Receipt("i", 1, 1))
+    labels = {"tenant": "team-a"}
+    assert metrics.registry.get_sample_value("logferry_pipeline_errors_total", labels) == 1
 
 
 def test_a_joined_record_that_fails_later_gives_its_lines_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tenant = compile_one(
-        pipeline("p", [{"type": "multiline", "start": "^S"}, {"type": "add", "fields": {"x": 1}}])
+        log_pipeline(
+            "p", [{"type": "multiline", "start": "^S"}, {"type": "add", "fields": {"x": 1}}]
+        )
     )
 
     def boom(self: steps.AddStep, rec: dict[str, Any], ctx: steps.RunContext) -> bool:
@@ -366,16 +386,18 @@ def test_a_joined_record_that_fails_later_gives_its_lines_back(
 
 
 def test_processing_leaves_no_trace_without_a_filter_that_adds_one() -> None:
-    tenant = compile_one(pipeline("p", [{"type": "grep", "regex": "."}, {"type": "parse_json"}]))
+    tenant = compile_one(
+        log_pipeline("p", [{"type": "grep", "regex": "."}, {"type": "parse_json"}])
+    )
     item = record("plain text")
     assert run(tenant, [copy.deepcopy(item)]) == [item]
 
 
 def test_compile_tenants_groups_by_namespace_and_versions_the_set() -> None:
     docs = [
-        pipeline("a", [], namespace="team-a"),
-        pipeline("b", [], namespace="team-b"),
-        pipeline("bad", [{"type": "grep", "regex": "(a+)+$"}], namespace="team-b"),
+        log_pipeline("a", [], namespace="team-a"),
+        log_pipeline("b", [], namespace="team-b"),
+        log_pipeline("bad", [{"type": "grep", "regex": "(a+)+$"}], namespace="team-b"),
     ]
     verdicts = validate_documents([(f"t:{n}", d) for n, d in enumerate(docs)])
     tenants = compile_tenants(accepted(verdicts))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 import zlib
@@ -24,6 +25,8 @@ from logferry.forwarder.positions import (
     fingerprint_length,
     resolve,
 )
+from tests.support.forwarder_app import forwarder_in, forwarder_running
+from tests.support.net import wait_until
 
 NODE = "node-a"
 
@@ -271,20 +274,30 @@ def _flip_a_bit(data: bytes) -> bytes:
         pytest.param(lambda d: d + b"x", id="trailing-bytes"),
     ],
 )
-def test_a_damaged_position_file_is_quarantined_and_counted(
+async def test_a_damaged_position_file_is_quarantined_and_counted(
     tmp_path: Path, damage: Callable[[bytes], bytes]
 ) -> None:
     path, good = _saved_store(tmp_path)
     bad = damage(good)
     path.write_bytes(bad)
 
-    store = PositionStore(path)
+    forwarder = forwarder_in(tmp_path)  # it loads tmp_path/positions, as at every start
+    store = forwarder.positions
     assert store.corrupt_loads == 1
     assert store.all() == []
     assert not path.exists()
-    quarantined = list(tmp_path.glob("positions.corrupt-*"))
+    quarantined = await asyncio.to_thread(lambda: list(tmp_path.glob("positions.corrupt-*")))
     assert len(quarantined) == 1
     assert quarantined[0].read_bytes() == bad
+
+    # Counted where an operator sees it: the forwarder's metric, once it runs.
+    def counted() -> float:
+        sample = forwarder.registry.get_sample_value("logferry_positions_quarantined_total")
+        return sample or 0.0
+
+    async with forwarder_running(forwarder):
+        await wait_until(lambda: counted() > 0, timeout_s=10, what="the quarantine counted")
+    assert counted() == 1
 
     # Not a crash loop: the next save and load work.
     store.update(SourceState(NODE, 1, 10, 0, "5:ab", "/var/log/a.log", 0, 0))

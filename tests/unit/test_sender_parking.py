@@ -9,7 +9,7 @@ import contextlib
 import io
 import logging
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +27,23 @@ from logferry.forwarder.sender import Sender
 from tests.support.net import wait_until
 from tests.support.records import container_entries
 from tests.support.refusing_peer import RefusingPeer
+from tests.support.sender import running
+from tests.support.sender import settings as sender_settings
 
 DEADLINE_S = 60.0
 
 
 def settings(servers: list[str], **overrides: Any) -> SenderSettings:
-    base: dict[str, Any] = {
-        "servers": servers,
+    """Smaller chunks, quicker retries and parking after three refusals: a refused chunk is
+    parked within a fraction of a second."""
+    parking: dict[str, Any] = {
         "batch_max_records": 50,
-        "ack_timeout_s": 5.0,
-        "connect_timeout_s": 2.0,
         "backoff_initial_s": 0.01,
         "backoff_max_s": 0.05,
         "shutdown_deadline_s": 2.0,
         "park_after_refusals": 3,
     }
-    return SenderSettings(**{**base, **overrides})
+    return sender_settings(servers, **{**parking, **overrides})
 
 
 def block(namespace: str, count: int, start: int, *, poison: bool = False) -> bytes:
@@ -66,17 +67,6 @@ async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
 
 
 @contextlib.asynccontextmanager
-async def running(sender: Sender) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(sender.run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-@contextlib.asynccontextmanager
 async def steady_traffic(spool: Spool, namespace: str = "ok") -> AsyncIterator[list[int]]:
     """Innocent blocks appended every few ms, as a live node keeps producing: returns the
     number appended so far (one-element list)."""
@@ -97,13 +87,6 @@ async def steady_traffic(spool: Spool, namespace: str = "ok") -> AsyncIterator[l
             await task
 
 
-def until(predicate: Callable[[], bool]) -> Callable[[], Any]:
-    async def check() -> bool:
-        return predicate()
-
-    return check
-
-
 @pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
 async def test_a_poison_chunk_is_parked_committed_and_the_rest_flows(
     tmp_path: Path, spool: Spool, caplog: pytest.LogCaptureFixture, reset: bool
@@ -121,12 +104,12 @@ async def test_a_poison_chunk_is_parked_committed_and_the_rest_flows(
     await spool.append([block("bad", 7, 0, poison=True)])
     async with running(sender), steady_traffic(spool) as appended:
         await wait_until(
-            until(lambda: len(list_parked(tmp_path / "parked")) == 1),
+            lambda: len(list_parked(tmp_path / "parked")) == 1,
             timeout_s=DEADLINE_S,
             what="the poison chunk to be parked",
         )
         await wait_until(
-            until(lambda: spool.records_pending == 0 and appended[0] > 20),
+            lambda: spool.records_pending == 0 and appended[0] > 20,
             timeout_s=DEADLINE_S,
             what="the spool to move past it",
         )
@@ -164,15 +147,13 @@ async def test_an_outage_of_every_aggregator_parks_nothing(tmp_path: Path, spool
         await spool.append([block("ok", 20, n * 20)])
     async with running(sender):
         await wait_until(
-            until(lambda: sum(peer.refused.values()) >= 40 and min(peer.refused.values()) >= 3),
+            lambda: sum(peer.refused.values()) >= 40 and min(peer.refused.values()) >= 3,
             timeout_s=DEADLINE_S,
             what="every chunk to be refused many times",
         )
         assert list_parked(tmp_path / "parked") == []
         peer.mode = "ack_all"  # the aggregators are fixed
-        await wait_until(
-            until(lambda: spool.records_pending == 0), timeout_s=DEADLINE_S, what="delivery"
-        )
+        await wait_until(lambda: spool.records_pending == 0, timeout_s=DEADLINE_S, what="delivery")
     await peer.stop()
     assert list_parked(tmp_path / "parked") == []
 
@@ -189,7 +170,7 @@ async def test_ack_timeouts_never_park(tmp_path: Path, spool: Spool) -> None:
     await spool.append([block("bad", 7, 0, poison=True)])
     async with running(sender), steady_traffic(spool):
         await wait_until(
-            until(lambda: max(peer.received.values(), default=0) >= 5 and len(peer.acked) > 20),
+            lambda: max(peer.received.values(), default=0) >= 5 and len(peer.acked) > 20,
             timeout_s=DEADLINE_S,
             what="the marked chunk to time out five times",
         )

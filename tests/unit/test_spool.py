@@ -5,24 +5,16 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from logferry.common.errors import SpoolClosedError, SpoolError, SpoolFullError
 from logferry.common.spool import Spool, SpoolBatch
+from tests.support.net import wait_until
 
 DEADLINE_S = 10.0
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = DEADLINE_S) -> None:
-    """Poll a condition until it holds, failing the test at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached before the deadline"
-        await asyncio.sleep(0.005)
 
 
 def segment_files(directory: Path) -> list[str]:
@@ -165,7 +157,11 @@ async def test_segments_roll_over_and_committed_ones_are_deleted(tmp_path: Path)
     used_before = s.bytes_used
     records = await read_all(s, max_records=7)
     assert [r[:4] for r in records] == [b"%04d" % i for i in range(40)]
-    await wait_until(lambda: len(segment_files(tmp_path)) == 1)
+    await wait_until(
+        lambda: len(segment_files(tmp_path)) == 1,
+        timeout_s=DEADLINE_S,
+        what="the committed segments to be deleted",
+    )
     assert s.bytes_used < used_before
     assert s.bytes_used == (tmp_path / segment_files(tmp_path)[0]).stat().st_size
     await s.close()
@@ -324,13 +320,17 @@ async def test_a_failed_write_acks_nothing_and_the_spool_stays_usable(
     await s.close()
 
 
-async def test_observability_counters(tmp_path: Path) -> None:
+async def test_size_backlog_age_and_fsync_attributes_follow_appends_and_commits(
+    tmp_path: Path,
+) -> None:
     s = await Spool.open(tmp_path, max_bytes=1 << 20)
     assert (s.bytes_used, s.records_pending, s.oldest_pending_age_s) == (0, 0, 0.0)
     await s.append([b"a" * 100, b"b" * 100])
     assert s.bytes_used > 200
     assert s.records_pending == 2
-    await wait_until(lambda: s.oldest_pending_age_s > 0)
+    await wait_until(
+        lambda: s.oldest_pending_age_s > 0, timeout_s=DEADLINE_S, what="the oldest record to age"
+    )
     batch = await s.read(max_records=1, max_bytes=1000)
     assert batch is not None
     assert s.records_pending == 2
@@ -362,7 +362,11 @@ async def test_commits_are_persisted_in_batches_not_one_write_each(
         batch = await s.read(max_records=1, max_bytes=100)
         assert batch is not None
         s.commit(batch)
-    await wait_until(lambda: len(writes) > opened_writes)
+    await wait_until(
+        lambda: len(writes) > opened_writes,
+        timeout_s=DEADLINE_S,
+        what="the commit mark to be written",
+    )
     await s.close()
     assert len(writes) - opened_writes < 20, "one commit-file write per commit"
     s = await Spool.open(tmp_path, max_bytes=1 << 20)

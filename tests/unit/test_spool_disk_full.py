@@ -8,8 +8,6 @@ import asyncio
 import errno
 import logging
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,17 +19,11 @@ from logferry.common.errors import SpoolClosedError
 from logferry.common.spool import Spool
 from logferry.common.spool import facade as spool_module
 from logferry.common.spool.recovery import COMMIT_FILE, read_low_water
+from tests.support.net import wait_until
 from tests.support.tmpfs import fill, free_bytes, mounted_tmpfs
 
 DEADLINE_S = 10.0
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached before the deadline"
-        await asyncio.sleep(0.005)
 
 
 async def read_all(spool: Spool, *, commit: bool = True) -> list[bytes]:
@@ -86,7 +78,8 @@ async def test_append_waits_through_a_full_disk_and_the_segment_stays_valid(
     fault = Full(monkeypatch, failing)
     caplog.set_level(logging.INFO)
     waiting = asyncio.create_task(s.append([b"during-1", b"during-2"]))
-    await wait_until(lambda: fault.calls >= 3)  # retried, with backoff, and still waiting
+    # retried, with backoff, and still waiting
+    await wait_until(lambda: fault.calls >= 3, timeout_s=DEADLINE_S, what="three failed writes")
     assert not waiting.done()
     assert s.disk_full
     assert s.appends_blocked
@@ -119,7 +112,9 @@ async def test_a_full_disk_when_a_new_segment_is_created_waits_too(
     s = await Spool.open(tmp_path, max_bytes=1 << 20)
     monkeypatch.setattr(os, "open", open_)
     waiting = asyncio.create_task(s.append([b"first"]))
-    await wait_until(lambda: s.disk_full)
+    await wait_until(
+        lambda: s.disk_full, timeout_s=DEADLINE_S, what="the spool to report a full disk"
+    )
     full = False
     assert await asyncio.wait_for(waiting, DEADLINE_S) == 0
     assert await read_all(s) == [b"first"]
@@ -150,7 +145,7 @@ async def test_close_during_a_full_disk_fails_the_waiting_append_and_keeps_nothi
     assert await s.append([b"durable"]) == 0
     fault = Full(monkeypatch, "pwrite")
     waiting = asyncio.create_task(s.append([b"never-durable"]))
-    await wait_until(lambda: fault.calls >= 1)
+    await wait_until(lambda: fault.calls >= 1, timeout_s=DEADLINE_S, what="a failed write")
     await asyncio.wait_for(s.close(), DEADLINE_S)  # does not wait for space
     with pytest.raises(SpoolClosedError):
         await waiting
@@ -173,7 +168,11 @@ async def test_the_mark_is_written_in_place_when_no_tmp_file_fits(
 
     monkeypatch.setattr(spool_module, "write_file_atomic", no_room)
     assert await read_all(s) == [b"a", b"b"]
-    await wait_until(lambda: read_low_water(str(tmp_path))[0] == 2)
+    await wait_until(
+        lambda: read_low_water(str(tmp_path))[0] == 2,
+        timeout_s=DEADLINE_S,
+        what="the mark at 2, written in place",
+    )
     assert not s.disk_full  # in place worked: nothing waits
     await s.close()
 
@@ -195,13 +194,18 @@ async def test_the_mark_waits_when_even_in_place_fails_and_keeps_the_old_one(
     monkeypatch.setattr(spool_module, "write_file_atomic", no_room)
     monkeypatch.setattr(spool_module, "overwrite_in_place", no_room)
     assert await read_all(s) == [b"a"]
-    await wait_until(lambda: calls >= 6)  # retried (both ways, three times)
+    # retried (both ways, three times)
+    await wait_until(lambda: calls >= 6, timeout_s=DEADLINE_S, what="six failed mark writes")
     assert s.disk_full
     assert read_low_water(str(tmp_path))[0] == 0  # the old mark: a restart resends
     assert len(disk_full_warnings(caplog)) == 1
     monkeypatch.undo()
-    await wait_until(lambda: read_low_water(str(tmp_path))[0] == 1)
-    await wait_until(lambda: not s.disk_full)
+    await wait_until(
+        lambda: read_low_water(str(tmp_path))[0] == 1, timeout_s=DEADLINE_S, what="the mark at 1"
+    )
+    await wait_until(
+        lambda: not s.disk_full, timeout_s=DEADLINE_S, what="the spool to report space again"
+    )
     await s.close()
 
 
@@ -256,7 +260,9 @@ async def test_a_spool_filling_a_real_tmpfs_frees_delivered_segments_and_resumes
                 appended.append(await s.append([record]))
 
         task = asyncio.create_task(producer(150))  # ~9 MB: twice the volume
-        await wait_until(lambda: s.disk_full)
+        await wait_until(
+            lambda: s.disk_full, timeout_s=DEADLINE_S, what="the spool to report a full disk"
+        )
         assert free_bytes(volume) < 64 * 1024
         fill(volume)  # not one block left, not even for the mark's tmp file
         assert free_bytes(volume) == 0
@@ -272,7 +278,9 @@ async def test_a_spool_filling_a_real_tmpfs_frees_delivered_segments_and_resumes
         assert appended == list(range(150))  # every one, once, in order
         assert got == 150
         assert gauge(registry, "logferry_disk_full_stalls_total") >= 1
-        await wait_until(lambda: not s.disk_full)
+        await wait_until(
+            lambda: not s.disk_full, timeout_s=DEADLINE_S, what="the spool to report space again"
+        )
         await s.close()
         assert read_low_water(str(volume / "spool"))[0] == 150
         assert (volume / "spool" / COMMIT_FILE).stat().st_size == 16
@@ -285,7 +293,9 @@ async def test_appends_resume_when_an_operator_frees_space_on_a_real_tmpfs(
         s = await Spool.open(volume / "spool", max_bytes=64 << 20, segment_max_bytes=1 << 20)
         filler = fill(volume)
         waiting = asyncio.create_task(s.append([os.urandom(300_000)]))
-        await wait_until(lambda: s.disk_full)
+        await wait_until(
+            lambda: s.disk_full, timeout_s=DEADLINE_S, what="the spool to report a full disk"
+        )
         filler.unlink()
         assert await asyncio.wait_for(waiting, DEADLINE_S) == 0
         assert len(await read_all(s)) == 1

@@ -174,7 +174,9 @@ async def test_a_damaged_commit_file_falls_back_to_the_oldest_segment(tmp_path: 
     assert again.commit_file_resets == 0
 
 
-async def test_a_missing_commit_file_is_counted_and_everything_is_resent(tmp_path: Path) -> None:
+async def test_a_missing_commit_file_shows_in_commit_file_resets_and_everything_is_resent(
+    tmp_path: Path,
+) -> None:
     layout = await build_spool(tmp_path, frames=10)
     os.unlink(tmp_path / "committed")
     spool, delivered = await deliver_all(tmp_path)

@@ -1,75 +1,15 @@
-"""Helpers shared by the output tests: documents, spools, a drain runner, a fake store."""
+"""A fake OpenSearch ``_bulk`` endpoint whose answers a test decides, request by request and
+item by item."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
-
-from logferry.aggregator.documents import action_line, render_fragment
-from logferry.aggregator.outputs.base import Output
-from logferry.aggregator.outputs.pump import drain
-from logferry.common.spool import Spool
-
-DEADLINE_S = 30.0
-
-
-def make_docs(
-    index: str, count: int, *, start: int = 0, **fields: Any
-) -> list[tuple[bytes, bytes]]:
-    """(action, source) pairs with ids ``<index>-<n>`` and a ``n`` field."""
-    return [
-        (action_line(index, f"{index}-{n}"), orjson.dumps({"log": f"line {n}", "n": n, **fields}))
-        for n in range(start, start + count)
-    ]
-
-
-async def open_spool(directory: Path) -> Spool:
-    """A small real spool."""
-    return await Spool.open(directory, max_bytes=64 << 20, segment_max_bytes=1 << 20)
-
-
-async def fill(spool: Spool, docs: list[tuple[bytes, bytes]], per_fragment: int = 10) -> int:
-    """Append ``docs`` as fragments of ``per_fragment`` documents; return the fragment count."""
-    fragments = [
-        render_fragment(docs[i : i + per_fragment]) for i in range(0, len(docs), per_fragment)
-    ]
-    await spool.append(fragments)
-    return len(fragments)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = DEADLINE_S) -> None:
-    """Poll a condition until it holds; fail at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached before the deadline"
-        await asyncio.sleep(0.01)
-
-
-async def drain_until(
-    output: Output,
-    tenant: str,
-    spool: Spool,
-    condition: Callable[[], bool],
-    *,
-    deadline_s: float = 5.0,
-    timeout_s: float = DEADLINE_S,
-) -> None:
-    """Drain ``spool`` into ``output`` until ``condition`` holds, then stop and wait."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(drain(output, tenant, spool, stop, deadline_s))
-    try:
-        await wait_until(lambda: condition() or task.done(), timeout_s)
-    finally:
-        stop.set()
-        await task
 
 
 @dataclass

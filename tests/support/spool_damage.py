@@ -1,4 +1,5 @@
-"""Damage on disk for the chaos suite: find what a spool frame holds, flip a byte in it."""
+"""A node spool on disk, for tests that look inside it or damage it: its segment files, the
+frames and records they hold, and a byte flipped in place."""
 
 from __future__ import annotations
 

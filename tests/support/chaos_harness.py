@@ -1,5 +1,7 @@
 """The chaos harness: the whole pipeline as real processes, a fault, and `logferry verify`.
 
+Used by tests/chaos (its ``make_pipeline`` fixture is in tests/chaos/conftest.py).
+
 A :class:`Pipeline` runs, on 127.0.0.1: ``logferry loadgen`` writing container log files laid
 out like a node's ``/var/log``, one forwarder tailing them, two or three aggregators and the
 real OpenSearch node (or a fault proxy in front of it). A scenario starts load, injects its
@@ -21,15 +23,16 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from logferry.common.store_access import StoreAccess
 from logferry.tools.verify import VerifyError, VerifyOptions, VerifyReport, verify
-from tests.integration.test_aggregator import aggregator_config
+from tests.support.aggregator import aggregator_config, input_address, merge_sections
 from tests.support.daemon import DaemonProcess
-from tests.support.net import free_port, wait_until
+from tests.support.net import wait_until
 
 LONG = os.environ.get("CHAOS_LONG") == "1"
 NODE = "chaos-node"
@@ -60,17 +63,6 @@ class Outcome:
         )
 
 
-def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``overrides`` merged in, one level deep (sections)."""
-    out = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = {**out[key], **value}
-        else:
-            out[key] = value
-    return out
-
-
 class Pipeline:
     """Loadgen -> forwarder -> aggregators -> store, each a real process."""
 
@@ -99,15 +91,15 @@ class Pipeline:
             DaemonProcess(
                 "aggregator",
                 workdir / f"agg{i}",
-                merge(self._aggregator_config(workdir / f"agg{i}"), aggregator or {}),
+                merge_sections(self._aggregator_config(workdir / f"agg{i}"), aggregator or {}),
             )
             for i in range(aggregators)
         ]
-        servers = [f"127.0.0.1:{a.config['input']['listen_port']}" for a in self.aggregators]
+        servers = [input_address(a) for a in self.aggregators]
         self.forwarder = DaemonProcess(
             "forwarder",
             workdir / "fwd",
-            merge(
+            merge_sections(
                 self._forwarder_config(workdir / "fwd", servers + (extra_servers or [])),
                 forwarder or {},
             ),
@@ -182,13 +174,15 @@ class Pipeline:
             self.loadgen = subprocess.Popen(args, stdout=log, stderr=log)
 
     async def wait_loadgen(self, timeout_s: float = 300) -> None:
-        async def finished() -> bool:
-            assert self.loadgen is not None
-            return self.loadgen.poll() is not None
-
-        await wait_until(finished, timeout_s=timeout_s, what="loadgen to finish", poll_s=0.1)
-        assert self.loadgen is not None
-        assert self.loadgen.returncode == 0, (self.workdir / "loadgen.log").read_text()
+        loadgen = self.loadgen
+        assert loadgen is not None
+        await wait_until(
+            lambda: loadgen.poll() is not None,
+            timeout_s=timeout_s,
+            what="loadgen to finish",
+            poll_s=0.1,
+        )
+        assert loadgen.returncode == 0, (self.workdir / "loadgen.log").read_text()
 
     async def stop(self) -> None:
         """SIGTERM everything (forwarder first), each must exit 0."""
@@ -271,44 +265,13 @@ class Pipeline:
         return outcome
 
 
-class BlackHole:
-    """An "aggregator" that accepts connections and reads everything, but never acks."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._swallow, "127.0.0.1", self.port)
-
-    async def _swallow(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.add(writer)
-        try:
-            while await reader.read(1 << 16):
-                pass
-        except OSError:
-            pass
-        finally:
-            self._writers.discard(writer)
-            writer.close()
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for writer in list(self._writers):
-                writer.transport.abort()
-            await self._server.wait_closed()
-
-
 def assert_proven(outcome: Outcome) -> None:
     """What every scenario ends on: something was written, none missing, none twice."""
     assert outcome.missing == 0, outcome.line()
     assert outcome.duplicates == 0, outcome.line()
     assert outcome.written > 0, outcome.line()
+
+
+MakePipeline = Callable[..., Pipeline]
+"""The ``make_pipeline`` fixture: ``Pipeline`` arguments but the workdir (and the store URL,
+which defaults to the session's node)."""

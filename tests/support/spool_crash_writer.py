@@ -1,6 +1,7 @@
-"""Crash-test writer: appends from several tasks and prints each batch once it is durable.
+"""The spool writer process tests/integration/test_spool_crash.py kills: it appends from
+several tasks and prints each batch once it is durable; ``check_record`` is for the test.
 
-Run as ``python -m tests.integration.spool_crash_writer DIR RUN SEED``. Lines on stdout:
+Run as ``python -m tests.support.spool_crash_writer DIR RUN SEED``. Lines on stdout:
 
 - ``READY`` once the spool is open;
 - ``ACK <first_seq> <batch_id> <count>`` only after ``append`` returned (durable);
