@@ -27,9 +27,8 @@ sys.path.insert(0, str(REPO))
 from process_stats import report  # noqa: E402
 
 from devtools.opensearch_node import OpenSearchNode  # noqa: E402
+from logferry.common.units import MiB  # noqa: E402
 from tests.support import attacks  # noqa: E402
-
-MiB = 1024 * 1024
 
 
 async def idle(port: int) -> str:

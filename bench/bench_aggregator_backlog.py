@@ -43,6 +43,7 @@ from logferry.aggregator.spools import AggregatorSpoolSettings, TenantSpools  # 
 from logferry.common import protocol  # noqa: E402
 from logferry.common.naming import IndexNamer  # noqa: E402
 from logferry.common.records import source_id  # noqa: E402
+from tests.support.aggregator import aggregator_config  # noqa: E402
 from tests.support.daemon import DaemonProcess  # noqa: E402
 from tests.support.forward_client import ForwardClient  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
@@ -181,27 +182,19 @@ def aggregator(workdir: Path, spool_max: str) -> DaemonProcess:
     return DaemonProcess(
         "aggregator",
         workdir,
-        {
-            "input": {
-                "listen_host": "127.0.0.1",
-                "listen_port": free_port(),
-                "allow_unauthenticated": True,
-            },
-            "spool": {
-                "directory": str(workdir / "spool"),
+        aggregator_config(
+            workdir,
+            f"http://127.0.0.1:{free_port()}",
+            spool={
                 "max_bytes": spool_max,
                 "tenant_max_bytes": spool_max,
+                "segment_max_bytes": "64MiB",
             },
-            "dlq": {"directory": str(workdir / "dlq")},
-            "output": {
-                "type": "opensearch",
-                "urls": [f"http://127.0.0.1:{free_port()}"],
-                "retry_max_s": 5,
-            },
-            "log": {"level": "error", "format": "json"},
+            output={"retry_max_s": 5},
+            log={"level": "error", "format": "json"},
             # The output is in backoff when we stop it: no point waiting the default 20 s.
-            "shutdown_deadline_s": 5,
-        },
+            shutdown_deadline_s=5,
+        ),
     )
 
 

@@ -57,9 +57,9 @@ from logferry.aggregator.spools import AggregatorSpoolSettings, TenantSpools  # 
 from logferry.common.naming import IndexNamer  # noqa: E402
 from logferry.common.protocol import EventMessage, ServerDecoder  # noqa: E402
 from logferry.common.records import source_id  # noqa: E402
+from tests.support.aggregator import aggregator_config  # noqa: E402
 from tests.support.daemon import DaemonProcess  # noqa: E402
 from tests.support.forward_client import ForwardClient  # noqa: E402
-from tests.support.net import free_port  # noqa: E402
 from tests.support.records import compressed_chunk, container_entries  # noqa: E402
 
 SENDERS = 4
@@ -249,23 +249,14 @@ async def run_aggregator(
     daemon = DaemonProcess(
         "aggregator",
         workdir,
-        {
-            "input": {
-                "listen_host": "127.0.0.1",
-                "listen_port": free_port(),
-                "allow_unauthenticated": True,
-            },
-            "spool": {
-                "directory": str(workdir / "spool"),
-                "max_bytes": "4GiB",
-                "tenant_max_bytes": "1GiB",
-                "segment_max_bytes": "64MiB",
-            },
-            "dlq": {"directory": str(workdir / "dlq")},
-            "routing": {"index_prefix": AGG_PREFIX},
-            "output": {"type": "opensearch", "urls": [url], "max_in_flight": IN_FLIGHT},
-            "log": {"level": "warning", "format": "json"},
-        },
+        aggregator_config(
+            workdir,
+            url,
+            spool={"max_bytes": "4GiB", "tenant_max_bytes": "1GiB", "segment_max_bytes": "64MiB"},
+            routing={"index_prefix": AGG_PREFIX},
+            output={"max_in_flight": IN_FLIGHT},
+            log={"level": "warning", "format": "json"},
+        ),
     )
     await daemon.start()
     senders: asyncio.Future[list[None]] | None = None

@@ -42,9 +42,9 @@ from process_stats import proc_cpu_s, proc_peak_rss_mb, report  # noqa: E402
 from devtools.opensearch_node import OpenSearchNode  # noqa: E402
 from logferry.tools.loadgen_content import Clock, Messages  # noqa: E402
 from tests.support import fluentbit_wire as wire  # noqa: E402
+from tests.support.aggregator import aggregator_config  # noqa: E402
 from tests.support.daemon import DaemonProcess  # noqa: E402
 from tests.support.forward_client import ForwardClient  # noqa: E402
-from tests.support.net import free_port  # noqa: E402
 
 SENDERS = 4
 WINDOW = 4
@@ -149,23 +149,13 @@ async def run_shape(
     daemon = DaemonProcess(
         "aggregator",
         workdir,
-        {
-            "input": {
-                "listen_host": "127.0.0.1",
-                "listen_port": free_port(),
-                "allow_unauthenticated": True,
-            },
-            "spool": {
-                "directory": str(workdir / "spool"),
-                "max_bytes": "4GiB",
-                "tenant_max_bytes": "1GiB",
-                "segment_max_bytes": "64MiB",
-            },
-            "dlq": {"directory": str(workdir / "dlq")},
-            "routing": {"index_prefix": prefix},
-            "output": {"type": "opensearch", "urls": [url]},
-            "log": {"level": "warning", "format": "json"},
-        },
+        aggregator_config(
+            workdir,
+            url,
+            spool={"max_bytes": "4GiB", "tenant_max_bytes": "1GiB", "segment_max_bytes": "64MiB"},
+            routing={"index_prefix": prefix},
+            log={"level": "warning", "format": "json"},
+        ),
     )
     await daemon.start()
     try:

@@ -22,12 +22,13 @@ from typing import Any
 import pytest
 
 from logferry.aggregator.dlq import DeadLetterQueue
+from logferry.common.units import MiB
 from tests.support import attacks
 from tests.support.daemon import DaemonProcess
 from tests.support.opensearch_client import StoreReader, wait_count
 
 pytestmark = pytest.mark.integration
-MiB = 1024 * 1024
+
 RSS_BOUND = 300 * MiB
 """Peak RSS above the RSS before the attack, for every case with the default limits. The worst
 is many tiny objects: a 16 MiB inflated message of empty maps renders to ~3x its size in JSON

@@ -28,13 +28,13 @@ from logferry.common.protocol import (
     encode_packed_forward,
     pack_entries,
 )
+from logferry.common.units import MiB
 from tests.support.aggregator import input_port
 from tests.support.daemon import DaemonProcess
 from tests.support.forward_client import ForwardClient
 from tests.support.net import free_port, wait_until
 from tests.support.records import compressed_chunk, container_entries
 
-MiB = 1024 * 1024
 SHARED_KEY = "adversarial-test-key"
 HONEST_SOURCE = "127.0.0.2"
 """The honest tenant connects from here; attackers from 127.0.0.1 (Linux routes 127/8 to lo)."""

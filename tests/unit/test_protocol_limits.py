@@ -25,8 +25,8 @@ from logferry.common.protocol import (
     pack_entries,
 )
 from logferry.common.protocol.entries import MAX_DEPTH, UnreadableRecord
+from logferry.common.units import MiB
 
-MiB = 1024 * 1024
 T = EventTime(1_764_000_000, 1)
 
 
