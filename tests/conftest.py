@@ -17,6 +17,7 @@ from devtools.opensearch_node import OpenSearchNode
 pytest_plugins = [
     "tests.support.daemon",  # daemons
     "tests.support.aggregator",  # make_aggregator
+    "tests.support.opensearch_cluster",  # opensearch_cluster
 ]
 
 

@@ -22,7 +22,7 @@ from logferry.aggregator.config import AggregatorConfig
 from logferry.aggregator.dlq import DeadLetterQueue
 from logferry.aggregator.ingest import Ingest
 from logferry.aggregator.metrics import AggregatorMetrics
-from logferry.aggregator.outputs import build_output
+from logferry.aggregator.outputs import BulkOutputSettings, build_output
 from logferry.aggregator.outputs.base import Output
 from logferry.aggregator.outputs.pump import drain
 from logferry.aggregator.pipeline_watch import PipelineRegistry, PipelineWatcher
@@ -31,10 +31,14 @@ from logferry.aggregator.routing import TenantResolver
 from logferry.aggregator.server import ForwardServer
 from logferry.aggregator.spools import TenantSpools
 from logferry.common.disk_full import DiskStalls
+from logferry.common.errors import OutputError
 from logferry.common.logs import get_logger
 from logferry.common.naming import IndexNamer
 from logferry.common.spool import Spool
 from logferry.common.status_http import StatusServer
+from logferry.store.checks import check_indices
+from logferry.store.client import open_store
+from logferry.store.retention import Janitor
 
 log = get_logger(__name__)
 
@@ -49,7 +53,13 @@ class Aggregator:
         self.instance = f"{self.hostname}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self.spools = TenantSpools(config.spool, stalls=DiskStalls(self.metrics.registry))
         self.dlq = DeadLetterQueue.from_settings(config.dlq)
-        self.output: Output = build_output(config.output, self.metrics, self.dlq)
+        self.output: Output = build_output(
+            config.output,
+            self.metrics,
+            self.dlq,
+            prefix=config.routing.index_prefix,
+            indices=config.indices,
+        )
         self.pipelines = PipelineRegistry()
         self.pipeline_watcher: PipelineWatcher | None = None
         if config.pipelines is not None:
@@ -64,6 +74,9 @@ class Aggregator:
                 samples_for=lambda tenant: self.ingest.recent_records(tenant),
             )
         routing = config.routing
+        self.namer = IndexNamer(
+            routing.index_prefix, config.indices.period, config.indices.periods()
+        )
         allowed = routing.allowed_namespaces
         self.resolver = TenantResolver(
             routing.default_tenant,
@@ -74,7 +87,7 @@ class Aggregator:
         self.ingest = Ingest(
             self.spools,
             self.metrics,
-            namer=IndexNamer(routing.index_prefix),
+            namer=self.namer,
             default_tenant=routing.default_tenant,
             instance=self.instance,
             pipelines=self.pipelines if pipelines is not None else None,
@@ -102,6 +115,7 @@ class Aggregator:
         )
         self._pipelines_stop = asyncio.Event()
         self._pipeline_task: asyncio.Task[None] | None = None
+        self._janitor_task: asyncio.Task[None] | None = None
         self._drain_stop = asyncio.Event()
         self._drains: set[asyncio.Task[None]] = set()
         self._accepting = False
@@ -128,6 +142,7 @@ class Aggregator:
                 self._pipeline_task = asyncio.create_task(
                     self.pipeline_watcher.run(self._pipelines_stop), name="pipelines"
                 )
+            self._janitor_task = self._start_janitor()
             self._accepting = True
             log.info(
                 "aggregator.started",
@@ -141,6 +156,32 @@ class Aggregator:
         finally:
             await self.shutdown()
         return 1 if self._failure is not None else 0
+
+    def _start_janitor(self) -> asyncio.Task[None] | None:
+        """The retention janitor, when the store is ours to clean (see ``indices``)."""
+        indices = self.config.indices
+        check_indices(indices, self.spools.spools)
+        output = self.config.output
+        if not isinstance(output, BulkOutputSettings) or indices.lifecycle != "janitor":
+            return None
+        if not (indices.retention_days or any(t.retention_days for t in indices.tenants.values())):
+            return None
+        return asyncio.create_task(self._run_janitor(output), name="janitor")
+
+    async def _run_janitor(self, output: BulkOutputSettings) -> None:
+        try:
+            async with open_store(output, output.request_timeout_s) as client:
+                janitor = Janitor(
+                    client,
+                    self.namer,
+                    self.config.indices,
+                    holder=self.instance,
+                    deleted=self.metrics.indices_deleted,
+                    runs=self.metrics.janitor_runs,
+                )
+                await janitor.run(self._pipelines_stop)
+        except OutputError as exc:  # the credentials files: the bulk output says so too
+            log.error("store.janitor_not_started", error=str(exc))
 
     def _bypass_changed(self, tenant: str, bypassed: bool) -> None:
         if self.pipeline_watcher is not None:
@@ -167,8 +208,9 @@ class Aggregator:
         self._accepting = False
         log.info("aggregator.stopping", deadline_s=deadline)
         self._pipelines_stop.set()
-        if self._pipeline_task is not None:
-            await asyncio.gather(self._pipeline_task, return_exceptions=True)
+        for task in (self._pipeline_task, self._janitor_task):
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
         await self.server.stop_accepting()
         await self.server.drain(deadline_s=deadline / 2)
         self._drain_stop.set()

@@ -16,6 +16,7 @@ from logferry.common.naming import DEFAULT_TENANT, NAMESPACE, PREFIX
 from logferry.common.secrets import InlineSecret
 from logferry.common.sections import HttpSettings, LogSettings
 from logferry.common.units import ByteSize, MiB
+from logferry.store.settings import IndexSettings
 
 
 class ForwardInputSettings(ConfigModel):
@@ -101,7 +102,8 @@ class RoutingSettings(ConfigModel):
     """How records find their tenant and index."""
 
     index_prefix: str = "logs"
-    """Indices are ``<index_prefix>-<namespace>-YYYY.MM.DD`` (UTC, from the event time)."""
+    """Indices are ``<index_prefix>-<namespace>-<date>`` (UTC, from the event time; the date
+    by the tenant's ``indices`` period: ``YYYY.MM.DD``, ``YYYY.wWW`` or ``YYYY.MM``)."""
     default_tenant: str = "_default"
     """Tenant for records without a valid ``kubernetes.namespace_name``. Starts with '_' so it
     can never be a real namespace."""
@@ -167,6 +169,8 @@ class AggregatorConfig(ConfigModel):
     (time-bounded regexes, a CPU allowance, proof of what they discard). Refused at load."""
     pipelines: PipelineSettings | None = None
     """Tenant LogPipelines from a watched directory, applied without a restart."""
+    indices: IndexSettings = IndexSettings()
+    """The tenants' indices in the store: template, period, retention, shard budget."""
     shutdown_deadline_s: float = Field(default=20.0, gt=0, le=3600)
     """On SIGTERM: time to finish in-flight acks and let the output flush, before exiting with
     the rest left safely in the spool."""

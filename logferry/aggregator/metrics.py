@@ -143,6 +143,30 @@ class AggregatorMetrics:
             "records_out", "Records the store confirmed (created or already there).", "tenant"
         )
         self.bytes_out = counter("bytes_out", "Uncompressed document bytes delivered.", "tenant")
+        self.template_installs = counter(
+            "store_template_installs",
+            "Index template checks at start, by outcome: installed, current (already there), "
+            "newer_kept (a newer logferry's template is left alone), failed (retried).",
+            "outcome",
+        )
+        self.indices_deleted = counter(
+            "store_indices_deleted", "Indices the janitor deleted past retention.", "tenant"
+        )
+        self.janitor_runs = counter(
+            "store_janitor_runs",
+            "Janitor rounds, by outcome: deleted, nothing, not_holder (another aggregator "
+            "holds the lease), error.",
+            "outcome",
+        )
+        self.store_refusals = counter(
+            "store_refusals",
+            "Documents the store refused for a reason about the cluster, not the document "
+            "(too_many_shards, write_block, disk_watermark, index_closed, index_missing, "
+            "shards_unavailable, rejected_execution, cluster_unavailable, too_many_requests, "
+            "store_error): kept in the spool and sent again, never dead-lettered.",
+            "tenant",
+            "reason",
+        )
         self.duplicates = counter(
             "duplicates", "Records the store already had (409 on create): resends.", "tenant"
         )

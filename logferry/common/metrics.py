@@ -14,7 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from logferry.common.logs import EventLogger
 
-ALLOWED_LABELS = frozenset({"tenant", "endpoint", "status", "reason", "mode", "kind", "signal"})
+ALLOWED_LABELS = frozenset(
+    {"tenant", "endpoint", "status", "reason", "mode", "kind", "signal", "outcome"}
+)
 
 
 def check_labels(labels: tuple[str, ...]) -> tuple[str, ...]:

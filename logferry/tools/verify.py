@@ -66,12 +66,13 @@ from logferry.tools.verify_store import (
     SRC_FIELD,
     TIME_FIELD,
     BlockStats,
-    StoreClient,
     StoredSource,
+    VerifyStore,
     apply_recount,
     blocks_to_recount,
     fold_buckets,
-    open_store,
+    merge_stored,
+    open_verify_store,
     window_query,
 )
 
@@ -92,12 +93,12 @@ __all__ = [
     "Expectation",
     "MissingRange",
     "SourceRow",
-    "StoreClient",
     "StoredSource",
     "Totals",
     "VerifyError",
     "VerifyOptions",
     "VerifyReport",
+    "VerifyStore",
     "apply_recount",
     "blocks_to_recount",
     "build_parser",
@@ -338,13 +339,16 @@ async def verify(options: VerifyOptions) -> VerifyReport:
         options.dlq_dirs, since_ms=since_ms, until_ms=until_ms, namespace=options.namespace
     )
 
-    query = window_query(options)
-    async with open_store(options) as client:
-        await client.refresh()
-        stored = await client.stored_sources(query)
-        await client.recount(query, stored)
-        for src, entry in dlq.items():
-            entry.seqs -= await client.present_seqs(query, src, list(entry.seqs))
+    stored: dict[str, StoredSource] = {}
+    async with open_verify_store(options) as store:
+        await store.refresh()
+        for run in await store.passes():
+            query = window_query(options, run)
+            found = await store.stored_sources(query, run)
+            await store.recount(query, found, run)
+            merge_stored(stored, found)
+            for src, entry in dlq.items():
+                entry.seqs -= await store.present_seqs(query, src, list(entry.seqs), run)
     dlq = {src: entry for src, entry in dlq.items() if entry.seqs}
 
     if options.until is not None and expectations:

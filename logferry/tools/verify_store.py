@@ -1,31 +1,32 @@
-"""The OpenSearch side of ``logferry verify``: the HTTP session and its few REST calls
-(refresh, search), the window query, the ``composite`` aggregation paged over (source, seq
-block) buckets and folded into per-source block tables, the exact recount of blocks whose
-cardinality came out low, and the lookup of dead-lettered seqs in the store. Credentials and
-TLS come from :class:`~logferry.common.store_access.StoreAccess`, as for the aggregator.
+"""The OpenSearch side of ``logferry verify``: its few REST calls (refresh, field caps,
+search; over :class:`~logferry.store.client.StoreClient`); the passes that read indices mapped
+by logferry's template and older ones mapped dynamically; the window query; the ``composite``
+aggregation paged over (source, seq block) buckets and folded into per-source block tables;
+the exact recount of blocks whose cardinality came out low; and the lookup of dead-lettered
+seqs in the store. Credentials and TLS come from
+:class:`~logferry.common.store_access.StoreAccess`, as for the aggregator.
 """
 
 from __future__ import annotations
 
-import ssl
-from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-import aiohttp
-import orjson
-
 from logferry.common.errors import OutputError
+from logferry.store.client import StoreClient, StoreError, open_store
 from logferry.tools.verify_options import VerifyError, VerifyOptions, epoch_ms
 
-SRC_FIELD = "_lf.src.keyword"
-"""``_lf.src`` as the aggregator's documents get it from dynamic mapping (text + keyword)."""
+SRC_FIELD = "_lf.src"
+"""A keyword in every index logferry's template made."""
 SEQ_FIELD = "_lf.seq"
-NAMESPACE_FIELD = "kubernetes.namespace_name.keyword"
+NAMESPACE_FIELD = "kubernetes.namespace_name"
 TIME_FIELD = "@timestamp"
+LEGACY_SUFFIX = ".keyword"
+"""Indices made before the template (dynamic mapping) hold these fields as text, with a
+keyword sub-field of this name."""
 
 BLOCK = 1000
 """Seqs per histogram block: well below the cardinality's precision threshold."""
@@ -38,6 +39,35 @@ PRESENCE_BATCH = 5000
 """DLQ seqs of one source looked up in the store per request."""
 
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """One run of the aggregations over the index pattern: the fields it reads, and the
+    indices whose shards are expected to fail it (they hold those fields as text)."""
+
+    src_field: str = SRC_FIELD
+    namespace_field: str = NAMESPACE_FIELD
+    tolerated: frozenset[str] = frozenset()
+
+
+MODERN = Pass()
+LEGACY = Pass(SRC_FIELD + LEGACY_SUFFIX, NAMESPACE_FIELD + LEGACY_SUFFIX)
+
+
+def passes_for(field_caps: Mapping[str, Any]) -> list[Pass]:
+    """The passes that read every index once, from a ``_field_caps`` answer for
+    :data:`SRC_FIELD`: the keyword field where the template mapped it, the ``.keyword``
+    sub-field in indices made by dynamic mapping before it (in those, the keyword pass fails
+    on purpose and the legacy pass reads them; in the others the legacy field is unmapped and
+    counts nothing)."""
+    types = (field_caps.get("fields") or {}).get(SRC_FIELD) or {}
+    if "text" not in types:
+        return [MODERN]
+    if "keyword" not in types:
+        return [LEGACY]
+    legacy = frozenset(str(i) for i in types["text"].get("indices") or ())
+    return [Pass(tolerated=legacy), LEGACY]
 
 
 @dataclass(slots=True)
@@ -119,62 +149,77 @@ def apply_recount(block: BlockStats, doubled: Iterable[Mapping[str, Any]]) -> No
     block.exact = True
 
 
-class StoreClient:
-    """The few REST calls verify makes, over one aiohttp session."""
+def merge_stored(into: dict[str, StoredSource], other: Mapping[str, StoredSource]) -> None:
+    """Add what another pass found. A record always goes to the index its own time names, so
+    a seq held twice is held twice in one index, within one pass: distinct counts add up."""
+    for src, source in other.items():
+        known = into.get(src)
+        if known is None:
+            into[src] = source
+            continue
+        known.namespace = known.namespace or source.namespace
+        for start, block in source.blocks.items():
+            mine = known.blocks.get(start)
+            if mine is None:
+                known.blocks[start] = block
+                continue
+            known.blocks[start] = BlockStats(
+                documents=mine.documents + block.documents,
+                distinct=mine.distinct + block.distinct,
+                lo=min(mine.lo, block.lo),
+                hi=max(mine.hi, block.hi),
+                exact=mine.exact and block.exact,
+            )
 
-    def __init__(
-        self,
-        options: VerifyOptions,
-        session: aiohttp.ClientSession,
-        ssl_option: ssl.SSLContext | bool,
-    ) -> None:
+
+class VerifyStore:
+    """The queries verify makes, one :class:`Pass` at a time, over a :class:`StoreClient`."""
+
+    def __init__(self, options: VerifyOptions, rest: StoreClient) -> None:
         self.options = options
-        self._urls = deque(url.rstrip("/") for url in options.store.urls)
-        self._session = session
-        self._ssl = ssl_option
+        self._rest = rest
         self._index = quote(options.index, safe="*,")
 
     @property
     def url(self) -> str:
-        """The node requests go to: the first ``--url``, until it cannot be reached."""
-        return self._urls[0]
+        """The node requests go to."""
+        return self._rest.url
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
-        """The JSON answer; VerifyError on any failure, with the store's reason. A node that
-        cannot be connected to hands over to the next one, if there are several."""
-        data = None if body is None else orjson.dumps(body)
-        for nodes_left in reversed(range(len(self._urls))):
-            try:
-                async with self._session.request(
-                    method,
-                    f"{self.url}{path}",
-                    data=data,
-                    headers={"Content-Type": "application/json"},
-                    ssl=self._ssl,
-                ) as response:
-                    payload = await response.json(content_type=None)
-                    status = response.status
-                break
-            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-                if isinstance(exc, aiohttp.ClientConnectorError) and nodes_left:
-                    self._urls.rotate(-1)  # never reached: that node goes last, try the next
-                    continue
-                raise VerifyError(f"store {self.url}: {type(exc).__name__}: {exc}") from exc
-        if status >= 300:
-            raise VerifyError(
-                f"store {method} {path.split('?')[0]}: {_store_reason(status, payload)}"
-            )
-        return payload
+        """The JSON answer; VerifyError on any failure, with the store's reason."""
+        try:
+            return await self._rest.request(method, path, body)
+        except StoreError as exc:
+            raise VerifyError(str(exc)) from exc
+
+    async def passes(self) -> list[Pass]:
+        """How to read the pattern's indices (see :func:`passes_for`)."""
+        caps = await self.request(
+            "GET", f"/{self._index}/_field_caps?fields={SRC_FIELD}&{_LENIENT}"
+        )
+        return passes_for(caps if isinstance(caps, dict) else {})
 
     async def refresh(self) -> None:
         await self.request("POST", f"/{self._index}/_refresh?{_LENIENT}")
 
-    async def search(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+    async def search(self, body: Mapping[str, Any], run: Pass = MODERN) -> Mapping[str, Any]:
+        """The aggregations of a search; VerifyError if any shard failed that ``run`` does
+        not expect to fail: a partial answer would show stored records as missing."""
         payload = await self.request("POST", f"/{self._index}/_search?{_LENIENT}", body)
+        failures = (payload.get("_shards") or {}).get("failures") or []
+        unexpected = [f for f in failures if str(f.get("index", "")) not in run.tolerated]
+        if unexpected:
+            reason = (unexpected[0].get("reason") or {}).get("reason", "")
+            raise VerifyError(
+                f"the store answered for only part of the indices ({len(unexpected)} shard "
+                f"failures, e.g. {unexpected[0].get('index', '?')}: {reason})"
+            )
         aggregations: Mapping[str, Any] = payload.get("aggregations") or {}
         return aggregations
 
-    async def stored_sources(self, query: Mapping[str, Any]) -> dict[str, StoredSource]:
+    async def stored_sources(
+        self, query: Mapping[str, Any], run: Pass = MODERN
+    ) -> dict[str, StoredSource]:
         """Every source's blocks, a composite page at a time."""
         stored: dict[str, StoredSource] = {}
         after: Any = None
@@ -182,7 +227,7 @@ class StoreClient:
             composite: dict[str, Any] = {
                 "size": PAGE_BUCKETS,
                 "sources": [
-                    {"src": {"terms": {"field": SRC_FIELD}}},
+                    {"src": {"terms": {"field": run.src_field}}},
                     {"block": {"histogram": {"field": SEQ_FIELD, "interval": BLOCK}}},
                 ],
             }
@@ -193,8 +238,9 @@ class StoreClient:
                     "size": 0,
                     "track_total_hits": False,
                     "query": query,
-                    "aggs": {"blocks": {"composite": composite, "aggs": _BLOCK_AGGS}},
-                }
+                    "aggs": {"blocks": {"composite": composite, "aggs": _block_aggs(run)}},
+                },
+                run,
             )
             page = aggs.get("blocks") or {}
             buckets = page.get("buckets") or []
@@ -203,14 +249,16 @@ class StoreClient:
             if not buckets or after is None:
                 return stored
 
-    async def recount(self, query: Mapping[str, Any], stored: Mapping[str, StoredSource]) -> None:
+    async def recount(
+        self, query: Mapping[str, Any], stored: Mapping[str, StoredSource], run: Pass = MODERN
+    ) -> None:
         """Exact distinct counts for the blocks whose cardinality was below their count."""
         pending = blocks_to_recount(stored)
         for batch in _batches(pending, RECOUNT_BATCH):
             filters = {
                 str(i): _bool_filter(
                     [
-                        {"term": {SRC_FIELD: src}},
+                        {"term": {run.src_field: src}},
                         {"range": {SEQ_FIELD: {"gte": start, "lt": start + BLOCK}}},
                     ]
                 )
@@ -223,20 +271,21 @@ class StoreClient:
                     "track_total_hits": False,
                     "query": query,
                     "aggs": {"b": {"filters": {"filters": filters}, "aggs": {"doubled": doubled}}},
-                }
+                },
+                run,
             )
             answers = aggs["b"]["buckets"]
             for i, (src, start) in enumerate(batch):
                 apply_recount(stored[src].blocks[start], answers[str(i)]["doubled"]["buckets"])
 
     async def present_seqs(
-        self, query: Mapping[str, Any], src: str, seqs: Sequence[int]
+        self, query: Mapping[str, Any], src: str, seqs: Sequence[int], run: Pass = MODERN
     ) -> set[int]:
         """Which of ``seqs`` of ``src`` the store holds (within ``query``)."""
         present: set[int] = set()
         for batch in _batches(sorted(seqs), PRESENCE_BATCH):
             filtered = _bool_filter(
-                [*_filters(query), {"term": {SRC_FIELD: src}}, {"terms": {SEQ_FIELD: batch}}]
+                [*_filters(query), {"term": {run.src_field: src}}, {"terms": {SEQ_FIELD: batch}}]
             )
             aggs = await self.search(
                 {
@@ -244,7 +293,8 @@ class StoreClient:
                     "track_total_hits": False,
                     "query": filtered,
                     "aggs": {"seqs": {"terms": {"field": SEQ_FIELD, "size": len(batch)}}},
-                }
+                },
+                run,
             )
             # No aggregation comes back when the pattern matches no index yet.
             present.update(int(b["key"]) for b in (aggs.get("seqs") or {}).get("buckets", []))
@@ -252,16 +302,19 @@ class StoreClient:
 
 
 _LENIENT = "ignore_unavailable=true&allow_no_indices=true"
-_BLOCK_AGGS = {
-    "seqs": {"cardinality": {"field": SEQ_FIELD, "precision_threshold": PRECISION_THRESHOLD}},
-    "lo": {"min": {"field": SEQ_FIELD}},
-    "hi": {"max": {"field": SEQ_FIELD}},
-    # A source is one file, of one namespace: the first term is the only one.
-    "ns": {"terms": {"field": NAMESPACE_FIELD, "size": 1}},
-}
 
 
-def window_query(options: VerifyOptions) -> dict[str, Any]:
+def _block_aggs(run: Pass) -> dict[str, Any]:
+    return {
+        "seqs": {"cardinality": {"field": SEQ_FIELD, "precision_threshold": PRECISION_THRESHOLD}},
+        "lo": {"min": {"field": SEQ_FIELD}},
+        "hi": {"max": {"field": SEQ_FIELD}},
+        # A source is one file, of one namespace: the first term is the only one.
+        "ns": {"terms": {"field": run.namespace_field, "size": 1}},
+    }
+
+
+def window_query(options: VerifyOptions, run: Pass = MODERN) -> dict[str, Any]:
     """The filter every aggregation runs under: time window and namespace."""
     filters: list[dict[str, Any]] = []
     if options.since is not None or options.until is not None:
@@ -272,20 +325,18 @@ def window_query(options: VerifyOptions) -> dict[str, Any]:
             bounds["lt"] = epoch_ms(options.until)
         filters.append({"range": {TIME_FIELD: bounds}})
     if options.namespace is not None:
-        filters.append({"term": {NAMESPACE_FIELD: options.namespace}})
+        filters.append({"term": {run.namespace_field: options.namespace}})
     return _bool_filter(filters)
 
 
 @asynccontextmanager
-async def open_store(options: VerifyOptions) -> AsyncIterator[StoreClient]:
-    """A :class:`StoreClient` over a new session (auth, timeout), closed on leaving."""
+async def open_verify_store(options: VerifyOptions) -> AsyncIterator[VerifyStore]:
+    """A :class:`VerifyStore` over a new session (auth, timeout), closed on leaving."""
     try:  # the secret files and the CA bundle are read here
-        headers, ssl_option = options.store.headers(), options.store.ssl_option()
+        async with open_store(options.store, options.request_timeout_s) as rest:
+            yield VerifyStore(options, rest)
     except OutputError as exc:
         raise VerifyError(str(exc)) from exc
-    timeout = aiohttp.ClientTimeout(total=options.request_timeout_s)
-    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
-        yield StoreClient(options, session, ssl_option)
 
 
 def _bool_filter(filters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -299,11 +350,3 @@ def _filters(query: Mapping[str, Any]) -> list[dict[str, Any]]:
 def _batches(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def _store_reason(status: int, payload: Any) -> str:
-    error = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(error, dict):
-        root = (error.get("root_cause") or [error])[0]
-        return f"HTTP {status}: {root.get('type', '')}: {root.get('reason', '')}"
-    return f"HTTP {status}: {str(error or payload)[:300]}"

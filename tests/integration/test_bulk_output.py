@@ -192,7 +192,9 @@ async def test_an_unreachable_store_commits_nothing_then_the_real_node_gets_ever
     spool = await open_spool(tmp_path / "spool")
     fragments = await fill(spool, make_docs(index, 300), per_fragment=20)
 
-    down = BulkOutput(bulk_settings(f"http://127.0.0.1:{refused_port}"), metrics, dlq)
+    # No template to install first: the bulk requests themselves must fail and commit nothing.
+    down_settings = bulk_settings(f"http://127.0.0.1:{refused_port}", manage_templates=False)
+    down = BulkOutput(down_settings, metrics, dlq)
     await down.start()
     stop = asyncio.Event()
     task = asyncio.create_task(drain(down, "team-a", spool, stop, 0.5))

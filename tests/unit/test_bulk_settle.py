@@ -13,7 +13,7 @@ from logferry.aggregator.dlq import DeadLetterQueue
 from logferry.aggregator.documents import render_fragment, split_fragment
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.outputs import BulkOutput, BulkOutputSettings, build_output
-from logferry.aggregator.outputs.bulk_client import render_body, settle
+from logferry.aggregator.outputs.bulk_client import cluster_refusal, render_body, settle
 from logferry.aggregator.outputs.pump import drain
 from logferry.common.errors import OutputError
 from logferry.common.spool import Spool, SpoolBatch
@@ -36,6 +36,7 @@ def settings(url: str, **overrides: Any) -> BulkOutputSettings:
         "retry_initial_s": 0.01,
         "retry_max_s": 0.05,
         "max_in_flight": 2,
+        "manage_templates": False,  # the fake store answers _bulk only
     }
     values.update(overrides)
     return BulkOutputSettings(**values)
@@ -65,12 +66,68 @@ def test_settle_classifies_delivered_duplicate_retry_and_rejected() -> None:
     assert result.delivered == 2
     assert result.duplicates == 1
     assert result.delivered_positions == [0, 1]
-    assert result.retry == [2, 3, 4]
+    assert result.retry == [2, 3, 4, 6]
     assert [(r.position, r.status, r.kind) for r in result.rejected] == [
         (5, 400, "mapper_parsing_exception"),
-        (6, 404, "index_not_found_exception"),
     ]
     assert result.rejected[0].reason.startswith("mapper_parsing_exception: because")
+    assert {label: count for label, (count, _) in result.held.items()} == {
+        "rejected_execution": 1,
+        "shards_unavailable": 1,
+        "write_block": 1,
+        "index_missing": 1,
+    }
+
+
+# What OpenSearch 2.19 and Elasticsearch 8 answer per item, as seen on the wire.
+@pytest.mark.parametrize(
+    ("status", "kind", "reason", "label"),
+    [
+        (
+            400,
+            "validation_exception",
+            "Validation Failed: 1: this action would add [2] total shards, but this cluster "
+            "currently has [4]/[4] maximum shards open;",
+            "too_many_shards",
+        ),
+        (
+            400,
+            "validation_exception",
+            "Validation Failed: 1: this action would add [1] shards, but this cluster currently "
+            "has [1000]/[1000] maximum normal shards open;",
+            "too_many_shards",
+        ),
+        (
+            403,
+            "cluster_block_exception",
+            "index [logs-a-2026.11.29] blocked by: [FORBIDDEN/8/index write (api)];",
+            "write_block",
+        ),
+        (
+            429,
+            "cluster_block_exception",
+            "index [logs-a-2026.11.29] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded "
+            "flood-stage watermark, index has read-only-allow-delete block];",
+            "disk_watermark",
+        ),
+        (400, "index_closed_exception", "closed", "index_closed"),
+        (404, "index_not_found_exception", "no such index [logs-a-2026.11.29]", "index_missing"),
+        (503, "unavailable_shards_exception", "primary shard is not active", "shards_unavailable"),
+        (500, "null_pointer_exception", "", "store_error"),
+        (400, "mapper_parsing_exception", "failed to parse field [n]", None),
+        (
+            400,
+            "illegal_argument_exception",
+            "Limit of total fields [1000] has been exceeded",
+            None,
+        ),
+        (400, "validation_exception", "Validation Failed: 1: id is too long", None),
+    ],
+)
+def test_refusals_about_the_cluster_are_held_and_about_the_document_are_not(
+    status: int, kind: str, reason: str, label: str | None
+) -> None:
+    assert cluster_refusal(status, kind, f"{kind}: {reason}") == label
 
 
 def test_settle_without_errors_delivers_every_item() -> None:

@@ -23,6 +23,7 @@ from logferry.aggregator.outputs.bulk_client import BulkOutputSettings
 from logferry.aggregator.outputs.bulk_output import BulkOutput
 from logferry.aggregator.outputs.file import FileOutput, FileOutputSettings
 from logferry.aggregator.outputs.null import NullOutput, NullOutputSettings
+from logferry.store.settings import IndexSettings
 
 OutputSettings = Annotated[
     BulkOutputSettings | FileOutputSettings | NullOutputSettings, Field(discriminator="type")
@@ -46,10 +47,14 @@ def build_output(
     settings: BulkOutputSettings | FileOutputSettings | NullOutputSettings,
     metrics: AggregatorMetrics,
     dlq: DeadLetterQueue,
+    *,
+    prefix: str = "logs",
+    indices: IndexSettings | None = None,
 ) -> Output:
-    """The output ``settings`` describe (call ``start()`` on it before draining into it)."""
+    """The output ``settings`` describe (call ``start()`` on it before draining into it);
+    a store output installs the index template for ``<prefix>-*`` from ``indices``."""
     if isinstance(settings, BulkOutputSettings):
-        return BulkOutput(settings, metrics, dlq)
+        return BulkOutput(settings, metrics, dlq, prefix=prefix, indices=indices)
     if isinstance(settings, FileOutputSettings):
         return FileOutput(settings, metrics, dlq)
     return NullOutput(settings, metrics)

@@ -2,10 +2,12 @@
 
 One request writes documents with ``create`` and each record's deterministic ``_id``. Every
 item settles as one of: delivered (2xx, or 409 — the document is already there, so a resend is
-harmless), retry (429, 5xx, a block that clears by itself), or rejected (any other 4xx:
-mapping conflict, oversize, invalid — the dead-letter queue takes it with the server's
-reason). A request that fails as a whole (connection, timeout, 401/403, 429, 5xx) is an
-``OutputError`` and never rejects a document; 413 is its own error so the caller can split.
+harmless), retry (a refusal about the cluster, not the document: 429, 5xx, a write block or
+the disk watermark, a closed or missing index, too many shards, unavailable shards; see
+:func:`cluster_refusal`), or rejected (any other 4xx: mapping conflict, bad value, oversize —
+the dead-letter queue takes it with the server's reason). A request that fails as a whole
+(connection, timeout, 401/403, 429, 5xx) is an ``OutputError`` and never rejects a document;
+413 is its own error so the caller can split.
 Retrying and splitting live in :mod:`.bulk_delivery`, the output that settles spool batches in
 :mod:`.bulk_output`; this module knows nothing of spools. The store's nodes, credentials and
 TLS are a :class:`~logferry.common.store_access.StoreAccess`.
@@ -31,11 +33,51 @@ from logferry.common.faults import crash_point
 from logferry.common.store_access import StoreAccess
 from logferry.common.units import ByteSize, MiB
 
-# Blocks that clear by themselves (disk flood stage, a closing index, a full write queue):
-# retry, never dead-letter.
-RETRIABLE_ERROR_TYPES = frozenset(
-    {"cluster_block_exception", "es_rejected_execution_exception", "unavailable_shards_exception"}
+# Refusals about the cluster, not the document: the same document succeeds once the cluster
+# is fixed (a block lifted, an index opened, shards freed). They hold the records in the spool
+# and are retried; only document-level refusals go to the dead-letter queue.
+_CLUSTER_ERROR_TYPES = {
+    "index_closed_exception": "index_closed",
+    "index_not_found_exception": "index_missing",
+    "unavailable_shards_exception": "shards_unavailable",
+    "no_shard_available_action_exception": "shards_unavailable",
+    "primary_missing_action_exception": "shards_unavailable",
+    "es_rejected_execution_exception": "rejected_execution",
+    "opensearch_rejected_execution_exception": "rejected_execution",
+    "process_cluster_event_timeout_exception": "cluster_unavailable",
+    "cluster_manager_not_discovered_exception": "cluster_unavailable",
+    "master_not_discovered_exception": "cluster_unavailable",
+}
+CLUSTER_REFUSALS = frozenset(
+    {*_CLUSTER_ERROR_TYPES.values(), "too_many_shards", "disk_watermark", "write_block"}
+    | {"too_many_requests", "store_error"}
 )
+"""Labels of ``logferry_store_refusals_total{reason}``."""
+
+
+def cluster_refusal(status: int, kind: str, reason: str) -> str | None:
+    """The label of an item refusal that is about the cluster, not the document, or None.
+
+    ``kind`` and ``reason`` are the store's error type and text. Too many shards is a
+    ``validation_exception`` on index creation whose text names the shard limit; a
+    ``cluster_block_exception`` is the flood-stage disk watermark (read-only-allow-delete) or
+    another write block.
+    """
+    label = _CLUSTER_ERROR_TYPES.get(kind)
+    if label is not None:
+        return label
+    text = reason.lower()
+    if kind == "validation_exception" and "shards" in text and "maximum" in text:
+        return "too_many_shards"
+    if kind == "cluster_block_exception":
+        return "disk_watermark" if "watermark" in text or "disk" in text else "write_block"
+    if status == 429:
+        return "too_many_requests"
+    if status >= 500 or 0 < status < 400:
+        return "store_error"
+    return None
+
+
 # Compressing a large body would hold the event loop for tens of milliseconds.
 _GZIP_IN_THREAD_BYTES = MiB
 _ERROR_TYPE = re.compile(r"^[a-z_]{1,80}\Z")
@@ -67,6 +109,10 @@ class BulkOutputSettings(StoreAccess, _BulkStoreType):
     """First retry delay; doubles each time, with full jitter."""
     retry_max_s: float = Field(default=30.0, gt=0)
     """Longest retry delay."""
+    manage_templates: bool = True
+    """Install logferry's index template at start (and update it when it changes) before
+    the first document goes out. Off for stores where daemons may not write templates: then
+    run ``logferry store setup`` once per change instead."""
 
     @model_validator(mode="after")
     def _retry_range(self) -> BulkOutputSettings:
@@ -111,6 +157,8 @@ class BulkResult:
     retry: list[int] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     delivered_positions: list[int] = field(default_factory=list)
+    held: dict[str, tuple[int, str]] = field(default_factory=dict)
+    """Items in ``retry`` by cluster refusal label: (count, the store's first reason)."""
 
 
 def render_body(documents: Sequence[Document]) -> bytes:
@@ -144,10 +192,14 @@ def settle(items_count: int, response: dict[str, Any]) -> BulkResult:
             continue
         error = outcome.get("error")
         kind = str(error.get("type", "")) if isinstance(error, dict) else ""
-        if status == 429 or status >= 500 or status < 400 or kind in RETRIABLE_ERROR_TYPES:
-            result.retry.append(position)
-        else:
-            result.rejected.append(Rejection(position, status, _reason(error), _label(kind)))
+        reason = _reason(error)
+        label = cluster_refusal(status, kind, reason)
+        if label is None:
+            result.rejected.append(Rejection(position, status, reason, _label(kind)))
+            continue
+        result.retry.append(position)
+        count, first = result.held.get(label, (0, reason))
+        result.held[label] = (count + 1, first)
     return result
 
 

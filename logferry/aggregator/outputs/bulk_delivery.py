@@ -50,6 +50,8 @@ class RetryState:
     """Backoff shared by a tenant's batches: consecutive rounds that needed a retry."""
 
     failures: int = 0
+    held: set[str] = field(default_factory=set)
+    """Cluster refusal labels of the last answer (to log changes, not every retry)."""
 
 
 class BulkDelivery:
@@ -122,6 +124,7 @@ class BulkDelivery:
             nbytes = sum(len(documents[group[p]].source) for p in result.delivered_positions)
             settlement.delivered += result.delivered
             settlement.duplicates += result.duplicates
+            self._note_held(result)
             again.extend(group[position] for position in result.retry)
             settlement.refused.extend(
                 replace(rejection, position=group[rejection.position])
@@ -154,6 +157,7 @@ class BulkDelivery:
                 continue
             break
         self._count_request(str(result.status))
+        self._note_held(result)
         clean = not result.retry and not result.rejected
         if self._metrics is not None:
             self._metrics.records_out.labels(tenant=self._tenant).inc(result.delivered)
@@ -186,6 +190,28 @@ class BulkDelivery:
             attempt=self._retry.failures,
             error=str(exc),
         )
+
+    def _note_held(self, result: BulkResult) -> None:
+        """Count items the cluster refused (they stay in the spool and go out again); say so
+        once when the cluster starts refusing for a reason, and once when it stops."""
+        if self._metrics is not None:
+            for label, (count, _) in result.held.items():
+                self._metrics.store_refusals.labels(tenant=self._tenant, reason=label).inc(count)
+        for label, (count, reason) in result.held.items():
+            if label not in self._retry.held:
+                log.warning(
+                    "bulk.held_by_store",
+                    tenant=self._tenant,
+                    reason=label,
+                    documents=count,
+                    store_reason=reason,
+                )
+        if self._retry.held and not result.held and result.delivered:
+            log.warning(
+                "bulk.store_accepts_again", tenant=self._tenant, after=sorted(self._retry.held)
+            )
+        if result.held or result.delivered:
+            self._retry.held = set(result.held)
 
     def _count_request(self, status: str) -> None:
         if self._metrics is not None:

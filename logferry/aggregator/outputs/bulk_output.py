@@ -20,8 +20,13 @@ from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.outputs.bulk_client import BulkClient, BulkOutputSettings, Rejection
 from logferry.aggregator.outputs.bulk_delivery import BulkDelivery, RetryState, Settlement
 from logferry.aggregator.outputs.dead_letters import DeadLetterWriter, malformed_fragment
+from logferry.common.backoff import backoff_delay
 from logferry.common.logs import get_logger
 from logferry.common.spool import Spool, SpoolBatch
+from logferry.store.client import StoreClient, StoreError
+from logferry.store.lifecycle import templates_for
+from logferry.store.settings import IndexSettings
+from logferry.store.templates import ensure_templates
 
 log = get_logger(__name__)
 
@@ -38,9 +43,22 @@ class BulkOutput:
     """The ``_bulk`` output: implements :class:`~.base.Output` (see its contract)."""
 
     def __init__(
-        self, settings: BulkOutputSettings, metrics: AggregatorMetrics, dlq: DeadLetterQueue
+        self,
+        settings: BulkOutputSettings,
+        metrics: AggregatorMetrics,
+        dlq: DeadLetterQueue,
+        *,
+        prefix: str = "logs",
+        indices: IndexSettings | None = None,
     ) -> None:
         self.settings = settings
+        self._template = (prefix, indices or IndexSettings()) if settings.manage_templates else None
+        # Nothing goes out before the template is in place: the first document of a day
+        # creates that day's index, and its mapping comes from whatever template matches then.
+        self._template_ready = asyncio.Event()
+        if self._template is None:
+            self._template_ready.set()
+        self._template_task: asyncio.Task[None] | None = None
         self.batch_max_records = settings.batch_max_records
         self.batch_max_bytes = settings.batch_max_bytes
         # Batches held in memory by all tenants together: memory is bounded by this times
@@ -57,11 +75,48 @@ class BulkOutput:
         self._tenants: dict[str, _Tenant] = {}
 
     async def start(self) -> None:
-        """Open the HTTP session (credentials files are read here)."""
+        """Open the HTTP session (credentials files are read here); install the index
+        template in the background, retried until the store takes it."""
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self.settings.max_in_flight * 2)
             self._session = aiohttp.ClientSession(connector=connector)
             self._client = BulkClient(self.settings, self._session)
+            if self._template is not None:
+                self._template_task = asyncio.create_task(
+                    self._install_template(*self._template), name="index-template"
+                )
+
+    async def _install_template(self, prefix: str, indices: IndexSettings) -> None:
+        assert self._session is not None
+        store = StoreClient(
+            self.settings.urls,
+            self._session,
+            self.settings.ssl_option(),
+            self.settings.headers(),
+        )
+        templates = templates_for(prefix, indices)
+        attempt = 0
+        while True:
+            try:
+                outcomes = await ensure_templates(store, templates)
+            except StoreError as exc:
+                attempt += 1
+                self._metrics.template_installs.labels(outcome="failed").inc()
+                if attempt == 1 or attempt % 10 == 0:  # a line per ~5 min at the longest delay
+                    log.warning(
+                        "store.template_failed",
+                        error=str(exc),
+                        attempt=attempt,
+                        holding="every tenant's documents until the template is in place",
+                    )
+                await asyncio.sleep(
+                    backoff_delay(attempt, self.settings.retry_initial_s, self.settings.retry_max_s)
+                )
+                continue
+            for outcome in outcomes.values():
+                self._metrics.template_installs.labels(outcome=outcome).inc()
+            self._template_ready.set()
+            return
 
     def concurrency(self, tenant: str) -> int:
         """``max_in_flight`` batches; one while the tenant's requests are failing."""
@@ -72,6 +127,7 @@ class BulkOutput:
 
     async def settle(self, tenant: str, spool: Spool, batch: SpoolBatch) -> None:
         """Deliver ``batch``, dead-letter what the store refused for good, then commit."""
+        await self._template_ready.wait()
         delivery = self._tenant(tenant).delivery
         documents: list[Document] = []
         letters: list[DeadLetter] = []
@@ -126,6 +182,10 @@ class BulkOutput:
 
     async def close(self) -> None:
         """Close the HTTP session. Safe to call twice."""
+        if self._template_task is not None:
+            self._template_task.cancel()
+            await asyncio.gather(self._template_task, return_exceptions=True)
+            self._template_task = None
         session, self._session = self._session, None
         self._client = None
         self._tenants.clear()  # their deliveries use the closed session's client
