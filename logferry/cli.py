@@ -48,6 +48,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "logferry.pipelines.cli",
         "validate|render tenant LogPipelines offline (the aggregator's own rules)",
     ),
+    "store": (
+        "logferry.store.cli",
+        "setup|retention|status of the store: index templates, ISM/ILM, retention, shards",
+    ),
 }
 DAEMONS = ("aggregator", "forwarder")
 

@@ -73,6 +73,7 @@ from logferry.tools.verify_store import (
     fold_buckets,
     merge_stored,
     open_verify_store,
+    shared_blocks,
     window_query,
 )
 
@@ -342,13 +343,23 @@ async def verify(options: VerifyOptions) -> VerifyReport:
     stored: dict[str, StoredSource] = {}
     async with open_verify_store(options) as store:
         await store.refresh()
-        for run in await store.passes():
-            query = window_query(options, run)
+        passes = [(run, window_query(options, run)) for run in await store.passes()]
+        found_by_pass: list[dict[str, StoredSource]] = []
+        for run, query in passes:
             found = await store.stored_sources(query, run)
             await store.recount(query, found, run)
-            merge_stored(stored, found)
+            found_by_pass.append(found)
             for src, entry in dlq.items():
                 entry.seqs -= await store.present_seqs(query, src, list(entry.seqs), run)
+        union: dict[tuple[str, int], int] = {}
+        for src, start in shared_blocks(found_by_pass):
+            seqs: set[int] = set()
+            for (run, query), found in zip(passes, found_by_pass, strict=True):
+                if src in found and start in found[src].blocks:
+                    seqs |= await store.block_seqs(query, src, start, run)
+            union[(src, start)] = len(seqs)
+        for found in found_by_pass:
+            merge_stored(stored, found, union)
     dlq = {src: entry for src, entry in dlq.items() if entry.seqs}
 
     if options.until is not None and expectations:

@@ -149,9 +149,25 @@ def apply_recount(block: BlockStats, doubled: Iterable[Mapping[str, Any]]) -> No
     block.exact = True
 
 
-def merge_stored(into: dict[str, StoredSource], other: Mapping[str, StoredSource]) -> None:
-    """Add what another pass found. A record always goes to the index its own time names, so
-    a seq held twice is held twice in one index, within one pass: distinct counts add up."""
+def shared_blocks(passes: Sequence[Mapping[str, StoredSource]]) -> list[tuple[str, int]]:
+    """(source, block start) of the blocks more than one pass found: a seq held in a legacy
+    index and again in a templated one (a resend after the period changed) is counted by
+    both, so their distinct counts cannot simply be added (see :func:`merge_stored`)."""
+    seen: dict[tuple[str, int], int] = {}
+    for found in passes:
+        for src, source in found.items():
+            for start in source.blocks:
+                seen[(src, start)] = seen.get((src, start), 0) + 1
+    return sorted(key for key, count in seen.items() if count > 1)
+
+
+def merge_stored(
+    into: dict[str, StoredSource],
+    other: Mapping[str, StoredSource],
+    union: Mapping[tuple[str, int], int] | None = None,
+) -> None:
+    """Add what another pass found; ``union`` holds the exact distinct count of the
+    blocks both hold (:func:`shared_blocks`), which replaces the sum of the two."""
     for src, source in other.items():
         known = into.get(src)
         if known is None:
@@ -163,12 +179,13 @@ def merge_stored(into: dict[str, StoredSource], other: Mapping[str, StoredSource
             if mine is None:
                 known.blocks[start] = block
                 continue
+            distinct = (union or {}).get((src, start))
             known.blocks[start] = BlockStats(
                 documents=mine.documents + block.documents,
-                distinct=mine.distinct + block.distinct,
+                distinct=mine.distinct + block.distinct if distinct is None else distinct,
                 lo=min(mine.lo, block.lo),
                 hi=max(mine.hi, block.hi),
-                exact=mine.exact and block.exact,
+                exact=distinct is not None or (mine.exact and block.exact),
             )
 
 
@@ -299,6 +316,28 @@ class VerifyStore:
             # No aggregation comes back when the pattern matches no index yet.
             present.update(int(b["key"]) for b in (aggs.get("seqs") or {}).get("buckets", []))
         return present
+
+    async def block_seqs(
+        self, query: Mapping[str, Any], src: str, start: int, run: Pass = MODERN
+    ) -> set[int]:
+        """The seqs of one block of ``src`` the store holds (within ``query``)."""
+        filtered = _bool_filter(
+            [
+                *_filters(query),
+                {"term": {run.src_field: src}},
+                {"range": {SEQ_FIELD: {"gte": start, "lt": start + BLOCK}}},
+            ]
+        )
+        aggs = await self.search(
+            {
+                "size": 0,
+                "track_total_hits": False,
+                "query": filtered,
+                "aggs": {"seqs": {"terms": {"field": SEQ_FIELD, "size": BLOCK}}},
+            },
+            run,
+        )
+        return {int(b["key"]) for b in (aggs.get("seqs") or {}).get("buckets", [])}
 
 
 _LENIENT = "ignore_unavailable=true&allow_no_indices=true"

@@ -1,7 +1,8 @@
 """``logferry verify`` against a real OpenSearch node: documents shaped like the aggregator's
-(dynamic mapping, ``_id`` = ``_lf.id``) for sources that are complete, gappy, duplicated,
-partly dead-lettered, declared by positions or a manifest; exact numbers through the Python
-API and the exit code of the CLI run as a real process.
+(logferry's index template, ``_id`` = ``_lf.id``) for sources that are complete, gappy,
+duplicated, partly dead-lettered, declared by positions or a manifest, and in indices made by
+dynamic mapping before the template existed; exact numbers through the Python API and the
+exit code of the CLI run as a real process.
 
 Each test writes its own indices (the node is shared by the session).
 """
@@ -26,6 +27,10 @@ from logferry.aggregator.dlq import DeadLetter, encode_letter
 from logferry.common.records import record_id, source_id
 from logferry.common.store_access import StoreAccess
 from logferry.forwarder.positions import PositionStore, SourceState
+from logferry.store.client import open_store
+from logferry.store.lifecycle import templates_for
+from logferry.store.settings import IndexSettings
+from logferry.store.templates import ensure_templates
 from logferry.tools.verify import VerifyOptions, verify
 
 pytestmark = pytest.mark.integration
@@ -88,7 +93,7 @@ class Store:
         query = {
             "bool": {
                 "filter": [
-                    {"term": {"_lf.src.keyword": src}},
+                    {"term": {"_lf.src": src}},
                     {"range": {"_lf.seq": {"gte": block, "lt": block + 1000}}},
                 ]
             }
@@ -109,6 +114,9 @@ class Store:
 
 @pytest.fixture
 async def store(opensearch: OpenSearchNode) -> AsyncIterator[Store]:
+    async with open_store(StoreAccess(urls=[opensearch.url])) as client:
+        # What an aggregator installs at start; here whichever test runs first.
+        await ensure_templates(client, templates_for("logs", IndexSettings(replicas=0)))
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
         yield Store(opensearch.url, session)
 
@@ -342,3 +350,59 @@ async def test_no_matching_index_is_an_empty_pass_and_a_dead_store_exits_2(
         "--url", "http://127.0.0.1:9", "--url", opensearch.url, "--index", empty
     )
     assert code == 0, err
+
+
+# What dynamic mapping made of the aggregator's documents before logferry had a template.
+DYNAMIC_TEXT = {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}}
+LEGACY_MAPPINGS = {
+    "properties": {
+        "_lf": {"properties": {"src": DYNAMIC_TEXT, "id": DYNAMIC_TEXT, "seq": {"type": "long"}}},
+        "kubernetes": {"properties": {"namespace_name": DYNAMIC_TEXT}},
+    }
+}
+
+
+async def test_verify_reads_legacy_and_templated_indices_together(
+    store: Store, opensearch: OpenSearchNode
+) -> None:
+    tag = f"vl{uuid.uuid4().hex[:8]}"
+    legacy, modern = f"logs-{tag}-2026.11.24", f"logs-{tag}-2026.11.25"
+    async with open_store(StoreAccess(urls=[opensearch.url])) as client:
+        await client.request("PUT", f"/{legacy}", {"mappings": LEGACY_MAPPINGS})
+        mapping = await client.request("GET", f"/{legacy}/_mapping")
+        assert mapping[legacy]["mappings"]["properties"]["_lf"]["properties"]["src"] == (
+            DYNAMIC_TEXT
+        )
+    across = source_id(NODE, 2, 10, 0)  # seqs 0..599 before the upgrade, 600..999 after
+    old_only, new_only = source_id(NODE, 2, 20, 0), source_id(NODE, 2, 30, 0)
+    await store.index(
+        legacy, [document(across, s, tag, "2026-11-24T10:00:00Z") for s in range(600)]
+    )
+    await store.index(
+        legacy, [document(old_only, s, tag, "2026-11-24T10:00:00Z") for s in range(50)]
+    )
+    later = [document(across, s, tag, "2026-11-25T10:00:00Z") for s in range(600, 1000)]
+    # seq 599 again after the upgrade, under another id (read twice at two offsets)
+    later.append(document(across, 599, tag, "2026-11-25T10:00:00Z", offset=7_777_777))
+    later += [document(new_only, s, tag, "2026-11-25T10:00:00Z") for s in range(70) if s != 33]
+    await store.index(modern, later)
+    try:
+        report = await verify(
+            VerifyOptions(store=StoreAccess(urls=[opensearch.url]), index=f"logs-{tag}-*")
+        )
+        got = {
+            row.source: (row.found, row.documents, row.missing, row.duplicates)
+            for row in report.sources
+        }
+        assert got == {
+            across: (1000, 1001, 0, 1),
+            old_only: (50, 50, 0, 0),
+            new_only: (69, 69, 1, 0),
+        }
+        assert {row.namespace for row in report.sources} == {tag}
+
+        code, out, err = await run_cli("--url", opensearch.url, "--namespace", tag)
+        assert code == 1, err
+        assert out.splitlines()[-1] == "FAILED: 1 missing, 1 duplicates"
+    finally:
+        await store.delete(f"logs-{tag}*")

@@ -51,6 +51,8 @@ def aggregator_config(workdir: Path, store_url: str | None, **overrides: Any) ->
             if store_url
             else {"type": "null"}
         ),
+        # One node: a replica could never be assigned (every index would stay yellow).
+        "indices": {"replicas": 0},
         "shutdown_deadline_s": 10,
     }
     return merge_sections(config, overrides)

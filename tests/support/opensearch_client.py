@@ -64,7 +64,7 @@ class StoreReader:
             "size": 0,
             "aggs": {
                 "src": {
-                    "terms": {"field": "_lf.src.keyword", "size": 10_000},
+                    "terms": {"field": "_lf.src", "size": 10_000},
                     "aggs": {
                         "lo": {"min": {"field": "_lf.seq"}},
                         "hi": {"max": {"field": "_lf.seq"}},
