@@ -141,6 +141,8 @@ def aggregator_config(name: str, store: str | None) -> dict[str, Any]:
         "spool": {"directory": str(workdir / "spool"), "max_bytes": "2GiB"},
         "dlq": {"directory": str(workdir / "dlq")},
         "output": output,
+        # The local store is one node: a replica could never be assigned.
+        "indices": {"replicas": 0},
     }
 
 
