@@ -126,13 +126,13 @@ class IndexNamer:
             return None
         period: Period = "day" if found["day"] else "week" if found["week"] else "month"
         label = found[period]
-        tenant, _, suffix = index[len(head) : found.start()].partition(".")
+        tenant, dot, suffix = index[len(head) : found.start()].partition(".")
         valid_tenant = NAMESPACE.match(tenant) or DEFAULT_TENANT.match(tenant)
-        if not valid_tenant or (suffix and not SUFFIX.match(suffix)):
+        if not valid_tenant or (dot and not SUFFIX.match(suffix)):
             return None
         try:
             start, end = period_bounds(period, label)
-        except ValueError:
+        except (ValueError, OverflowError):  # not a date, or one whose period ends past 9999
             return None
         if period_label(period, start) != label:  # 2026.02.30, 2026.w54: not a real date
             return None
