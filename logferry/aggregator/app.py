@@ -92,7 +92,7 @@ class Aggregator:
             instance=self.instance,
             pipelines=self.pipelines if pipelines is not None else None,
             pipeline_budget_s=pipelines.batch_budget_s if pipelines else 0.5,
-            drop_markers=pipelines.drop_markers if pipelines else True,
+            account_discarded=pipelines.account_discarded if pipelines else True,
             dlq=self.dlq,
             divert_stuck_after_s=config.spool.divert_stuck_after_s,
             window=TimeWindow(routing.max_event_age_s, routing.max_event_ahead_s),

@@ -41,6 +41,7 @@ from logferry.common.protocol import EventMessage
 from logferry.common.protocol.entries import UnreadableRecord
 from logferry.common.spool import Spool
 from logferry.common.units import MiB
+from logferry.pipelines.accounting import ACCOUNTING_SUFFIX
 from logferry.pipelines.compiled import TenantPipelines
 
 __all__ = ["ByteBudget", "Ingest", "Receipt", "Rendered"]
@@ -95,7 +96,7 @@ class Ingest:
         inflight_max_bytes: int = 64 * MiB,
         pipelines: PipelineRegistry | None = None,
         pipeline_budget_s: float = 0.5,
-        drop_markers: bool = True,
+        account_discarded: bool = True,
         dlq: DeadLetterQueue | None = None,
         divert_stuck_after_s: float = 0.0,
         window: TimeWindow | None = None,
@@ -109,7 +110,7 @@ class Ingest:
         self._namer = namer
         self._pipelines = pipelines
         self._pipeline_budget_s = pipeline_budget_s
-        self._drop_markers = drop_markers
+        self._account = account_discarded
         self._dlq = dlq
         self._divert_after_s = divert_stuck_after_s if dlq is not None else 0.0
         self._recent: dict[str, deque[dict[str, Any]]] = {}
@@ -263,7 +264,7 @@ class Ingest:
         processed = compiled.process(
             [record for _p, _w, record in group],
             self._pipeline_budget_s,
-            drop_markers=self._drop_markers,
+            account=self._account,
         )
         if allowance is not None:
             allowance.spend(tenant, time.thread_time() - started)
@@ -284,6 +285,13 @@ class Ingest:
             position, when = where.get(id(record), (first_position, first_when))
             kept.append((position, when, record))
             suffixes.append(suffix)
+        for at, record in processed.accounting:
+            # Dated like the first line it lists: verify's time window finds them together.
+            position, when, _line = group[at]
+            kept.append((position, when, record))
+            suffixes.append(ACCOUNTING_SUFFIX)
+        if processed.accounting:
+            metrics.accounting_records.labels(tenant).inc(len(processed.accounting))
         return kept, suffixes
 
     def _bypass(self, tenant: str, records: int, bypassed: bool) -> None:

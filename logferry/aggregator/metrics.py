@@ -77,6 +77,12 @@ class AggregatorMetrics:
             "spool.divert_stuck_after_s) parked in the DLQ instead of holding up others.",
             "tenant",
         )
+        self.accounting_records = counter(
+            "accounting_records",
+            "Accounting records written: one per source and message listing the seq ranges "
+            "the tenant's filters discarded (what verify counts them by).",
+            "tenant",
+        )
         self.records_merged = counter(
             "records_merged",
             "Records joined into the record before them by a multiline filter.",

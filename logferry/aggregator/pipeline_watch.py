@@ -73,11 +73,12 @@ class PipelineSettings(ConfigModel):
     """CPU seconds of unused allowance a tenant may save up for a burst."""
     max_pipelines_per_tenant: int = Field(default=20, ge=1, le=1000)
     """More pipelines than this in one namespace are refused."""
-    drop_markers: bool = True
-    """Keep each record a pipeline discards (grep, drop_level, sample) as a small marker
-    document under its own id (``_lf.filtered_by``, no content), so ``logferry verify`` can
-    tell a filtered line from a lost one. ``false`` saves that space; verify then reports
-    filtered lines as missing."""
+    account_discarded: bool = True
+    """List the lines a pipeline discards (grep, drop_level, sample) in accounting records,
+    one small record per source and message with the discarded seq ranges and the filter
+    that discarded them (index ``<prefix>-<tenant>.lf-accounting-<date>``), so ``logferry
+    verify`` can tell a filtered line from a lost one. ``false`` saves that; verify then
+    reports filtered lines as missing."""
 
 
 class PipelineRegistry:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from logferry.pipelines.accounting import Discard, accounting_records
 from logferry.pipelines.multiline import MultilineStep
 from logferry.pipelines.steps import (
     AddStep,
@@ -94,6 +95,8 @@ class GroupResult:
     """(filter index, reason) of each record a filter raised on."""
     over_budget_at: int | None = None
     """Filter index during which the budget ran out (-1: before the first); None if it did not."""
+    dropped_by: dict[int, int] = field(default_factory=dict)
+    """id() of each discarded record: the index of the filter that discarded it."""
 
 
 class CompiledPipeline:
@@ -110,6 +113,7 @@ class CompiledPipeline:
         "namespace",
         "order",
         "spec_hash",
+        "step_types",
         "steps",
     )
 
@@ -124,6 +128,7 @@ class CompiledPipeline:
         self.steps: tuple[Step, ...] = tuple(
             compile_step(i, cfg) for i, cfg in enumerate(spec.filters)
         )
+        self.step_types = tuple(cfg.type for cfg in spec.filters)
         self._pods = _globs(spec.selector.pods)
         self._containers = _globs(spec.selector.containers)
         self._labels = tuple(spec.selector.labels.items())
@@ -165,10 +170,17 @@ class CompiledPipeline:
         flow = records
         try:
             ctx.check(-1)
+            dropped_by: dict[int, int] = {}
             for step in self.steps:
                 if not flow:
                     break
+                before = flow
                 flow = step.run(flow, ctx)
+                if step.drops and len(flow) < len(before):
+                    still = {id(r) for r in flow}
+                    for record in before:
+                        if id(record) not in still and id(record) not in ctx.failed:
+                            dropped_by[id(record)] = step.index
                 ctx.check(step.index)
         except BudgetExceeded as exc:
             # Unfiltered, never half-filtered: every record of the group goes back to what it
@@ -191,7 +203,7 @@ class CompiledPipeline:
             if key not in restored and key in by_id
             for member in members
         }
-        result = GroupResult(kept=[], errors=errors)
+        result = GroupResult(kept=[], errors=errors, dropped_by=dropped_by)
         for record, snapshot in zip(records, snapshots, strict=True):
             key = id(record)
             if key in restored:
@@ -206,22 +218,6 @@ class CompiledPipeline:
             else:  # discarded, or joined into a record that was discarded
                 result.dropped += 1
         return result
-
-
-def _drop_marker(record: Record, pipeline: str) -> bool:
-    """Turn a discarded record into its marker; False when it has no identity to keep."""
-    lf = record.get("_lf")
-    if not isinstance(lf, dict) or "seq" not in lf:
-        return False
-    marker: Record = {"_lf": {**lf, "filtered_by": pipeline}}
-    if "@timestamp" in record:
-        marker["@timestamp"] = record["@timestamp"]
-    k8s = record.get("kubernetes")
-    if isinstance(k8s, dict) and "namespace_name" in k8s:
-        marker["kubernetes"] = {"namespace_name": k8s["namespace_name"]}
-    record.clear()
-    record.update(marker)
-    return True
 
 
 def _fold(record: Record, into: Record) -> None:
@@ -265,6 +261,10 @@ class Processed:
     """Discarded records per pipeline name (only pipelines that discarded any)."""
     over_budget_pipelines: list[str] = field(default_factory=list)
     """Names of the pipelines that ran out of budget."""
+    accounting: list[tuple[int, Record]] = field(default_factory=list)
+    """(position of the first line it lists, record): the accounting records of the lines
+    filters discarded, one per source (see :mod:`.accounting`); their index suffix is
+    ``ACCOUNTING_SUFFIX``."""
 
 
 class TenantPipelines:
@@ -289,16 +289,17 @@ class TenantPipelines:
         return f"TenantPipelines({self.tenant}, {len(self.pipelines)} pipelines, {self.version})"
 
     def process(
-        self, records: list[Record], budget_s: float = 0.5, *, drop_markers: bool = False
+        self, records: list[Record], budget_s: float = 0.5, *, account: bool = False
     ) -> Processed:
         """Run a batch: route each record to its pipeline, filter, and say where it goes.
 
         Records are changed in place. The budget is for the whole batch; pipelines run in
         order, and those that start after it ran out pass their records through unfiltered.
-        With ``drop_markers``, a record a filter discards (and that carries ``_lf``) is kept
-        as a small marker under its own id (``_lf.filtered_by``, no content): the drop is then
-        visible, per source and seq, to the proof of delivery.
+        With ``account``, the lines filters discard (those that carry ``_lf.src`` and
+        ``_lf.seq``) are listed in accounting records, one per source (``Processed.accounting``):
+        the drop is then visible, per source and seq, to the proof of delivery.
         """
+        discards: list[Discard] = []
         deadline = self.clock() + budget_s
         suffixes: list[str | None] = [None] * len(records)
         keep = [True] * len(records)
@@ -327,10 +328,38 @@ class TenantPipelines:
             for position in positions:
                 suffixes[position] = pipeline.index_suffix
                 keep[position] = id(records[position]) in survivors
-                if not keep[position] and drop_markers:
-                    keep[position] = _drop_marker(records[position], pipeline.name)
+                if not keep[position] and account:
+                    discard = _discard(records[position], position, pipeline, outcome)
+                    if discard is not None:
+                        discards.append(discard)
         result.kept = [(r, suffixes[p]) for p, r in enumerate(records) if keep[p]]
+        if discards:
+            result.accounting = accounting_records(discards)
         return result
+
+
+def _discard(
+    record: Record, position: int, pipeline: CompiledPipeline, outcome: GroupResult
+) -> Discard | None:
+    """What the accounting record says of a discarded line; None without an identity."""
+    lf = record.get("_lf")
+    if not isinstance(lf, dict):
+        return None
+    src, seq = lf.get("src"), lf.get("seq")
+    if not isinstance(src, str) or not isinstance(seq, int) or isinstance(seq, bool):
+        return None
+    k8s = record.get("kubernetes")
+    namespace = k8s.get("namespace_name") if isinstance(k8s, dict) else None
+    step = outcome.dropped_by.get(id(record), -1)
+    return Discard(
+        position=position,
+        src=src,
+        seq=seq,
+        namespace=namespace if isinstance(namespace, str) else pipeline.namespace,
+        pipeline=pipeline.name,
+        filter=step,
+        filter_type=pipeline.step_types[step] if step >= 0 else "joined",
+    )
 
 
 def compile_tenants(

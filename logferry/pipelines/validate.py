@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from logferry.common.config import error_reason, format_path
 from logferry.common.naming import SUFFIX, IndexNamer
+from logferry.pipelines.accounting import RESERVED_SUFFIX_PREFIX
 from logferry.pipelines.compiled import CompiledPipeline
 from logferry.pipelines.loading import LoadFailure, load_directory
 from logferry.pipelines.samples import builtin_samples
@@ -191,6 +192,16 @@ def _policy(pipeline: LogPipeline, label: str, limits: TenantLimits) -> list[Iss
                     "spec.destination.indexSuffix",
                     f"index suffix {suffix!r} must be 1-32 lowercase letters, digits or '-' "
                     "(no dots, no slashes): it only ever extends the tenant's own index name",
+                    "policy",
+                )
+            )
+        elif suffix.startswith(RESERVED_SUFFIX_PREFIX):
+            issues.append(
+                Issue(
+                    label,
+                    "spec.destination.indexSuffix",
+                    f"index suffix {suffix!r}: suffixes starting with "
+                    f"{RESERVED_SUFFIX_PREFIX!r} are logferry's own (accounting records)",
                     "policy",
                 )
             )

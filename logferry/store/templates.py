@@ -31,7 +31,7 @@ __all__ = [
     "template_name",
 ]
 
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2
 """Bumped whenever the mappings change in a way older aggregators must not undo."""
 
 _KEYWORD = {"type": "keyword"}
@@ -122,6 +122,10 @@ def _mappings() -> dict[str, Any]:
                     "src": _KEYWORD,
                     "seq": _LONG,
                     "seq_end": _LONG,
+                    "kind": _KEYWORD,
+                    "lines": _LONG,
+                    # Read from _source by verify, never searched: no fields of their own.
+                    "discarded": _OPAQUE,
                     "filtered_by": _KEYWORD,
                     "folded_into": _KEYWORD,
                     "truncated": _BOOLEAN,

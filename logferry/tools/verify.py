@@ -55,6 +55,15 @@ from logferry.tools.verify_inputs import (
     read_dlq,
 )
 from logferry.tools.verify_options import VerifyError, VerifyOptions, epoch_ms, parse_time
+from logferry.tools.verify_ranges import (
+    Folded,
+    SourceRanges,
+    fold_ranges,
+    intervals_to_probe,
+)
+from logferry.tools.verify_ranges import (
+    union as union_of,
+)
 from logferry.tools.verify_store import (
     BLOCK,
     NAMESPACE_FIELD,
@@ -152,9 +161,10 @@ class SourceRow:
     """Where the run is judged from: 0, or the lowest seq in the window with ``--since``."""
     expected: int
     found: int
-    """Distinct seqs in the store."""
+    """Distinct seqs stored (a joined record counts every seq it covers)."""
     documents: int
     duplicates: int
+    """Seqs stored more than once."""
     in_dlq: int
     missing: int
     max_seq: int | None
@@ -162,6 +172,8 @@ class SourceRow:
     expected_by: str
     """What set the expected end: ``store``, ``positions`` or ``manifest``."""
     missing_ranges: tuple[MissingRange, ...] = ()
+    accounted: int = 0
+    """Seqs a tenant's filter discarded, as accounting records list them (not stored)."""
 
     @property
     def ok(self) -> bool:
@@ -186,6 +198,7 @@ class Totals:
     missing: int = 0
     duplicates: int = 0
     in_dlq: int = 0
+    accounted: int = 0
 
     @classmethod
     def of(cls, rows: Iterable[SourceRow]) -> Totals:
@@ -198,6 +211,7 @@ class Totals:
             missing=sum(r.missing for r in rows),
             duplicates=sum(r.duplicates for r in rows),
             in_dlq=sum(r.in_dlq for r in rows),
+            accounted=sum(r.accounted for r in rows),
         )
 
 
@@ -360,6 +374,22 @@ async def verify(options: VerifyOptions) -> VerifyReport:
             union[(src, start)] = len(seqs)
         for found in found_by_pass:
             merge_stored(stored, found, union)
+        ranges: dict[str, SourceRanges] = {}
+        for run, query in passes:
+            await store.joined_ranges(query, ranges, run)
+        await store.accounted_ranges(options, ranges)
+        for src, source_ranges in sorted(ranges.items()):
+            probe = intervals_to_probe(source_ranges)
+            inside: set[int] = set()
+            for run, query in passes:
+                inside |= await store.seqs_inside(query, src, probe, run)
+            folded = fold_ranges(source_ranges, inside, BLOCK)
+            apply_ranges(stored, src, source_ranges, folded)
+            held = dlq.get(src)
+            if held is not None and held.seqs:
+                firsts = [(a, a) for a, _b, _n in source_ranges.joined]
+                everything = union_of([*probe, *firsts])
+                held.seqs = {s for s in held.seqs if not _within(s, everything)}
     dlq = {src: entry for src, entry in dlq.items() if entry.seqs}
 
     if options.until is not None and expectations:
@@ -507,16 +537,19 @@ def _judge_source(
     expected_by = "store"
     if expectation is not None and expectation.next_seq > end:
         end, expected_by = expectation.next_seq, expectation.origin
-    found = stored.distinct if stored is not None else 0
+    covered = stored.distinct if stored is not None else 0
+    accounted = stored.accounted if stored is not None else 0
+    found = covered - accounted
     documents = stored.documents if stored is not None else 0
     expected = end - first
-    missing = expected - found - len(dlq_seqs)
+    missing = expected - covered - len(dlq_seqs)
     namespace = (
         (stored.namespace if stored is not None else "")
         or (dlq.namespace if dlq is not None else "")
         or (expectation.namespace if expectation is not None else "")
     )
-    ranges = tuple(_missing_ranges(first, end, blocks, dlq_seqs)) if missing else ()
+    intervals = stored.intervals if stored is not None else []
+    ranges = tuple(_missing_ranges(first, end, blocks, dlq_seqs, intervals)) if missing else ()
     return SourceRow(
         source=src,
         namespace=namespace,
@@ -524,7 +557,8 @@ def _judge_source(
         expected=expected,
         found=found,
         documents=documents,
-        duplicates=documents - found,
+        duplicates=stored.duplicates if stored is not None else 0,
+        accounted=accounted,
         in_dlq=len(dlq_seqs),
         missing=missing,
         max_seq=max(seen_hi) if seen_hi else None,
@@ -534,10 +568,15 @@ def _judge_source(
 
 
 def _missing_ranges(
-    first: int, end: int, blocks: Mapping[int, BlockStats], dlq: set[int]
+    first: int,
+    end: int,
+    blocks: Mapping[int, BlockStats],
+    dlq: set[int],
+    intervals: Sequence[tuple[int, int]] = (),
 ) -> Iterator[MissingRange]:
     """Up to MAX_RANGES ranges of missing seqs, exact where the blocks tell: a block with
-    nothing, or whose seqs are contiguous (the gap is then at its edges)."""
+    nothing, whose seqs are contiguous (the gap is then at its edges), or that only joined
+    and accounting records cover (``intervals``: the gaps are between them)."""
     pending: MissingRange | None = None
     emitted = 0
     dlq_by_block: dict[int, list[int]] = defaultdict(list)
@@ -552,6 +591,8 @@ def _missing_ranges(
             continue
         if block is None:
             spans = [(lo, hi)]
+        elif block.documents == 0:
+            spans = _gaps(lo, hi, intervals)
         elif block.distinct == block.hi - block.lo + 1:
             spans = [(lo, block.lo - 1), (block.hi + 1, hi)]
         else:
@@ -572,6 +613,46 @@ def _missing_ranges(
             pending = piece
     if pending is not None:
         yield pending
+
+
+def apply_ranges(
+    stored: dict[str, StoredSource], src: str, ranges: SourceRanges, folded: Folded
+) -> None:
+    """Add what a source's intervals cover (:func:`fold_ranges`) to its blocks."""
+    source = stored.get(src)
+    if source is None:
+        source = stored[src] = StoredSource(ranges.namespace)
+    source.namespace = source.namespace or ranges.namespace
+    for start, (added, lo, hi) in folded.by_block.items():
+        block = source.blocks.get(start)
+        if block is None:
+            source.blocks[start] = BlockStats(0, added, lo, hi, exact=True)
+        else:
+            block.distinct += added
+            block.lo, block.hi = min(block.lo, lo), max(block.hi, hi)
+    firsts = [(a, a) for a, _b, _n in ranges.joined]
+    source.intervals = union_of([*source.intervals, *intervals_to_probe(ranges), *firsts])
+    source.interval_cover += folded.stored_extra + folded.accounted
+    source.accounted += folded.accounted
+    source.range_duplicates += folded.duplicates
+
+
+def _gaps(lo: int, hi: int, disjoint: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``lo..hi`` without sorted disjoint intervals."""
+    gaps, start = [], lo
+    for a, b in disjoint:
+        if b < start or a > hi:
+            continue
+        if a > start:
+            gaps.append((start, a - 1))
+        start = max(start, b + 1)
+    if start <= hi:
+        gaps.append((start, hi))
+    return gaps
+
+
+def _within(seq: int, disjoint: Sequence[tuple[int, int]]) -> bool:
+    return any(a <= seq <= b for a, b in disjoint)
 
 
 def _without(first: int, last: int, dlq: Iterable[int]) -> Iterator[MissingRange]:

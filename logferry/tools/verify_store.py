@@ -16,12 +16,20 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from logferry.common.errors import OutputError
+from logferry.pipelines.accounting import ACCOUNTING_SUFFIX
 from logferry.store.client import StoreClient, StoreError, open_store
 from logferry.tools.verify_options import VerifyError, VerifyOptions, epoch_ms
+from logferry.tools.verify_ranges import SourceRanges
 
 SRC_FIELD = "_lf.src"
 """A keyword in every index logferry's template made."""
 SEQ_FIELD = "_lf.seq"
+SEQ_END_FIELD = "_lf.seq_end"
+KIND_FIELD = "_lf.kind"
+ACCOUNTING = "accounting"
+"""``_lf.kind`` of an accounting record: the seqs of one source a tenant's filters discarded."""
+DISCARDED_FIELD = "_lf.discarded"
+FOLDED_FIELD = "_lf.folded_into"
 NAMESPACE_FIELD = "kubernetes.namespace_name"
 TIME_FIELD = "@timestamp"
 LEGACY_SUFFIX = ".keyword"
@@ -32,6 +40,9 @@ BLOCK = 1000
 """Seqs per histogram block: well below the cardinality's precision threshold."""
 PRECISION_THRESHOLD = 4000
 PAGE_BUCKETS = 1000
+ACCOUNTING_PAGE = 1000
+INTERVALS_PER_QUERY = 500
+"""Ranges per lookup query: well under the store's default limit of 1024 clauses."""
 """Composite buckets per request (up to a million documents a page)."""
 RECOUNT_BATCH = 50
 """Blocks recounted exactly per request."""
@@ -89,6 +100,21 @@ class StoredSource:
 
     namespace: str
     blocks: dict[int, BlockStats] = field(default_factory=dict)
+    interval_cover: int = 0
+    """Seqs the blocks' ``distinct`` counts because joined records' interiors or accounting
+    records cover them (see :mod:`.verify_ranges`)."""
+    accounted: int = 0
+    """Of those, the seqs only accounting records cover: discarded by a filter, not stored."""
+    range_duplicates: int = 0
+    """Seqs stored more than once because joined records overlap or are stored twice."""
+    intervals: list[tuple[int, int]] = field(default_factory=list)
+    """What joined records and accounting records cover, as sorted disjoint intervals."""
+
+    @property
+    def duplicates(self) -> int:
+        """Seqs stored more than once: extra documents of a first seq, and overlaps."""
+        singles = self.distinct - self.interval_cover
+        return self.documents - singles + self.range_duplicates
 
     @property
     def documents(self) -> int:
@@ -195,7 +221,7 @@ class VerifyStore:
     def __init__(self, options: VerifyOptions, rest: StoreClient) -> None:
         self.options = options
         self._rest = rest
-        self._index = quote(options.index, safe="*,")
+        self._index = quote(with_accounting(options.index), safe="*,")
 
     @property
     def url(self) -> str:
@@ -301,9 +327,7 @@ class VerifyStore:
         """Which of ``seqs`` of ``src`` the store holds (within ``query``)."""
         present: set[int] = set()
         for batch in _batches(sorted(seqs), PRESENCE_BATCH):
-            filtered = _bool_filter(
-                [*_filters(query), {"term": {run.src_field: src}}, {"terms": {SEQ_FIELD: batch}}]
-            )
+            filtered = _narrow(query, {"term": {run.src_field: src}}, {"terms": {SEQ_FIELD: batch}})
             aggs = await self.search(
                 {
                     "size": 0,
@@ -321,12 +345,10 @@ class VerifyStore:
         self, query: Mapping[str, Any], src: str, start: int, run: Pass = MODERN
     ) -> set[int]:
         """The seqs of one block of ``src`` the store holds (within ``query``)."""
-        filtered = _bool_filter(
-            [
-                *_filters(query),
-                {"term": {run.src_field: src}},
-                {"range": {SEQ_FIELD: {"gte": start, "lt": start + BLOCK}}},
-            ]
+        filtered = _narrow(
+            query,
+            {"term": {run.src_field: src}},
+            {"range": {SEQ_FIELD: {"gte": start, "lt": start + BLOCK}}},
         )
         aggs = await self.search(
             {
@@ -338,6 +360,116 @@ class VerifyStore:
             run,
         )
         return {int(b["key"]) for b in (aggs.get("seqs") or {}).get("buckets", [])}
+
+    async def joined_ranges(
+        self, query: Mapping[str, Any], into: dict[str, SourceRanges], run: Pass = MODERN
+    ) -> None:
+        """Every distinct joined record (one with ``_lf.seq_end``), with its documents."""
+        narrowed = _narrow(query, {"exists": {"field": SEQ_END_FIELD}})
+        after: Any = None
+        while True:
+            composite: dict[str, Any] = {
+                "size": PAGE_BUCKETS,
+                "sources": [
+                    {"src": {"terms": {"field": run.src_field}}},
+                    {"first": {"terms": {"field": SEQ_FIELD}}},
+                    {"last": {"terms": {"field": SEQ_END_FIELD}}},
+                ],
+            }
+            if after is not None:
+                composite["after"] = after
+            aggs = await self.search(
+                {
+                    "size": 0,
+                    "track_total_hits": False,
+                    "query": narrowed,
+                    "aggs": {"ranges": {"composite": composite}},
+                },
+                run,
+            )
+            page = aggs.get("ranges") or {}
+            buckets = page.get("buckets") or []
+            for bucket in buckets:
+                key = bucket["key"]
+                ranges = into.setdefault(str(key["src"]), SourceRanges())
+                ranges.joined.append((int(key["first"]), int(key["last"]), bucket["doc_count"]))
+            after = page.get("after_key")
+            if not buckets or after is None:
+                return
+
+    async def accounted_ranges(self, options: VerifyOptions, into: dict[str, SourceRanges]) -> None:
+        """The seqs accounting records list as discarded, per source (only indices made with
+        logferry's template hold them)."""
+        query = window_query(options)
+        query["bool"]["must_not"] = []
+        narrowed = _narrow(query, {"term": {KIND_FIELD: ACCOUNTING}})
+        after: Any = None
+        while True:
+            body: dict[str, Any] = {
+                "size": ACCOUNTING_PAGE,
+                "track_total_hits": False,
+                "query": narrowed,
+                "_source": [SRC_FIELD, DISCARDED_FIELD, NAMESPACE_FIELD],
+                "sort": [{"_id": "asc"}],
+            }
+            if after is not None:
+                body["search_after"] = after
+            payload = await self.request("POST", f"/{self._index}/_search?{_LENIENT}", body)
+            hits = (payload.get("hits") or {}).get("hits") or []
+            for hit in hits:
+                source = hit.get("_source") or {}
+                lf = source.get("_lf") or {}
+                ranges = into.setdefault(str(lf.get("src", "")), SourceRanges())
+                k8s = source.get("kubernetes") or {}
+                ranges.namespace = ranges.namespace or str(k8s.get("namespace_name") or "")
+                for item in lf.get("discarded") or []:
+                    ranges.accounted.append((int(item["first"]), int(item["last"])))
+            if len(hits) < ACCOUNTING_PAGE:
+                return
+            after = hits[-1]["sort"]
+
+    async def seqs_inside(
+        self,
+        query: Mapping[str, Any],
+        src: str,
+        intervals: Sequence[tuple[int, int]],
+        run: Pass = MODERN,
+    ) -> set[int]:
+        """The seqs of ``src``'s records counted in the blocks that fall inside
+        ``intervals`` (normally none: only duplicates and re-filtered lines are there)."""
+        found: set[int] = set()
+        for batch in _batches(list(intervals), INTERVALS_PER_QUERY):
+            inside = {
+                "bool": {
+                    "should": [{"range": {SEQ_FIELD: {"gte": a, "lte": b}}} for a, b in batch],
+                    "minimum_should_match": 1,
+                }
+            }
+            narrowed = _narrow(query, {"term": {run.src_field: src}}, inside)
+            after: Any = None
+            while True:
+                composite: dict[str, Any] = {
+                    "size": PAGE_BUCKETS,
+                    "sources": [{"seq": {"terms": {"field": SEQ_FIELD}}}],
+                }
+                if after is not None:
+                    composite["after"] = after
+                aggs = await self.search(
+                    {
+                        "size": 0,
+                        "track_total_hits": False,
+                        "query": narrowed,
+                        "aggs": {"seqs": {"composite": composite}},
+                    },
+                    run,
+                )
+                page = aggs.get("seqs") or {}
+                buckets = page.get("buckets") or []
+                found.update(int(b["key"]["seq"]) for b in buckets)
+                after = page.get("after_key")
+                if not buckets or after is None:
+                    break
+        return found
 
 
 _LENIENT = "ignore_unavailable=true&allow_no_indices=true"
@@ -365,7 +497,10 @@ def window_query(options: VerifyOptions, run: Pass = MODERN) -> dict[str, Any]:
         filters.append({"range": {TIME_FIELD: bounds}})
     if options.namespace is not None:
         filters.append({"term": {run.namespace_field: options.namespace}})
-    return _bool_filter(filters)
+    # Accounting records are read on their own (they have no seq); the copies an older
+    # aggregator stored of lines it joined are covered by the joined record's range.
+    must_not = [{"exists": {"field": FOLDED_FIELD}}, {"term": {KIND_FIELD: ACCOUNTING}}]
+    return {"bool": {"filter": filters, "must_not": must_not}}
 
 
 @asynccontextmanager
@@ -382,8 +517,20 @@ def _bool_filter(filters: list[dict[str, Any]]) -> dict[str, Any]:
     return {"bool": {"filter": filters}}
 
 
-def _filters(query: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return list(query.get("bool", {}).get("filter", []))
+def with_accounting(pattern: str) -> str:
+    """``pattern`` and, for each part ``<stem>-*``, its accounting indices
+    ``<stem>.lf-accounting-*``: a tenant's pattern (``logs-team-*``) leaves them out on
+    purpose, verify needs them."""
+    parts = [part for part in pattern.split(",") if part]
+    extra = [f"{part[:-2]}.{ACCOUNTING_SUFFIX}-*" for part in parts if part.endswith("-*")]
+    return ",".join(dict.fromkeys([*parts, *extra]))
+
+
+def _narrow(query: Mapping[str, Any], *extra: dict[str, Any]) -> dict[str, Any]:
+    """``query`` (a bool query) with ``extra`` filters added."""
+    inner = dict(query.get("bool", {}))
+    inner["filter"] = [*inner.get("filter", []), *extra]
+    return {"bool": inner}
 
 
 def _batches(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:

@@ -42,7 +42,7 @@ async def aggregator(opensearch: Any, tmp_path: Path) -> AsyncIterator[DaemonPro
         "status_file": str(tmp_path / "status.json"),
         "cpu_allowance_s_per_s": 0.02,
         "cpu_burst_s": 0.05,
-        "drop_markers": False,
+        "account_discarded": False,
     }
     daemon = DaemonProcess("aggregator", tmp_path / "agg", config)
     await daemon.start()

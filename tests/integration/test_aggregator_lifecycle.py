@@ -196,9 +196,13 @@ async def test_a_tenants_pipeline_applies_to_its_tenant_only(
         await client.wait_ack("mixed-1")
     store = StoreReader(opensearch.url)
     await wait_count(store, "logs-filt-b-*", 100)
-    await wait_count(store, "logs-filt-a-*", 100)  # 80 kept, 20 drop markers
-    hits = [h["_source"] for h in await store.search("logs-filt-a-*")]
-    kept = [h for h in hits if "filtered_by" not in h["_lf"]]
+    await wait_count(store, "logs-filt-a-*", 80)
+    # The 20 discarded lines: one accounting record for the source, beside the tenant's index.
+    await wait_count(store, "logs-filt-a.lf-accounting-*", 1)
+    (accounting,) = [h["_source"] for h in await store.search("logs-filt-a.lf-accounting-*")]
+    assert accounting["_lf"]["lines"] == 20
+    assert accounting["kubernetes"]["namespace_name"] == "filt-a"
+    kept = [h["_source"] for h in await store.search("logs-filt-a-*")]
     assert len(kept) == 80  # lines ending in 0 or 5 excluded
     assert all(h["team"] == "alpha" for h in kept)
     parsed = [h for h in kept if h["_lf"]["seq"] == 1]

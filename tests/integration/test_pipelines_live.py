@@ -207,24 +207,45 @@ async def test_filtered_and_joined_lines_stay_provable_and_a_resend_cut_elsewher
         for number in range(len(cuts)):
             await client.wait_ack(f"k-{number}")
     store = StoreReader(opensearch.url)
-    await wait_count(store, f"logs-{ns}-*", 400)
+    # Stored: each kept error joined with its frame (and the frame under its own id, as this
+    # aggregator-side join keeps it); discarded: the other error and its frame, listed in
+    # accounting records, not stored.
+    await wait_count(store, f"logs-{ns}-*", 200)
+
+    async def verified() -> bool:
+        report = await verify(
+            VerifyOptions(store=StoreAccess(urls=[opensearch.url]), index=f"logs-{ns}-*")
+        )
+        return report.ok and report.totals.expected == 400
+
+    await wait_until(verified, timeout_s=60, what="verify to account for all 400 lines")
     report = await verify(
         VerifyOptions(store=StoreAccess(urls=[opensearch.url]), index=f"logs-{ns}-*")
     )
-    assert (report.totals.found, report.totals.missing, report.totals.duplicates) == (400, 0, 0)
+    totals = report.totals
+    assert (totals.found, totals.accounted, totals.missing, totals.duplicates) == (200, 200, 0, 0)
     hits = {
         h["_source"]["_lf"]["seq"]: h["_source"]
         for h in await store.search(f"logs-{ns}-*", size=1000)
     }
+    assert sorted(hits) == sorted(s for s in range(400) if s % 4 < 2)
     for seq in range(0, 400, 4):
-        # The kept error and its frame: joined (or, where a resend stored the first line
-        # alone before its joined version, side by side), and the frame's own text kept.
         assert hits[seq]["log"].startswith(f"START keep {seq}")
         assert hits[seq + 1]["log"] == f"\tat frame {seq + 1}"
-        # The dropped error and its frame: markers without content.
-        assert "log" not in hits[seq + 2]
-        assert "log" not in hits[seq + 3]
-        assert "filtered_by" in hits[seq + 2]["_lf"]
+    accounting = await store.search(f"logs-{ns}.lf-accounting-*", size=1000)
+    assert accounting
+    assert {h["_source"]["_lf"]["kind"] for h in accounting} == {"accounting"}
+    listed = {
+        seq
+        for h in accounting
+        for r in h["_source"]["_lf"]["discarded"]
+        for seq in range(r["first"], r["last"] + 1)
+    }
+    # The resends that open on a frame (seqs 1 and 301) could not join it, and grep then
+    # discarded it: accounted as well as stored, which verify counts once.
+    assert listed == {s for s in range(400) if s % 4 >= 2} | {1, 301}
+    # One record per source and message, not one per line.
+    assert len(accounting) <= len(cuts)
     assert await agg.stop() == 0
 
 

@@ -270,6 +270,7 @@ async def test_verify_counts_gaps_duplicates_dlq_positions_and_manifest_exactly(
             "missing": 1130,
             "duplicates": 1,
             "in_dlq": 5,
+            "accounted": 0,
         }
         assert list(doc["namespaces"]) == [tag]
 
@@ -404,5 +405,92 @@ async def test_verify_reads_legacy_and_templated_indices_together(
         code, out, err = await run_cli("--url", opensearch.url, "--namespace", tag)
         assert code == 1, err
         assert out.splitlines()[-1] == "FAILED: 1 missing, 1 duplicates"
+    finally:
+        await store.delete(f"logs-{tag}*")
+
+
+def joined(src: str, first: int, last: int, ns: str, stamp: str) -> dict[str, Any]:
+    """A record that covers seqs ``first..last`` (a multiline join), id of its first line."""
+    doc = document(src, first, ns, stamp)
+    doc["_lf"]["seq_end"] = last
+    doc["log"] = "\n".join(f"line {s}" for s in range(first, last + 1))
+    return doc
+
+
+def accounting(src: str, ns: str, stamp: str, *ranges: tuple[int, int]) -> dict[str, Any]:
+    """An accounting record as the aggregator writes it."""
+    return {
+        "@timestamp": stamp,
+        "kubernetes": {"namespace_name": ns},
+        "_lf": {
+            "id": f"acct-{src}-{ranges}",
+            "src": src,
+            "kind": "accounting",
+            "lines": sum(b - a + 1 for a, b in ranges),
+            "discarded": [
+                {"first": a, "last": b, "pipeline": "p", "filter": 0, "type": "sample"}
+                for a, b in ranges
+            ],
+        },
+    }
+
+
+async def test_verify_counts_ranges_and_accounting_records_exactly(
+    store: Store, opensearch: OpenSearchNode
+) -> None:
+    tag = f"vr{uuid.uuid4().hex[:8]}"
+    index, acct_index = f"logs-{tag}-2026.11.25", f"logs-{tag}.lf-accounting-2026.11.25"
+    stamp = "2026-11-25T10:00:00Z"
+    clean, overlapping, sampled, only_acct = (source_id(NODE, 3, n, 0) for n in (1, 2, 3, 4))
+    docs = []
+    # clean: singles 0..9, a trace 10..2509 (across three blocks), singles 2510..2999
+    docs += [document(clean, s, tag, stamp) for s in range(10)]
+    docs.append(joined(clean, 10, 2509, tag, stamp))
+    docs += [document(clean, s, tag, stamp) for s in range(2510, 3000)]
+    # overlapping: 0..99 joined, 50..149 joined (cut differently: 50 seqs twice), and a
+    # single line 120 inside the second (once more), then 150..199 singles
+    docs.append(joined(overlapping, 0, 99, tag, stamp))
+    docs.append(joined(overlapping, 50, 149, tag, stamp))
+    docs.append(document(overlapping, 120, tag, stamp))
+    docs += [document(overlapping, s, tag, stamp) for s in range(150, 200)]
+    # sampled: 1 in 100 kept; the other 99 of each hundred accounted, one hundred of them
+    # twice (a resend cut elsewhere) and seq 0 both kept and accounted: never duplicates
+    docs += [document(sampled, s, tag, stamp) for s in range(0, 5000, 100)]
+    acct = [accounting(sampled, tag, stamp, *[(h + 1, h + 99) for h in range(0, 2500, 100)])]
+    acct.append(accounting(sampled, tag, stamp, *[(h + 1, h + 99) for h in range(2500, 5000, 100)]))
+    acct.append(accounting(sampled, tag, stamp, (0, 199)))
+    # only_acct: every line discarded; 40..59 not accounted (lost)
+    acct.append(accounting(only_acct, tag, stamp, (0, 39), (60, 99)))
+    await store.index(index, docs)
+    await store.index(acct_index, acct)
+    try:
+        report = await verify(
+            VerifyOptions(store=StoreAccess(urls=[opensearch.url]), index=f"logs-{tag}-*")
+        )
+        got = {
+            row.source: (
+                row.expected,
+                row.found,
+                row.accounted,
+                row.documents,
+                row.missing,
+                row.duplicates,
+            )
+            for row in report.sources
+        }
+        assert got == {
+            clean: (3000, 3000, 0, 501, 0, 0),
+            overlapping: (200, 200, 0, 53, 0, 51),
+            sampled: (5000, 50, 4950, 50, 0, 0),
+            only_acct: (100, 0, 80, 0, 20, 0),
+        }
+        rows = {row.source: row for row in report.sources}
+        assert [str(r) for r in rows[only_acct].missing_ranges] == ["40-59"]
+        assert rows[only_acct].namespace == tag
+        assert not report.ok
+
+        code, out, err = await run_cli("--url", opensearch.url, "--index", f"logs-{tag}-*")
+        assert code == 1, err
+        assert out.splitlines()[-1] == "FAILED: 20 missing, 51 duplicates"
     finally:
         await store.delete(f"logs-{tag}*")
