@@ -271,8 +271,6 @@ class Ingest:
         metrics = self._metrics
         if processed.dropped:
             metrics.records_filtered.labels(tenant).inc(processed.dropped)
-        if processed.merged:
-            metrics.records_merged.labels(tenant).inc(processed.merged)
         if processed.over_budget:
             metrics.pipeline_over_budget.labels(tenant).inc()
         if processed.errors:

@@ -83,11 +83,6 @@ class AggregatorMetrics:
             "the tenant's filters discarded (what verify counts them by).",
             "tenant",
         )
-        self.records_merged = counter(
-            "records_merged",
-            "Records joined into the record before them by a multiline filter.",
-            "tenant",
-        )
         self.pipeline_over_budget = counter(
             "pipeline_over_budget",
             "Messages whose tenant pipelines ran out of time (the rest went on unfiltered).",

@@ -19,7 +19,7 @@ import time
 from prometheus_client import CollectorRegistry
 
 from logferry.common.disk_full import DiskStalls
-from logferry.common.events import unless_stopped
+from logferry.common.events import first_set, unless_stopped
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
 from logferry.common.spool import Spool
@@ -28,6 +28,7 @@ from logferry.forwarder.config import ForwarderConfig
 from logferry.forwarder.discovery import Discovery, FoundFile
 from logferry.forwarder.metadata import parse_file_name
 from logferry.forwarder.metrics import ForwarderMetrics
+from logferry.forwarder.multiline_rules import RuleBook
 from logferry.forwarder.parking import Parking
 from logferry.forwarder.pathguard import RefusedFileError, check_target, open_pod_log
 from logferry.forwarder.positions import PositionStore, fingerprint, resolve
@@ -55,6 +56,8 @@ class Forwarder:
         self.positions = PositionStore(config.positions_path)
         self._positions_saver = PositionsSaver(self.positions, self.stalls)
         self.discovery = Discovery(config.source, config.node_name, metrics=self.metrics)
+        self.rules = RuleBook(config.multiline)
+        self._reload_rules()
         self.parking = Parking(config.parked_path, metrics=self.metrics, stalls=self.stalls)
         self._tails: dict[Key, FileTail] = {}
         self._live: set[Key] = set()
@@ -103,6 +106,7 @@ class Forwarder:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.discovery.run(self._on_change, tailing_stop))
+                group.create_task(self._rules_loop(tailing_stop))
                 tail_task = group.create_task(self._tail_loop(tailing_stop))
                 group.create_task(sender.run(sender_stop))
                 self._ready = True
@@ -139,6 +143,21 @@ class Forwarder:
         )
         spool = await unless_stopped(opening, stop)
         return None if spool.cancelled() else spool.result()
+
+    def _reload_rules(self) -> None:
+        before = self.rules.refused_documents
+        self.rules.reload()
+        refused = self.rules.refused_documents - before
+        if refused:
+            self.metrics.multiline_pipelines_refused.inc(refused)
+
+    async def _rules_loop(self, stop: asyncio.Event) -> None:
+        """Read the tenants' pipelines again now and then (new files get the new rules)."""
+        if self.config.multiline.pipelines_directory is None:
+            return
+        interval = self.config.multiline.reload_interval_s
+        while await first_set((stop,), interval) is None:
+            await asyncio.to_thread(self._reload_rules)
 
     async def _finish_tailing(self, task: asyncio.Task[None], spool: Spool) -> None:
         """Let the last round spool its records and save positions, unless the spool cannot
@@ -234,6 +253,8 @@ class Forwarder:
         if state.link != item.path:
             state = dataclasses.replace(state, link=item.path)
             self.positions.update(state)
+        multiline = self.config.multiline
+        rule = self.rules.rule_for(item.meta)
         self._tails[key] = FileTail(
             state,
             item.meta,
@@ -241,6 +262,12 @@ class Forwarder:
             self.config.source.max_line_bytes,
             block_records=self.config.sender.batch_max_records,
             block_bytes=self.config.sender.batch_max_bytes,
+            multiline=rule,
+            multiline_timeout_s=multiline.flush_timeout_s,
+            multiline_max_lines=min(multiline.max_lines, rule.max_lines or multiline.max_lines)
+            if rule
+            else multiline.max_lines,
+            multiline_max_bytes=multiline.max_bytes,
         )
         log.info(
             "tail.opened",
@@ -250,6 +277,7 @@ class Forwarder:
             source=state.source_id,
             offset=state.offset,
             resolution=resolution.value,
+            multiline=rule.name if rule is not None else None,
         )
         return True
 
@@ -262,6 +290,8 @@ class Forwarder:
             for key, tail in list(self._tails.items()):
                 batch = tail.read(settings.read_budget_bytes)
                 if batch.status is TailStatus.TRUNCATED:
+                    if batch.entries:  # a multiline group read before the truncation
+                        await self._make_durable(tail, batch)
                     self._truncated(key, tail)
                     continue
                 if batch.entries or batch.bytes_read:
@@ -295,6 +325,10 @@ class Forwarder:
             metrics.truncated_lines.inc(batch.truncated_lines)
         if batch.malformed_lines:
             metrics.malformed_lines.inc(batch.malformed_lines)
+        if batch.joined_lines:
+            metrics.multiline_joined_lines.labels(namespace).inc(batch.joined_lines)
+        if batch.split_groups:
+            metrics.multiline_split_groups.labels(namespace).inc(batch.split_groups)
         if batch.entries:
             assert self._spool is not None
             # Appends sized to a fraction of the spool, so one big read always fits; each

@@ -12,6 +12,7 @@ from logferry.common.config import ConfigModel
 from logferry.common.secrets import InlineSecret, read_secret
 from logferry.common.sections import HttpSettings, LogSettings, SpoolSettings
 from logferry.common.units import ByteSize, KiB
+from logferry.forwarder.multiline_rules import MultilineSettings
 
 
 class SourceSettings(ConfigModel):
@@ -155,6 +156,8 @@ class ForwarderConfig(ConfigModel):
     positions_file: Path | None = None
     """Where file positions are kept (default: ``<spool.directory>/../positions``); on the
     same host path as the spool, since positions only ever trail what the spool holds."""
+    multiline: MultilineSettings = MultilineSettings()
+    """Joining stack traces and other continuation lines into one record, at the source."""
     parked_directory: Path | None = None
     """Where chunks refused ``sender.park_after_refusals`` times are kept, one file each
     (default: ``<spool.directory>/../parked``); list and requeue them with

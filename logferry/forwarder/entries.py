@@ -59,6 +59,8 @@ class LfMeta(msgspec.Struct, gc=False, omit_defaults=True):
     truncated: bool = False
     malformed: bool = False
     partial_at_eof: bool = False
+    seq_end: int = 0
+    """The last seq a multiline record stands for (0, omitted: one line)."""
 
 
 class Body(msgspec.Struct, gc=False):

@@ -40,6 +40,22 @@ class ForwarderMetrics:
         self.malformed_lines = counter(
             "malformed_lines", "Lines not in the file's format, forwarded raw and flagged."
         )
+        self.multiline_joined_lines = counter(
+            "multiline_joined_lines",
+            "Lines a multiline rule joined to the line before them (one record covers them).",
+            "tenant",
+        )
+        self.multiline_split_groups = counter(
+            "multiline_split_groups",
+            "Joined records cut at multiline.max_lines or max_bytes (the rest starts a new "
+            "record; nothing is dropped).",
+            "tenant",
+        )
+        self.multiline_pipelines_refused = counter(
+            "multiline_pipelines_refused",
+            "LogPipeline documents in multiline.pipelines_directory the forwarder refused "
+            "(their last accepted version stays in force).",
+        )
         self.open_files = gauge("open_files", "Files being tailed.")
         self.lag_bytes = gauge(
             "lag_bytes",

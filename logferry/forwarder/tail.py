@@ -9,12 +9,14 @@ the reader's offset in chunks of ``read_bytes`` (one syscall per chunk, never pe
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from logferry.common.units import MiB
-from logferry.forwarder.entries import encode_blocks, kubernetes_raw
+from logferry.forwarder.entries import Entry, encode_blocks, kubernetes_raw
 from logferry.forwarder.metadata import ContainerMeta
+from logferry.forwarder.multiline import Joiner, MultilineRule
 from logferry.forwarder.positions import SourceState
 from logferry.forwarder.reader import Checkpoint, SourceReader
 
@@ -51,6 +53,10 @@ class TailBatch:
     """Lines cut at the length cap by this read."""
     malformed_lines: int = 0
     """Lines not in the file's format (forwarded raw) in this read."""
+    joined_lines: int = 0
+    """Lines a multiline rule folded into the line before them in this read."""
+    split_groups: int = 0
+    """Joined records cut at the multiline caps in this read."""
 
 
 @dataclass(slots=True)
@@ -66,7 +72,14 @@ class FileTail:
     """Most records in one spool block (the sender's records-per-chunk cap)."""
     block_bytes: int = 4 << 20
     """Most uncompressed bytes in one spool block (the sender's bytes-per-chunk cap)."""
+    multiline: MultilineRule | None = None
+    """Join continuation lines (stack traces) with this rule; None: every line on its own."""
+    multiline_timeout_s: float = 1.0
+    multiline_max_lines: int = 500
+    multiline_max_bytes: int = 256 * 1024
     _reader: SourceReader = field(init=False)
+    _joiner: Joiner | None = field(init=False, default=None)
+    _finished_lines: int = field(init=False, default=0)
     _closed: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +89,14 @@ class FileTail:
             source=self.state.source_id,
             kubernetes=kubernetes_raw(self.meta.as_record()),
         )
+        if self.multiline is not None:
+            self._joiner = Joiner(
+                self.multiline,
+                flush_timeout_ns=int(self.multiline_timeout_s * 1e9),
+                max_lines=self.multiline_max_lines,
+                max_bytes=self.multiline_max_bytes,
+                start=self._reader.checkpoint,
+            )
 
     @classmethod
     def open(
@@ -95,6 +116,11 @@ class FileTail:
         """The reader (its merger's counters feed the metrics)."""
         return self._reader
 
+    @property
+    def joiner(self) -> Joiner | None:
+        """The multiline joiner, if the source has a rule (its counters feed the metrics)."""
+        return self._joiner
+
     def size(self) -> int:
         """Current size of the open file (renamed or deleted files included)."""
         return os.fstat(self.fd).st_size
@@ -107,10 +133,18 @@ class FileTail:
         """Read up to ``budget_bytes`` (whole chunks) and return what became records."""
         before = self._counts()
         offset = self.read_offset
+        joiner = self._joiner
         if self.size() < offset:
-            return TailBatch([], self._reader.checkpoint, TailStatus.TRUNCATED)
-        entries: list[bytes] = []
-        checkpoint = None
+            # What a multiline group holds was read from the old content: it goes out.
+            held: list[Entry] = []
+            last = self._reader.checkpoint
+            if joiner is not None:
+                held, last = joiner.finish(last)
+            kept = encode_blocks(held, self.block_records, self.block_bytes)
+            batch = TailBatch(kept, last, TailStatus.TRUNCATED, records=len(held))
+            return self._counted(batch, before)
+        blocks: list[bytes] = []
+        checkpoint: Checkpoint | None = None
         read = lines = records = 0
         while read < budget_bytes:
             data = os.pread(self.fd, self.read_bytes, self._reader.read_offset)
@@ -119,37 +153,60 @@ class FileTail:
             read += len(data)
             result = self._reader.feed(data)
             lines += result.lines
-            records += len(result.records)
-            entries += encode_blocks(result.records, self.block_records, self.block_bytes)
-            checkpoint = result.checkpoint
+            out, checkpoint = result.records, result.checkpoint
+            if joiner is not None:
+                out, checkpoint = joiner.feed(out, checkpoint)
+            records += len(out)
+            blocks += encode_blocks(out, self.block_records, self.block_bytes)
             if len(data) < self.read_bytes:
                 break
+        if joiner is not None and not read:
+            out, checkpoint = joiner.flush_idle(time.time_ns(), self._reader.checkpoint)
+            records += len(out)
+            blocks += encode_blocks(out, self.block_records, self.block_bytes)
         if checkpoint is None:
             checkpoint = self._reader.checkpoint
         status = TailStatus.DATA if read else TailStatus.IDLE
-        return self._counted(TailBatch(entries, checkpoint, status, read, lines, records), before)
+        return self._counted(TailBatch(blocks, checkpoint, status, read, lines, records), before)
 
     def finish(self) -> TailBatch:
         """The file will grow no more (rotated away and drained, or deleted): emit what is
         left, including split lines whose last part never came."""
         before = self._counts()
-        result = self._reader.finish()
-        blocks = encode_blocks(result.records, self.block_records, self.block_bytes)
-        batch = TailBatch(
-            blocks, result.checkpoint, TailStatus.IDLE, 0, result.lines, len(result.records)
-        )
+        entries, checkpoint = self._joined_finish()
+        blocks = encode_blocks(entries, self.block_records, self.block_bytes)
+        lines = self._finished_lines
+        batch = TailBatch(blocks, checkpoint, TailStatus.IDLE, 0, lines, len(entries))
         return self._counted(batch, before)
 
-    def _counts(self) -> tuple[int, int, int]:
-        merger = self._reader.merger
-        return merger.partial_merges, merger.truncated_lines, merger.malformed_lines
+    def _joined_finish(self) -> tuple[list[Entry], Checkpoint]:
+        result = self._reader.finish()
+        self._finished_lines = result.lines
+        if self._joiner is None:
+            return result.records, result.checkpoint
+        out, _ = self._joiner.feed(result.records, result.checkpoint)
+        rest, checkpoint = self._joiner.finish(result.checkpoint)
+        return out + rest, checkpoint
 
-    def _counted(self, batch: TailBatch, before: tuple[int, int, int]) -> TailBatch:
-        """``batch`` with what its read merged, cut and found malformed."""
+    def _counts(self) -> tuple[int, int, int, int, int]:
+        merger, joiner = self._reader.merger, self._joiner
+        joined, split = (joiner.joined_lines, joiner.split_groups) if joiner else (0, 0)
+        return (
+            merger.partial_merges,
+            merger.truncated_lines,
+            merger.malformed_lines,
+            joined,
+            split,
+        )
+
+    def _counted(self, batch: TailBatch, before: tuple[int, int, int, int, int]) -> TailBatch:
+        """``batch`` with what its read merged, cut, found malformed and joined."""
         after = self._counts()
         batch.partial_merges = after[0] - before[0]
         batch.truncated_lines = after[1] - before[1]
         batch.malformed_lines = after[2] - before[2]
+        batch.joined_lines = after[3] - before[3]
+        batch.split_groups = after[4] - before[4]
         return batch
 
     def close(self) -> None:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from logferry.pipelines.accounting import Discard, accounting_records
-from logferry.pipelines.multiline import MultilineStep
 from logferry.pipelines.steps import (
     AddStep,
     BudgetExceeded,
@@ -32,6 +31,7 @@ from logferry.pipelines.steps import (
     GrepStep,
     ParseJsonStep,
     ParseRegexStep,
+    PassStep,
     Record,
     RemoveStep,
     RenameStep,
@@ -68,7 +68,9 @@ STEPS: dict[type[Any], Callable[[int, Any], Step]] = {
     Rename: RenameStep,
     DropLevel: DropLevelStep,
     Sample: SampleStep,
-    Multiline: MultilineStep,
+    # Joined at the forwarder, before the spool (forwarder/multiline.py): records arrive
+    # here joined already, and the step passes them on as they are.
+    Multiline: PassStep,
 }
 
 
@@ -89,8 +91,6 @@ class GroupResult:
     """Records to write, in group order (restored ones included)."""
     dropped: int = 0
     """Discarded by a filter (grep, drop_level, sample)."""
-    merged: int = 0
-    """Folded into another record by multiline."""
     errors: list[tuple[int, str]] = field(default_factory=list)
     """(filter index, reason) of each record a filter raised on."""
     over_budget_at: int | None = None
@@ -193,16 +193,7 @@ class CompiledPipeline:
         for key, (_record, index, reason) in ctx.failed.items():
             errors.append((index, reason))
             restored.add(key)
-            # A joined record that fails later gives its continuations back too.
-            restored.update(id(member) for member in ctx.merged.get(key, ()))
         survivors = {id(r) for r in flow}
-        by_id = {id(r): r for r in records}
-        folded_into = {
-            id(member): by_id[key]
-            for key, members in ctx.merged.items()
-            if key not in restored and key in by_id
-            for member in members
-        }
         result = GroupResult(kept=[], errors=errors, dropped_by=dropped_by)
         for record, snapshot in zip(records, snapshots, strict=True):
             key = id(record)
@@ -211,29 +202,9 @@ class CompiledPipeline:
                 result.kept.append(record)
             elif key in survivors:
                 result.kept.append(record)
-            elif key in folded_into and id(folded_into[key]) in survivors:
-                result.merged += 1
-                _fold(record, folded_into[key])
-                result.kept.append(record)
-            else:  # discarded, or joined into a record that was discarded
+            else:
                 result.dropped += 1
         return result
-
-
-def _fold(record: Record, into: Record) -> None:
-    """Flag a record joined into another (multiline): it is still stored, under its own id
-    and with its own text, marked ``_lf.folded_into``.
-
-    Joins depend on where batches are cut, and the store keeps the first version of an id: a
-    resend cut elsewhere may store the first line alone before its joined version, which is
-    then refused as a duplicate. The joined-in lines keep their text so no cut can lose one,
-    and every sequence number stays in the store for the proof of delivery. Dashboards that
-    want only the joined view leave out documents with ``_lf.folded_into``."""
-    lf = record.get("_lf")
-    target = into.get("_lf")
-    folded = target.get("id") if isinstance(target, dict) else None
-    if isinstance(lf, dict):
-        record["_lf"] = {**lf, "folded_into": folded}
 
 
 def _restore(record: Record, snapshot: Record) -> None:
@@ -255,8 +226,6 @@ class Processed:
     """A pipeline ran out of the time budget; its records passed through unfiltered."""
     errors: int = 0
     """Records a filter raised on (kept unchanged)."""
-    merged: int = 0
-    """Records folded into another by multiline (their lines are in that record)."""
     dropped_by_pipeline: dict[str, int] = field(default_factory=dict)
     """Discarded records per pipeline name (only pipelines that discarded any)."""
     over_budget_pipelines: list[str] = field(default_factory=list)
@@ -320,7 +289,6 @@ class TenantPipelines:
                 result.over_budget = True
                 result.over_budget_pipelines.append(pipeline.name)
             result.errors += len(outcome.errors)
-            result.merged += outcome.merged
             if outcome.dropped:
                 result.dropped += outcome.dropped
                 result.dropped_by_pipeline[pipeline.name] = outcome.dropped

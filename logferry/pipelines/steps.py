@@ -58,8 +58,6 @@ class RunContext:
     clock: Callable[[], float]
     failed: dict[int, tuple[Record, int, str]] = field(default_factory=dict)
     """id(record) -> (record, step index, reason) for records a step raised on."""
-    merged: dict[int, list[Record]] = field(default_factory=dict)
-    """id(joined record) -> the records multiline folded into it."""
 
     def check(self, index: int) -> None:
         """Raise BudgetExceeded if the deadline has passed."""
@@ -247,6 +245,17 @@ class AddStep(Step):
         for path, value in self.fields:
             cow_set(record, path, value)
         return True
+
+
+class PassStep(Step):
+    """A filter that runs elsewhere (``multiline``, at the forwarder): records go on as
+    they are."""
+
+    def __init__(self, index: int, config: object) -> None:
+        super().__init__(index)
+
+    def run(self, records: list[Record], ctx: RunContext) -> list[Record]:
+        return records
 
 
 class RemoveStep(Step):

@@ -180,13 +180,14 @@ class Sample(ConfigModel):
 class Multiline(ConfigModel):
     """Join continuation lines (stack traces) to the record that started them.
 
-    Records are joined per source (``_lf.src``), in sequence order, and only inside one
-    batch: a record whose field does not match ``start`` is appended (after a newline) to the
-    previous record of the same source that did, if that one is in the same batch and the
-    sequence numbers are consecutive. The joined record keeps the first record's identity
-    (``_lf.id``, ``_lf.seq``) and gets ``_lf.seq_end``, the last sequence number it covers.
-    A continuation that cannot be joined inside its batch stays a record of its own: nothing
-    is dropped.
+    Runs at the forwarder, per file and container stream, before the spool (the order among
+    the filters does not matter: it always comes first), so a trace is never cut by where a
+    chunk happened to end. A record whose ``log`` matches ``start`` begins a record; the
+    following lines of the same stream that do not match are appended (after a newline)
+    while they come within the forwarder's ``multiline.flush_timeout_s`` of each other. The
+    joined record keeps the first line's identity (``_lf.id``, ``_lf.seq``) and gets
+    ``_lf.seq_end``, the last sequence number it covers. Nothing is dropped: past
+    ``max_lines`` a new record starts.
     """
 
     model_config = _STRICT
@@ -194,12 +195,11 @@ class Multiline(ConfigModel):
     type: Literal["multiline"]
     start: str
     """Regular expression matching the first line of a record (e.g. a timestamp)."""
-    field: str = "log"
-    """Dotted path of the text field to join."""
+    field: Literal["log"] = "log"
+    """The field joined: the log line (the forwarder joins lines before anything is parsed)."""
     max_lines: int = Field(default=500, ge=2, le=10_000)
-    """A joined record holds at most this many lines; later continuations stay on their own."""
+    """A joined record holds at most this many lines; past it a new record starts."""
 
-    _check_field = field_validator("field")(lambda v: field_path(v, writable=True))
     _check_start = field_validator("start")(check_pattern)
 
 

@@ -50,6 +50,20 @@ class StoreReader:
             return []
         return list(payload["hits"]["hits"])
 
+    async def search_where(
+        self, pattern: str, query: dict[str, Any], fields: list[str], size: int = 10000
+    ) -> list[dict[str, Any]]:
+        """The ``_source`` (only ``fields``) of the documents matching ``query``."""
+        await self.refresh(pattern)
+        status, payload = await self._request(
+            "POST",
+            f"/{pattern}/_search?ignore_unavailable=true&allow_no_indices=true",
+            {"size": size, "query": query, "_source": fields},
+        )
+        if status == 404:
+            return []
+        return [hit["_source"] for hit in payload["hits"]["hits"]]
+
     async def put(self, path: str, body: Any) -> tuple[int, Any]:
         return await self._request("PUT", path, body)
 

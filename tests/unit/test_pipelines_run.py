@@ -149,56 +149,6 @@ def test_sample_without_an_id_hashes_the_content() -> None:
     assert 0 < len(first) < 300
 
 
-def test_multiline_joins_per_source_in_seq_order_and_keeps_the_first_identity() -> None:
-    tenant = compile_one(log_pipeline("p", [{"type": "multiline", "start": r"^\d{4}-"}]))
-    batch = [
-        record("2026-11-25 boom", src="a", seq=4),
-        record("2026-11-25 other source", src="b", seq=0),
-        record("\tat two", src="a", seq=6),  # out of order in the batch: joined by seq
-        record("  b continued", src="b", seq=1),
-        record("\tat one", src="a", seq=5),
-        record("2026-11-25 next", src="a", seq=7),
-    ]
-    processed = tenant.process(batch)
-    out = [r for r, _ in processed.kept]
-    assert [r["log"] for r in out if "folded_into" not in r["_lf"]] == [
-        "2026-11-25 boom\n\tat one\n\tat two",
-        "2026-11-25 other source\n  b continued",
-        "2026-11-25 next",
-    ]
-    assert out[0]["_lf"] == {"id": "a:4", "src": "a", "seq": 4, "seq_end": 6}
-    # The joined-in lines stay under their own ids with their own text, flagged: no batch cut
-    # can lose one, and every seq stays in the store.
-    folded = [r for r in out if "folded_into" in r["_lf"]]
-    assert sorted((r["_lf"]["id"], r["_lf"]["folded_into"], r["log"]) for r in folded) == [
-        ("a:5", "a:4", "\tat one"),
-        ("a:6", "a:4", "\tat two"),
-        ("b:1", "b:0", "  b continued"),
-    ]
-    assert processed.merged == 3
-    assert processed.dropped == 0
-
-
-def test_multiline_never_drops_what_it_cannot_join() -> None:
-    tenant = compile_one(
-        log_pipeline("p", [{"type": "multiline", "start": "^START", "max_lines": 2}])
-    )
-    batch = [
-        record("\tat orphan", seq=0),  # its start was in the previous batch
-        record("START", seq=1),
-        record("\tat a", seq=2),
-        record("\tat b", seq=3),  # over max_lines
-        record("\tat gap", seq=9),
-    ]
-    out = run(tenant, batch)
-    texts = [r["log"] for r in out if "folded_into" not in r["_lf"]]
-    assert texts == ["\tat orphan", "START\n\tat a", "\tat b", "\tat gap"]
-    folded = [r for r in out if "folded_into" in r["_lf"]]
-    assert [(r["log"], r["_lf"]["folded_into"]) for r in folded] == [
-        ("\tat a", out[1]["_lf"]["id"])
-    ]
-
-
 def test_first_matching_pipeline_wins_by_order_then_name() -> None:
     tenant = compile_one(
         log_pipeline(
@@ -364,27 +314,6 @@ def test_a_raising_filter_leaves_that_record_unchanged_and_counts_it(
     assert metrics.registry.get_sample_value("logferry_pipeline_errors_total", labels) == 1
 
 
-def test_a_joined_record_that_fails_later_gives_its_lines_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    tenant = compile_one(
-        log_pipeline(
-            "p", [{"type": "multiline", "start": "^S"}, {"type": "add", "fields": {"x": 1}}]
-        )
-    )
-
-    def boom(self: steps.AddStep, rec: dict[str, Any], ctx: steps.RunContext) -> bool:
-        raise RuntimeError("nope")
-
-    monkeypatch.setattr(steps.AddStep, "apply", boom)
-    batch = [record("S", seq=0), record(" c", seq=1)]
-    expected = copy.deepcopy(batch)
-    processed = tenant.process(batch)
-    assert [r for r, _ in processed.kept] == expected
-    assert processed.errors == 1
-    assert processed.merged == 0
-
-
 def test_processing_leaves_no_trace_without_a_filter_that_adds_one() -> None:
     tenant = compile_one(
         log_pipeline("p", [{"type": "grep", "regex": "."}, {"type": "parse_json"}])
@@ -430,3 +359,12 @@ def test_a_regex_timing_out_on_one_record_fails_only_that_record() -> None:
     assert _catastrophic_grep().run([slow, fine], ctx) == [fine]
     assert list(ctx.failed) == [id(slow)]
     assert "timed out" in ctx.failed[id(slow)][2]
+
+
+def test_multiline_runs_at_the_forwarder_so_the_aggregator_passes_records_on() -> None:
+    tenant = compile_one(log_pipeline("p", [{"type": "multiline", "start": "^S"}]))
+    batch = [record("S start", seq=0), record("  cont", seq=1), record("  more", seq=2)]
+    expected = copy.deepcopy(batch)
+    processed = tenant.process(batch, account=True)
+    assert [r for r, _ in processed.kept] == expected
+    assert (processed.dropped, processed.errors, processed.accounting) == (0, 0, [])
