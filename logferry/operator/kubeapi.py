@@ -141,3 +141,24 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
         # the operator runs in-cluster with a service-account token.
         raise KubeApiError("embedded client certificates are not supported", retriable=False)
     return context
+
+
+class MirroredStore:
+    """A :class:`ConfigMapStore` whose writes are copied to the same ConfigMap in other
+    namespaces (the forwarders', which read the tenants' multiline rules from it): read from
+    the primary, written to every copy, the primary last, so the primary never claims a
+    version a copy does not have yet. A failed copy fails the write (kopf retries it)."""
+
+    def __init__(self, primary: ConfigMapStore, mirrors: list[ConfigMapStore]) -> None:
+        self.primary = primary
+        self.mirrors = mirrors
+        self.namespace = primary.namespace
+        self.name = primary.name
+
+    async def read(self) -> dict[str, str] | None:
+        return await self.primary.read()
+
+    async def write(self, data: Mapping[str, str]) -> None:
+        for mirror in self.mirrors:
+            await mirror.write(data)
+        await self.primary.write(data)

@@ -8,7 +8,9 @@ handler instead).
 Environment: ``LOGFERRY_CONFIGMAP_NAMESPACE`` (default: the operator's own namespace) and
 ``LOGFERRY_CONFIGMAP_NAME`` (default ``logferry-pipelines``) name the aggregators' ConfigMap;
 ``LOGFERRY_TENANT_CONFIGMAP_BYTES`` (bytes or units such as ``64KiB``; default
-:data:`~logferry.operator.reconcile.TENANT_BUDGET_BYTES`) is one tenant's share of it.
+:data:`~logferry.operator.reconcile.TENANT_BUDGET_BYTES`) is one tenant's share of it;
+``LOGFERRY_CONFIGMAP_MIRROR_NAMESPACES`` (comma-separated) names namespaces that get a copy
+of it (the forwarders', which join multiline records from the tenants' pipelines).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import kopf
 
 from logferry.common.units import parse_byte_size
 from logferry.operator import reconcile as rc
-from logferry.operator.kubeapi import ConfigMapStore, KubeApiError
+from logferry.operator.kubeapi import ConfigMapStore, KubeApiError, MirroredStore
 
 GROUP: Final = "logferry.io"
 VERSION: Final = "v1alpha1"
@@ -150,6 +152,11 @@ def budget_from_env(environ: Mapping[str, str]) -> rc.ConfigMapBudget:
         raise ValueError(f"{TENANT_BUDGET_ENV}={raw!r}: {exc}") from exc
 
 
+def _mirror_namespaces(env: Mapping[str, str]) -> list[str]:
+    raw = env.get("LOGFERRY_CONFIGMAP_MIRROR_NAMESPACES") or ""
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
 def _configmap_namespace() -> str:
     configured = os.environ.get("LOGFERRY_CONFIGMAP_NAMESPACE")
     if configured:
@@ -194,11 +201,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
             settings=settings
         )
 
-    store = ConfigMapStore(
-        _configmap_namespace(),
-        os.environ.get("LOGFERRY_CONFIGMAP_NAME") or DEFAULT_CONFIGMAP_NAME,
-        credentials,
-    )
+    name = os.environ.get("LOGFERRY_CONFIGMAP_NAME") or DEFAULT_CONFIGMAP_NAME
+    primary = ConfigMapStore(_configmap_namespace(), name, credentials)
+    mirrors = [
+        ConfigMapStore(namespace, name, credentials)
+        for namespace in _mirror_namespaces(os.environ)
+        if namespace != primary.namespace
+    ]
+    store = MirroredStore(primary, mirrors) if mirrors else primary
     budget = budget_from_env(os.environ)
     _controller = Controller(store, _post_kopf_event, budget)
     log.info(

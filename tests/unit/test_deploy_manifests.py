@@ -860,9 +860,35 @@ def test_every_object_is_in_one_of_the_two_namespaces() -> None:
             assert namespace is None, path
         else:
             assert namespace in {NAMESPACE, FORWARDER_NAMESPACE}, (path, document["kind"])
-    for binding in (_one("ClusterRoleBinding"), _one("RoleBinding")):
+    bindings = [d for _, d in _documents() if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
+    for binding in bindings:
         for subject in binding["subjects"]:
             _one(subject["kind"], subject["name"], subject["namespace"])
+
+
+def test_the_operator_may_write_only_its_pipelines_copy_in_the_forwarder_namespace() -> None:
+    roles = [
+        d
+        for _, d in _documents()
+        if d["kind"] in ("Role", "RoleBinding")
+        and d["metadata"]["namespace"] == FORWARDER_NAMESPACE
+    ]
+    role = next(d for d in roles if d["kind"] == "Role")
+    binding = next(d for d in roles if d["kind"] == "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "logferry-operator", "namespace": NAMESPACE}
+    ]
+    for rule in role["rules"]:
+        assert rule["resources"] == ["configmaps"]
+        if rule["verbs"] != ["create"]:
+            assert rule["resourceNames"] == ["logferry-pipelines"]
+    volumes = {v["name"]: v for v in _pod_spec(_daemonset())["volumes"]}
+    assert volumes["pipelines"]["configMap"] == {"name": "logferry-pipelines", "optional": True}
+    operator = next(w for w in _workloads() if w["metadata"]["name"] == "logferry-operator")
+    (container,) = _pod_spec(operator)["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LOGFERRY_CONFIGMAP_MIRROR_NAMESPACES"] == FORWARDER_NAMESPACE
 
 
 def test_only_the_forwarder_runs_in_the_privileged_namespace() -> None:

@@ -9,7 +9,7 @@ import kopf
 import pytest
 from aiohttp import web
 
-from logferry.operator.kubeapi import ConfigMapStore, KubeApiError
+from logferry.operator.kubeapi import ConfigMapStore, KubeApiError, MirroredStore
 
 PATH = "/api/v1/namespaces/logferry/configmaps"
 
@@ -118,3 +118,33 @@ async def test_an_unreachable_api_server_is_a_retriable_error() -> None:
     with pytest.raises(KubeApiError) as raised:
         await store.read()
     assert raised.value.retriable
+
+
+async def test_a_mirrored_store_writes_every_copy_before_the_primary() -> None:
+    servers = [FakeApiServer(), FakeApiServer()]
+    runners = []
+    stores = []
+    for server in servers:
+        runner = web.AppRunner(server.app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        info = kopf.ConnectionInfo(server=f"http://127.0.0.1:{runner.addresses[0][1]}")
+        stores.append(ConfigMapStore("logferry", "logferry-pipelines", lambda info=info: info))
+    primary, mirror = servers
+    store = MirroredStore(stores[0], [stores[1]])
+    try:
+        await store.write({"team-a.web.yaml": "a: 1\n"})
+        assert primary.object is not None
+        assert mirror.object is not None
+        assert primary.object["data"] == mirror.object["data"] == {"team-a.web.yaml": "a: 1\n"}
+        # A copy that cannot be written fails the write, and the primary keeps the old data:
+        # the operator's status never claims a version the forwarders do not have.
+        mirror.force_status = 500
+        with pytest.raises(KubeApiError):
+            await store.write({"team-a.web.yaml": "a: 2\n"})
+        assert await store.read() == {"team-a.web.yaml": "a: 1\n"}
+    finally:
+        for runner in runners:
+            await runner.cleanup()
