@@ -26,11 +26,13 @@ from logferry.common.spool import Spool
 from logferry.common.status_http import StatusServer
 from logferry.forwarder.config import ForwarderConfig
 from logferry.forwarder.discovery import Discovery, FoundFile
+from logferry.forwarder.enrich import enriched, excluded_by_annotation, pod_uid
 from logferry.forwarder.metadata import parse_file_name
 from logferry.forwarder.metrics import ForwarderMetrics
 from logferry.forwarder.multiline_rules import RuleBook
 from logferry.forwarder.parking import Parking
 from logferry.forwarder.pathguard import RefusedFileError, check_target, open_pod_log
+from logferry.forwarder.podwatch import ApiAccess, PodCache, PodInfo, PodWatcher
 from logferry.forwarder.positions import PositionStore, fingerprint, resolve
 from logferry.forwarder.positions_saver import PositionsSaver
 from logferry.forwarder.sender import Sender
@@ -48,6 +50,7 @@ class Forwarder:
 
     def __init__(self, config: ForwarderConfig) -> None:
         self.config = config
+        self._wake = asyncio.Event()
         # Read first: a missing or empty key file refuses the start (ConfigError).
         self._shared_key = config.sender.read_shared_key()
         self.registry = CollectorRegistry()
@@ -58,11 +61,23 @@ class Forwarder:
         self.discovery = Discovery(config.source, config.node_name, metrics=self.metrics)
         self.rules = RuleBook(config.multiline)
         self._reload_rules()
+        settings = config.kubernetes
+        self.pods: PodCache | None = None
+        self.pod_watcher: PodWatcher | None = None
+        if settings.enabled:
+            self.pods = PodCache(max_pods=settings.max_pods)
+            access = ApiAccess(settings.resolved_url(), settings.token_file, settings.ca_file)
+            self.pod_watcher = PodWatcher(
+                access, config.node_name, self.pods, on_change=self._wake.set
+            )
+        # Files whose pod metadata is not in yet: key -> (pod uid, deadline to wait until).
+        self._awaiting: dict[Key, tuple[str, float]] = {}
+        self._enriched: dict[Key, PodInfo | None] = {}
+        self._excluded: set[Key] = set()
         self.parking = Parking(config.parked_path, metrics=self.metrics, stalls=self.stalls)
         self._tails: dict[Key, FileTail] = {}
         self._live: set[Key] = set()
         self._idle_rounds: dict[Key, int] = {}
-        self._wake = asyncio.Event()
         self._spool: Spool | None = None
         self._ready = False
         self._recovered = False
@@ -107,6 +122,8 @@ class Forwarder:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.discovery.run(self._on_change, tailing_stop))
                 group.create_task(self._rules_loop(tailing_stop))
+                if self.pod_watcher is not None:
+                    group.create_task(self.pod_watcher.run(tailing_stop))
                 tail_task = group.create_task(self._tail_loop(tailing_stop))
                 group.create_task(sender.run(sender_stop))
                 self._ready = True
@@ -255,6 +272,9 @@ class Forwarder:
             self.positions.update(state)
         multiline = self.config.multiline
         rule = self.rules.rule_for(item.meta)
+        if self.pods is not None:
+            wait = self.config.kubernetes.wait_for_metadata_s
+            self._awaiting[key] = (pod_uid(item.real_path) or "", time.monotonic() + wait)
         self._tails[key] = FileTail(
             state,
             item.meta,
@@ -288,6 +308,8 @@ class Forwarder:
             stopping = stop.is_set()
             progressed = False
             for key, tail in list(self._tails.items()):
+                if self.pods is not None and not self._metadata_ready(key, tail, stopping):
+                    continue  # its pod's labels may be a moment away: wait (bounded)
                 batch = tail.read(settings.read_budget_bytes)
                 if batch.status is TailStatus.TRUNCATED:
                     if batch.entries:  # a multiline group read before the truncation
@@ -314,9 +336,53 @@ class Forwarder:
                     async with asyncio.timeout(settings.poll_interval_s):
                         await self._wake.wait()
 
+    def _metadata_ready(self, key: Key, tail: FileTail, stopping: bool) -> bool:
+        """Give the tail its pod's metadata when the cache has it (or it changed); False while
+        a new file still waits for it."""
+        assert self.pods is not None
+        uid = pod_uid(tail.state.path)
+        info = self.pods.get(uid) if uid else None
+        if key in self._enriched and self._enriched[key] is info:
+            return True
+        waiting = self._awaiting.get(key)
+        if info is None and waiting is not None and not stopping and time.monotonic() < waiting[1]:
+            return False
+        self._awaiting.pop(key, None)
+        settings = self.config.kubernetes
+        if info is None and key not in self._enriched:
+            log.warning(
+                "kubernetes.metadata_missing",
+                source=tail.state.source_id,
+                pod=tail.meta.pod_name,
+                namespace=tail.meta.namespace_name,
+                meanwhile="lines go on with the file name's metadata, flagged metadata_incomplete",
+            )
+        self._enriched[key] = info
+        record = enriched(tail.meta, info, labels=settings.labels, annotations=settings.annotations)
+        tail.set_kubernetes(record)
+        if excluded_by_annotation(info):
+            if key not in self._excluded:
+                log.warning(
+                    "tail.excluded_by_annotation",
+                    source=tail.state.source_id,
+                    pod=tail.meta.pod_name,
+                    namespace=tail.meta.namespace_name,
+                )
+            self._excluded.add(key)
+        else:
+            self._excluded.discard(key)
+        return True
+
     async def _make_durable(self, tail: FileTail, batch: TailBatch) -> None:
         namespace = tail.meta.namespace_name
         metrics = self.metrics
+        key = (tail.state.device, tail.state.inode)
+        if key in self._excluded and batch.entries:
+            # Excluded by the pod's annotation: read, counted as excluded, not shipped.
+            metrics.records_excluded.labels(namespace).inc(batch.records)
+            batch = dataclasses.replace(batch, entries=[], records=0)
+        elif self.pods is not None and self._enriched.get(key, 1) is None and batch.records:
+            metrics.metadata_incomplete.labels(namespace).inc(batch.records)
         metrics.bytes_read.labels(namespace).inc(batch.bytes_read)
         metrics.lines_read.labels(namespace).inc(batch.lines)
         if batch.partial_merges:
@@ -361,6 +427,7 @@ class Forwarder:
         tail.close()
         del self._tails[key]
         self._idle_rounds.pop(key, None)
+        self._forget_pod(key)
         self.metrics.rotations.inc()
         log.info("tail.released", source=tail.state.source_id, offset=tail.state.offset)
 
@@ -371,7 +438,13 @@ class Forwarder:
         tail.close()
         del self._tails[key]
         self._live.discard(key)
+        self._forget_pod(key)
         self._wake.set()
+
+    def _forget_pod(self, key: Key) -> None:
+        self._awaiting.pop(key, None)
+        self._enriched.pop(key, None)
+        self._excluded.discard(key)
 
     def _update_gauges(self) -> None:
         lag: dict[str, int] = {}

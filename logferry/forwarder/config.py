@@ -138,6 +138,37 @@ def parse_host_port(server: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+class KubernetesSettings(ConfigModel):
+    """Pod metadata from the API server (labels, annotations, images) on every record."""
+
+    enabled: bool = False
+    """Watch this node's pods and add their metadata to records. Off: records carry what the
+    file name says (namespace, pod, container, container id, host)."""
+    api_url: str | None = None
+    """The API server. Default: ``https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT``."""
+    token_file: Path | None = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    """The service account token (read per request: projected tokens rotate)."""
+    ca_file: Path | None = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    """The API server's CA."""
+    labels: list[str] = Field(default_factory=lambda: ["*"])
+    """Globs of the label keys copied to ``kubernetes.labels`` (default: all)."""
+    annotations: list[str] = Field(default_factory=lambda: ["logferry.io/*"])
+    """Globs of the annotation keys copied to ``kubernetes.annotations`` (default: only
+    logferry's own)."""
+    wait_for_metadata_s: float = Field(default=2.0, ge=0, le=60)
+    """A file whose pod the cache does not know yet waits this long before its lines go on
+    with the file name's metadata (flagged ``metadata_incomplete``)."""
+    max_pods: int = Field(default=1000, ge=10, le=100_000)
+    """Most pods the cache holds (a node runs a few hundred at most)."""
+
+    def resolved_url(self) -> str:
+        if self.api_url:
+            return self.api_url
+        host = os.environ.get("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc")
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        return f"https://{host}:{port}"
+
+
 class ForwarderConfig(ConfigModel):
     """Root of forwarder.yaml."""
 
@@ -156,6 +187,8 @@ class ForwarderConfig(ConfigModel):
     positions_file: Path | None = None
     """Where file positions are kept (default: ``<spool.directory>/../positions``); on the
     same host path as the spool, since positions only ever trail what the spool holds."""
+    kubernetes: KubernetesSettings = KubernetesSettings()
+    """Pod metadata from the API server."""
     multiline: MultilineSettings = MultilineSettings()
     """Joining stack traces and other continuation lines into one record, at the source."""
     parked_directory: Path | None = None

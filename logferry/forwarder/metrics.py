@@ -56,6 +56,18 @@ class ForwarderMetrics:
             "LogPipeline documents in multiline.pipelines_directory the forwarder refused "
             "(their last accepted version stays in force).",
         )
+        self.metadata_incomplete = counter(
+            "records_metadata_incomplete",
+            "Records spooled with only the file name's metadata: the pod was not (yet) known "
+            "from the API server (flagged kubernetes.metadata_incomplete).",
+            "tenant",
+        )
+        self.records_excluded = counter(
+            "records_excluded",
+            "Records not shipped because their pod has the logferry.io/exclude annotation "
+            "(excluded by policy, not lost).",
+            "tenant",
+        )
         self.open_files = gauge("open_files", "Files being tailed.")
         self.lag_bytes = gauge(
             "lag_bytes",

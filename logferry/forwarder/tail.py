@@ -116,6 +116,10 @@ class FileTail:
         """The reader (its merger's counters feed the metrics)."""
         return self._reader
 
+    def set_kubernetes(self, record: dict[str, object]) -> None:
+        """The ``kubernetes`` map of the records read from now on (pod metadata arrived)."""
+        self._reader.kubernetes = kubernetes_raw(record)  # type: ignore[arg-type]
+
     @property
     def joiner(self) -> Joiner | None:
         """The multiline joiner, if the source has a rule (its counters feed the metrics)."""

@@ -1,0 +1,149 @@
+"""Pod metadata from the API server on records, through a real forwarder, aggregator and
+OpenSearch node. No real API server runs on these machines: a local server speaking the
+pods list/watch protocol stands in (tests/support/fake_kube_api.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.aggregator import MakeAggregator, input_port
+from tests.support.daemon import DaemonProcess
+from tests.support.fake_kube_api import FakeKubeApi, pod
+from tests.support.kubelet import container_log, cri_lines
+from tests.support.net import free_port, wait_until
+from tests.support.opensearch_client import StoreReader, wait_count
+
+pytestmark = pytest.mark.integration
+
+NODE = "node-k8s"
+
+
+def uid_of(namespace: str, name: str) -> str:
+    # As tests/support/kubelet.py names the pod directory.
+    return hashlib.sha256(f"uid/{namespace}/{name}".encode()).hexdigest()[:32]
+
+
+def forwarder(tmp_path: Path, node: Path, agg_port: int, api_url: str) -> DaemonProcess:
+    workdir = tmp_path / "fwd"
+    return DaemonProcess(
+        "forwarder",
+        workdir,
+        {
+            "node_name": NODE,
+            "spool": {
+                "directory": str(workdir / "spool"),
+                "max_bytes": "64MiB",
+                "segment_max_bytes": "4MiB",
+            },
+            "source": {
+                "path_glob": str(node / "containers" / "*.log"),
+                "rescan_interval_s": 1,
+                "poll_interval_s": 0.05,
+            },
+            "sender": {"servers": [f"127.0.0.1:{agg_port}"], "ack_timeout_s": 10},
+            "kubernetes": {
+                "enabled": True,
+                "api_url": api_url,
+                "token_file": None,
+                "ca_file": None,
+                "wait_for_metadata_s": 0.5,
+            },
+        },
+    )
+
+
+async def test_labels_reach_the_store_and_the_exclude_annotation_is_honoured(
+    opensearch: Any, make_aggregator: MakeAggregator, daemons: list[DaemonProcess], tmp_path: Path
+) -> None:
+    ns = f"k8s-{uuid.uuid4().hex[:8]}"
+    api = FakeKubeApi()
+    await api.start()
+    api.upsert(
+        pod(
+            ns, "web-1", uid_of(ns, "web-1"), NODE,
+            labels={"app": "web", "team": "alpha"},
+            annotations={"logferry.io/owner": "alpha", "kubectl.io/last-applied": "{...}"},
+            containers={"app": "registry.local/web:1.4"},
+        )
+    )  # fmt: skip
+    api.upsert(
+        pod(ns, "noisy-1", uid_of(ns, "noisy-1"), NODE, {"app": "noisy"},
+            annotations={"logferry.io/exclude": "true"})
+    )  # fmt: skip
+    agg = make_aggregator(opensearch.url)
+    await agg.start()
+    node = tmp_path / "node"
+    container_log(node, ns, "web-1", body=cri_lines(0, 200, "web"))
+    container_log(node, ns, "noisy-1", body=cri_lines(0, 300, "noisy"))
+    fwd = forwarder(tmp_path, node, input_port(agg), api.url)
+    daemons.append(fwd)
+    try:
+        await fwd.start()
+        store = StoreReader(opensearch.url)
+        await wait_count(store, f"logs-{ns}-*", 200)
+
+        async def excluded() -> bool:
+            return await fwd.metric("logferry_records_excluded_total", tenant=ns) == 300
+
+        await wait_until(excluded, timeout_s=30, what="the excluded pod's lines counted")
+        hits = [h["_source"] for h in await store.search(f"logs-{ns}-*", size=1000)]
+        assert len(hits) == 200  # the excluded pod's 300 lines were not shipped
+        k8s = hits[0]["kubernetes"]
+        assert k8s["labels"] == {"app": "web", "team": "alpha"}
+        assert k8s["annotations"] == {"logferry.io/owner": "alpha"}  # only logferry's own
+        assert k8s["pod_id"] == uid_of(ns, "web-1")
+        assert k8s["container_image"] == "registry.local/web:1.4"
+        assert k8s["container_hash"].startswith("registry.local/web:1.4@sha256:")
+        assert "metadata_incomplete" not in k8s
+        assert await fwd.metric("logferry_records_metadata_incomplete_total") == 0
+        assert await fwd.stop() == 0
+    finally:
+        await api.stop()
+
+
+async def test_api_server_down_at_start_then_up(
+    opensearch: Any, make_aggregator: MakeAggregator, daemons: list[DaemonProcess], tmp_path: Path
+) -> None:
+    ns = f"k8sdown-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    agg = make_aggregator(opensearch.url)
+    await agg.start()
+    node = tmp_path / "node"
+    log = container_log(node, ns, "api-1", body=cri_lines(0, 100, "before")).path
+    fwd = forwarder(tmp_path, node, input_port(agg), f"http://127.0.0.1:{port}")
+    daemons.append(fwd)
+    api = FakeKubeApi()
+    try:
+        await fwd.start()
+        store = StoreReader(opensearch.url)
+        # Never blocked: after the short wait the lines go on, flagged incomplete.
+        await wait_count(store, f"logs-{ns}-*", 100)
+        assert await fwd.metric("logferry_records_metadata_incomplete_total", tenant=ns) == 100
+        hits = [h["_source"] for h in await store.search(f"logs-{ns}-*")]
+        assert all(h["kubernetes"]["metadata_incomplete"] is True for h in hits)
+        assert {h["kubernetes"]["namespace_name"] for h in hits} == {ns}  # routing unchanged
+        api.upsert(pod(ns, "api-1", uid_of(ns, "api-1"), NODE, {"app": "api"}))
+        await api.start(port)
+
+        async def listed() -> bool:
+            return fwd.events("kubernetes.pods_listed") != []
+
+        await wait_until(listed, timeout_s=30, what="the forwarder to list the pods")
+        with log.open("ab") as f:
+            f.write(cri_lines(100, 50, "after"))
+        await wait_count(store, f"logs-{ns}-*", 150)
+        later = [
+            h["_source"]
+            for h in await store.search(f"logs-{ns}-*")
+            if h["_source"]["_lf"]["seq"] >= 100
+        ]
+        assert len(later) == 50
+        assert all(h["kubernetes"]["labels"] == {"app": "api"} for h in later)
+        assert await fwd.stop() == 0
+    finally:
+        await api.stop()
