@@ -271,7 +271,8 @@ class Forwarder:
             state = dataclasses.replace(state, link=item.path)
             self.positions.update(state)
         multiline = self.config.multiline
-        rule = self.rules.rule_for(item.meta)
+        # With pod metadata on, the rule waits for it (the pod's annotation may name one).
+        rule = self.rules.rule_for(item.meta) if self.pods is None else None
         if self.pods is not None:
             wait = self.config.kubernetes.wait_for_metadata_s
             self._awaiting[key] = (pod_uid(item.real_path) or "", time.monotonic() + wait)
@@ -357,7 +358,12 @@ class Forwarder:
                 namespace=tail.meta.namespace_name,
                 meanwhile="lines go on with the file name's metadata, flagged metadata_incomplete",
             )
+        first_time = key not in self._enriched
         self._enriched[key] = info
+        if first_time and tail.multiline is None:
+            rule = self.rules.rule_for(tail.meta, info.annotations if info else None)
+            if rule is not None and tail.set_multiline(rule):
+                log.info("tail.multiline", source=tail.state.source_id, multiline=rule.name)
         record = enriched(tail.meta, info, labels=settings.labels, annotations=settings.annotations)
         tail.set_kubernetes(record)
         if excluded_by_annotation(info):

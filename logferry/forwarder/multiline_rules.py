@@ -1,12 +1,12 @@
 """Which multiline rule a container's log gets: the tenant's LogPipelines first, then the
-forwarder config's rules, then its default.
+pod's ``logferry.io/multiline: <preset>`` annotation, then the forwarder config's rules, then
+its default.
 
 Tenants keep declaring ``multiline`` in their LogPipelines; the same validated documents the
 aggregators read (the operator's ConfigMap, mounted into the DaemonSet too) are read here, and
 the multiline filter of the first pipeline (by order, then name) whose selector matches the
-container applies. Its other filters still run at the aggregator. A pod's
-``logferry.io/multiline`` annotation needs the pod's metadata from the API server, which the
-forwarder does not read yet: until it does, the annotation is not looked at.
+container applies. Its other filters still run at the aggregator. The annotation needs the
+pod's metadata (``kubernetes.enabled``): a new file waits for it before its first read.
 
 The directory is read again every ``reload_interval_s``; a document that is refused is
 skipped with a warning (the operator only publishes accepted ones, so this means a hand
@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,6 +42,8 @@ log = get_logger(__name__)
 __all__ = ["MultilineRuleSettings", "MultilineSettings", "RuleBook"]
 
 PresetName = Literal["java", "python", "go"]
+MULTILINE_ANNOTATION = "logferry.io/multiline"
+"""A pod annotation naming a preset (``java``, ``python``, ``go``) for its containers."""
 
 
 def _check_regex(value: str | None) -> str | None:
@@ -139,8 +142,12 @@ class RuleBook:
         self.refused_documents = 0
         """Pipeline documents refused on reading (counted once per version)."""
 
-    def rule_for(self, meta: ContainerMeta) -> MultilineRule | None:
-        """The rule for a container's log, or None (every line on its own)."""
+    def rule_for(
+        self, meta: ContainerMeta, annotations: Mapping[str, str] | None = None
+    ) -> MultilineRule | None:
+        """The rule for a container's log, or None (every line on its own): the tenant's
+        pipelines, then the pod's ``logferry.io/multiline: <preset>`` annotation, then the
+        config's rules and default."""
         for tenant in self._tenants:
             if (
                 tenant.namespace == meta.namespace_name
@@ -148,6 +155,9 @@ class RuleBook:
                 and _any(meta.container_name, list(tenant.containers))
             ):
                 return tenant.rule
+        preset = (annotations or {}).get(MULTILINE_ANNOTATION, "")
+        if preset in PRESETS:
+            return MultilineRule.preset(preset)
         for item, rule in self._config:
             if item.covers(meta):
                 return rule

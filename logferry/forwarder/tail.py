@@ -116,6 +116,21 @@ class FileTail:
         """The reader (its merger's counters feed the metrics)."""
         return self._reader
 
+    def set_multiline(self, rule: MultilineRule) -> bool:
+        """Join lines with ``rule`` from the start of the source; False (and no change) once
+        anything was read: the joins of one file never change half-way through."""
+        if self.read_offset != self.state.offset or self._joiner is not None:
+            return False
+        self.multiline = rule
+        self._joiner = Joiner(
+            rule,
+            flush_timeout_ns=int(self.multiline_timeout_s * 1e9),
+            max_lines=self.multiline_max_lines,
+            max_bytes=self.multiline_max_bytes,
+            start=self._reader.checkpoint,
+        )
+        return True
+
     def set_kubernetes(self, record: dict[str, object]) -> None:
         """The ``kubernetes`` map of the records read from now on (pod metadata arrived)."""
         self._reader.kubernetes = kubernetes_raw(record)  # type: ignore[arg-type]

@@ -75,24 +75,38 @@ async def test_labels_reach_the_store_and_the_exclude_annotation_is_honoured(
         pod(ns, "noisy-1", uid_of(ns, "noisy-1"), NODE, {"app": "noisy"},
             annotations={"logferry.io/exclude": "true"})
     )  # fmt: skip
+    api.upsert(
+        pod(ns, "java-1", uid_of(ns, "java-1"), NODE, {"app": "java"},
+            annotations={"logferry.io/multiline": "java"})
+    )  # fmt: skip
     agg = make_aggregator(opensearch.url)
     await agg.start()
     node = tmp_path / "node"
     container_log(node, ns, "web-1", body=cri_lines(0, 200, "web"))
     container_log(node, ns, "noisy-1", body=cri_lines(0, 300, "noisy"))
+    trace = ["ERROR failed", "java.lang.IllegalStateException: x", "\tat a.B.c(B.java:1)"]
+    stamp = "2026-11-25T19:50:31.000000001Z"
+    container_log(
+        node, ns, "java-1", body="".join(f"{stamp} stderr F {t}\n" for t in trace).encode()
+    )
     fwd = forwarder(tmp_path, node, input_port(agg), api.url)
     daemons.append(fwd)
     try:
         await fwd.start()
         store = StoreReader(opensearch.url)
-        await wait_count(store, f"logs-{ns}-*", 200)
+        await wait_count(store, f"logs-{ns}-*", 201)
 
         async def excluded() -> bool:
             return await fwd.metric("logferry_records_excluded_total", tenant=ns) == 300
 
         await wait_until(excluded, timeout_s=30, what="the excluded pod's lines counted")
-        hits = [h["_source"] for h in await store.search(f"logs-{ns}-*", size=1000)]
-        assert len(hits) == 200  # the excluded pod's 300 lines were not shipped
+        every = [h["_source"] for h in await store.search(f"logs-{ns}-*", size=1000)]
+        # The annotated pod's trace is one record (its annotation named the java preset).
+        (joined,) = [h for h in every if h["kubernetes"]["pod_name"] == "java-1"]
+        assert joined["log"] == "\n".join(trace)
+        assert (joined["_lf"]["seq"], joined["_lf"]["seq_end"]) == (0, 2)
+        hits = [h for h in every if h["kubernetes"]["pod_name"] == "web-1"]
+        assert len(every) == 201  # the excluded pod's 300 lines were not shipped
         k8s = hits[0]["kubernetes"]
         assert k8s["labels"] == {"app": "web", "team": "alpha"}
         assert k8s["annotations"] == {"logferry.io/owner": "alpha"}  # only logferry's own

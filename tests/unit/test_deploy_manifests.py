@@ -891,6 +891,35 @@ def test_the_operator_may_write_only_its_pipelines_copy_in_the_forwarder_namespa
     assert env["LOGFERRY_CONFIGMAP_MIRROR_NAMESPACES"] == FORWARDER_NAMESPACE
 
 
+def test_the_forwarder_may_only_read_pods_with_an_expiring_token() -> None:
+    roles = [
+        d
+        for _, d in _documents()
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "logferry-forwarder-pods"
+    ]
+    (role,) = roles
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+    ]
+    (binding,) = [
+        d
+        for _, d in _documents()
+        if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "logferry-forwarder-pods"
+    ]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "logferry-forwarder", "namespace": FORWARDER_NAMESPACE}
+    ]
+    spec = _pod_spec(_daemonset())
+    assert spec["automountServiceAccountToken"] is False
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    sources = volumes["kube-api"]["projected"]["sources"]
+    assert sources[0]["serviceAccountToken"]["expirationSeconds"] <= 3600
+    (container,) = spec["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["kube-api"]["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert mounts["kube-api"]["readOnly"] is True
+
+
 def test_only_the_forwarder_runs_in_the_privileged_namespace() -> None:
     assert _daemonset()["metadata"]["namespace"] == FORWARDER_NAMESPACE
     privileged = [
