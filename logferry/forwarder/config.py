@@ -26,6 +26,10 @@ class SourceSettings(ConfigModel):
     container of the link's own name, and is opened there without following a symlink:
     a tenant cannot make the forwarder read a node file or another tenant's log. Default:
     ``pods`` beside the glob's folder (``/var/log/pods`` for the default glob)."""
+    pods_glob: str | None = ""
+    """kubelet's own layout, read directly as well as through the links (not every runtime
+    keeps ``/var/log/containers``): a file found both ways is read once. ``""`` (the
+    default): ``<pods_root>/*/*/*.log``; ``null``: the links only."""
     exclude_namespaces: list[str] = Field(default_factory=list)
     """Namespace globs whose containers are not tailed (e.g. ``kube-system``)."""
     exclude_pods: list[str] = Field(default_factory=list)
@@ -40,6 +44,13 @@ class SourceSettings(ConfigModel):
     """Most bytes read from one file per round, so one busy file cannot starve the others."""
     max_line_bytes: ByteSize = Field(default=1024 * KiB, ge=16 * KiB)
     """A merged line longer than this is cut and marked truncated (never dropped)."""
+
+    @property
+    def pods_glob_path(self) -> str | None:
+        """The effective glob of the pods layout (see ``pods_glob``)."""
+        if self.pods_glob is None:
+            return None
+        return self.pods_glob or str(self.pods_root_path / "*" / "*" / "*.log")
 
     @property
     def pods_root_path(self) -> Path:

@@ -11,6 +11,12 @@ reports the new inode anyway.
 Batch-oriented: every change (inotify burst or timer) leads to one full scan and one
 ``on_change(found)`` call with the complete current set, never a call per event.
 
+kubelet's own layout (``source.pods_glob``, ``/var/log/pods/*/*/*.log`` by default) is read
+directly as well, for runtimes that keep no links; a file found both ways is reported once,
+through its link. A matching file whose name attributes it to no container is counted
+(``not_container``) and logged once: nothing the forwarder was pointed at is skipped in
+silence.
+
 A link is reported only if its target is that container's own log under the pods root
 (:mod:`.pathguard`); the others are *refused*: counted in ``logferry_files_skipped_total``
 by reason and logged once at warning, not at every rescan (again only if the link
@@ -38,16 +44,22 @@ from logferry.common.events import first_set
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
 from logferry.forwarder.config import SourceSettings
-from logferry.forwarder.metadata import ContainerMeta, excluded, parse_file_name
+from logferry.forwarder.metadata import (
+    ContainerMeta,
+    excluded,
+    parse_file_name,
+    parse_pod_path,
+)
 from logferry.forwarder.metrics import ForwarderMetrics
 from logferry.forwarder.pathguard import RefusalReason, check_target, pods_root
 
 log = get_logger(__name__)
 
 SkipReason = Literal["not_container", "excluded", "dangling"] | RefusalReason
-"""Why a path matching the glob is not reported. ``not_container`` (a name that is not
-kubelet's), ``excluded`` (the config says so) and ``dangling`` (a link whose target is gone,
-as during every rotation) are routine; the others are refusals, counted and logged."""
+"""Why a path matching the globs is not reported. ``excluded`` (the config says so) and
+``dangling`` (a link whose target is gone, as during every rotation) are routine;
+``not_container`` (a name that says no namespace, pod and container) and the refusals are
+counted in ``logferry_files_skipped_total`` and logged once."""
 
 OnChange = Callable[[dict[str, "FoundFile"]], Awaitable[None]]
 
@@ -148,6 +160,7 @@ class Discovery:
         """The resolved pods root every target must lie under."""
         self.skipped = (metrics if metrics is not None else ForwarderMetrics()).files_skipped
         self._refused: dict[str, tuple[RefusalReason, str]] = {}  # link -> (reason, target)
+        self._unknown: set[str] = set()  # unattributable paths already warned about
         self._refused_lock = threading.Lock()
         self.stats = ScanStats()
         self._observer: BaseObserver | None = None
@@ -161,11 +174,21 @@ class Discovery:
         found: dict[str, FoundFile] = {}
         skipped: dict[SkipReason, int] = {}
         paths = sorted(glob.glob(s.path_glob, recursive=self._recursive))
+        pods_glob = s.pods_glob_path
+        direct = set(glob.glob(pods_glob)) if pods_glob else set()
+        paths = sorted(set(paths) | direct)
+        linked = {os.path.realpath(p) for p in paths if p not in direct}
         for path in paths:
             reason: SkipReason | None = None
-            meta = parse_file_name(path, self._host)
+            if path in direct:
+                if path in linked or os.path.realpath(path) in linked:
+                    continue  # found through its link too: one file, read (or refused) once
+                meta = parse_pod_path(path, self._host)
+            else:
+                meta = parse_file_name(path, self._host)
             if meta is None:
                 reason = "not_container"
+                self._unattributable(path)
             elif excluded(meta, s.exclude_namespaces, s.exclude_pods, s.exclude_containers):
                 reason = "excluded"
             else:
@@ -175,6 +198,7 @@ class Discovery:
         with self._refused_lock:  # a link that is gone is forgotten: it warns again if back
             live = set(paths)
             self._refused = {k: v for k, v in self._refused.items() if k in live}
+            self._unknown &= live
         self.stats.scans += 1
         self.stats.found = len(found)
         self.stats.skipped = skipped
@@ -210,6 +234,23 @@ class Discovery:
             return "not_regular"
         found[path] = FoundFile(path, real, st, meta)
         return None
+
+    def _unattributable(self, path: str) -> None:
+        """A file the globs match whose name says no namespace, pod and container: counted
+        and logged once (while it stays), never read in silence nor skipped in silence."""
+        with self._refused_lock:
+            if path in self._unknown:
+                return
+            self._unknown.add(path)
+        count_and_log(
+            self.skipped,
+            log,
+            "discovery.file_unattributable",
+            labels={"reason": "not_container"},
+            path=path,
+            detail="the name is not kubelet's <pod>_<namespace>_<container>-<64 hex id>.log "
+            "nor .../<namespace>_<pod>_<uid>/<container>/<n>.log: no tenant to route it to",
+        )
 
     def refuse(self, link: str, reason: RefusalReason, target: str, meta: ContainerMeta) -> None:
         """Count and log a refused file, once while its link keeps the same target and reason

@@ -46,6 +46,22 @@ def parse_file_name(path: str, host: str) -> ContainerMeta | None:
     return ContainerMeta(match["namespace"], match["pod"], match["container"], match["id"], host)
 
 
+_POD_PATH = re.compile(
+    r"(?:^|/)(?P<namespace>[a-z0-9][-a-z0-9]*)_(?P<pod>[a-z0-9][-a-z0-9.]*)_(?P<uid>[^/_]+)"
+    r"/(?P<container>[a-z0-9][-a-z0-9]*)/(?P<n>\d+)\.log$"
+)
+
+
+def parse_pod_path(path: str, host: str) -> ContainerMeta | None:
+    """Metadata from kubelet's own layout ``.../<ns>_<pod>_<uid>/<container>/<n>.log`` (for
+    runtimes that keep no ``/var/log/containers`` links), or None. The container id is not
+    in that path: it stays empty."""
+    match = _POD_PATH.search(path)
+    if match is None:
+        return None
+    return ContainerMeta(match["namespace"], match["pod"], match["container"], "", host)
+
+
 def excluded(
     meta: ContainerMeta,
     namespaces: list[str],

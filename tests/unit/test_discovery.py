@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -13,6 +14,7 @@ import pytest
 
 from logferry.forwarder.config import SourceSettings
 from logferry.forwarder.discovery import Discovery, FoundFile, watch_root
+from logferry.forwarder.metrics import ForwarderMetrics
 
 CID = "c" * 64
 DEADLINE_S = 5.0
@@ -158,6 +160,7 @@ async def test_deleted_file_is_reported(tmp_path: Path) -> None:
     link = container_log(tmp_path, "web-1", "shop", "nginx")
     async with running(Discovery(settings(tmp_path), "n1")) as recorder:
         assert list(recorder.calls[0]) == [str(link)]
+        link.resolve().unlink()  # as kubelet removes a container: its file, then its link
         link.unlink()
         await recorder.wait_for(lambda found: found == {})
 
@@ -222,3 +225,37 @@ async def test_an_error_in_on_change_ends_the_run_and_joins_the_observer(
 def _to_thread_workers() -> set[threading.Thread]:
     """asyncio.to_thread's pool workers: the loop's executor owns them, not discovery."""
     return {t for t in threading.enumerate() if t.name.startswith("asyncio_")}
+
+
+def test_the_pods_layout_is_read_directly_and_a_file_found_both_ways_once(tmp_path: Path) -> None:
+    linked = container_log(tmp_path, "web-1", "shop", "nginx")
+    # A runtime that keeps no /var/log/containers link for this one.
+    alone = tmp_path / "pods" / "shop_api-1_0f1e2d3c-aaaa-bbbb-cccc-123456789abc" / "api" / "0.log"
+    alone.parent.mkdir(parents=True)
+    alone.write_bytes(b"")
+    found = Discovery(settings(tmp_path), "n1").scan()
+    assert sorted(found) == sorted([str(linked), str(alone)])
+    meta = found[str(alone)].meta
+    assert (meta.namespace_name, meta.pod_name, meta.container_name) == ("shop", "api-1", "api")
+    assert meta.container_id == ""
+    assert found[str(linked)].real_path == str(linked.resolve())
+    only_links = Discovery(settings(tmp_path, pods_glob=None), "n1").scan()
+    assert list(only_links) == [str(linked)]
+
+
+def test_a_file_no_container_can_be_named_for_is_counted_and_warned_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "containers").mkdir()
+    odd = tmp_path / "containers" / "web-1_shop_nginx-abc123.log"  # a short container id
+    odd.write_bytes(b"x\n")
+    metrics = ForwarderMetrics()
+    discovery = Discovery(settings(tmp_path), "n1", metrics=metrics)
+    with caplog.at_level(logging.WARNING):
+        assert discovery.scan() == {}
+        assert discovery.scan() == {}
+    warned = [r for r in caplog.records if r.getMessage() == "discovery.file_unattributable"]
+    assert len(warned) == 1
+    sample = metrics.files_skipped.labels(reason="not_container")._value.get()
+    assert sample == 1
+    assert discovery.stats.skipped == {"not_container": 1}
