@@ -41,6 +41,7 @@ from logferry.pipelines.validate import (
     TenantLimits,
     Verdict,
     accepted,
+    label_selector_warning,
     load_directory,
     validate_documents,
 )
@@ -73,6 +74,9 @@ class PipelineSettings(ConfigModel):
     """CPU seconds of unused allowance a tenant may save up for a burst."""
     max_pipelines_per_tenant: int = Field(default=20, ge=1, le=1000)
     """More pipelines than this in one namespace are refused."""
+    labels_shipped: bool = True
+    """The forwarders ship pod labels (their ``kubernetes.enabled``). ``false``: a pipeline
+    whose ``selector.labels`` is set is warned about (it can match no record)."""
     account_discarded: bool = True
     """List the lines a pipeline discards (grep, drop_level, sample) in accounting records,
     one small record per source and message with the discarded seq ranges and the filter
@@ -137,6 +141,7 @@ class PipelineWatcher:
         samples_for: Callable[[str], Sequence[Mapping[str, Any]]] | None = None,
     ) -> None:
         self.settings = settings
+        self._warned: dict[str, str | None] = {}
         self.registry = registry
         self.status_file = status_file
         self._on_applied = on_applied
@@ -178,6 +183,12 @@ class PipelineWatcher:
             seen.add(key)
             generation = verdict.spec.metadata.generation if verdict.spec is not None else None
             if verdict.ok:
+                warning = None if self.settings.labels_shipped else label_selector_warning(verdict)
+                if warning is not None and self._warned.get(key) != verdict.spec_hash:
+                    self._warned[key] = verdict.spec_hash
+                    log.warning(
+                        "pipeline.selector_labels_unavailable", pipeline=key, detail=warning
+                    )
                 self._last_good[key] = verdict
                 states[key] = PipelineState(
                     key,

@@ -25,6 +25,7 @@ from logferry.pipelines.render import render
 from logferry.pipelines.validate import (
     TenantLimits,
     Verdict,
+    label_selector_warning,
     load_directory,
     validate_documents,
 )
@@ -50,6 +51,11 @@ def register(commands: Subcommands, name: str, help_text: str) -> argparse.Argum
         command.add_argument("--max-pipelines", type=int, default=TenantLimits.max_pipelines)
         command.add_argument("--max-filters", type=int, default=TenantLimits.max_filters)
         command.add_argument("--max-regex-chars", type=int, default=TenantLimits.max_regex_chars)
+        command.add_argument(
+            "--labels-not-shipped",
+            action="store_true",
+            help="the forwarders do not ship pod labels: warn about selector.labels",
+        )
         if action == "validate":
             command.add_argument("--json", action="store_true", help="print verdicts as JSON")
         else:
@@ -108,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
         load_directory(args.directory), namespace=args.namespace, limits=limits
     )
     refused = any(not v.ok for v in verdicts)
+    if args.labels_not_shipped:
+        for verdict in verdicts:
+            warning = label_selector_warning(verdict)
+            if warning is not None:
+                print(f"WARNING {verdict.pipeline}: {warning}", file=sys.stderr)
     if args.action == "validate":
         if args.json:
             print(json.dumps([_as_json(v) for v in verdicts], indent=2))

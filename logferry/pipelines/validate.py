@@ -40,6 +40,7 @@ __all__ = [
     "TenantLimits",
     "Verdict",
     "accepted",
+    "label_selector_warning",
     "load_directory",
     "validate_document",
     "validate_documents",
@@ -402,6 +403,18 @@ def validate_documents(
                 ),
             )
     return verdicts
+
+
+def label_selector_warning(verdict: Verdict) -> str | None:
+    """What to say about an accepted pipeline whose selector uses pod labels when the
+    forwarders do not ship them (``kubernetes.enabled: false``): it can match no record."""
+    spec = verdict.spec
+    if not verdict.ok or spec is None or not spec.spec.selector.labels:
+        return None
+    return (
+        "spec.selector.labels: the forwarders do not ship pod labels (their "
+        "kubernetes.enabled is false), so this pipeline matches no record from them"
+    )
 
 
 def accepted(verdicts: Iterable[Verdict]) -> list[tuple[LogPipeline, str]]:

@@ -161,3 +161,61 @@ async def test_api_server_down_at_start_then_up(
         assert await fwd.stop() == 0
     finally:
         await api.stop()
+
+
+async def test_selector_labels_select_by_the_pods_labels_and_a_deleted_pod_keeps_them(
+    opensearch: Any, make_aggregator: MakeAggregator, daemons: list[DaemonProcess], tmp_path: Path
+) -> None:
+    import yaml
+
+    from tests.support.log_pipelines import log_pipeline
+
+    ns = f"k8ssel-{uuid.uuid4().hex[:8]}"
+    api = FakeKubeApi()
+    await api.start()
+    api.upsert(pod(ns, "web-1", uid_of(ns, "web-1"), NODE, {"app": "web"}))
+    api.upsert(pod(ns, "api-1", uid_of(ns, "api-1"), NODE, {"app": "api"}))
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    document = log_pipeline(
+        "web-only",
+        [{"type": "add", "fields": {"picked": "by-label"}}],
+        namespace=ns,
+        selector={"labels": {"app": "web"}},
+    )
+    (pipelines / "p.yaml").write_text(yaml.safe_dump(document))
+    agg = make_aggregator(opensearch.url, pipelines={"directory": str(pipelines)})
+    await agg.start()
+    node = tmp_path / "node"
+    web = container_log(node, ns, "web-1", body=cri_lines(0, 50, "web")).path
+    container_log(node, ns, "api-1", body=cri_lines(0, 50, "api"))
+    fwd = forwarder(tmp_path, node, input_port(agg), api.url)
+    daemons.append(fwd)
+    try:
+        await fwd.start()
+        store = StoreReader(opensearch.url)
+        await wait_count(store, f"logs-{ns}-*", 100)
+        # The watch is cut mid-stream (the forwarder watches again from where it was), then
+        # the pod is deleted while its file still has lines to drain: they keep its labels.
+        api.cut_watches()
+        await wait_until(
+            lambda: api.watches >= 2 and len(api.watchers) == 1,
+            timeout_s=30,
+            what="the forwarder to watch again",
+        )
+        assert api.lists == 1  # resumed from its resource version, not listed again
+        api.delete(uid_of(ns, "web-1"))
+        with web.open("ab") as f:
+            f.write(cri_lines(50, 25, "web-late"))
+        await wait_count(store, f"logs-{ns}-*", 125)
+        hits = [h["_source"] for h in await store.search(f"logs-{ns}-*", size=1000)]
+        by_pod: dict[str, list[dict[str, Any]]] = {}
+        for hit in hits:
+            by_pod.setdefault(hit["kubernetes"]["pod_name"], []).append(hit)
+        assert len(by_pod["web-1"]) == 75
+        assert all(h.get("picked") == "by-label" for h in by_pod["web-1"])
+        assert all(h["kubernetes"]["labels"] == {"app": "web"} for h in by_pod["web-1"])
+        assert all("picked" not in h for h in by_pod["api-1"])
+        assert await fwd.stop() == 0
+    finally:
+        await api.stop()

@@ -177,3 +177,18 @@ def test_render_to_stdout_exits_0_when_all_are_accepted(
     (document,) = yaml.safe_load_all(capsys.readouterr().out)
     assert document["kind"] == "LogPipeline"
     assert not os.listdir(tmp_path).count("rendered.yaml")
+
+
+def test_selector_labels_are_warned_about_when_the_forwarders_do_not_ship_them(
+    tmp_path: Path,
+) -> None:
+    labelled = good("by-label").replace("  order:", "  selector: {labels: {app: web}}\n  order:")
+    (tmp_path / "a.yaml").write_text(labelled)
+    (tmp_path / "b.yaml").write_text(good("plain"))
+    quiet = cli("validate", tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "WARNING" not in quiet.stderr
+    warned = cli("validate", tmp_path, "--labels-not-shipped")
+    assert warned.returncode == 0  # a warning, not a refusal
+    (line,) = [x for x in warned.stderr.splitlines() if x.startswith("WARNING")]
+    assert line.startswith("WARNING team-a/by-label: spec.selector.labels")

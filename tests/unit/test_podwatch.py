@@ -114,3 +114,47 @@ def test_deleted_pods_stay_a_while_and_the_cache_is_bounded() -> None:
     cache.replace([info("c"), info("d")])
     assert cache.get("b") is None
     assert {cache.get(u) is not None for u in ("c", "d")} == {True}
+
+
+def test_a_500_pod_node_fits_the_cache_bound() -> None:
+    import tracemalloc
+
+    from logferry.forwarder.podwatch import pod_info
+    from tests.support.fake_kube_api import pod
+
+    labels = {
+        "app.kubernetes.io/name": "payments",
+        "app.kubernetes.io/instance": "payments-prod",
+        "app.kubernetes.io/version": "1.42.7",
+        "pod-template-hash": "5d9c7b8f4d",
+        "team": "checkout",
+        "tier": "backend",
+    }
+    annotations = {"logferry.io/multiline": "java", "prometheus.io/scrape": "true"}
+    objects = [
+        pod(
+            f"ns-{n % 40}",
+            f"payments-5d9c7b8f4d-{n:05d}",
+            f"{n:08x}-aaaa-bbbb-cccc-123456789abc",
+            "node-1",
+            {**labels, "replica": str(n)},
+            annotations,
+            {"app": "registry.example.com/payments:1.42.7", "istio-proxy": "istio/proxyv2:1.24"},
+        )
+        for n in range(500)
+    ]
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    cache = PodCache(max_pods=1000)
+    for obj in objects:
+        info = pod_info(obj)
+        assert info is not None
+        cache.put(info)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    used = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert len(cache) == 500
+    # The documented bound (docs/operations.md): under 2 KiB per pod with this many labels,
+    # so 500 pods stay under 1 MiB and the default max_pods (1000) under 2 MiB.
+    assert used < 1024 * 1024, used
+    print(f"500 pods: {used / 1024:.0f} KiB in the cache")
