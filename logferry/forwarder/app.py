@@ -241,10 +241,12 @@ class Forwarder:
         # without following a symlink swapped in since the scan (pathguard).
         root = self.discovery.pods_root
         try:
-            refusal = check_target(item.real_path, root, item.meta)
+            docker = self.discovery.docker_root
+            refusal = check_target(item.real_path, root, item.meta, docker)
             if refusal is not None:
                 raise RefusedFileError(refusal, item.real_path)
-            fd, stat = open_pod_log(item.real_path, root)
+            under_docker = docker is not None and item.real_path.startswith(docker + os.sep)
+            fd, stat = open_pod_log(item.real_path, docker if under_docker and docker else root)
         except FileNotFoundError:
             return False  # rotated between the scan and now: the next scan sees the new one
         except RefusedFileError as exc:

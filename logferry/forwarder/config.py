@@ -26,6 +26,10 @@ class SourceSettings(ConfigModel):
     container of the link's own name, and is opened there without following a symlink:
     a tenant cannot make the forwarder read a node file or another tenant's log. Default:
     ``pods`` beside the glob's folder (``/var/log/pods`` for the default glob)."""
+    docker_root: Path | None = Path("/var/lib/docker/containers")
+    """Where docker keeps json-file logs, into which kubelet's links point with cri-dockerd
+    (``<docker_root>/<id>/<id>-json.log``): read when the id is the link's own. ``null``:
+    never read there."""
     pods_glob: str | None = ""
     """kubelet's own layout, read directly as well as through the links (not every runtime
     keeps ``/var/log/containers``): a file found both ways is read once. ``""`` (the

@@ -158,6 +158,10 @@ class Discovery:
         self._root, self._recursive = watch_root(settings.path_glob)
         self.pods_root = pods_root(settings.pods_root_path)
         """The resolved pods root every target must lie under."""
+        self.docker_root = (
+            pods_root(settings.docker_root) if settings.docker_root is not None else None
+        )
+        """The resolved docker json-file root (cri-dockerd), or None."""
         self.skipped = (metrics if metrics is not None else ForwarderMetrics()).files_skipped
         self._refused: dict[str, tuple[RefusalReason, str]] = {}  # link -> (reason, target)
         self._unknown: set[str] = set()  # unattributable paths already warned about
@@ -210,7 +214,7 @@ class Discovery:
         """Add ``path`` to ``found`` if its target may be read, else say why not."""
         # Resolved and judged before anything is stat'ed through the link.
         real = os.path.realpath(path)
-        refusal = check_target(real, root, meta)
+        refusal = check_target(real, root, meta, self.docker_root)
         if refusal is None:
             outcome = self._stat(path, real, meta, found)
             if outcome == "dangling":

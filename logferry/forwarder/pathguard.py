@@ -7,7 +7,9 @@ who wrote it). A file is read only if:
 - its link resolves, every symlink followed, to
   ``<pods root>/<namespace>_<pod>_<uid>/<container>/<n>.log`` (or a rotated ``<n>.log.<x>``)
   whose namespace, pod and container are those of the link's own name: not ``/etc/shadow``,
-  not ``/proc/self/environ``, not another tenant's log (:func:`check_target`);
+  not ``/proc/self/environ``, not another tenant's log (:func:`check_target`); or, with
+  docker's json-file driver, to ``<docker root>/<id>/<id>-json.log`` whose id is the
+  container id in the link's own name;
 - it is opened one path component at a time from the pods root with ``O_NOFOLLOW``, so a
   symlink swapped in after the check, for the file or for a folder, fails the open instead
   of being followed; ``O_NONBLOCK`` so that a FIFO planted there cannot hang it; and what
@@ -41,6 +43,7 @@ RefusalReason = Literal[
 # unambiguously; the uid is whatever kubelet put there (a UUID, or a static pod's hash).
 _POD_DIR = re.compile(r"(?P<namespace>[^_/]+)_(?P<pod>[^_/]+)_(?P<uid>[^/]+)")
 _LOG_NAME = re.compile(r"[0-9]+\.log(\.[^/]+)?")
+_DOCKER_ID = re.compile(r"[0-9a-f]{64}")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -67,10 +70,24 @@ def _parts(real_path: str, root: str) -> list[str] | None:
     return rel.split(os.sep)
 
 
-def check_target(real_path: str, root: str, meta: ContainerMeta) -> RefusalReason | None:
+def check_target(
+    real_path: str, root: str, meta: ContainerMeta, docker_root: str | None = None
+) -> RefusalReason | None:
     """Why ``real_path`` (a link's target, fully resolved) may not be read for the container
-    ``meta`` (from the link's name), or None if it may. ``root`` is :func:`pods_root`'s."""
+    ``meta`` (from the link's name), or None if it may. ``root`` is :func:`pods_root`'s;
+    ``docker_root`` (resolved too) where docker's json-file logs live, into which kubelet's
+    links point with cri-dockerd: ``<docker_root>/<id>/<id>-json.log``, read only when the
+    id is the one in the link's own name."""
     parts = _parts(real_path, root)
+    if parts is None and docker_root is not None:
+        docker = _parts(real_path, docker_root)
+        if docker is None:
+            return "outside_pods_root"
+        if len(docker) != 2 or _DOCKER_ID.fullmatch(docker[0]) is None:
+            return "not_pod_layout"
+        if not docker[1].startswith(f"{docker[0]}-json.log"):
+            return "not_pod_layout"
+        return None if meta.container_id == docker[0] else "wrong_owner"
     if parts is None:
         return "outside_pods_root"
     if len(parts) != 3:

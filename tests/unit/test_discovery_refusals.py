@@ -198,3 +198,38 @@ def test_a_fifo_planted_as_a_log_cannot_hang_the_forwarder(tmp_path: Path) -> No
         fwd.registry.get_sample_value("logferry_files_skipped_total", {"reason": "not_regular"})
         == 1
     )
+
+
+def docker_layout(tmp_path: Path, ns: str, pod: str, cid: str, owner_id: str) -> Path:
+    """cri-dockerd's layout: the containers/ link named with ``owner_id`` -> pods/.../0.log
+    -> docker's ``<cid>/<cid>-json.log``."""
+    docker = tmp_path / "docker" / cid / f"{cid}-json.log"
+    docker.parent.mkdir(parents=True, exist_ok=True)
+    docker.write_bytes(b'{"log":"hi\\n","stream":"stdout","time":"2026-11-25T19:50:31Z"}\n')
+    hop = tmp_path / "pods" / f"{ns}_{pod}_uid-{pod}" / "app" / "0.log"
+    hop.parent.mkdir(parents=True, exist_ok=True)
+    hop.symlink_to(docker)
+    link = tmp_path / "containers" / f"{pod}_{ns}_app-{owner_id}.log"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(hop)
+    return link
+
+
+def test_docker_json_file_logs_are_read_only_for_their_own_container(tmp_path: Path) -> None:
+    own, other = "a" * 64, "b" * 64
+    mine = docker_layout(tmp_path, "shop", "web-1", own, own)
+    # A link named for container "b..." whose chain ends in container "c..."'s log.
+    stolen = docker_layout(tmp_path, "evil", "x-1", "c" * 64, other)
+    settings = SourceSettings(path_glob=glob_of(tmp_path), docker_root=tmp_path / "docker")
+    discovery = Discovery(settings, "n1")
+    found = discovery.scan()
+    assert list(found) == [str(mine)]
+    assert found[str(mine)].real_path == str(tmp_path / "docker" / own / f"{own}-json.log")
+    assert discovery.stats.skipped == {"wrong_owner": 1}
+    fd, _st = open_pod_log(found[str(mine)].real_path, str(discovery.docker_root))
+    os.close(fd)
+    assert stolen.exists()
+    # Without a docker root, nothing outside the pods root is read.
+    plain = Discovery(SourceSettings(path_glob=glob_of(tmp_path), docker_root=None), "n1")
+    assert plain.scan() == {}
+    assert plain.stats.skipped == {"outside_pods_root": 2}
