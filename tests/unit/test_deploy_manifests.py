@@ -1263,17 +1263,22 @@ def test_the_example_overlay_lets_the_aggregators_reach_its_store_only() -> None
     assert network.subnet_of(ipaddress.ip_network("192.0.2.0/24"))
 
 
-def test_forwarder_reaches_the_aggregators_and_dns_only(env: dict[str, str]) -> None:
+def test_forwarder_reaches_the_aggregators_the_api_server_and_dns_only(
+    env: dict[str, str],
+) -> None:
     forwarder = _forwarder_pod()
     config = _forwarder_config()
     assert _connects(forwarder, _aggregator_pod(), config.sender.dns_port)
     assert _connects(forwarder, KUBE_DNS, 53, "UDP")
+    # Its node's pods (labels, annotations): the API server's ports only.
+    assert config.kubernetes.enabled
+    for port in (443, 6443):
+        assert _connects(forwarder, API_SERVER, port)
     for target, port in (
         (_aggregator_pod(), 2020),
         (_operator_pod(), 8080),
         (STORE_IN_CLUSTER, 9200),
-        (API_SERVER, 443),
-        (API_SERVER, 6443),
+        (API_SERVER, 80),
         (OUTSIDE, 24224),
         (TENANT, 24224),
         (IMPOSTOR_FORWARDER, 2020),
