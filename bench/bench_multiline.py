@@ -45,8 +45,9 @@ def write_logs(root: Path, lines: int) -> None:
     )  # fmt: skip
 
 
-async def ship(work: Path, logs: Path, lines: int, multiline: dict[str, Any]) -> dict[str, float]:
-    """One forwarder run over ``logs`` until every record is acked; its figures."""
+async def ship(work: Path, logs: Path, lines: int, sections: dict[str, Any]) -> dict[str, float]:
+    """One forwarder run over ``logs`` (with the forwarder config ``sections`` added) until
+    every record is acked; its figures."""
     port = free_port()
     agg = DaemonProcess(
         "aggregator",
@@ -68,8 +69,8 @@ async def ship(work: Path, logs: Path, lines: int, multiline: dict[str, Any]) ->
             "spool": {"directory": str(work / "fwd" / "spool"), "max_bytes": "2GiB"},
             "source": {"path_glob": str(logs / "containers" / "*.log"), "poll_interval_s": 0.05},
             "sender": {"servers": [f"127.0.0.1:{port}"]},
-            "multiline": multiline,
             "log": {"level": "warning", "format": "json"},
+            **sections,
         },
     )
     await agg.start()
@@ -116,8 +117,8 @@ async def main() -> None:
             f"loadgen: {args.lines:,} lines, {size / args.lines:.0f} bytes each on average, "
             f"in {time.perf_counter() - started:.1f} s"
         )
-        plain = await ship(work, logs, args.lines, {"default": "none"})
-        java = await ship(work, logs, args.lines, {"default": "java"})
+        plain = await ship(work, logs, args.lines, {"multiline": {"default": "none"}})
+        java = await ship(work, logs, args.lines, {"multiline": {"default": "java"}})
         for name, run in (("no multiline", plain), ("java preset on every file", java)):
             print(
                 f"{name:28s}: forwarder {run['cpu_s'] / args.lines * 1e6:.2f} CPU s per million "
