@@ -240,6 +240,8 @@ class Forwarder:
         # The forwarder may read any file on the node: only a container's own log is opened,
         # without following a symlink swapped in since the scan (pathguard).
         root = self.discovery.pods_root
+        if item.plain:
+            return self._open_plain(item)
         try:
             docker = self.discovery.docker_root
             refusal = check_target(item.real_path, root, item.meta, docker)
@@ -304,6 +306,44 @@ class Forwarder:
         )
         return True
 
+    def _open_plain(self, item: FoundFile) -> bool:
+        """Start tailing a plain file of ``source.files`` (no pod, no path guard: the
+        platform chose its path), one line per record."""
+        try:
+            fd = os.open(item.real_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        stat = os.fstat(fd)
+        key = (stat.st_dev, stat.st_ino)
+        if key != (item.device, item.inode) or key in self._tails:
+            os.close(fd)
+            return False
+        state, resolution = resolve(
+            self.positions, self.config.node_name, item.real_path, stat, fingerprint(fd), fd=fd
+        )
+        if state.link != item.path:
+            state = dataclasses.replace(state, link=item.path)
+            self.positions.update(state)
+        self._tails[key] = FileTail(
+            state,
+            item.meta,
+            fd,
+            self.config.source.max_line_bytes,
+            block_records=self.config.sender.batch_max_records,
+            block_bytes=self.config.sender.batch_max_bytes,
+            fmt="raw",
+        )
+        log.info(
+            "tail.opened",
+            namespace=item.meta.namespace_name,
+            path=item.real_path,
+            source=state.source_id,
+            offset=state.offset,
+            resolution=resolution.value,
+            plain=True,
+        )
+        return True
+
     async def _tail_loop(self, stop: asyncio.Event) -> None:
         last_save = time.monotonic()
         settings = self.config.source
@@ -343,6 +383,8 @@ class Forwarder:
         """Give the tail its pod's metadata when the cache has it (or it changed); False while
         a new file still waits for it."""
         assert self.pods is not None
+        if tail.fmt == "raw":
+            return True  # a plain file: no pod
         uid = pod_uid(tail.state.path)
         info = self.pods.get(uid) if uid else None
         if key in self._enriched and self._enriched[key] is info:

@@ -6,13 +6,33 @@ import os
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from logferry.common.config import ConfigModel
+from logferry.common.naming import NAMESPACE
 from logferry.common.secrets import InlineSecret, read_secret
 from logferry.common.sections import HttpSettings, LogSettings, SpoolSettings
 from logferry.common.units import ByteSize, KiB
 from logferry.forwarder.multiline_rules import MultilineSettings
+
+
+class PlainFiles(ConfigModel):
+    """Plain text files outside Kubernetes (a node agent's log, say), shipped to a tenant."""
+
+    glob: str
+    """Files to tail, e.g. ``/var/log/node-agent/*.log``."""
+    tenant: str
+    """The tenant their records go to (``kubernetes.namespace_name``): a namespace name,
+    e.g. ``node-logs``; the aggregators route and limit it like any namespace."""
+    name: str = "file"
+    """``kubernetes.container_name`` of their records (``pod_name`` is the file's name)."""
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, value: str) -> str:
+        if not NAMESPACE.match(value):
+            raise ValueError("a namespace name (lowercase letters, digits and '-')")
+        return value
 
 
 class SourceSettings(ConfigModel):
@@ -34,6 +54,9 @@ class SourceSettings(ConfigModel):
     """kubelet's own layout, read directly as well as through the links (not every runtime
     keeps ``/var/log/containers``): a file found both ways is read once. ``""`` (the
     default): ``<pods_root>/*/*/*.log``; ``null``: the links only."""
+    files: list[PlainFiles] = Field(default_factory=list)
+    """Plain text files outside Kubernetes, each glob with its tenant: one line per record,
+    stamped with the time it was read."""
     exclude_namespaces: list[str] = Field(default_factory=list)
     """Namespace globs whose containers are not tailed (e.g. ``kube-system``)."""
     exclude_pods: list[str] = Field(default_factory=list)

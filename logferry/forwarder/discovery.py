@@ -85,6 +85,8 @@ class FoundFile:
     """``os.stat`` of the target, taken during the scan."""
     meta: ContainerMeta
     """Kubernetes metadata from the file name."""
+    plain: bool = False
+    """A plain text file of ``source.files`` (not a container's log)."""
 
     @property
     def device(self) -> int:
@@ -203,10 +205,32 @@ class Discovery:
             live = set(paths)
             self._refused = {k: v for k, v in self._refused.items() if k in live}
             self._unknown &= live
+        self._plain_files(found, skipped)
         self.stats.scans += 1
         self.stats.found = len(found)
         self.stats.skipped = skipped
         return found
+
+    def _plain_files(self, found: dict[str, FoundFile], skipped: dict[SkipReason, int]) -> None:
+        """The files of ``source.files``: regular files, their symlinks followed (the platform
+        chose these paths, not a tenant), attributed to their configured tenant."""
+        for plain in self._settings.files:
+            for path in sorted(glob.glob(plain.glob)):
+                if path in found:
+                    continue
+                real = os.path.realpath(path)
+                meta = ContainerMeta(
+                    plain.tenant, os.path.basename(path), plain.name, "", self._host
+                )
+                try:
+                    st = os.stat(real, follow_symlinks=False)
+                except (FileNotFoundError, NotADirectoryError):
+                    skipped["dangling"] = skipped.get("dangling", 0) + 1
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    skipped["not_regular"] = skipped.get("not_regular", 0) + 1
+                    continue
+                found[path] = FoundFile(path, real, st, meta, plain=True)
 
     def _judge(
         self, path: str, root: str, meta: ContainerMeta, found: dict[str, FoundFile]

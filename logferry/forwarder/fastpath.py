@@ -59,6 +59,8 @@ def fast_entries(
     """Entries for the lines at the start of ``buf`` (file bytes from ``base_offset``) that
     are complete, well formed, not split and shorter than ``max_line_bytes``, numbered from
     ``next_seq``; stops at the first other line."""
+    if fmt == "raw":
+        return FastResult([], 0, last_time_ns)  # plain files: the general path only
     pieces = buf.split(b"\n")
     pieces.pop()  # after the last newline: an incomplete line, left to the caller
     if fmt == "docker":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import calendar
 import re
+import time
 from typing import Literal, NamedTuple
 
 import orjson
@@ -33,7 +34,8 @@ __all__ = [
     "parse_rfc3339_ns",
 ]
 
-Format = Literal["docker", "cri"]
+Format = Literal["docker", "cri", "raw"]
+"""``raw``: plain text files outside Kubernetes (``source.files``), one line per record."""
 Stream = Literal["stdout", "stderr"]
 
 
@@ -231,7 +233,25 @@ def parse(fmt: Format, buf: bytes, base_offset: int, last_time_ns: int = 0) -> P
         return _parse_docker(buf, base_offset, last_time_ns)
     if fmt == "cri":
         return _parse_cri(buf, base_offset, last_time_ns)
+    if fmt == "raw":
+        return _parse_raw(buf, base_offset, last_time_ns)
     raise ValueError(f"unknown log format {fmt!r}")
+
+
+def _parse_raw(buf: bytes, base_offset: int, last_time_ns: int) -> ParseResult:
+    """Plain text: each line is a full stdout record, stamped with the time it was read
+    (never earlier than the line before: a file has no clock of its own)."""
+    pieces = buf.split(b"\n")
+    rest = pieces.pop()
+    now = max(time.time_ns(), last_time_ns)
+    lines: list[ParsedLine] = []
+    offset = base_offset
+    for raw in pieces:
+        end = offset + len(raw) + 1
+        text = raw[:-1] if raw.endswith(b"\r") else raw
+        lines.append(ParsedLine(offset, end, now, "stdout", text, False, False))
+        offset = end
+    return ParseResult(lines, len(buf) - len(rest), now if pieces else last_time_ns)
 
 
 def detect_format(sample: bytes) -> Format | None:

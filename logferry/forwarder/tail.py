@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from logferry.common.units import MiB
 from logferry.forwarder.entries import Entry, encode_blocks, kubernetes_raw
+from logferry.forwarder.formats import Format
 from logferry.forwarder.metadata import ContainerMeta
 from logferry.forwarder.multiline import Joiner, MultilineRule
 from logferry.forwarder.positions import SourceState
@@ -74,6 +75,8 @@ class FileTail:
     """Most uncompressed bytes in one spool block (the sender's bytes-per-chunk cap)."""
     multiline: MultilineRule | None = None
     """Join continuation lines (stack traces) with this rule; None: every line on its own."""
+    fmt: Format | None = None
+    """The file's format; None: detected from its first line (docker or CRI)."""
     multiline_timeout_s: float = 1.0
     multiline_max_lines: int = 500
     multiline_max_bytes: int = 256 * 1024
@@ -86,6 +89,7 @@ class FileTail:
         self._reader = SourceReader(
             Checkpoint(self.state.offset, self.state.next_seq),
             self.max_line_bytes,
+            fmt=self.fmt,
             source=self.state.source_id,
             kubernetes=kubernetes_raw(self.meta.as_record()),
         )

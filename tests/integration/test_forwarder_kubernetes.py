@@ -219,3 +219,56 @@ async def test_selector_labels_select_by_the_pods_labels_and_a_deleted_pod_keeps
         assert await fwd.stop() == 0
     finally:
         await api.stop()
+
+
+async def test_plain_files_outside_kubernetes_go_to_their_configured_tenant(
+    opensearch: Any, make_aggregator: MakeAggregator, daemons: list[DaemonProcess], tmp_path: Path
+) -> None:
+    tenant = f"node-{uuid.uuid4().hex[:8]}"
+    agg = make_aggregator(opensearch.url)
+    await agg.start()
+    node = tmp_path / "node"
+    (node / "containers").mkdir(parents=True)
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    (agent / "agent.log").write_bytes(
+        b"".join(f"agent line {n}\n".encode() for n in range(120)) + b"crlf line\r\n"
+    )
+    workdir = tmp_path / "fwd"
+    fwd = DaemonProcess(
+        "forwarder",
+        workdir,
+        {
+            "node_name": NODE,
+            "spool": {
+                "directory": str(workdir / "spool"),
+                "max_bytes": "64MiB",
+                "segment_max_bytes": "4MiB",
+            },
+            "source": {
+                "path_glob": str(node / "containers" / "*.log"),
+                "files": [{"glob": str(agent / "*.log"), "tenant": tenant, "name": "agent"}],
+                "rescan_interval_s": 1,
+                "poll_interval_s": 0.05,
+            },
+            "sender": {"servers": [f"127.0.0.1:{input_port(agg)}"], "ack_timeout_s": 10},
+        },
+    )
+    daemons.append(fwd)
+    await fwd.start()
+    store = StoreReader(opensearch.url)
+    await wait_count(store, f"logs-{tenant}-*", 121)
+    hits = sorted(
+        (h["_source"] for h in await store.search(f"logs-{tenant}-*")),
+        key=lambda h: h["_lf"]["seq"],
+    )
+    assert [h["log"] for h in hits] == [f"agent line {n}" for n in range(120)] + ["crlf line"]
+    assert [h["_lf"]["seq"] for h in hits] == list(range(121))
+    assert all("malformed" not in h["_lf"] for h in hits)
+    k8s = hits[0]["kubernetes"]
+    assert (k8s["namespace_name"], k8s["pod_name"], k8s["container_name"]) == (
+        tenant,
+        "agent.log",
+        "agent",
+    )
+    assert await fwd.stop() == 0

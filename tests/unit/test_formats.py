@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import time
 from datetime import UTC, datetime
 
 import orjson
@@ -460,3 +461,16 @@ def _cut_text(text: str, limit: int) -> str:
     while raw[cut] & 0xC0 == 0x80:
         cut -= 1
     return raw[:cut].decode()
+
+
+def test_plain_text_lines_are_records_stamped_when_read() -> None:
+    before = time.time_ns()
+    result = parse("raw", b"one\ntwo\r\nthree", 100, 0)
+    assert [(line.offset, line.text, line.malformed) for line in result.lines] == [
+        (100, b"one", False),
+        (104, b"two", False),
+    ]
+    assert result.consumed == 9  # "three" waits for its newline
+    assert all(line.time_ns >= before for line in result.lines)
+    later = parse("raw", b"four\n", 109, result.last_time_ns + 10**12)
+    assert later.lines[0].time_ns == result.last_time_ns + 10**12  # never backwards
