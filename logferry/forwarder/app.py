@@ -64,15 +64,26 @@ class Forwarder:
         settings = config.kubernetes
         self.pods: PodCache | None = None
         self.pod_watcher: PodWatcher | None = None
+        self.namespaces: PodCache | None = None
+        self.namespace_watcher: PodWatcher | None = None
         if settings.enabled:
             self.pods = PodCache(max_pods=settings.max_pods)
             access = ApiAccess(settings.resolved_url(), settings.token_file, settings.ca_file)
             self.pod_watcher = PodWatcher(
                 access, config.node_name, self.pods, on_change=self._wake.set
             )
+            if settings.namespace_labels:
+                self.namespaces = PodCache(max_pods=100_000, deleted_ttl_s=0)
+                self.namespace_watcher = PodWatcher(
+                    access,
+                    config.node_name,
+                    self.namespaces,
+                    on_change=self._wake.set,
+                    resource="namespaces",
+                )
         # Files whose pod metadata is not in yet: key -> (pod uid, deadline to wait until).
         self._awaiting: dict[Key, tuple[str, float]] = {}
-        self._enriched: dict[Key, PodInfo | None] = {}
+        self._enriched: dict[Key, tuple[PodInfo | None, PodInfo | None]] = {}
         self._excluded: set[Key] = set()
         self.parking = Parking(config.parked_path, metrics=self.metrics, stalls=self.stalls)
         self._tails: dict[Key, FileTail] = {}
@@ -124,6 +135,8 @@ class Forwarder:
                 group.create_task(self._rules_loop(tailing_stop))
                 if self.pod_watcher is not None:
                     group.create_task(self.pod_watcher.run(tailing_stop))
+                if self.namespace_watcher is not None:
+                    group.create_task(self.namespace_watcher.run(tailing_stop))
                 tail_task = group.create_task(self._tail_loop(tailing_stop))
                 group.create_task(sender.run(sender_stop))
                 self._ready = True
@@ -387,10 +400,17 @@ class Forwarder:
             return True  # a plain file: no pod
         uid = pod_uid(tail.state.path)
         info = self.pods.get(uid) if uid else None
-        if key in self._enriched and self._enriched[key] is info:
+        namespace = (
+            self.namespaces.get(tail.meta.namespace_name) if self.namespaces is not None else None
+        )
+        if key in self._enriched and self._enriched[key] == (info, namespace):
             return True
         waiting = self._awaiting.get(key)
-        if info is None and waiting is not None and not stopping and time.monotonic() < waiting[1]:
+        namespaces_pending = (
+            self.namespace_watcher is not None and not self.namespace_watcher.synced.is_set()
+        )
+        missing = info is None or namespaces_pending
+        if missing and waiting is not None and not stopping and time.monotonic() < waiting[1]:
             return False
         self._awaiting.pop(key, None)
         settings = self.config.kubernetes
@@ -403,12 +423,18 @@ class Forwarder:
                 meanwhile="lines go on with the file name's metadata, flagged metadata_incomplete",
             )
         first_time = key not in self._enriched
-        self._enriched[key] = info
+        self._enriched[key] = (info, namespace)
         if first_time and tail.multiline is None:
             rule = self.rules.rule_for(tail.meta, info.annotations if info else None)
             if rule is not None and tail.set_multiline(rule):
                 log.info("tail.multiline", source=tail.state.source_id, multiline=rule.name)
-        record = enriched(tail.meta, info, labels=settings.labels, annotations=settings.annotations)
+        record = enriched(
+            tail.meta,
+            info,
+            labels=settings.labels,
+            annotations=settings.annotations,
+            namespace=namespace,
+        )
         tail.set_kubernetes(record)
         if excluded_by_annotation(info):
             if key not in self._excluded:
@@ -431,7 +457,7 @@ class Forwarder:
             # Excluded by the pod's annotation: read, counted as excluded, not shipped.
             metrics.records_excluded.labels(namespace).inc(batch.records)
             batch = dataclasses.replace(batch, entries=[], records=0)
-        elif self.pods is not None and self._enriched.get(key, 1) is None and batch.records:
+        elif self.pods is not None and key in self._enriched and self._enriched[key][0] is None:
             metrics.metadata_incomplete.labels(namespace).inc(batch.records)
         metrics.bytes_read.labels(namespace).inc(batch.bytes_read)
         metrics.lines_read.labels(namespace).inc(batch.lines)

@@ -193,6 +193,9 @@ class KubernetesSettings(ConfigModel):
     annotations: list[str] = Field(default_factory=lambda: ["logferry.io/*"])
     """Globs of the annotation keys copied to ``kubernetes.annotations`` (default: only
     logferry's own)."""
+    namespace_labels: bool = False
+    """Also copy the namespace's labels to ``kubernetes.namespace_labels`` (for teams that mark
+    ownership there); needs get/list/watch on namespaces in the forwarder's ClusterRole."""
     wait_for_metadata_s: float = Field(default=2.0, ge=0, le=60)
     """A file whose pod the cache does not know yet waits this long before its lines go on
     with the file name's metadata (flagged ``metadata_incomplete``)."""

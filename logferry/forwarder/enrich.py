@@ -37,9 +37,13 @@ def enriched(
     *,
     labels: list[str],
     annotations: list[str],
+    namespace: PodInfo | None = None,
 ) -> dict[str, Any]:
-    """The record's ``kubernetes`` map; ``metadata_incomplete`` when the pod is unknown."""
+    """The record's ``kubernetes`` map; ``metadata_incomplete`` when the pod is unknown.
+    ``namespace``: the namespace's labels go to ``namespace_labels``."""
     record: dict[str, Any] = dict(meta.as_record())
+    if namespace is not None and namespace.labels:
+        record["namespace_labels"] = dict(namespace.labels)
     if info is None:
         record["metadata_incomplete"] = True
         return record

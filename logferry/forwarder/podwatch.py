@@ -29,7 +29,7 @@ from logferry.common.logs import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["PodCache", "PodInfo", "PodWatcher", "WatchGone"]
+__all__ = ["PodCache", "PodInfo", "PodWatcher", "WatchGone", "namespace_info", "pod_info"]
 
 WATCH_TIMEOUT_S = 300
 
@@ -45,6 +45,17 @@ class PodInfo:
     annotations: dict[str, str]
     images: dict[str, tuple[str, str]]
     """Container name -> (image, image id)."""
+
+
+def namespace_info(obj: dict[str, Any]) -> PodInfo | None:
+    """A namespace object -> :class:`PodInfo` keyed (``uid``) by its name: only its labels
+    are used."""
+    meta = obj.get("metadata") or {}
+    name = meta.get("name")
+    if not isinstance(name, str):
+        return None
+    labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+    return PodInfo(name, name, name, labels, {}, {})
 
 
 def pod_info(obj: dict[str, Any]) -> PodInfo | None:
@@ -156,7 +167,8 @@ class ApiAccess:
 
 
 class PodWatcher:
-    """Keeps a :class:`PodCache` of this node's pods current until stopped."""
+    """Keeps a :class:`PodCache` of this node's pods current until stopped (or, with
+    ``resource="namespaces"``, of the cluster's namespaces, keyed by name)."""
 
     def __init__(
         self,
@@ -166,10 +178,13 @@ class PodWatcher:
         *,
         backoff_max_s: float = 30.0,
         on_change: Callable[[], None] = lambda: None,
+        resource: str = "pods",
     ) -> None:
         self.access = access
         self.node = node
         self.cache = cache
+        self.resource = resource
+        self._parse = namespace_info if resource == "namespaces" else pod_info
         self.backoff_max_s = backoff_max_s
         self.on_change = on_change
         self.synced = asyncio.Event()
@@ -221,6 +236,8 @@ class PodWatcher:
         return True
 
     def _pods_path(self) -> str:
+        if self.resource == "namespaces":
+            return "/api/v1/namespaces?labelSelector="
         selector = quote(f"spec.nodeName={self.node}", safe="")
         return f"/api/v1/pods?fieldSelector={selector}"
 
@@ -231,7 +248,7 @@ class PodWatcher:
             path = self._pods_path() + "&limit=500" + (f"&continue={quote(token)}" if token else "")
             body = await self._get_json(session, path)
             for item in body.get("items") or []:
-                info = pod_info(item)
+                info = self._parse(item)
                 if info is not None:
                     pods.append(info)
             meta = body.get("metadata") or {}
@@ -243,7 +260,9 @@ class PodWatcher:
         self.relists += 1
         self.synced.set()
         self.on_change()
-        log.info("kubernetes.pods_listed", pods=len(pods), version=self._version)
+        log.info(
+            "kubernetes.listed", resource=self.resource, items=len(pods), version=self._version
+        )
 
     async def _get_json(self, session: aiohttp.ClientSession, path: str) -> dict[str, Any]:
         async with session.get(
@@ -294,7 +313,7 @@ class PodWatcher:
             self._version = version
         if kind == "BOOKMARK":
             return
-        info = pod_info(obj)
+        info = self._parse(obj)
         if info is None:
             return
         if kind == "DELETED":

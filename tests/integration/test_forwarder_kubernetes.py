@@ -28,7 +28,9 @@ def uid_of(namespace: str, name: str) -> str:
     return hashlib.sha256(f"uid/{namespace}/{name}".encode()).hexdigest()[:32]
 
 
-def forwarder(tmp_path: Path, node: Path, agg_port: int, api_url: str) -> DaemonProcess:
+def forwarder(
+    tmp_path: Path, node: Path, agg_port: int, api_url: str, namespace_labels: bool = False
+) -> DaemonProcess:
     workdir = tmp_path / "fwd"
     return DaemonProcess(
         "forwarder",
@@ -52,6 +54,7 @@ def forwarder(tmp_path: Path, node: Path, agg_port: int, api_url: str) -> Daemon
                 "token_file": None,
                 "ca_file": None,
                 "wait_for_metadata_s": 0.5,
+                "namespace_labels": namespace_labels,
             },
         },
     )
@@ -79,6 +82,7 @@ async def test_labels_reach_the_store_and_the_exclude_annotation_is_honoured(
         pod(ns, "java-1", uid_of(ns, "java-1"), NODE, {"app": "java"},
             annotations={"logferry.io/multiline": "java"})
     )  # fmt: skip
+    api.upsert_namespace(ns, {"owner": "team-alpha"})
     agg = make_aggregator(opensearch.url)
     await agg.start()
     node = tmp_path / "node"
@@ -89,7 +93,7 @@ async def test_labels_reach_the_store_and_the_exclude_annotation_is_honoured(
     container_log(
         node, ns, "java-1", body="".join(f"{stamp} stderr F {t}\n" for t in trace).encode()
     )
-    fwd = forwarder(tmp_path, node, input_port(agg), api.url)
+    fwd = forwarder(tmp_path, node, input_port(agg), api.url, namespace_labels=True)
     daemons.append(fwd)
     try:
         await fwd.start()
@@ -114,6 +118,7 @@ async def test_labels_reach_the_store_and_the_exclude_annotation_is_honoured(
         assert k8s["container_image"] == "registry.local/web:1.4"
         assert k8s["container_hash"].startswith("registry.local/web:1.4@sha256:")
         assert "metadata_incomplete" not in k8s
+        assert k8s["namespace_labels"] == {"owner": "team-alpha"}
         assert await fwd.metric("logferry_records_metadata_incomplete_total") == 0
         assert await fwd.stop() == 0
     finally:
@@ -145,7 +150,7 @@ async def test_api_server_down_at_start_then_up(
         await api.start(port)
 
         async def listed() -> bool:
-            return fwd.events("kubernetes.pods_listed") != []
+            return any(e["resource"] == "pods" for e in fwd.events("kubernetes.listed"))
 
         await wait_until(listed, timeout_s=30, what="the forwarder to list the pods")
         with log.open("ab") as f:

@@ -47,6 +47,8 @@ def pod(
 class FakeKubeApi:
     def __init__(self) -> None:
         self.pods: dict[str, dict[str, Any]] = {}
+        self.namespaces: dict[str, dict[str, Any]] = {}
+        self.namespace_watchers: list[asyncio.Queue[dict[str, Any] | None]] = []
         self.version = 100
         self.watchers: list[asyncio.Queue[dict[str, Any] | None]] = []
         self.gone_next_watch = False
@@ -63,6 +65,7 @@ class FakeKubeApi:
     async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_get("/api/v1/pods", self._pods)
+        app.router.add_get("/api/v1/namespaces", self._namespaces)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
@@ -83,6 +86,35 @@ class FakeKubeApi:
         self.pods[uid] = obj
         self._send({"type": kind, "object": obj})
 
+    def upsert_namespace(self, name: str, labels: dict[str, str]) -> None:
+        """Add or change a namespace (its watchers see it)."""
+        kind = "MODIFIED" if name in self.namespaces else "ADDED"
+        self.version += 1
+        obj = {"metadata": {"name": name, "labels": labels, "resourceVersion": str(self.version)}}
+        self.namespaces[name] = obj
+        for queue in self.namespace_watchers:
+            queue.put_nowait({"type": kind, "object": obj})
+
+    async def _namespaces(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(request.path_qs)
+        if request.query.get("watch") != "1":
+            meta = {"resourceVersion": str(self.version)}
+            items = list(self.namespaces.values())
+            return web.json_response({"kind": "NamespaceList", "metadata": meta, "items": items})
+        response = web.StreamResponse()
+        response.content_type = "application/json"
+        await response.prepare(request)
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.namespace_watchers.append(queue)
+        try:
+            while (event := await queue.get()) is not None:
+                await response.write(json.dumps(event).encode() + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.namespace_watchers.remove(queue)
+        return response
+
     def delete(self, uid: str) -> None:
         obj = self.pods.pop(uid)
         self.version += 1
@@ -97,7 +129,7 @@ class FakeKubeApi:
 
     def cut_watches(self) -> None:
         """End every open watch stream now (a proxy restart, a load balancer timeout)."""
-        for queue in self.watchers:
+        for queue in [*self.watchers, *self.namespace_watchers]:
             queue.put_nowait(None)
 
     def _send(self, event: dict[str, Any]) -> None:
