@@ -1,0 +1,195 @@
+"""The whole path on realistic content, in one run: forwarder and aggregator CPU per line, and
+the aggregator against its floor.
+
+``logferry loadgen`` writes a node's container logs (access logs, JSON and Java services, a
+share of long lines that docker splits, docker and CRI files, advancing timestamps, 4
+namespaces). A real forwarder ships them to a real aggregator (null output); both processes'
+CPU seconds and peak RSS are read from /proc when every line is acked. Then, in this
+process, the **floor**: the same files made into the same CompressedPackedForward chunks
+(the forwarder's own reader and block encoder), and for each chunk only what the aggregator
+cannot avoid: decode it, render its documents, one write and one fdatasync. Prints CPU
+seconds per million lines for the three, the ratios aggregator/forwarder and
+aggregator/floor (what a figure means on any machine), and peak RSS.
+
+Run: ``.venv/bin/python bench/bench_realistic.py [--lines 400000]``. Asserts nothing
+about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench_multiline import write_logs  # noqa: E402
+from process_stats import proc_cpu_s, proc_peak_rss_mb, report  # noqa: E402
+
+from logferry.aggregator.render import Receipt, Renderer, TimeWindow  # noqa: E402
+from logferry.common.naming import IndexNamer  # noqa: E402
+from logferry.common.protocol import encode_compressed_packed_forward  # noqa: E402
+from logferry.common.protocol.decode import ServerDecoder  # noqa: E402
+from logferry.forwarder.entries import block_count, block_gzip  # noqa: E402
+from logferry.forwarder.metadata import parse_pod_path  # noqa: E402
+from logferry.forwarder.positions import SourceState  # noqa: E402
+from logferry.forwarder.tail import FileTail  # noqa: E402
+from tests.support.daemon import DaemonProcess  # noqa: E402
+from tests.support.net import free_port, wait_until  # noqa: E402
+
+CHUNK_RECORDS = 2000
+
+
+async def ship(work: Path, logs: Path, lines: int) -> dict[str, float]:
+    """Forwarder -> aggregator (null output) until every record is acked: both daemons."""
+    port = free_port()
+    agg = DaemonProcess(
+        "aggregator",
+        work / "agg",
+        {
+            "input": {"listen_host": "127.0.0.1", "listen_port": port,
+                      "allow_unauthenticated": True},
+            "spool": {"directory": str(work / "agg" / "spool"), "max_bytes": "4GiB",
+                      "tenant_max_bytes": "2GiB"},
+            "output": {"type": "null"},
+            "log": {"level": "warning", "format": "json"},
+        },
+    )  # fmt: skip
+    fwd = DaemonProcess(
+        "forwarder",
+        work / "fwd",
+        {
+            "node_name": "bench",
+            "spool": {"directory": str(work / "fwd" / "spool"), "max_bytes": "2GiB"},
+            "source": {"path_glob": str(logs / "containers" / "*.log"), "poll_interval_s": 0.05},
+            "sender": {"servers": [f"127.0.0.1:{port}"]},
+            "log": {"level": "warning", "format": "json"},
+        },
+    )
+    await agg.start()
+    await fwd.start()
+    assert fwd.proc is not None
+    assert agg.proc is not None
+
+    async def all_acked() -> bool:
+        read = await fwd.metric("logferry_lines_read_total")
+        spooled = await fwd.metric("logferry_records_spooled_total")
+        acked = await fwd.metric("logferry_sender_records_acked_total")
+        return read >= lines and acked >= spooled > 0
+
+    await wait_until(all_acked, timeout_s=1800, what="every line acked", poll_s=0.2)
+    figures = {
+        "fwd_cpu": proc_cpu_s(fwd.proc.pid),
+        "fwd_rss": proc_peak_rss_mb(fwd.proc.pid),
+        "agg_cpu": proc_cpu_s(agg.proc.pid),
+        "agg_rss": proc_peak_rss_mb(agg.proc.pid),
+        "records": await fwd.metric("logferry_records_spooled_total"),
+    }
+    await fwd.stop()
+    await agg.stop()
+    return figures
+
+
+def chunks_of(logs: Path) -> list[bytes]:
+    """The files as the forwarder would send them: its reader, its blocks, its chunks."""
+    chunks: list[bytes] = []
+    for path in sorted((logs / "pods").rglob("*.log")):
+        meta = parse_pod_path(str(path), "bench")
+        assert meta is not None
+        st = path.stat()
+        state = SourceState("bench", st.st_dev, st.st_ino, 0, "", str(path), 0, 0)
+        tail = FileTail(state, meta, os.open(path, os.O_RDONLY), 1 << 20)
+        blocks: list[bytes] = []
+        while True:
+            batch = tail.read(8 << 20)
+            blocks += batch.entries
+            if not batch.bytes_read:
+                break
+        blocks += tail.finish().entries
+        tail.close()
+        group: list[bytes] = []
+        count = 0
+        for block in [*blocks, None]:
+            if block is not None and count + block_count(block) <= CHUNK_RECORDS:
+                group.append(block)
+                count += block_count(block)
+                continue
+            if group:
+                gzipped = b"".join(block_gzip(b) for b in group)
+                chunks.append(
+                    encode_compressed_packed_forward(
+                        "kube", b"", count, chunk=f"c{len(chunks)}", gzipped=gzipped
+                    )
+                )
+            group, count = ([block], block_count(block)) if block is not None else ([], 0)
+    return chunks
+
+
+def floor(chunks: list[bytes], out: Path) -> tuple[float, int]:
+    """Decode, render and write (one write and one fdatasync per chunk): CPU s, records."""
+    renderer = Renderer(IndexNamer("logs"), TimeWindow(7 * 86400, 86400))
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    records = 0
+    started = time.process_time()
+    for number, chunk in enumerate(chunks):
+        decoder = ServerDecoder()
+        (message,) = decoder.feed(chunk)
+        receipt = Receipt("bench", 1, number)
+        received_s = int(time.time())
+        bodies: list[bytes] = []
+        position = 0
+        for entries in message.slices():  # type: ignore[union-attr]
+            by_tenant: dict[str, list[tuple[int, Any, dict[str, Any]]]] = {}
+            for n, (when, record) in enumerate(entries):
+                tenant = record["kubernetes"]["namespace_name"]
+                by_tenant.setdefault(tenant, []).append((position + n, when, record))
+            position += len(entries)
+            for tenant, group in by_tenant.items():
+                done = renderer.render(tenant, group, message, receipt, received_s)  # type: ignore[arg-type]
+                bodies.append(done.lines)
+                records += done.documents
+        os.write(fd, b"".join(bodies))
+        os.fdatasync(fd)
+    cpu = time.process_time() - started
+    os.close(fd)
+    return cpu, records
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lines", type=int, default=400_000)
+    args = parser.parse_args()
+    (REPO / ".cache").mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="lf-bench-real-", dir=str(REPO / ".cache")))
+    try:
+        logs = work / "node"
+        write_logs(logs, args.lines)
+        size = sum(p.stat().st_size for p in (logs / "pods").rglob("*.log*"))
+        print(f"loadgen: {args.lines:,} lines, {size / args.lines:.0f} bytes each on average")
+        run = await ship(work, logs, args.lines)
+        chunks = chunks_of(logs)
+        floor_cpu, floor_records = floor(chunks, work / "floor.ndjson")
+        per_m = 1e6 / args.lines
+        fwd, agg, low = run["fwd_cpu"] * per_m, run["agg_cpu"] * per_m, floor_cpu * per_m
+        print(f"forwarder : {fwd:.2f} CPU s per million lines, peak RSS {run['fwd_rss']:.0f} MB")
+        print(f"aggregator: {agg:.2f} CPU s per million lines, peak RSS {run['agg_rss']:.0f} MB")
+        print(
+            f"floor     : {low:.2f} CPU s per million lines (decode + render + one write and "
+            f"fdatasync per chunk of {CHUNK_RECORDS}; {len(chunks)} chunks, "
+            f"{floor_records:,} documents)"
+        )
+        print(f"aggregator/forwarder: {agg / fwd:.2f}   aggregator/floor: {agg / low:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    report()
