@@ -265,32 +265,41 @@ class VerifyStore:
     ) -> dict[str, StoredSource]:
         """Every source's blocks, a composite page at a time."""
         stored: dict[str, StoredSource] = {}
+        sources: list[dict[str, Any]] = [
+            {"src": {"terms": {"field": run.src_field}}},
+            {"block": {"histogram": {"field": SEQ_FIELD, "interval": BLOCK}}},
+        ]
+        async for buckets in self._pages(query, sources, run, _block_aggs(run)):
+            fold_buckets(buckets, stored)
+        return stored
+
+    async def _pages(
+        self,
+        query: Mapping[str, Any],
+        sources: list[dict[str, Any]],
+        run: Pass,
+        sub_aggs: Mapping[str, Any] | None = None,
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The buckets of a ``composite`` aggregation over ``sources``, a page at a time."""
         after: Any = None
         while True:
-            composite: dict[str, Any] = {
-                "size": PAGE_BUCKETS,
-                "sources": [
-                    {"src": {"terms": {"field": run.src_field}}},
-                    {"block": {"histogram": {"field": SEQ_FIELD, "interval": BLOCK}}},
-                ],
-            }
+            composite: dict[str, Any] = {"size": PAGE_BUCKETS, "sources": sources}
             if after is not None:
                 composite["after"] = after
+            agg: dict[str, Any] = {"composite": composite}
+            if sub_aggs:
+                agg["aggs"] = sub_aggs
             aggs = await self.search(
-                {
-                    "size": 0,
-                    "track_total_hits": False,
-                    "query": query,
-                    "aggs": {"blocks": {"composite": composite, "aggs": _block_aggs(run)}},
-                },
+                {"size": 0, "track_total_hits": False, "query": query, "aggs": {"page": agg}},
                 run,
             )
-            page = aggs.get("blocks") or {}
+            page = aggs.get("page") or {}
             buckets = page.get("buckets") or []
-            fold_buckets(buckets, stored)
+            if buckets:
+                yield buckets
             after = page.get("after_key")
             if not buckets or after is None:
-                return stored
+                return
 
     async def recount(
         self, query: Mapping[str, Any], stored: Mapping[str, StoredSource], run: Pass = MODERN
@@ -366,36 +375,16 @@ class VerifyStore:
     ) -> None:
         """Every distinct joined record (one with ``_lf.seq_end``), with its documents."""
         narrowed = _narrow(query, {"exists": {"field": SEQ_END_FIELD}})
-        after: Any = None
-        while True:
-            composite: dict[str, Any] = {
-                "size": PAGE_BUCKETS,
-                "sources": [
-                    {"src": {"terms": {"field": run.src_field}}},
-                    {"first": {"terms": {"field": SEQ_FIELD}}},
-                    {"last": {"terms": {"field": SEQ_END_FIELD}}},
-                ],
-            }
-            if after is not None:
-                composite["after"] = after
-            aggs = await self.search(
-                {
-                    "size": 0,
-                    "track_total_hits": False,
-                    "query": narrowed,
-                    "aggs": {"ranges": {"composite": composite}},
-                },
-                run,
-            )
-            page = aggs.get("ranges") or {}
-            buckets = page.get("buckets") or []
+        sources = [
+            {"src": {"terms": {"field": run.src_field}}},
+            {"first": {"terms": {"field": SEQ_FIELD}}},
+            {"last": {"terms": {"field": SEQ_END_FIELD}}},
+        ]
+        async for buckets in self._pages(narrowed, sources, run):
             for bucket in buckets:
                 key = bucket["key"]
                 ranges = into.setdefault(str(key["src"]), SourceRanges())
                 ranges.joined.append((int(key["first"]), int(key["last"]), bucket["doc_count"]))
-            after = page.get("after_key")
-            if not buckets or after is None:
-                return
 
     async def accounted_ranges(self, options: VerifyOptions, into: dict[str, SourceRanges]) -> None:
         """The seqs accounting records list as discarded, per source (only indices made with
@@ -446,29 +435,9 @@ class VerifyStore:
                 }
             }
             narrowed = _narrow(query, {"term": {run.src_field: src}}, inside)
-            after: Any = None
-            while True:
-                composite: dict[str, Any] = {
-                    "size": PAGE_BUCKETS,
-                    "sources": [{"seq": {"terms": {"field": SEQ_FIELD}}}],
-                }
-                if after is not None:
-                    composite["after"] = after
-                aggs = await self.search(
-                    {
-                        "size": 0,
-                        "track_total_hits": False,
-                        "query": narrowed,
-                        "aggs": {"seqs": {"composite": composite}},
-                    },
-                    run,
-                )
-                page = aggs.get("seqs") or {}
-                buckets = page.get("buckets") or []
+            seq_source = [{"seq": {"terms": {"field": SEQ_FIELD}}}]
+            async for buckets in self._pages(narrowed, seq_source, run):
                 found.update(int(b["key"]["seq"]) for b in buckets)
-                after = page.get("after_key")
-                if not buckets or after is None:
-                    break
         return found
 
 
