@@ -46,8 +46,8 @@ def write_logs(root: Path, lines: int) -> None:
 
 
 async def ship(work: Path, logs: Path, lines: int, sections: dict[str, Any]) -> dict[str, float]:
-    """One forwarder run over ``logs`` (with the forwarder config ``sections`` added) until
-    every record is acked; its figures."""
+    """One forwarder run over ``logs`` (with the forwarder config ``sections`` added) into an
+    aggregator (null output) until every record is acked; both daemons' figures."""
     port = free_port()
     agg = DaemonProcess(
         "aggregator",
@@ -76,6 +76,7 @@ async def ship(work: Path, logs: Path, lines: int, sections: dict[str, Any]) -> 
     await agg.start()
     await fwd.start()
     assert fwd.proc is not None
+    assert agg.proc is not None
     pid = fwd.proc.pid
 
     async def all_read() -> bool:
@@ -94,6 +95,8 @@ async def ship(work: Path, logs: Path, lines: int, sections: dict[str, Any]) -> 
         "rss_mb": proc_peak_rss_mb(pid),
         "records": await fwd.metric("logferry_records_spooled_total"),
         "joined": await fwd.metric("logferry_multiline_joined_lines_total"),
+        "agg_cpu_s": proc_cpu_s(agg.proc.pid),
+        "agg_rss_mb": proc_peak_rss_mb(agg.proc.pid),
     }
     await fwd.stop()
     await agg.stop()

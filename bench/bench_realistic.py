@@ -30,8 +30,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_multiline import write_logs  # noqa: E402
-from process_stats import proc_cpu_s, proc_peak_rss_mb, report  # noqa: E402
+from bench_multiline import ship, write_logs  # noqa: E402
+from process_stats import report  # noqa: E402
 
 from logferry.aggregator.render import Receipt, Renderer, TimeWindow  # noqa: E402
 from logferry.common.naming import IndexNamer  # noqa: E402
@@ -41,60 +41,8 @@ from logferry.forwarder.entries import block_count, block_gzip  # noqa: E402
 from logferry.forwarder.metadata import parse_pod_path  # noqa: E402
 from logferry.forwarder.positions import SourceState  # noqa: E402
 from logferry.forwarder.tail import FileTail  # noqa: E402
-from tests.support.daemon import DaemonProcess  # noqa: E402
-from tests.support.net import free_port, wait_until  # noqa: E402
 
 CHUNK_RECORDS = 2000
-
-
-async def ship(work: Path, logs: Path, lines: int) -> dict[str, float]:
-    """Forwarder -> aggregator (null output) until every record is acked: both daemons."""
-    port = free_port()
-    agg = DaemonProcess(
-        "aggregator",
-        work / "agg",
-        {
-            "input": {"listen_host": "127.0.0.1", "listen_port": port,
-                      "allow_unauthenticated": True},
-            "spool": {"directory": str(work / "agg" / "spool"), "max_bytes": "4GiB",
-                      "tenant_max_bytes": "2GiB"},
-            "output": {"type": "null"},
-            "log": {"level": "warning", "format": "json"},
-        },
-    )  # fmt: skip
-    fwd = DaemonProcess(
-        "forwarder",
-        work / "fwd",
-        {
-            "node_name": "bench",
-            "spool": {"directory": str(work / "fwd" / "spool"), "max_bytes": "2GiB"},
-            "source": {"path_glob": str(logs / "containers" / "*.log"), "poll_interval_s": 0.05},
-            "sender": {"servers": [f"127.0.0.1:{port}"]},
-            "log": {"level": "warning", "format": "json"},
-        },
-    )
-    await agg.start()
-    await fwd.start()
-    assert fwd.proc is not None
-    assert agg.proc is not None
-
-    async def all_acked() -> bool:
-        read = await fwd.metric("logferry_lines_read_total")
-        spooled = await fwd.metric("logferry_records_spooled_total")
-        acked = await fwd.metric("logferry_sender_records_acked_total")
-        return read >= lines and acked >= spooled > 0
-
-    await wait_until(all_acked, timeout_s=1800, what="every line acked", poll_s=0.2)
-    figures = {
-        "fwd_cpu": proc_cpu_s(fwd.proc.pid),
-        "fwd_rss": proc_peak_rss_mb(fwd.proc.pid),
-        "agg_cpu": proc_cpu_s(agg.proc.pid),
-        "agg_rss": proc_peak_rss_mb(agg.proc.pid),
-        "records": await fwd.metric("logferry_records_spooled_total"),
-    }
-    await fwd.stop()
-    await agg.stop()
-    return figures
 
 
 def chunks_of(logs: Path) -> list[bytes]:
@@ -173,13 +121,13 @@ async def main() -> None:
         write_logs(logs, args.lines)
         size = sum(p.stat().st_size for p in (logs / "pods").rglob("*.log*"))
         print(f"loadgen: {args.lines:,} lines, {size / args.lines:.0f} bytes each on average")
-        run = await ship(work, logs, args.lines)
+        run = await ship(work, logs, args.lines, {})
         chunks = chunks_of(logs)
         floor_cpu, floor_records = floor(chunks, work / "floor.ndjson")
         per_m = 1e6 / args.lines
-        fwd, agg, low = run["fwd_cpu"] * per_m, run["agg_cpu"] * per_m, floor_cpu * per_m
-        print(f"forwarder : {fwd:.2f} CPU s per million lines, peak RSS {run['fwd_rss']:.0f} MB")
-        print(f"aggregator: {agg:.2f} CPU s per million lines, peak RSS {run['agg_rss']:.0f} MB")
+        fwd, agg, low = run["cpu_s"] * per_m, run["agg_cpu_s"] * per_m, floor_cpu * per_m
+        print(f"forwarder : {fwd:.2f} CPU s per million lines, peak RSS {run['rss_mb']:.0f} MB")
+        print(f"aggregator: {agg:.2f} CPU s per million lines, peak RSS {run['agg_rss_mb']:.0f} MB")
         print(
             f"floor     : {low:.2f} CPU s per million lines (decode + render + one write and "
             f"fdatasync per chunk of {CHUNK_RECORDS}; {len(chunks)} chunks, "
