@@ -29,8 +29,15 @@ def uid_of(namespace: str, name: str) -> str:
 
 
 def forwarder(
-    tmp_path: Path, node: Path, agg_port: int, api_url: str, namespace_labels: bool = False
+    tmp_path: Path,
+    node: Path,
+    agg_port: int,
+    api_url: str | None,
+    namespace_labels: bool = False,
+    **source: Any,
 ) -> DaemonProcess:
+    """The node's forwarder; ``api_url`` None: without pod metadata; ``source``: more keys
+    of its ``source`` section."""
     workdir = tmp_path / "fwd"
     return DaemonProcess(
         "forwarder",
@@ -46,10 +53,11 @@ def forwarder(
                 "path_glob": str(node / "containers" / "*.log"),
                 "rescan_interval_s": 1,
                 "poll_interval_s": 0.05,
+                **source,
             },
             "sender": {"servers": [f"127.0.0.1:{agg_port}"], "ack_timeout_s": 10},
             "kubernetes": {
-                "enabled": True,
+                "enabled": api_url is not None,
                 "api_url": api_url,
                 "token_file": None,
                 "ca_file": None,
@@ -239,26 +247,8 @@ async def test_plain_files_outside_kubernetes_go_to_their_configured_tenant(
     (agent / "agent.log").write_bytes(
         b"".join(f"agent line {n}\n".encode() for n in range(120)) + b"crlf line\r\n"
     )
-    workdir = tmp_path / "fwd"
-    fwd = DaemonProcess(
-        "forwarder",
-        workdir,
-        {
-            "node_name": NODE,
-            "spool": {
-                "directory": str(workdir / "spool"),
-                "max_bytes": "64MiB",
-                "segment_max_bytes": "4MiB",
-            },
-            "source": {
-                "path_glob": str(node / "containers" / "*.log"),
-                "files": [{"glob": str(agent / "*.log"), "tenant": tenant, "name": "agent"}],
-                "rescan_interval_s": 1,
-                "poll_interval_s": 0.05,
-            },
-            "sender": {"servers": [f"127.0.0.1:{input_port(agg)}"], "ack_timeout_s": 10},
-        },
-    )
+    files = [{"glob": str(agent / "*.log"), "tenant": tenant, "name": "agent"}]
+    fwd = forwarder(tmp_path, node, input_port(agg), None, files=files)
     daemons.append(fwd)
     await fwd.start()
     store = StoreReader(opensearch.url)
