@@ -12,7 +12,6 @@ the node is shared by the session.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from logferry.common.store_access import StoreAccess
 from logferry.store.client import StoreClient, open_store
 from logferry.store.lease import Lease
 from tests.support.aggregator import MakeAggregator, aggregator_config, input_port, unique_ns
+from tests.support.commands import run_module
 from tests.support.daemon import DaemonProcess
 from tests.support.forward_client import ForwardClient
 from tests.support.net import wait_until
@@ -36,8 +36,6 @@ from tests.support.records import Entry, compressed_chunk, container_entries
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-CLI_TIMEOUT_S = 120.0
 DAY_S = 86400
 # Yesterday at noon UTC: inside the aggregator's accepted window, and one index whichever
 # moment of the day the test runs.
@@ -70,18 +68,7 @@ async def send(agg: DaemonProcess, entries: list[Entry], chunk: str) -> None:
 
 
 async def run_cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "logferry.store.cli",
-        *args,
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_module("logferry.store.cli", *args)
 
 
 async def test_template_is_in_place_before_the_first_document_and_wins(

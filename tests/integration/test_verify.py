@@ -9,9 +9,7 @@ Each test writes its own indices (the node is shared by the session).
 
 from __future__ import annotations
 
-import asyncio
 import io
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
@@ -32,12 +30,11 @@ from logferry.store.lifecycle import templates_for
 from logferry.store.settings import IndexSettings
 from logferry.store.templates import ensure_templates
 from logferry.tools.verify import VerifyOptions, verify
+from tests.support.commands import run_module
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 NODE = "node-vt"
-CLI_TIMEOUT_S = 120.0
 
 
 def pod_log(ns: str, pod: str) -> str:
@@ -122,18 +119,7 @@ async def store(opensearch: OpenSearchNode) -> AsyncIterator[Store]:
 
 
 async def run_cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "logferry.tools.verify",
-        *args,
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_module("logferry.tools.verify", *args)
 
 
 async def test_verify_counts_gaps_duplicates_dlq_positions_and_manifest_exactly(
