@@ -267,6 +267,20 @@ class Forwarder:
         except RefusedFileError as exc:
             self.discovery.refuse(item.path, exc.reason, item.real_path, item.meta)
             return False
+        return self._start_tail(item, fd, stat)
+
+    def _open_plain(self, item: FoundFile) -> bool:
+        """Start tailing a plain file of ``source.files`` (no pod, no path guard: the
+        platform chose its path), one line per record."""
+        try:
+            fd = os.open(item.real_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        return self._start_tail(item, fd, os.fstat(fd))
+
+    def _start_tail(self, item: FoundFile, fd: int, stat: os.stat_result) -> bool:
+        """Tail the file open on ``fd`` from its position; False (``fd`` closed) if it is
+        not the file the scan saw, or tailed already."""
         key = (stat.st_dev, stat.st_ino)
         if key != (item.device, item.inode):
             # Replaced since the scan (a rotation): what opened is safe to read, but its
@@ -275,7 +289,8 @@ class Forwarder:
             log.info("tail.changed_since_scan", link=item.path, path=item.real_path)
             self.discovery.request_scan()
             return False
-        self.discovery.accepted(item.path)
+        if not item.plain:
+            self.discovery.accepted(item.path)
         if key in self._tails:
             os.close(fd)
             return False
@@ -288,9 +303,10 @@ class Forwarder:
             state = dataclasses.replace(state, link=item.path)
             self.positions.update(state)
         multiline = self.config.multiline
-        # With pod metadata on, the rule waits for it (the pod's annotation may name one).
-        rule = self.rules.rule_for(item.meta) if self.pods is None else None
-        if self.pods is not None:
+        # With pod metadata on, the rule waits for it (the pod's annotation may name one); a
+        # plain file has neither pod nor rule.
+        rule = self.rules.rule_for(item.meta) if self.pods is None and not item.plain else None
+        if self.pods is not None and not item.plain:
             wait = self.config.kubernetes.wait_for_metadata_s
             self._awaiting[key] = (pod_uid(item.real_path) or "", time.monotonic() + wait)
         self._tails[key] = FileTail(
@@ -302,10 +318,9 @@ class Forwarder:
             block_bytes=self.config.sender.batch_max_bytes,
             multiline=rule,
             multiline_timeout_s=multiline.flush_timeout_s,
-            multiline_max_lines=min(multiline.max_lines, rule.max_lines or multiline.max_lines)
-            if rule
-            else multiline.max_lines,
+            multiline_max_lines=multiline.max_lines,
             multiline_max_bytes=multiline.max_bytes,
+            fmt="raw" if item.plain else None,
         )
         log.info(
             "tail.opened",
@@ -316,44 +331,7 @@ class Forwarder:
             offset=state.offset,
             resolution=resolution.value,
             multiline=rule.name if rule is not None else None,
-        )
-        return True
-
-    def _open_plain(self, item: FoundFile) -> bool:
-        """Start tailing a plain file of ``source.files`` (no pod, no path guard: the
-        platform chose its path), one line per record."""
-        try:
-            fd = os.open(item.real_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        stat = os.fstat(fd)
-        key = (stat.st_dev, stat.st_ino)
-        if key != (item.device, item.inode) or key in self._tails:
-            os.close(fd)
-            return False
-        state, resolution = resolve(
-            self.positions, self.config.node_name, item.real_path, stat, fingerprint(fd), fd=fd
-        )
-        if state.link != item.path:
-            state = dataclasses.replace(state, link=item.path)
-            self.positions.update(state)
-        self._tails[key] = FileTail(
-            state,
-            item.meta,
-            fd,
-            self.config.source.max_line_bytes,
-            block_records=self.config.sender.batch_max_records,
-            block_bytes=self.config.sender.batch_max_bytes,
-            fmt="raw",
-        )
-        log.info(
-            "tail.opened",
-            namespace=item.meta.namespace_name,
-            path=item.real_path,
-            source=state.source_id,
-            offset=state.offset,
-            resolution=resolution.value,
-            plain=True,
+            plain=item.plain,
         )
         return True
 

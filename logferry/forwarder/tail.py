@@ -94,13 +94,7 @@ class FileTail:
             kubernetes=kubernetes_raw(self.meta.as_record()),
         )
         if self.multiline is not None:
-            self._joiner = Joiner(
-                self.multiline,
-                flush_timeout_ns=int(self.multiline_timeout_s * 1e9),
-                max_lines=self.multiline_max_lines,
-                max_bytes=self.multiline_max_bytes,
-                start=self._reader.checkpoint,
-            )
+            self._joiner = self._joiner_for(self.multiline)
 
     @classmethod
     def open(
@@ -126,14 +120,20 @@ class FileTail:
         if self.read_offset != self.state.offset or self._joiner is not None:
             return False
         self.multiline = rule
-        self._joiner = Joiner(
+        self._joiner = self._joiner_for(rule)
+        return True
+
+    def _joiner_for(self, rule: MultilineRule) -> Joiner:
+        """A joiner from the source's start; a rule's own ``max_lines`` (a tenant pipeline's)
+        may only lower the forwarder's."""
+        max_lines = min(self.multiline_max_lines, rule.max_lines or self.multiline_max_lines)
+        return Joiner(
             rule,
             flush_timeout_ns=int(self.multiline_timeout_s * 1e9),
-            max_lines=self.multiline_max_lines,
+            max_lines=max_lines,
             max_bytes=self.multiline_max_bytes,
             start=self._reader.checkpoint,
         )
-        return True
 
     def set_kubernetes(self, record: dict[str, object]) -> None:
         """The ``kubernetes`` map of the records read from now on (pod metadata arrived)."""
