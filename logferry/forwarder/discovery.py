@@ -166,7 +166,7 @@ class Discovery:
         """The resolved docker json-file root (cri-dockerd), or None."""
         self.skipped = (metrics if metrics is not None else ForwarderMetrics()).files_skipped
         self._refused: dict[str, tuple[RefusalReason, str]] = {}  # link -> (reason, target)
-        self._unknown: set[str] = set()  # unattributable paths already warned about
+        self._unknown: set[str] = set()  # skipped paths (not refusals) already warned about
         self._refused_lock = threading.Lock()
         self.stats = ScanStats()
         self._observer: BaseObserver | None = None
@@ -194,28 +194,38 @@ class Discovery:
                 meta = parse_file_name(path, self._host)
             if meta is None:
                 reason = "not_container"
-                self._unattributable(path)
+                self._skipped_once(
+                    path,
+                    reason,
+                    "discovery.file_unattributable",
+                    "the name is not kubelet's <pod>_<namespace>_<container>-<64 hex id>.log "
+                    "nor .../<namespace>_<pod>_<uid>/<container>/<n>.log: no tenant to route "
+                    "it to",
+                )
             elif excluded(meta, s.exclude_namespaces, s.exclude_pods, s.exclude_containers):
                 reason = "excluded"
             else:
                 reason = self._judge(path, root, meta, found)
             if reason is not None:
                 skipped[reason] = skipped.get(reason, 0) + 1
+        plain_paths = self._plain_files(found, skipped)
         with self._refused_lock:  # a link that is gone is forgotten: it warns again if back
-            live = set(paths)
+            live = set(paths) | plain_paths
             self._refused = {k: v for k, v in self._refused.items() if k in live}
             self._unknown &= live
-        self._plain_files(found, skipped)
         self.stats.scans += 1
         self.stats.found = len(found)
         self.stats.skipped = skipped
         return found
 
-    def _plain_files(self, found: dict[str, FoundFile], skipped: dict[SkipReason, int]) -> None:
+    def _plain_files(self, found: dict[str, FoundFile], skipped: dict[SkipReason, int]) -> set[str]:
         """The files of ``source.files``: regular files, their symlinks followed (the platform
-        chose these paths, not a tenant), attributed to their configured tenant."""
+        chose these paths, not a tenant), attributed to their configured tenant; the paths
+        the globs matched."""
+        matched: set[str] = set()
         for plain in self._settings.files:
             for path in sorted(glob.glob(plain.glob)):
+                matched.add(path)
                 if path in found:
                     continue
                 real = os.path.realpath(path)
@@ -229,8 +239,16 @@ class Discovery:
                     continue
                 if not stat.S_ISREG(st.st_mode):
                     skipped["not_regular"] = skipped.get("not_regular", 0) + 1
+                    self._skipped_once(
+                        path,
+                        "not_regular",
+                        "discovery.file_not_regular",
+                        "a source.files glob matched something that is not a regular file "
+                        "(a folder, a FIFO, a device): not read",
+                    )
                     continue
                 found[path] = FoundFile(path, real, st, meta, plain=True)
+        return matched
 
     def _judge(
         self, path: str, root: str, meta: ContainerMeta, found: dict[str, FoundFile]
@@ -263,9 +281,9 @@ class Discovery:
         found[path] = FoundFile(path, real, st, meta)
         return None
 
-    def _unattributable(self, path: str) -> None:
-        """A file the globs match whose name says no namespace, pod and container: counted
-        and logged once (while it stays), never read in silence nor skipped in silence."""
+    def _skipped_once(self, path: str, reason: SkipReason, event: str, detail: str) -> None:
+        """A file the globs match that is not read (no container to attribute it to, not a
+        regular file): counted and logged once while it stays, never skipped in silence."""
         with self._refused_lock:
             if path in self._unknown:
                 return
@@ -273,11 +291,10 @@ class Discovery:
         count_and_log(
             self.skipped,
             log,
-            "discovery.file_unattributable",
-            labels={"reason": "not_container"},
+            event,
+            labels={"reason": reason},
             path=path,
-            detail="the name is not kubelet's <pod>_<namespace>_<container>-<64 hex id>.log "
-            "nor .../<namespace>_<pod>_<uid>/<container>/<n>.log: no tenant to route it to",
+            detail=detail,
         )
 
     def refuse(self, link: str, reason: RefusalReason, target: str, meta: ContainerMeta) -> None:

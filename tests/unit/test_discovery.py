@@ -259,3 +259,21 @@ def test_a_file_no_container_can_be_named_for_is_counted_and_warned_once(
     sample = metrics.files_skipped.labels(reason="not_container")._value.get()
     assert sample == 1
     assert discovery.stats.skipped == {"not_container": 1}
+
+
+def test_a_plain_files_glob_matching_a_folder_is_counted_and_warned_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "containers").mkdir()
+    agent = tmp_path / "agent"
+    (agent / "odd.log").mkdir(parents=True)  # a folder the glob matches
+    (agent / "real.log").write_bytes(b"x\n")
+    metrics = ForwarderMetrics()
+    files = [{"glob": str(agent / "*.log"), "tenant": "node-logs"}]
+    discovery = Discovery(settings(tmp_path, files=files), "n1", metrics=metrics)
+    with caplog.at_level(logging.WARNING):
+        assert list(discovery.scan()) == [str(agent / "real.log")]
+        assert list(discovery.scan()) == [str(agent / "real.log")]
+    warned = [r for r in caplog.records if r.getMessage() == "discovery.file_not_regular"]
+    assert len(warned) == 1
+    assert metrics.files_skipped.labels(reason="not_regular")._value.get() == 1
