@@ -130,6 +130,13 @@ class PodCache:
             victim = min(self._deleted, key=self._deleted.__getitem__, default=None)
             if victim is None:
                 victim = next(iter(self._pods))
+                log.warning(
+                    "kubernetes.pod_cache_full",
+                    max_pods=self.max_pods,
+                    evicted=self._pods[victim].name,
+                    effect="its new files get the file name's metadata only "
+                    "(logferry_records_metadata_incomplete_total); raise kubernetes.max_pods",
+                )
             self._deleted.pop(victim, None)
             self._pods.pop(victim, None)
             self.evicted += 1
