@@ -12,6 +12,7 @@ import pytest
 
 from logferry.common.errors import SpoolClosedError, SpoolError, SpoolFullError
 from logferry.common.spool import Spool, SpoolBatch
+from logferry.common.spool.segment import HEADER_SIZE, RECORD_OVERHEAD
 from tests.support.net import wait_until
 
 DEADLINE_S = 10.0
@@ -408,3 +409,24 @@ async def test_a_cancelled_read_loses_nothing(spool: Spool) -> None:
         await waiting
     await spool.append([b"a", b"b"])
     assert await read_all(spool) == [b"a", b"b"]
+
+
+@pytest.mark.parametrize("cut", [0, 1, 16, 31, 32, 33])
+@pytest.mark.parametrize("weighed", [False, True])
+async def test_a_read_buffer_ending_inside_a_frame_header_is_not_damage(
+    tmp_path: Path, cut: int, weighed: bool
+) -> None:
+    # The reader reads 256 KiB at a time; the first frame ends ``cut`` bytes before that, so
+    # the buffer holds only the start of the next frame's 32-byte header. That is a frame
+    # to read next, not a damaged one (a forwarder once crash-looped on exactly this).
+    s = await Spool.open(tmp_path, max_bytes=4 << 20, segment_max_bytes=1 << 20)
+    first = b"a" * ((256 << 10) - cut - HEADER_SIZE - RECORD_OVERHEAD)
+    await s.append([first])
+    await s.append([b"b" * 100, b"c" * 100])
+    weigh = (lambda _record: 1) if weighed else None
+    out: list[bytes] = []
+    while batch := await s.read(max_records=1000, max_bytes=4 << 20, timeout_s=0, weigh=weigh):
+        out.extend(batch.records)
+        s.commit(batch)
+    await s.close()
+    assert out == [first, b"b" * 100, b"c" * 100]

@@ -125,6 +125,8 @@ class SegmentReader:
             data = memoryview(await self._pread(min(avail, max(_READ_CHUNK, budget)), base))
         pos = 0
         while pos < len(data) and not batch.full:
+            if pos > 0 and pos + HEADER_SIZE > len(data) and pos + HEADER_SIZE <= avail:
+                break  # the buffer ends inside the next header: the next call reads it whole
             size = frame_size_at(data, pos)
             if size is None or pos + size > avail:
                 raise self._corrupt(segment, base + pos)
