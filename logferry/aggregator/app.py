@@ -30,6 +30,12 @@ from logferry.aggregator.render import TimeWindow
 from logferry.aggregator.routing import TenantResolver
 from logferry.aggregator.server import ForwardServer
 from logferry.aggregator.spools import TenantSpools
+from logferry.aggregator.workers import (
+    WorkerSlot,
+    orphaned_spool_dirs,
+    worker_spool_dir,
+    worker_spool_settings,
+)
 from logferry.common.disk_full import DiskStalls
 from logferry.common.errors import OutputError
 from logferry.common.logs import get_logger
@@ -46,12 +52,21 @@ log = get_logger(__name__)
 class Aggregator:
     """One aggregator process. ``run`` returns when ``stop`` is set and shutdown is done."""
 
-    def __init__(self, config: AggregatorConfig) -> None:
+    def __init__(self, config: AggregatorConfig, slot: WorkerSlot | None = None) -> None:
         self.config = config
+        self.slot = slot
+        """Which worker of a supervised aggregator this is (None: the only process)."""
         self.metrics = AggregatorMetrics()
         self.hostname = socket.gethostname()
         self.instance = f"{self.hostname}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
-        self.spools = TenantSpools(config.spool, stalls=DiskStalls(self.metrics.registry))
+        stalls = DiskStalls(self.metrics.registry)
+        spool_settings = config.spool if slot is None else worker_spool_settings(config.spool, slot)
+        self.spools = TenantSpools(spool_settings, stalls=stalls)
+        # Spools of workers that no longer exist (the count shrank): drained, never written.
+        self.orphans = [
+            TenantSpools(spool_settings.model_copy(update={"directory": path}), stalls=stalls)
+            for path in (orphaned_spool_dirs(config.spool.directory, slot) if slot else ())
+        ]
         self.dlq = DeadLetterQueue.from_settings(config.dlq)
         self.output: Output = build_output(
             config.output,
@@ -66,6 +81,10 @@ class Aggregator:
             status_file = config.pipelines.status_file or (
                 Path(config.spool.directory).parent / "pipelines-status.json"
             )
+            if slot is not None and slot.index > 0:  # worker 0 writes the pod's status file
+                status_file = worker_spool_dir(config.spool.directory, slot.index) / (
+                    "pipelines-status.json"
+                )
             self.pipeline_watcher = PipelineWatcher(
                 config.pipelines,
                 self.pipelines,
@@ -123,6 +142,11 @@ class Aggregator:
         self._stop: asyncio.Event | None = None
         self._shut_down = False
 
+    @property
+    def _leader(self) -> bool:
+        """The process that does what is done once per aggregator (worker 0, or the only one)."""
+        return self.slot is None or self.slot.index == 0
+
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until ``stop`` is set (or a task fails); returns the exit code."""
         self._stop = stop
@@ -131,13 +155,23 @@ class Aggregator:
             await self.output.start()
             self.spools.on_new_tenant(self._start_drain)
             await self.spools.start()
+            for orphan in self.orphans:
+                orphan.on_new_tenant(self._start_drain)
+                await orphan.start()
+                log.warning(
+                    "aggregator.adopted_worker_spools",
+                    directory=str(orphan.settings.directory),
+                    tenants=len(orphan.spools),
+                    why="a worker of a larger worker count left these; drained from here",
+                )
             # Tenants with a spool on the volume count against routing.max_tenants.
             self.resolver.admit_existing(self.spools.spools)
             if self.pipeline_watcher is not None:
                 # Pipelines in force before the first record is accepted, not just after.
                 await asyncio.to_thread(self.pipeline_watcher.reload)
-            await self.server.start()
-            await self.status.start()
+            slot = self.slot
+            await self.server.start(slot.input_socket() if slot else None)
+            await self.status.start(slot.http_socket() if slot else None)
             if self.pipeline_watcher is not None:
                 self._pipeline_task = asyncio.create_task(
                     self.pipeline_watcher.run(self._pipelines_stop), name="pipelines"
@@ -147,6 +181,7 @@ class Aggregator:
             log.info(
                 "aggregator.started",
                 instance=self.instance,
+                worker=f"{slot.index}/{slot.count}" if slot else None,
                 input_port=self.server.port,
                 http_port=self.status.port,
                 tenants_with_backlog=len(self.spools.spools),
@@ -162,6 +197,8 @@ class Aggregator:
         indices = self.config.indices
         check_indices(indices, self.spools.spools)
         output = self.config.output
+        if not self._leader:
+            return None  # the retention janitor runs once per aggregator, in worker 0
         if not isinstance(output, BulkOutputSettings) or indices.lifecycle != "janitor":
             return None
         if not (indices.retention_days or any(t.retention_days for t in indices.tenants.values())):
@@ -224,6 +261,8 @@ class Aggregator:
                 await asyncio.gather(*pending, return_exceptions=True)
         backlog = {t: s.records_pending for t, s in self.spools.spools.items() if s.records_pending}
         await self.spools.close()
+        for orphan in self.orphans:
+            await orphan.close()
         await self.output.close()
         self.dlq.close()
         await self.status.stop()

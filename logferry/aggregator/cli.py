@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from logferry.aggregator import dlq_cli
 from logferry.aggregator.config import AggregatorConfig
@@ -29,6 +30,25 @@ def register(commands: Subcommands, name: str, help_text: str) -> argparse.Argum
 
 def _build(config: AggregatorConfig) -> Daemon:
     from logferry.aggregator.app import Aggregator
+    from logferry.aggregator.workers import (
+        WorkerSlot,
+        die_with_parent,
+        worker_count,
+        worker_spool_settings,
+    )
 
+    slot = WorkerSlot.from_env()
+    if slot is not None:
+        die_with_parent()
+        return Aggregator(config, slot)
+    count = worker_count(config.workers)
+    if count > 1:
+        from logferry.aggregator.supervisor import Supervisor
+
+        # Refused here, not in N crash-looping workers: secrets, and the budgets' split.
+        Aggregator(config)
+        worker_spool_settings(config.spool, WorkerSlot(0, count, -1, -1))
+        # A worker is this same command line, told which worker it is by its environment.
+        return Supervisor(config, count, [sys.executable, *sys.orig_argv[1:]])
     # Secret files are read here: an empty or unreadable one refuses the start.
     return Aggregator(config)

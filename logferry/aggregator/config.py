@@ -171,6 +171,11 @@ class AggregatorConfig(ConfigModel):
     """Tenant LogPipelines from a watched directory, applied without a restart."""
     indices: IndexSettings = IndexSettings()
     """The tenants' indices in the store: template, period, retention, shard budget."""
+    workers: int = Field(default=0, ge=0, le=64)
+    """Worker processes sharing the input port, each with its own tenant spools under
+    ``spool.directory`` (the spool budgets split evenly) and its own outputs; the pod keeps
+    one /metrics (samples labelled ``worker``) and one set of probes. 0: the cores this
+    process may use (its CPU affinity, capped by a cgroup CPU limit). 1: one process."""
     shutdown_deadline_s: float = Field(default=20.0, gt=0, le=3600)
     """On SIGTERM: time to finish in-flight acks and let the output flush, before exiting with
     the rest left safely in the spool."""

@@ -27,6 +27,7 @@ import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from logferry.aggregator.config import ForwardInputSettings
 from logferry.aggregator.ingest import Ingest, Receipt, Rendered
@@ -115,12 +116,17 @@ class ForwardServer:
         self._source_budgets: dict[str, ByteBudget] = {}
         self.port = 0
 
-    async def start(self) -> None:
-        """Bind and start accepting."""
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Bind and start accepting (on ``sock`` when given: the listening socket a
+        supervisor bound and shares with its other workers)."""
+        where: dict[str, Any] = (
+            {"sock": sock}
+            if sock is not None
+            else {"host": self.settings.listen_host, "port": self.settings.listen_port}
+        )
         self._server = await asyncio.start_server(
             self._handle,
-            self.settings.listen_host,
-            self.settings.listen_port,
+            **where,
             ssl=self._ssl,
             ssl_handshake_timeout=self.settings.handshake_timeout_s if self._ssl else None,
             limit=STREAM_LIMIT,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import socket
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -42,19 +43,26 @@ class StatusServer:
         live: Check,
         ready: Check,
         before_scrape: Callable[[], None] | None = None,
+        exposition: Callable[[bytes], Awaitable[bytes]] | None = None,
     ) -> None:
         self._host, self._port = host, port
         self._registry = registry
         self._live, self._ready = live, ready
         self._before_scrape = before_scrape
+        self._exposition = exposition
+        """Turns the registry's own text into the body served (the aggregator's supervisor
+        merges its workers' metrics in); None serves the registry as it is."""
         self._server: asyncio.Server | None = None
         self.port = 0
 
-    async def start(self) -> None:
-        """Bind and serve."""
-        self._server = await asyncio.start_server(
-            self._serve, self._host, self._port, reuse_address=True, limit=_HEAD_LIMIT
-        )
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Bind and serve (on ``sock`` when given: a listening socket bound by a parent)."""
+        if sock is not None:
+            self._server = await asyncio.start_server(self._serve, sock=sock, limit=_HEAD_LIMIT)
+        else:
+            self._server = await asyncio.start_server(
+                self._serve, self._host, self._port, reuse_address=True, limit=_HEAD_LIMIT
+            )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("http.listening", host=self._host, port=self.port)
 
@@ -70,7 +78,7 @@ class StatusServer:
         try:
             async with asyncio.timeout(_READ_TIMEOUT_S):
                 head = await reader.readuntil(b"\r\n\r\n")
-            status, content_type, body = self._respond(head)
+            status, content_type, body = await self._respond(head)
             method = head.split(b" ", 1)[0]
             writer.write(
                 f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
@@ -86,7 +94,7 @@ class StatusServer:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    def _respond(self, head: bytes) -> tuple[int, str, bytes]:
+    async def _respond(self, head: bytes) -> tuple[int, str, bytes]:
         parts = head.split(b"\r\n", 1)[0].split(b" ")
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
             return 400, "text/plain", b"bad request\n"
@@ -98,6 +106,9 @@ class StatusServer:
         if target == b"/metrics":
             if self._before_scrape is not None:
                 self._before_scrape()
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
+            body = generate_latest(self._registry)
+            if self._exposition is not None:
+                body = await self._exposition(body)
+            return 200, CONTENT_TYPE_LATEST, body
         ok, reason = (self._live if target == b"/healthz" else self._ready)()
         return (200 if ok else 503), "text/plain", ((reason or "ok") + "\n").encode()

@@ -54,6 +54,9 @@ def aggregator_config(workdir: Path, store_url: str | None, **overrides: Any) ->
         # One node: a replica could never be assigned (every index would stay yellow).
         "indices": {"replicas": 0},
         "shutdown_deadline_s": 10,
+        # One process unless a test asks for workers: a test reads one spool folder and one
+        # process's metrics (tests/integration/test_aggregator_workers.py runs several).
+        "workers": 1,
     }
     return merge_sections(config, overrides)
 

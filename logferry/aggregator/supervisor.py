@@ -1,0 +1,271 @@
+"""The aggregator as N worker processes: one port, one /metrics, one set of probes per pod.
+
+The supervisor does no record work. It binds the Forward port once (every worker accepts on
+that socket) and a status socket on 127.0.0.1 per worker, starts the workers (the same
+command with ``LOGFERRY_WORKER=<i>/<n>``), restarts one that exits unasked (after a backoff;
+the new one reopens that worker's spools, so what it acked is delivered), and serves the
+pod's /metrics (its own and every worker's, labelled ``worker``), /healthz and /readyz (ready
+when every worker is). SIGTERM is passed to every worker, which shuts down as a single
+aggregator does; one still running after the deadline is killed (its spool is crash-safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from logferry.aggregator.config import AggregatorConfig
+from logferry.aggregator.worker_metrics import http_get, merge_expositions
+from logferry.aggregator.workers import FDS_ENV, PARENT_ENV, WORKER_ENV
+from logferry.common.logs import get_logger
+from logferry.common.status_http import StatusServer
+
+log = get_logger(__name__)
+
+_BIND_RETRY_S = 15.0
+_POLL_S = 0.5
+_PROBE_TIMEOUT_S = 2.0
+_SCRAPE_TIMEOUT_S = 5.0
+_BACKOFF_FIRST_S = 0.5
+_BACKOFF_MAX_S = 30.0
+_STABLE_S = 60.0  # a worker that ran this long starts its backoff afresh
+_KILL_MARGIN_S = 10.0
+
+
+@dataclass(eq=False)
+class _Worker:
+    index: int
+    http: socket.socket
+    proc: asyncio.subprocess.Process | None = None
+    ready: bool = False
+    started: float = 0.0
+    backoff_s: float = _BACKOFF_FIRST_S
+    exits: list[int] = field(default_factory=list)
+
+    @property
+    def http_port(self) -> int:
+        return int(self.http.getsockname()[1])
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+
+async def bind_listener(host: str, port: int, *, retry_s: float = _BIND_RETRY_S) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (``SO_REUSEADDR``, backlog 1024).
+
+    The port may still be held for a moment by the workers of a supervisor that was just
+    killed (the kernel kills them as it dies): an address in use is retried for ``retry_s``.
+    """
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, kind, proto, _name, address = infos[0]
+    deadline = time.monotonic() + retry_s
+    while True:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(1024)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.1)  # a retry interval: the old holder is being killed
+
+
+class Supervisor:
+    """Runs ``count`` workers of ``command`` (this very daemon) until ``stop`` is set."""
+
+    def __init__(self, config: AggregatorConfig, count: int, command: list[str]) -> None:
+        self.config = config
+        self.count = count
+        self.command = command
+        self.registry = CollectorRegistry()
+        self.running = Gauge(
+            "logferry_aggregator_workers_running",
+            "Worker processes of this aggregator running now",
+            registry=self.registry,
+        )
+        self.configured = Gauge(
+            "logferry_aggregator_workers",
+            "Worker processes this aggregator runs (the workers setting, resolved)",
+            registry=self.registry,
+        )
+        self.restarts = Counter(
+            "logferry_aggregator_worker_restarts",
+            "Workers started again after they exited unasked (crash, kill, OOM)",
+            ["worker"],
+            registry=self.registry,
+        )
+        self.configured.set(count)
+        self.workers: list[_Worker] = []
+        self._input: socket.socket | None = None
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.status = StatusServer(
+            config.http.listen_host,
+            config.http.listen_port,
+            self.registry,
+            live=lambda: (True, "ok"),
+            ready=self._ready,
+            exposition=self._exposition,
+        )
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Supervise until ``stop`` is set; 0 when every worker stopped cleanly."""
+        settings = self.config.input
+        try:
+            self._input = await bind_listener(settings.listen_host, settings.listen_port)
+            for index in range(self.count):
+                http = await bind_listener("127.0.0.1", 0)
+                self.workers.append(_Worker(index, http))
+            for worker in self.workers:
+                await self._spawn(worker)
+                self._tasks.append(asyncio.create_task(self._watch(worker, stop)))
+            self._tasks.append(asyncio.create_task(self._poll_ready(stop)))
+            await self.status.start()
+            log.info(
+                "aggregator.supervising",
+                workers=self.count,
+                pids=[w.proc.pid for w in self.workers if w.proc is not None],
+                input_port=self._input.getsockname()[1],
+                http_port=self.status.port,
+            )
+            await stop.wait()
+        finally:
+            code = await self._shutdown()
+        return code
+
+    async def _spawn(self, worker: _Worker) -> None:
+        assert self._input is not None
+        fds = (self._input.fileno(), worker.http.fileno())
+        env = {
+            **os.environ,
+            WORKER_ENV: f"{worker.index}/{self.count}",
+            FDS_ENV: f"{fds[0]},{fds[1]}",
+            PARENT_ENV: str(os.getpid()),
+        }
+        # A session of its own: a terminal's Ctrl-C reaches the supervisor only, which then
+        # stops each worker once (a second signal would make a worker exit at once).
+        worker.proc = await asyncio.create_subprocess_exec(
+            *self.command, env=env, pass_fds=fds, start_new_session=True
+        )
+        worker.started = time.monotonic()
+        worker.ready = False
+        self._count_running()
+
+    async def _watch(self, worker: _Worker, stop: asyncio.Event) -> None:
+        """Restart ``worker`` whenever it exits unasked, with a growing backoff."""
+        while True:
+            assert worker.proc is not None
+            code = await worker.proc.wait()
+            worker.ready = False
+            self._count_running()
+            if self._stopping or stop.is_set():
+                return
+            ran_s = time.monotonic() - worker.started
+            if ran_s >= _STABLE_S:
+                worker.backoff_s = _BACKOFF_FIRST_S
+            worker.exits.append(code)
+            self.restarts.labels(str(worker.index)).inc()
+            log.error(
+                "aggregator.worker_exited",
+                worker=worker.index,
+                exit_code=code,
+                signal=signal.Signals(-code).name if code < 0 else None,
+                ran_s=round(ran_s, 3),
+                restart_in_s=worker.backoff_s,
+                why="restarting it: it reopens its own spools, so what it acked is delivered",
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), worker.backoff_s)
+            if self._stopping or stop.is_set():
+                return
+            worker.backoff_s = min(_BACKOFF_MAX_S, worker.backoff_s * 2)
+            await self._spawn(worker)
+
+    async def _poll_ready(self, stop: asyncio.Event) -> None:
+        """Keep each worker's readiness current for /readyz (answered from memory)."""
+        while not stop.is_set():
+            await asyncio.gather(*(self._probe(w) for w in self.workers))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _POLL_S)
+
+    async def _probe(self, worker: _Worker) -> None:
+        if not worker.running:
+            worker.ready = False
+            return
+        try:
+            status, _ = await http_get(worker.http_port, "/readyz", _PROBE_TIMEOUT_S)
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
+            status = 0
+        worker.ready = status == 200
+
+    def _ready(self) -> tuple[bool, str]:
+        if self._stopping:
+            return False, "stopping"
+        waiting = [str(w.index) for w in self.workers if not w.ready]
+        if not self.workers or waiting:
+            return False, "workers not ready: " + ",".join(waiting)
+        return True, "ok"
+
+    async def _exposition(self, own: bytes) -> bytes:
+        async def scrape(worker: _Worker) -> tuple[str, bytes] | None:
+            if not worker.running:
+                return None
+            try:
+                status, body = await http_get(worker.http_port, "/metrics", _SCRAPE_TIMEOUT_S)
+            except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
+                return None  # a worker restarting: logferry_aggregator_workers_running says so
+            return (str(worker.index), body) if status == 200 else None
+
+        scraped = await asyncio.gather(*(scrape(w) for w in self.workers))
+        parts: list[tuple[str | None, bytes]] = [(None, own)]
+        parts.extend(part for part in scraped if part is not None)
+        return merge_expositions(parts)
+
+    def _count_running(self) -> None:
+        self.running.set(sum(1 for w in self.workers if w.running))
+
+    async def _shutdown(self) -> int:
+        """SIGTERM every worker, wait out the deadline, kill the rest; the exit code."""
+        self._stopping = True
+        log.info("aggregator.stopping_workers", workers=len(self.workers))
+        for worker in self.workers:
+            if worker.running and worker.proc is not None:
+                worker.proc.send_signal(signal.SIGTERM)
+        deadline = self.config.shutdown_deadline_s + _KILL_MARGIN_S
+        waits = [w.proc.wait() for w in self.workers if w.proc is not None]
+        codes: list[int] = []
+        try:
+            codes = list(await asyncio.wait_for(asyncio.gather(*waits), deadline))
+        except TimeoutError:
+            for worker in self.workers:
+                if worker.running and worker.proc is not None:
+                    log.error("aggregator.worker_killed", worker=worker.index, after_s=deadline)
+                    worker.proc.kill()
+                    await worker.proc.wait()
+            codes = [1]
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.status.stop()
+        for worker in self.workers:
+            worker.http.close()
+        if self._input is not None:
+            self._input.close()
+        self._count_running()
+        code = 0 if all(c == 0 for c in codes) else 1
+        log.info("aggregator.stopped", workers=len(self.workers), exit_code=code)
+        return code
