@@ -20,6 +20,7 @@ import orjson
 
 from logferry.aggregator.allowance import CpuAllowance
 from logferry.aggregator.dlq import DeadLetter, DeadLetterQueue, DeadLetterQueueFullError
+from logferry.aggregator.documents import Compression, pack_fragment, split_fragment
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.pipeline_watch import PipelineRegistry
 from logferry.aggregator.render import (
@@ -83,6 +84,9 @@ class Ingest:
     message and :meth:`render`\ s it without an ``await`` in between, then :meth:`store`\ s
     it (or :meth:`discard`\ s it if its connection fails first). So decoded records never wait
     in memory: what waits is rendered bytes, under one budget for every connection.
+
+    Fragments are stored as ``compression`` says; by default as the spools' own setting
+    (``spool.compression``).
     """
 
     def __init__(
@@ -104,8 +108,10 @@ class Ingest:
         allowance: CpuAllowance | None = None,
         on_bypass: Callable[[str, bool], None] | None = None,
         clock: Callable[[], float] = time.time,
+        compression: Compression | None = None,
     ) -> None:
         self._spools = spools
+        self._compression = _compression_of(spools, compression)
         self._metrics = metrics
         self._namer = namer
         self._pipelines = pipelines
@@ -172,7 +178,7 @@ class Ingest:
                 done = self._renderer.render(tenant, group, message, receipt, received_s, suffixes)
                 if done.documents:
                     parts, count = rendered.fragments.get(tenant, ([], 0))
-                    parts.append(done.lines)
+                    parts.append(pack_fragment(done.lines, done.documents, self._compression))
                     rendered.fragments[tenant] = (parts, count + done.documents)
                 if done.adjusted:
                     count_and_log(
@@ -461,7 +467,7 @@ class Ingest:
             for letter in letters
         )
         parts, count = rendered.fragments.get(tenant, ([], 0))
-        parts.append(lines)
+        parts.append(pack_fragment(lines, len(letters), self._compression))
         rendered.fragments[tenant] = (parts, count + len(letters))
         count_and_log(
             self._metrics.records_unrenderable_kept,
@@ -498,11 +504,8 @@ class Ingest:
         assert self._dlq is not None
         letters = []
         for part in parts:
-            lines = part.split(b"\n")
-            for action_line, source in zip(lines[0::2], lines[1::2], strict=False):
-                if not action_line:
-                    continue
-                action = orjson.loads(action_line)["create"]
+            for document in split_fragment(part):  # rendered here: always line pairs
+                action = orjson.loads(document.action)["create"]
                 letters.append(
                     DeadLetter(
                         tenant=tenant,
@@ -514,7 +517,7 @@ class Ingest:
                             f"{self._divert_after_s:.0f} s: parked here so other tenants keep "
                             "flowing; replay when its store accepts again"
                         ),
-                        source=source,
+                        source=document.source,
                     )
                 )
         try:
@@ -530,3 +533,11 @@ class Ingest:
             labels={"tenant": tenant},
         )
         return True
+
+
+def _compression_of(spools: TenantSpools | None, chosen: Compression | None) -> Compression:
+    """The fragments' storage: as chosen, else the spools' setting (tests render without
+    spools: then compressed, the default)."""
+    if chosen is not None:
+        return chosen
+    return spools.settings.compression if spools is not None else "deflate"

@@ -17,6 +17,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
+from logferry.aggregator.documents import Compression
 from logferry.common.disk_full import DiskStalls
 from logferry.common.errors import SpoolClosedError
 from logferry.common.logs import get_logger
@@ -43,6 +44,11 @@ class AggregatorSpoolSettings(SpoolSettings):
     in the dead-letter queue (replay with ``logferry aggregator dlq replay``) instead of
     holding up the chunks they share with other tenants. 0: never; the tenant then slows
     every sender once its share is full."""
+    compression: Compression = "deflate"
+    """How records are stored: ``deflate`` compresses each chunk's documents once, as they
+    arrive (a fraction of the disk, and the bulk output sends them as gzip bodies without
+    compressing again); ``none`` stores the ``_bulk`` lines as they are. Either reads both, so
+    it can be changed at any time."""
 
     @model_validator(mode="after")
     def _shares_fit(self) -> Self:

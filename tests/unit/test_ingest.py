@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Any
 
-from logferry.aggregator.documents import split_fragment
+from logferry.aggregator.documents import fragment_ndjson, split_fragment
 from logferry.aggregator.ingest import Ingest, Rendered
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.render import ORIGINAL_TIME_FIELD, Receipt
@@ -23,7 +23,12 @@ class Out(dict[str, tuple[bytes, int]]):
     """A rendered message as tenant -> (the tenant's fragment bytes, documents)."""
 
     def __init__(self, rendered: Rendered) -> None:
-        super().__init__({t: (b"".join(parts), n) for t, (parts, n) in rendered.fragments.items()})
+        super().__init__(
+            {
+                tenant: (b"".join(map(fragment_ndjson, parts)), n)
+                for tenant, (parts, n) in rendered.fragments.items()
+            }
+        )
         self.letters = rendered.letters
 
 

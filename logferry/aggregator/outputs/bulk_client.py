@@ -25,9 +25,15 @@ import aiohttp
 import orjson
 from pydantic import Field, model_validator
 
-from logferry.aggregator.documents import Document
+from logferry.aggregator.documents import (
+    Document,
+    fragment_size,
+    gzip_body,
+    is_deflated,
+    ndjson_body,
+    plain_bytes,
+)
 from logferry.common.config import ConfigModel
-from logferry.common.deflate import gzip_parts
 from logferry.common.errors import OutputError
 from logferry.common.faults import crash_point
 from logferry.common.store_access import StoreAccess
@@ -78,7 +84,7 @@ def cluster_refusal(status: int, kind: str, reason: str) -> str | None:
     return None
 
 
-# Compressing a large body would hold the event loop for tens of milliseconds.
+# Compressing (or inflating) a large body would hold the event loop for tens of milliseconds.
 _GZIP_IN_THREAD_BYTES = MiB
 _ERROR_TYPE = re.compile(r"^[a-z_]{1,80}\Z")
 _REASON_MAX_CHARS = 2000
@@ -97,10 +103,12 @@ class BulkOutputSettings(StoreAccess, _BulkStoreType):
     batch_max_records: int = Field(default=5000, ge=1, le=100_000)
     """Most documents in one request."""
     batch_max_bytes: ByteSize = Field(default=4 * MiB, ge=1024)
-    """Most uncompressed fragment bytes read into one request (one fragment larger than this
-    is sent alone)."""
+    """Most spool bytes read into one batch (fragments as stored, so compressed ones count
+    compressed; one fragment larger than this is read alone); ``batch_max_records`` still
+    bounds each request."""
     gzip: bool = True
-    """Gzip request bodies (``Content-Encoding: gzip``)."""
+    """Gzip request bodies (``Content-Encoding: gzip``). Fragments the spool stores
+    compressed are sent as they are, without compressing them again."""
     max_in_flight: int = Field(default=4, ge=1, le=64)
     """Concurrent bulk requests, across all tenants."""
     request_timeout_s: float = Field(default=60.0, gt=0)
@@ -250,6 +258,17 @@ class BulkClient:
         self._next_url += 1
         return url.rstrip("/")
 
+    async def _body(self, parts: Sequence[bytes]) -> bytes:
+        """The request body of ``parts``: a gzip member, or NDJSON with gzip off."""
+        if self.settings.gzip:
+            build, work = gzip_body, plain_bytes(parts)
+        else:
+            build = ndjson_body
+            work = sum(fragment_size(part) for part in parts if is_deflated(part))
+        if work > _GZIP_IN_THREAD_BYTES:
+            return await asyncio.to_thread(build, parts)
+        return build(parts)
+
     async def send(self, documents: Sequence[Document]) -> BulkResult:
         """One request to the next URL in rotation.
 
@@ -259,17 +278,10 @@ class BulkClient:
         return await self.send_body([render_body(documents)], len(documents))
 
     async def send_body(self, parts: Sequence[bytes], count: int) -> BulkResult:
-        """Like :meth:`send`, for NDJSON parts (spool fragments as they are) that together
-        hold ``count`` documents: no per-document work, and with gzip the uncompressed body is
-        never built, so a batch costs its fragments plus a few percent in memory."""
-        size = sum(len(part) for part in parts)
-        if self.settings.gzip:
-            if size > _GZIP_IN_THREAD_BYTES:
-                body = await asyncio.to_thread(gzip_parts, parts)
-            else:
-                body = gzip_parts(parts)
-        else:
-            body = parts[0] if len(parts) == 1 else b"".join(parts)
+        """Like :meth:`send`, for spool fragments as they are (compressed or not) that
+        together hold ``count`` documents: no per-document work, and with gzip compressed
+        fragments are the body as they stand (the uncompressed body is never built)."""
+        body = await self._body(parts)
         endpoint = self._endpoint()
         try:
             async with self._session.post(

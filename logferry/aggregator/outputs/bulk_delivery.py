@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from logferry.aggregator.documents import Document
+from logferry.aggregator.documents import Document, fragment_size
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.outputs.bulk_client import (
     BulkClient,
@@ -163,7 +163,8 @@ class BulkDelivery:
             self._metrics.records_out.labels(tenant=self._tenant).inc(result.delivered)
             self._metrics.duplicates.labels(tenant=self._tenant).inc(result.duplicates)
             if clean:
-                self._metrics.bytes_out.labels(tenant=self._tenant).inc(sum(map(len, parts)))
+                nbytes = sum(map(fragment_size, parts))  # uncompressed, as the slow path counts
+                self._metrics.bytes_out.labels(tenant=self._tenant).inc(nbytes)
             if result.retry:
                 self._metrics.retries.labels(tenant=self._tenant).inc(len(result.retry))
         if clean:

@@ -132,10 +132,10 @@ class BulkOutput:
         documents: list[Document] = []
         letters: list[DeadLetter] = []
         refused: list[tuple[Document, Rejection]] = []
-        # Fast path: fragments already are _bulk NDJSON, so a group of them is a request body
-        # as it stands. Only what does not settle at once is split into documents, and of a
-        # partial failure only the failed items go on (refused ones to the DLQ, the rest to
-        # the per-document path that retries them with backoff).
+        # Fast path: fragments already are _bulk NDJSON (compressed or not), so a group of
+        # them is a request body as it stands. Only what does not settle at once is split
+        # into documents, and of a partial failure only the failed items go on (refused ones
+        # to the DLQ, the rest to the per-document path that retries them with backoff).
         slow: list[bytes] = []
         for group, count in _groups(batch.records, self.settings.batch_max_records):
             fast = count <= self.settings.batch_max_records
@@ -155,8 +155,8 @@ class BulkOutput:
         for fragment in slow:
             try:
                 documents.extend(split_fragment(fragment))
-            except ValueError:
-                letters.append(malformed_fragment(tenant, fragment, self._metrics))
+            except ValueError as exc:
+                letters.append(malformed_fragment(tenant, fragment, self._metrics, str(exc)))
         settlement = await delivery.deliver(documents) if documents else Settlement()
         refused.extend((documents[r.position], r) for r in settlement.refused)
         for doc, refusal in refused:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from logferry.aggregator.dlq import DeadLetter, DeadLetterQueue
+from logferry.aggregator.documents import fragment_ndjson
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.common.backoff import backoff_delay
 from logferry.common.errors import OutputError
@@ -18,11 +19,18 @@ from logferry.common.logs import get_logger
 log = get_logger(__name__)
 
 
-def malformed_fragment(tenant: str, fragment: bytes, metrics: AggregatorMetrics) -> DeadLetter:
-    """The letter (counted) for a fragment that is not action/source line pairs: never
-    rendered by us, so it is kept for an operator rather than sent again and again."""
+def malformed_fragment(
+    tenant: str, fragment: bytes, metrics: AggregatorMetrics, why: str = "odd line count"
+) -> DeadLetter:
+    """The letter (counted) for a fragment that is not action/source line pairs (or whose
+    compressed data is damaged): never rendered by us, so it is kept for an operator rather
+    than sent again and again; as NDJSON when it still inflates, else as stored."""
     metrics.dlq_records.labels(tenant=tenant, reason="malformed_fragment").inc()
-    return DeadLetter(tenant, "", "", 0, "malformed_fragment: odd line count", fragment)
+    try:
+        source = fragment_ndjson(fragment)
+    except ValueError:
+        source = fragment
+    return DeadLetter(tenant, "", "", 0, f"malformed_fragment: {why}", source)
 
 
 class DeadLetterWriter:

@@ -101,9 +101,9 @@ class FileOutput:
         nbytes = 0
         for fragment in batch.records:
             try:
-                documents = split_fragment(fragment)
-            except ValueError:
-                letters.append(malformed_fragment(tenant, fragment, self._metrics))
+                documents = split_fragment(fragment)  # one fragment inflated at a time
+            except ValueError as exc:
+                letters.append(malformed_fragment(tenant, fragment, self._metrics, str(exc)))
                 continue
             for doc in documents:
                 index = doc.index

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from logferry.aggregator.documents import count_documents
+from logferry.aggregator.documents import count_documents, fragment_size
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.common.config import ConfigModel
 from logferry.common.spool import Spool, SpoolBatch
@@ -21,7 +21,7 @@ class NullOutputSettings(ConfigModel):
     batch_max_records: int = Field(default=50_000, ge=1)
     """Most spool records (fragments) committed at once."""
     batch_max_bytes: ByteSize = Field(default=64 * MiB, ge=1024)
-    """Most fragment bytes committed at once."""
+    """Most spool bytes (fragments as stored) committed at once."""
 
 
 class NullOutput:
@@ -45,7 +45,7 @@ class NullOutput:
         """Count ``batch``'s documents as delivered and commit it."""
         records = sum(count_documents(fragment) for fragment in batch.records)
         self._metrics.records_out.labels(tenant=tenant).inc(records)
-        self._metrics.bytes_out.labels(tenant=tenant).inc(sum(map(len, batch.records)))
+        self._metrics.bytes_out.labels(tenant=tenant).inc(sum(map(fragment_size, batch.records)))
         spool.commit(batch)
 
     async def close(self) -> None:
