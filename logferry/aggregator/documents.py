@@ -108,8 +108,11 @@ def fragment_ndjson(fragment: bytes) -> bytes:
 
 
 def fragment_size(fragment: bytes) -> int:
-    """The length of the fragment's NDJSON, without inflating it."""
-    return _header(fragment)[0] if is_deflated(fragment) else len(fragment)
+    """The length of the fragment's NDJSON, without inflating it (never raises: a header cut
+    short counts as the bytes stored, and splitting the fragment dead-letters it)."""
+    if is_deflated(fragment) and len(fragment) >= _HEADER.size:
+        return _header(fragment)[0]
+    return len(fragment)
 
 
 def split_fragment(fragment: bytes) -> list[Document]:

@@ -57,7 +57,7 @@ from logferry.common.deflate import (
 )
 from logferry.common.naming import IndexNamer
 from logferry.common.protocol import EventMessage, Mode
-from logferry.common.spool import Spool
+from logferry.common.spool import Spool, SpoolBatch
 from tests.support.fake_bulk_store import fake_store
 from tests.support.output_drain import drain_until, make_docs, open_spool, sample
 
@@ -468,4 +468,24 @@ async def test_the_file_and_null_outputs_read_old_and_compressed_fragments(
     assert sample(counted, "logferry_records_out_total", tenant="a") == 60
     ndjson_bytes = sum(len(a) + len(s) + 2 for a, s in make_docs("logs-a", 60))
     assert sample(counted, "logferry_bytes_out_total", tenant="a") == ndjson_bytes
+    await spool.close()
+
+
+async def test_a_batch_is_bounded_by_what_its_fragments_inflate_to(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "spool")
+    docs = make_docs("logs-a", 40, filler="y" * 100)
+    fragments = [render_fragment(docs[i : i + 4], "deflate") for i in range(0, 40, 4)]
+    assert all(len(f) < 400 < fragment_size(f) < 1024 for f in fragments)
+    await spool.append(fragments)
+    sizes: list[int] = []
+    real_commit = spool.commit
+
+    def commit(batch: SpoolBatch) -> None:
+        sizes.append(len(batch.records))
+        real_commit(batch)
+
+    spool.commit = commit  # type: ignore[method-assign]
+    null = NullOutput(NullOutputSettings(type="null", batch_max_bytes=1024), AggregatorMetrics())
+    await drain_until(null, "a", spool, lambda: spool.records_pending == 0)
+    assert sizes == [1] * 10  # two would inflate past 1 KiB, though they are small on disk
     await spool.close()

@@ -103,9 +103,8 @@ class BulkOutputSettings(StoreAccess, _BulkStoreType):
     batch_max_records: int = Field(default=5000, ge=1, le=100_000)
     """Most documents in one request."""
     batch_max_bytes: ByteSize = Field(default=4 * MiB, ge=1024)
-    """Most spool bytes read into one batch (fragments as stored, so compressed ones count
-    compressed; one fragment larger than this is read alone); ``batch_max_records`` still
-    bounds each request."""
+    """Most uncompressed fragment bytes read into one request (one fragment larger than this
+    is sent alone; compressed fragments count as what they inflate to)."""
     gzip: bool = True
     """Gzip request bodies (``Content-Encoding: gzip``). Fragments the spool stores
     compressed are sent as they are, without compressing them again."""

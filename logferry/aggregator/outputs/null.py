@@ -21,7 +21,7 @@ class NullOutputSettings(ConfigModel):
     batch_max_records: int = Field(default=50_000, ge=1)
     """Most spool records (fragments) committed at once."""
     batch_max_bytes: ByteSize = Field(default=64 * MiB, ge=1024)
-    """Most spool bytes (fragments as stored) committed at once."""
+    """Most fragment bytes (uncompressed) committed at once."""
 
 
 class NullOutput:

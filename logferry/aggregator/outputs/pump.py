@@ -5,7 +5,8 @@
 ``settle`` as the handler. A handler settles one batch (delivers it, dead-letters what the
 destination refused for good) and commits it; it retries inside. The pump keeps up to
 ``concurrency`` batches of one tenant in hand, so memory stays bounded (``concurrency *
-max_bytes``). On stop it reads nothing new, gives the handlers ``deadline_s`` to finish, then
+max_bytes``, counting fragments as their uncompressed size whatever the spool stores). On
+stop it reads nothing new, gives the handlers ``deadline_s`` to finish, then
 cancels the rest: their batches stay uncommitted in the spool and go out after the next start.
 """
 
@@ -15,6 +16,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from logferry.aggregator.documents import fragment_size
 from logferry.aggregator.outputs.base import Output
 from logferry.common.errors import SpoolClosedError
 from logferry.common.events import unless_stopped
@@ -49,6 +51,7 @@ async def drain(
         concurrency=lambda: output.concurrency(tenant),
         handle=settle,
         slots=output.slots,
+        size=fragment_size,  # a batch's memory is what its fragments inflate to
     )
 
 
@@ -59,15 +62,17 @@ async def read_or_stop(
     max_records: int,
     max_bytes: int,
     timeout_s: float | None = None,
+    size: Callable[[bytes], int] | None = None,
 ) -> SpoolBatch | None:
     """The next batch, or None once ``stop`` is set (or the spool closed, or ``timeout_s``
-    passed) first."""
+    passed) first; ``size`` as :meth:`Spool.read` takes it."""
     if stop.is_set():
         return None
     # A read cancelled after taking a batch only leaves it uncommitted: it is read again
     # after a restart (resends are harmless), never lost.
     read = await unless_stopped(
-        spool.read(max_records=max_records, max_bytes=max_bytes, timeout_s=timeout_s), stop
+        spool.read(max_records=max_records, max_bytes=max_bytes, timeout_s=timeout_s, size=size),
+        stop,
     )
     if read.cancelled():
         return None
@@ -88,6 +93,7 @@ async def pump(
     concurrency: int | Callable[[], int],
     handle: BatchHandler,
     slots: asyncio.Semaphore | None = None,
+    size: Callable[[bytes], int] | None = None,
 ) -> None:
     """Feed ``spool``'s batches to ``handle`` until ``stop``; see the module docstring.
 
@@ -96,7 +102,8 @@ async def pump(
     reading a batch until it is settled). ``concurrency`` may be a callable, asked before
     each read (an output in backoff keeps one batch in hand instead of several). A handler
     that raises takes the pump down: the others are cancelled and the error propagates to the
-    task that owns the drain, which logs it loudly.
+    task that owns the drain, which logs it loudly. ``size`` weighs a record against
+    ``max_bytes`` (its length if None).
     """
     tasks: set[asyncio.Task[None]] = set()
     failures: list[BaseException] = []
@@ -129,6 +136,7 @@ async def pump(
                 max_records=max_records,
                 max_bytes=max_bytes,
                 timeout_s=None if slots is None else _SLOT_READ_TIMEOUT_S,
+                size=size,
             )
             if batch is None and slots is not None:
                 slots.release()
