@@ -65,7 +65,7 @@ class Aggregator:
         # Spools of workers that no longer exist (the count shrank): drained, never written.
         self.orphans = [
             TenantSpools(spool_settings.model_copy(update={"directory": path}), stalls=stalls)
-            for path in (orphaned_spool_dirs(config.spool.directory, slot) if slot else ())
+            for path in orphaned_spool_dirs(config.spool.directory, slot)
         ]
         self.dlq = DeadLetterQueue.from_settings(config.dlq)
         self.output: Output = build_output(

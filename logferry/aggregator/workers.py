@@ -129,8 +129,10 @@ def worker_spool_settings(
     )
 
 
-def orphaned_spool_dirs(directory: str | Path, slot: WorkerSlot) -> list[Path]:
-    """Folders of workers beyond the current count that this worker drains."""
+def orphaned_spool_dirs(directory: str | Path, slot: WorkerSlot | None) -> list[Path]:
+    """Folders of workers beyond the current count that this worker (or the only process,
+    for ``None``) drains."""
+    index, count = (slot.index, slot.count) if slot is not None else (0, 1)
     root = Path(directory)
     if not root.is_dir():
         return []
@@ -139,7 +141,7 @@ def orphaned_spool_dirs(directory: str | Path, slot: WorkerSlot) -> list[Path]:
         match = _WORKER_DIR.match(name)
         if match is None:
             continue
-        index = int(match.group(1))
-        if index >= slot.count and index % slot.count == slot.index:
+        number = int(match.group(1))
+        if number >= count and number % count == index:
             found.append(root / name)
     return found

@@ -76,7 +76,7 @@ async def test_two_workers_share_one_port_and_one_metrics_endpoint(
     assert await agg.metric("logferry_aggregator_workers_running") == 2
     # Each worker's samples are there, told apart by their label.
     assert set(await per_worker(agg, "logferry_spool_fragments")) >= {"0"}
-    assert set(await per_worker(agg, "process_resident_memory_bytes")) == {"0", "1"}
+    assert set(await per_worker(agg, "logferry_connections")) == {"0", "1"}
     assert await agg.stop() == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in worker_pids_gone(agg))
 
