@@ -10,8 +10,10 @@ for the system: every wait is on a condition with a deadline.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,7 +61,9 @@ CRASH_POINTS = ["after_receive", "before_ack", "after_ack", "during_bulk"]
 
 
 async def test_2_aggregator_sigkill_at_each_step(make_pipeline: MakePipeline) -> None:
-    pipeline = make_pipeline()
+    # One process each: the crash point kills the aggregator itself, which then restarts
+    # (test_11 kills workers of a supervised aggregator).
+    pipeline = make_pipeline(aggregator={"workers": 1})
     victim = pipeline.aggregators[0]
     victim.env = {"LOGFERRY_CRASH_AT": f"{CRASH_POINTS[0]}:3"}
     await pipeline.start()
@@ -175,3 +179,35 @@ async def test_10_item_429s_and_mapping_errors_from_the_store(
         await pipeline.stop()
     finally:
         await proxy.stop()
+
+
+def worker_pids(daemon: Any) -> list[int]:
+    """The worker processes of a supervised aggregator, from /proc."""
+    pid = daemon.proc.pid
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def test_11_aggregator_workers_sigkilled_at_random_moments_under_load(
+    make_pipeline: MakePipeline,
+) -> None:
+    pipeline = make_pipeline()
+    await pipeline.start()
+    kills = scale(6, 25)
+    pipeline.start_loadgen(lines=scale(40_000, 300_000), rate=scale(5_000, 10_000))
+    rng = random.Random()
+    killed = 0
+    for _ in range(kills):
+        await asyncio.sleep(rng.uniform(0.2, 1.0))  # a random moment to strike
+        victim = rng.choice(pipeline.aggregators)
+        workers = worker_pids(victim)
+        if workers:  # none for a moment while the supervisor restarts one
+            os.kill(rng.choice(workers), signal.SIGKILL)
+            killed += 1
+    await pipeline.wait_loadgen()
+    outcome = await pipeline.settle(f"11. aggregator worker SIGKILL x{killed}")
+    assert_proven(outcome)
+    restarts = [
+        await a.metric("logferry_aggregator_worker_restarts_total") for a in pipeline.aggregators
+    ]
+    assert sum(restarts) == killed, restarts
+    await pipeline.stop()

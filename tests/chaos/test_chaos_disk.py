@@ -118,7 +118,7 @@ async def test_7_aggregator_volume_full_acks_stop_and_resume(
                 "spool": {
                     "max_bytes": "6MiB",
                     "tenant_max_bytes": "2MiB",
-                    "segment_max_bytes": "1MiB",
+                    "segment_max_bytes": "512KiB",  # two to a worker's share of a tenant
                 }
             },
         )

@@ -3,7 +3,8 @@
 Used by tests/chaos (its ``make_pipeline`` fixture is in tests/chaos/conftest.py).
 
 A :class:`Pipeline` runs, on 127.0.0.1: ``logferry loadgen`` writing container log files laid
-out like a node's ``/var/log``, one forwarder tailing them, two or three aggregators and the
+out like a node's ``/var/log``, one forwarder tailing them, two or three aggregators (each a
+supervisor of two worker processes unless a scenario says otherwise) and the
 real OpenSearch node (or a fault proxy in front of it). A scenario starts load, injects its
 fault, lets the system settle, and checks with ``logferry verify`` (the same code as the
 command) against the loadgen manifest, the files still on disk, the forwarder's positions and
@@ -35,6 +36,7 @@ from tests.support.daemon import DaemonProcess
 from tests.support.net import wait_until
 
 LONG = os.environ.get("CHAOS_LONG") == "1"
+WORKERS = 2
 NODE = "chaos-node"
 
 
@@ -108,6 +110,8 @@ class Pipeline:
     def _aggregator_config(self, workdir: Path) -> dict[str, Any]:
         config = aggregator_config(workdir, self.output_url)
         config["log"] = {"level": "info", "format": "json"}
+        # Every scenario runs against aggregators of several worker processes, as deployed.
+        config["workers"] = WORKERS
         return config
 
     def _forwarder_config(self, workdir: Path, servers: list[str]) -> dict[str, Any]:
