@@ -29,6 +29,7 @@ from logferry.common.deflate import (
     crc32,
     deflate_flushed,
     gzip_from_pieces,
+    gzip_parts,
     inflate_flushed,
 )
 
@@ -147,6 +148,8 @@ def deflate_piece(fragment: bytes) -> DeflatePiece:
 def gzip_body(fragments: Sequence[bytes]) -> bytes:
     """One gzip member holding the fragments' NDJSON in order; compressed fragments are
     not inflated nor compressed again."""
+    if not any(map(is_deflated, fragments)):
+        return gzip_parts(fragments)  # one stream costs less than a piece per fragment
     return gzip_from_pieces(deflate_piece(fragment) for fragment in fragments)
 
 

@@ -183,7 +183,11 @@ async def test_aggregator_spool_volume_full_holds_acks_then_delivers_everything_
         filler = fill(out_volume)  # the output cannot write: the spool keeps everything
         agg = make_aggregator(
             None,
-            spool={"directory": str(agg_volume / "spool"), "segment_max_bytes": "1MiB"},
+            spool={
+                "directory": str(agg_volume / "spool"),
+                "segment_max_bytes": "1MiB",
+                "compression": "none",  # stored as rendered: 20,000 lines fill the volume
+            },
             output={
                 "type": "file",
                 "directory": str(out),

@@ -119,6 +119,7 @@ async def test_7_aggregator_volume_full_acks_stop_and_resume(
                     "max_bytes": "6MiB",
                     "tenant_max_bytes": "2MiB",
                     "segment_max_bytes": "512KiB",  # two to a worker's share of a tenant
+                    "compression": "none",  # stored as rendered: the load fills the volumes
                 }
             },
         )

@@ -261,6 +261,7 @@ async def test_a_stuck_tenant_past_its_share_is_parked_in_the_dlq_and_others_kee
                 "tenant_max_bytes": "2MiB",
                 "segment_max_bytes": "1MiB",
                 "divert_stuck_after_s": 2,
+                "compression": "none",  # stored as rendered: A's records overflow its share
             },
         )
         await agg.start()

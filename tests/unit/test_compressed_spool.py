@@ -257,6 +257,7 @@ def test_bodies_of_old_and_compressed_fragments_mixed() -> None:
         for n, nd in enumerate(ndjsons)
     ]
     assert _both_ways(gzip_body(fragments)) == b"".join(ndjsons)
+    assert _both_ways(gzip_body(ndjsons)) == b"".join(ndjsons)  # all old: one stream
     assert ndjson_body(fragments) == b"".join(ndjsons)
     assert ndjson_body(fragments[1:2]) == ndjsons[1]
 
