@@ -79,6 +79,7 @@ async def main() -> None:
                     "tenant_max_bytes": "2GiB",
                 },
                 "output": {"type": "null"},
+                "workers": 1,  # one process: its CPU and RSS are the figures
                 "log": {"level": "warning", "format": "json"},
             },
         )

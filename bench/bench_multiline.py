@@ -57,7 +57,7 @@ async def ship(work: Path, logs: Path, lines: int, sections: dict[str, Any]) -> 
                       "allow_unauthenticated": True},
             "spool": {"directory": str(work / "agg" / "spool"), "max_bytes": "4GiB",
                       "tenant_max_bytes": "2GiB"},
-            "output": {"type": "null"},
+            "output": {"type": "null"}, "workers": 1,
             "log": {"level": "warning", "format": "json"},
         },
     )  # fmt: skip

@@ -1,0 +1,138 @@
+"""One aggregator worker against two, on realistic content: throughput to a null output.
+
+``logferry loadgen`` writes a node's container logs (as in ``bench_realistic.py``); they are
+made into the forwarder's own CompressedPackedForward chunks once, in this process. Then a
+real aggregator (null output, fsynced spools, acks) is started with ``workers: 1`` and with
+``workers: 2``, and the same chunks are pushed by ``--senders`` concurrent connections (each
+waits for its acks, at most ``--window`` chunks in flight), ``--rounds`` times. Prints for
+each: records/s (wall), the CPU seconds per million records of the whole aggregator (the
+supervisor and its workers), each process's peak RSS, how many chunks each worker took, and
+the throughput ratio two workers / one. The senders run in this process and need a share of
+the same cores: their CPU is printed too.
+
+Run: ``.venv/bin/python bench/bench_aggregator_workers.py [--lines 300000]``. Asserts
+nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench_multiline import write_logs  # noqa: E402
+from bench_realistic import chunks_of  # noqa: E402
+from process_stats import proc_cpu_s, proc_peak_rss_mb, report  # noqa: E402
+
+from logferry.common.protocol.decode import ServerDecoder  # noqa: E402
+from tests.support.daemon import DaemonProcess  # noqa: E402
+from tests.support.forward_client import ForwardClient  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and its children (a supervisor's workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(child) for child in children)]
+
+
+def chunk_ids_and_sizes(chunks: list[bytes]) -> tuple[list[str], list[int]]:
+    ids, sizes = [], []
+    for chunk in chunks:
+        (message,) = ServerDecoder().feed(chunk)
+        ids.append(str(message.chunk))  # type: ignore[union-attr]
+        sizes.append(int(message.count))  # type: ignore[union-attr]
+    return ids, sizes
+
+
+async def sender(port: int, chunks: list[tuple[bytes, str]], window: int) -> None:
+    async with ForwardClient("127.0.0.1", port) as client:
+        inflight: list[str] = []
+        for payload, chunk_id in chunks:
+            await client.send(payload)
+            inflight.append(chunk_id)
+            if len(inflight) >= window:
+                await client.wait_ack(inflight.pop(0), timeout_s=300)
+        for chunk_id in inflight:
+            await client.wait_ack(chunk_id, timeout_s=300)
+
+
+async def run(workers: int, chunks: list[bytes], records: int, args: argparse.Namespace,
+              work: Path) -> float:  # fmt: skip
+    home = work / f"agg-{workers}"
+    daemon = DaemonProcess(
+        "aggregator",
+        home,
+        {
+            "input": {"listen_host": "127.0.0.1", "listen_port": free_port(),
+                      "allow_unauthenticated": True},
+            "spool": {"directory": str(home / "spool"), "max_bytes": "4GiB",
+                      "tenant_max_bytes": "2GiB", "segment_max_bytes": "64MiB"},
+            "output": {"type": "null"},
+            "workers": workers,
+            "log": {"level": "warning", "format": "json"},
+        },
+    )  # fmt: skip
+    await daemon.start()
+    assert daemon.proc is not None
+    pids = tree(daemon.proc.pid)
+    port = int(daemon.config["input"]["listen_port"])
+    ids, _sizes = chunk_ids_and_sizes(chunks)
+    plan = list(zip(chunks, ids, strict=True))
+    cpu0 = [proc_cpu_s(pid) for pid in pids]
+    own0 = time.process_time()
+    started = time.perf_counter()
+    for _ in range(args.rounds):
+        await asyncio.gather(
+            *(sender(port, plan[s :: args.senders], args.window) for s in range(args.senders))
+        )
+    elapsed = time.perf_counter() - started
+    cpu = sum(proc_cpu_s(pid) - before for pid, before in zip(pids, cpu0, strict=True))
+    own = time.process_time() - own0
+    total = records * args.rounds
+    taken = [await daemon.metric("logferry_acks_total", worker=str(i)) for i in range(workers)]
+    rss = ", ".join(f"{proc_peak_rss_mb(pid):.0f}" for pid in pids)
+    print(
+        f"workers={workers}  {total:,} records in {elapsed:5.1f}s = {total / elapsed:9,.0f}/s  "
+        f"aggregator CPU {cpu / total * 1e6:5.2f} s per million  peak RSS {rss} MB  "
+        f"senders' CPU {own / total * 1e6:4.2f} s per million"
+        + (f"  chunks per worker {[int(t) for t in taken]}" if workers > 1 else "")
+    )
+    await daemon.stop()
+    return total / elapsed
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lines", type=int, default=300_000)
+    parser.add_argument("--senders", type=int, default=8)
+    parser.add_argument("--window", type=int, default=2, help="chunks in flight per sender")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    (REPO / ".cache").mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="lf-bench-workers-", dir=str(REPO / ".cache")))
+    try:
+        logs = work / "node"
+        write_logs(logs, args.lines)
+        chunks = chunks_of(logs)
+        _ids, sizes = chunk_ids_and_sizes(chunks)
+        records = sum(sizes)
+        print(f"loadgen: {args.lines:,} lines -> {len(chunks)} chunks, {records:,} records; "
+              f"{args.senders} senders, window {args.window}, {args.rounds} rounds")  # fmt: skip
+        one = await run(1, chunks, records, args, work)
+        two = await run(2, chunks, records, args, work)
+        print(f"two workers / one: {two / one:.2f}x the throughput")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    report()
