@@ -117,8 +117,9 @@ async def test_7_aggregator_volume_full_acks_stop_and_resume(
             aggregator={
                 "spool": {
                     "max_bytes": "6MiB",
-                    "tenant_max_bytes": "2MiB",
-                    "segment_max_bytes": "512KiB",  # two to a worker's share of a tenant
+                    # Split over two workers: 3MiB of volume and 2MiB per tenant each.
+                    "tenant_max_bytes": "4MiB",
+                    "segment_max_bytes": "1MiB",
                     "compression": "none",  # stored as rendered: the load fills the volumes
                 }
             },
