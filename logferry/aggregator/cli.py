@@ -36,10 +36,12 @@ def _build(config: AggregatorConfig) -> Daemon:
         worker_count,
         worker_spool_settings,
     )
+    from logferry.common.logs import set_process_fields
 
     slot = WorkerSlot.from_env()
     if slot is not None:
         die_with_parent()
+        set_process_fields(worker=slot.index)
         return Aggregator(config, slot)
     count = worker_count(config.workers)
     if count > 1:

@@ -17,6 +17,7 @@ LogFormat = Literal["json", "logfmt"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 _FIELDS_ATTR = "logferry_fields"
+_PROCESS_FIELDS: dict[str, Any] = {}
 
 
 class EventLogger:
@@ -49,6 +50,12 @@ class EventLogger:
             self._logger.error(event, extra={_FIELDS_ATTR: fields}, exc_info=True, stacklevel=2)
 
 
+def set_process_fields(**fields: Any) -> None:
+    """Fields every line of this process carries (an aggregator worker's ``worker``), so
+    the interleaved lines of several processes on one stream tell who wrote them."""
+    _PROCESS_FIELDS.update(fields)
+
+
 def get_logger(name: str) -> EventLogger:
     """The event logger for a module (pass ``__name__``)."""
     return EventLogger(name)
@@ -61,6 +68,7 @@ def _base(record: logging.LogRecord) -> dict[str, Any]:
         "level": record.levelname.lower(),
         "logger": record.name,
         "event": record.getMessage(),
+        **_PROCESS_FIELDS,
     }
     out.update(getattr(record, _FIELDS_ATTR, {}))
     if record.exc_info and record.exc_info[1] is not None:
