@@ -308,9 +308,19 @@ class Aggregator:
         return True, "ok"
 
     def _update_gauges(self) -> None:
+        # A tenant's backlog includes what it has in adopted folders (workers that are gone).
+        totals: dict[str, tuple[int, int, float]] = {}
+        for spools in (self.spools, *self.orphans):
+            for tenant, spool in list(spools.spools.items()):
+                with contextlib.suppress(Exception):
+                    used, pending, age = totals.get(tenant, (0, 0, 0.0))
+                    totals[tenant] = (
+                        used + spool.bytes_used,
+                        pending + spool.records_pending,
+                        max(age, spool.oldest_pending_age_s),
+                    )
         metrics = self.metrics
-        for tenant, spool in list(self.spools.spools.items()):
-            with contextlib.suppress(Exception):
-                metrics.spool_bytes.labels(tenant).set(spool.bytes_used)
-                metrics.spool_fragments.labels(tenant).set(spool.records_pending)
-                metrics.spool_oldest_age.labels(tenant).set(spool.oldest_pending_age_s)
+        for tenant, (used, pending, age) in totals.items():
+            metrics.spool_bytes.labels(tenant).set(used)
+            metrics.spool_fragments.labels(tenant).set(pending)
+            metrics.spool_oldest_age.labels(tenant).set(age)
