@@ -179,3 +179,25 @@ class AggregatorMetrics:
             "tenant",
             "reason",
         )
+
+
+class SupervisorMetrics:
+    """What the supervisor of several worker processes exports beside its workers' metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.workers = metrics.gauge(
+            r,
+            "aggregator_workers",
+            "Worker processes this aggregator runs (the workers setting, resolved).",
+            (),
+        )
+        self.running = metrics.gauge(
+            r, "aggregator_workers_running", "Worker processes of this aggregator running now.", ()
+        )
+        self.restarts = metrics.counter(
+            r,
+            "aggregator_worker_restarts",
+            "Workers started again after they exited unasked (crash, SIGKILL, OOM).",
+            ("worker",),
+        )

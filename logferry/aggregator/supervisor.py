@@ -20,9 +20,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-
 from logferry.aggregator.config import AggregatorConfig
+from logferry.aggregator.metrics import SupervisorMetrics
 from logferry.aggregator.worker_metrics import http_get, merge_expositions
 from logferry.aggregator.workers import FDS_ENV, PARENT_ENV, WORKER_ENV
 from logferry.common.logs import get_logger
@@ -91,24 +90,8 @@ class Supervisor:
         self.config = config
         self.count = count
         self.command = command
-        self.registry = CollectorRegistry()
-        self.running = Gauge(
-            "logferry_aggregator_workers_running",
-            "Worker processes of this aggregator running now",
-            registry=self.registry,
-        )
-        self.configured = Gauge(
-            "logferry_aggregator_workers",
-            "Worker processes this aggregator runs (the workers setting, resolved)",
-            registry=self.registry,
-        )
-        self.restarts = Counter(
-            "logferry_aggregator_worker_restarts",
-            "Workers started again after they exited unasked (crash, kill, OOM)",
-            ["worker"],
-            registry=self.registry,
-        )
-        self.configured.set(count)
+        self.metrics = SupervisorMetrics()
+        self.metrics.workers.set(count)
         self.workers: list[_Worker] = []
         self._input: socket.socket | None = None
         self._stopping = False
@@ -116,7 +99,7 @@ class Supervisor:
         self.status = StatusServer(
             config.http.listen_host,
             config.http.listen_port,
-            self.registry,
+            self.metrics.registry,
             live=lambda: (True, "ok"),
             ready=self._ready,
             exposition=self._exposition,
@@ -178,7 +161,7 @@ class Supervisor:
             if ran_s >= _STABLE_S:
                 worker.backoff_s = _BACKOFF_FIRST_S
             worker.exits.append(code)
-            self.restarts.labels(str(worker.index)).inc()
+            self.metrics.restarts.labels(str(worker.index)).inc()
             log.error(
                 "aggregator.worker_exited",
                 worker=worker.index,
@@ -236,7 +219,7 @@ class Supervisor:
         return merge_expositions(parts)
 
     def _count_running(self) -> None:
-        self.running.set(sum(1 for w in self.workers if w.running))
+        self.metrics.running.set(sum(1 for w in self.workers if w.running))
 
     async def _shutdown(self) -> int:
         """SIGTERM every worker, wait out the deadline, kill the rest; the exit code."""

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from logferry.common.logs import EventLogger
 
 ALLOWED_LABELS = frozenset(
-    {"tenant", "endpoint", "status", "reason", "mode", "kind", "signal", "outcome"}
+    {"tenant", "endpoint", "status", "reason", "mode", "kind", "signal", "outcome", "worker"}
 )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from logferry.aggregator.metrics import AggregatorMetrics
+from logferry.aggregator.metrics import AggregatorMetrics, SupervisorMetrics
 from logferry.common.disk_full import DiskStalls
 from logferry.forwarder.metrics import ForwarderMetrics
 
@@ -64,6 +64,6 @@ def _exported(*metrics: type) -> set[str]:
 def test_metrics_page_lists_exactly_the_exported_metrics() -> None:
     text = (REPO / "docs" / "metrics.md").read_text()
     documented = set(re.findall(r"^\| `(logferry_\w+)` \|", text, re.M))
-    exported = _exported(ForwarderMetrics, AggregatorMetrics, DiskStalls)
+    exported = _exported(ForwarderMetrics, AggregatorMetrics, SupervisorMetrics, DiskStalls)
     assert sorted(exported - documented) == [], "exported but not in docs/metrics.md"
     assert sorted(documented - exported) == [], "in docs/metrics.md but not exported"
