@@ -33,7 +33,7 @@ from logferry.forwarder.multiline_rules import RuleBook
 from logferry.forwarder.parking import Parking
 from logferry.forwarder.pathguard import RefusedFileError, check_target, open_pod_log
 from logferry.forwarder.podwatch import ApiAccess, PodCache, PodInfo, PodWatcher
-from logferry.forwarder.positions import PositionStore, fingerprint, resolve
+from logferry.forwarder.positions import PositionStore, Resolution, fingerprint, resolve
 from logferry.forwarder.positions_saver import PositionsSaver
 from logferry.forwarder.sender import Sender
 from logferry.forwarder.tail import FileTail, TailBatch, TailStatus
@@ -85,6 +85,11 @@ class Forwarder:
         self._awaiting: dict[Key, tuple[str, float]] = {}
         self._enriched: dict[Key, tuple[PodInfo | None, PodInfo | None]] = {}
         self._excluded: set[Key] = set()
+        # Sources opened since the last save of the position file. Their first lines do not
+        # enter the spool before the file knows them: killed then, and rotated before the
+        # restart, such a file would be found by nobody (its name is gone from the glob and
+        # its inode from the file) and the rest of its lines never read.
+        self._unsaved: set[Key] = set()
         self.parking = Parking(config.parked_path, metrics=self.metrics, stalls=self.stalls)
         self._tails: dict[Key, FileTail] = {}
         self._live: set[Key] = set()
@@ -302,6 +307,9 @@ class Forwarder:
         if state.link != item.path:
             state = dataclasses.replace(state, link=item.path)
             self.positions.update(state)
+            self._unsaved.add(key)
+        elif resolution is not Resolution.RESUMED:
+            self._unsaved.add(key)
         multiline = self.config.multiline
         # With pod metadata on, the rule waits for it (the pod's annotation may name one); a
         # plain file has neither pod nor rule.
@@ -360,7 +368,7 @@ class Forwarder:
                     self.discovery.request_scan()
             now = time.monotonic()
             if self.positions.dirty and (stopping or now - last_save >= POSITIONS_SAVE_INTERVAL_S):
-                await self._positions_saver.save(force=stopping)
+                await self._save_positions(force=stopping)
                 last_save = now
             if stopping and not progressed:
                 return
@@ -369,6 +377,10 @@ class Forwarder:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(settings.poll_interval_s):
                         await self._wake.wait()
+
+    async def _save_positions(self, *, force: bool) -> None:
+        if await self._positions_saver.save(force=force):
+            self._unsaved.clear()  # a save writes every source's state
 
     def _metadata_ready(self, key: Key, tail: FileTail, stopping: bool) -> bool:
         """Give the tail its pod's metadata when the cache has it (or it changed); False while
@@ -451,6 +463,8 @@ class Forwarder:
             metrics.multiline_split_groups.labels(namespace).inc(batch.split_groups)
         if batch.entries:
             assert self._spool is not None
+            if key in self._unsaved:
+                await self._save_positions(force=True)
             # Appends sized to a fraction of the spool, so one big read always fits; each
             # waits while the spool is full (backpressure). The position moves only after all.
             limit = max(64 * 1024, self._spool.max_bytes // 8)

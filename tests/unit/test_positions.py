@@ -6,7 +6,7 @@ import asyncio
 import os
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from logferry.common.records import source_id
+from logferry.common.spool import Spool
 from logferry.forwarder.positions import (
     FINGERPRINT_BYTES,
     PositionStore,
@@ -26,6 +27,7 @@ from logferry.forwarder.positions import (
     resolve,
 )
 from tests.support.forwarder_app import forwarder_in, forwarder_running
+from tests.support.kubelet import container_log, cri_lines
 from tests.support.net import wait_until
 
 NODE = "node-a"
@@ -343,3 +345,28 @@ def test_position_files_of_older_versions_still_load() -> None:
     data = orjson.dumps(body)
     framed = struct.pack("<4sII", b"LFP1", len(data), zlib.crc32(data)) + data
     assert decode_positions(framed) == ([state], [])
+
+
+async def test_no_line_of_a_new_source_is_spooled_before_the_position_file_knows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Killed after its first lines were spooled and before the next periodic save, then
+    # rotated before the restart, a source the file does not know is found by nobody: the
+    # rest of its lines would never be read (a chaos run lost 4,322 lines to this).
+    log = container_log(tmp_path, "ns-a", "pod-a", body=cri_lines(0, 50, "a"))
+    stat = log.path.stat()
+    positions = tmp_path / "positions"
+    known_at_append: list[bool] = []
+    append = Spool.append
+
+    async def spy(self: Spool, records: Sequence[bytes], *, block: bool = True) -> int:
+        states = decode_positions(positions.read_bytes())[0] if positions.exists() else []
+        known_at_append.append((stat.st_dev, stat.st_ino) in {s.key for s in states})
+        return await append(self, records, block=block)
+
+    monkeypatch.setattr(Spool, "append", spy)
+    forwarder = forwarder_in(tmp_path)
+    async with forwarder_running(forwarder):
+        await wait_until(lambda: known_at_append, timeout_s=10, what="the first lines spooled")
+    assert known_at_append
+    assert all(known_at_append)
