@@ -1,10 +1,10 @@
 """Aggregator input throughput: Forward Protocol in, fsynced spool, acks out (null output).
 
 Starts a real aggregator process (null output: records are committed as soon as they are
-spooled), then 4, 8 and 16 concurrent senders in this process push pre-encoded
-CompressedPackedForward chunks of docker-style records, each waiting for its ack before
-sending the next (at most ``--window`` chunks in flight per sender). Prints records/s, the
-aggregator's CPU seconds per million records (its records/s per core), and its peak RSS.
+spooled), then 4, 8, 16, 32 and 64 concurrent senders (``--senders``) in this process push
+pre-encoded CompressedPackedForward chunks of docker-style records, each waiting for its ack
+before sending the next (at most ``--window`` chunks in flight per sender). Prints records/s,
+the aggregator's CPU seconds per million records (its records/s per core), and its peak RSS.
 
 Run: ``.venv/bin/python bench/bench_aggregator_input.py``. Asserts nothing about time.
 """
@@ -45,7 +45,15 @@ async def sender(port: int, chunks: list[bytes], ids: list[str], window: int) ->
     return sent
 
 
-async def run(senders: int, seconds: float, chunk_records: int, window: int, workdir: Path) -> None:
+async def run(
+    senders: int,
+    seconds: float,
+    chunk_records: int,
+    window: int,
+    workdir: Path,
+    compression: str | None,
+) -> None:
+    spool: dict[str, str] = {"compression": compression} if compression else {}
     daemon = DaemonProcess(
         "aggregator",
         workdir / f"agg-{senders}",
@@ -60,9 +68,11 @@ async def run(senders: int, seconds: float, chunk_records: int, window: int, wor
                 "max_bytes": "4GiB",
                 "tenant_max_bytes": "1GiB",
                 "segment_max_bytes": "64MiB",
+                **spool,
             },
             "dlq": {"directory": str(workdir / f"agg-{senders}" / "dlq")},
             "output": {"type": "null"},
+            "workers": 1,  # one process: its CPU and RSS are the figures
             "log": {"level": "warning", "format": "json"},
         },
     )
@@ -96,11 +106,24 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="target length of each run")
     parser.add_argument("--chunk-records", type=int, default=1000)
     parser.add_argument("--window", type=int, default=4, help="chunks in flight per sender")
+    parser.add_argument(
+        "--senders",
+        default="4,8,16,32,64",
+        help="comma-separated counts of concurrent senders, one run (and aggregator) each",
+    )
+    parser.add_argument(
+        "--compression",
+        choices=("none", "deflate"),
+        help="spool.compression (default: the setting's default)",
+    )
     args = parser.parse_args()
+    counts = [int(count) for count in args.senders.split(",") if count.strip()]
     workdir = Path(tempfile.mkdtemp(prefix="lf-bench-agg-", dir=str(REPO / ".cache")))
     try:
-        for senders in (4, 8, 16):
-            await run(senders, args.seconds, args.chunk_records, args.window, workdir)
+        for senders in counts:
+            await run(
+                senders, args.seconds, args.chunk_records, args.window, workdir, args.compression
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

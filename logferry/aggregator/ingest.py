@@ -54,6 +54,12 @@ _DIVERT_CHECK_S = 2.0
 _SAMPLE_EVERY = 50
 _SAMPLES_PER_TENANT = 20
 _SAMPLE_TENANTS = 10_000
+INFLIGHT_MAX_BYTES = 32 * MiB
+"""Default in-flight budget: what every connection together holds between decoding a message
+and its fragments being durable (rendered bytes and the spool's copy of them)."""
+_HELD_COPIES = 2
+"""A rendered message is held twice until durable: as rendered, and as the spool frame (or
+DLQ entry) encoded from it while that waits for its fsync."""
 
 
 @dataclass(slots=True)
@@ -97,7 +103,7 @@ class Ingest:
         namer: IndexNamer,
         default_tenant: str,
         instance: str,
-        inflight_max_bytes: int = 64 * MiB,
+        inflight_max_bytes: int = INFLIGHT_MAX_BYTES,
         pipelines: PipelineRegistry | None = None,
         pipeline_budget_s: float = 0.5,
         account_discarded: bool = True,
@@ -129,6 +135,8 @@ class Ingest:
         self._on_bypass = on_bypass
         self._clock = clock
         self._budget = ByteBudget(inflight_max_bytes)
+        self.inflight_peak_bytes = 0
+        """The most the in-flight budget ever held (at most its limit plus one message)."""
         self._refusals_logged: set[str] = set()
 
     # ------------------------------------------------------------------ budget
@@ -136,6 +144,16 @@ class Ingest:
     async def admit(self) -> None:
         """Wait until the in-flight budget has room for one more message."""
         await self._budget.admit()
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Bytes held under the in-flight budget now."""
+        return self._budget.held
+
+    @property
+    def inflight_max_bytes(self) -> int:
+        """The in-flight budget's limit."""
+        return self._budget.limit
 
     def discard(self, rendered: Rendered) -> None:
         """Give back the budget of a message that will not be stored (its sender resends)."""
@@ -149,9 +167,11 @@ class Ingest:
             rendered = self._render_signal(message, receipt)
         else:
             rendered = self._render_entries(message, receipt)
-        rendered.size = sum(len(p) for parts, _n in rendered.fragments.values() for p in parts)
-        rendered.size += sum(len(letter.source) for letter in rendered.letters)
+        made = sum(len(p) for parts, _n in rendered.fragments.values() for p in parts)
+        made += sum(len(letter.source) for letter in rendered.letters)
+        rendered.size = _HELD_COPIES * made
         self._budget.take(rendered.size)
+        self.inflight_peak_bytes = max(self.inflight_peak_bytes, self._budget.held)
         return rendered
 
     def _render_entries(self, message: EventMessage, receipt: Receipt) -> Rendered:

@@ -4,10 +4,11 @@ Per connection: the TLS handshake and the HELO/PING/PONG handshake (when configu
 ``handshake_timeout_s``, reading nothing bigger than a PING until then; then a read loop.
 Every read is cut into complete messages; each is decoded and rendered on its own (so one
 message at a time is ever inflated in the whole process), after waiting for room in the
-in-flight budget. The messages of one read are made durable together (their appends share
-fsyncs with every other connection's) and then acked in order. The loop does not read again
-until a batch is in hand, so a full spool stops the reads and TCP's window pushes back on the
-sender (backpressure): nothing is acked early and nothing is dropped.
+in-flight budget. Each goes on to the spool as soon as it is rendered (its appends share
+fsyncs with every other connection's); the messages of one read are acked in order once all
+are durable. The loop does not read again until a read's messages are on their way, so a full
+spool or budget stops the reads and TCP's window pushes back on the sender (backpressure):
+nothing is acked early and nothing is dropped.
 
 Memory is bounded whatever peers send: a connection reads a little at a time until a message
 turns out larger than one read; then it takes a *slot*, room for one whole message in
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from logferry.aggregator.config import ForwardInputSettings
-from logferry.aggregator.ingest import Ingest, Receipt, Rendered
+from logferry.aggregator.ingest import Ingest, Receipt
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.common.budget import ByteBudget
 from logferry.common.errors import (
@@ -365,36 +366,37 @@ class ForwardServer:
         received: float,
         queue: asyncio.Queue[_Batch | None],
     ) -> None:
-        """Decode and render one read's messages, one at a time, then start making them
-        durable together; the acker acks them in order."""
+        """Decode and render one read's messages, one at a time, each starting on its way to
+        the spool at once; the acker acks them in order once all are durable."""
         crash_point("after_receive")
-        rendered: list[Rendered] = []
+        stores: list[asyncio.Future[int]] = []
         acks: list[bytes] = []
-        try:
-            for index, frame in enumerate(frames):
-                await self._ingest.admit()  # room in the in-flight budget, before inflating
-                message = decoder.decode(frame)
-                frames[index] = b""  # the raw bytes are garbage once decoded
-                if message is None:
-                    continue  # heartbeat
-                if isinstance(message, Ping):
-                    raise ProtocolError("PING outside the handshake")
-                self._metrics.bytes_in.inc(message.wire_bytes)
-                conn.messages += 1
-                receipt = Receipt(self._ingest.instance, conn.serial, conn.messages)
-                # Rendered now, without an await since admit(): the decoded records die here,
-                # only compact bytes wait for the spool.
-                rendered.append(self._ingest.render(message, receipt))
-                if (ack := message.encode_ack()) is not None:
-                    acks.append(ack)
-                del message
-        except BaseException:
-            for done in rendered:
-                self._ingest.discard(done)
-            raise
-        durable = asyncio.ensure_future(
-            asyncio.gather(*(self._ingest.store(done) for done in rendered))
-        )
+        for index, frame in enumerate(frames):
+            # Nothing this connection rendered waits for the budget with it: every message
+            # before is already being stored, so its bytes come back without any other
+            # admit. (Rendered messages held back until the whole read was rendered would
+            # let every connection sit on part of the budget waiting for the rest.)
+            await self._ingest.admit()  # room in the in-flight budget, before inflating
+            message = decoder.decode(frame)
+            frames[index] = b""  # the raw bytes are garbage once decoded
+            if message is None:
+                continue  # heartbeat
+            if isinstance(message, Ping):
+                raise ProtocolError("PING outside the handshake")
+            self._metrics.bytes_in.inc(message.wire_bytes)
+            conn.messages += 1
+            receipt = Receipt(self._ingest.instance, conn.serial, conn.messages)
+            # Rendered now, without an await since admit(): the decoded records die here,
+            # only compact bytes wait for the spool.
+            store = asyncio.ensure_future(self._ingest.store(self._ingest.render(message, receipt)))
+            # If the connection dies first, nobody awaits this (the sender resends what was
+            # not acked): keep its error from being "lost".
+            store.add_done_callback(_consume_error)
+            stores.append(store)
+            if (ack := message.encode_ack()) is not None:
+                acks.append(ack)
+            del message
+        durable = asyncio.ensure_future(asyncio.gather(*stores))
         # If the connection dies first, nobody awaits this: keep its error from being "lost".
         durable.add_done_callback(_consume_error)
         conn.inflight += 1
@@ -461,7 +463,7 @@ class ForwardServer:
         return frames[1:]
 
 
-def _consume_error(future: asyncio.Future[list[int]]) -> None:
+def _consume_error(future: asyncio.Future[list[int]] | asyncio.Future[int]) -> None:
     if not future.cancelled():
         future.exception()
 

@@ -23,13 +23,15 @@ class ByteBudget:
         self.limit = limit
         self.held = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._turn = False
+        """An admitted waiter has not run yet: nothing else is granted until it has."""
 
     def _fits(self, size: int) -> bool:
         return self.held == 0 or self.held + size <= self.limit
 
     async def acquire(self, size: int) -> None:
         """Hold ``size`` bytes, waiting in FIFO order until they fit."""
-        if not self._waiters and self._fits(size):
+        if not self._waiters and not self._turn and self._fits(size):
             self.held += size
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -53,6 +55,10 @@ class ByteBudget:
     def release(self, size: int) -> None:
         """Give back ``size`` bytes and wake the waiters that now fit."""
         self.held -= size
+        if not self._turn:
+            self._grant()
+
+    def _grant(self) -> None:
         while self._waiters:
             wanted, future = self._waiters[0]
             if future.done():
@@ -63,3 +69,15 @@ class ByteBudget:
             self._waiters.popleft()
             self.held += wanted
             future.set_result(None)
+            if wanted == 0:
+                # An admitted waiter's size is known only once it has run and taken it:
+                # admitting every waiter (or newcomer) the room fits *now* would let each of
+                # them go past the limit. The next is judged after this one's step (its
+                # wake-up was scheduled first), which ends with its take or with nothing.
+                self._turn = True
+                asyncio.get_running_loop().call_soon(self._end_turn)
+                return
+
+    def _end_turn(self) -> None:
+        self._turn = False
+        self._grant()

@@ -151,6 +151,23 @@ def test_message_mode_and_forward_mode_keep_deep_records_aside_too() -> None:
         assert isinstance(got[-1][1], UnreadableRecord)
 
 
+def test_idle_connections_keep_no_read_buffer_of_their_last_message() -> None:
+    # msgpack's streaming scanner starts with a 1 MiB buffer and never shrinks it: one per
+    # connection made 64 connections hold 64 MiB before their first byte, and a large
+    # message's buffer for as long as the connection lived.
+    entries = [(T, {"log": "x" * 1000, "n": n}) for n in range(600)]
+    wire = encode_packed_forward("t", pack_entries(entries), len(entries))
+    with peak_memory() as peak:
+        decoders = [ServerDecoder() for _ in range(64)]
+        for decoder in decoders:
+            for piece in (wire[: len(wire) // 2], wire[len(wire) // 2 :]):
+                assert decoder.frames(piece) in ([], [wire])
+            assert decoder.buffered == 0
+        held = tracemalloc.get_traced_memory()[0]
+        assert peak() < 4 * len(wire) + 2 * MiB  # one message in hand at a time
+    assert held < 64 * 64 * 1024, f"{held} bytes kept by 64 idle decoders"
+
+
 def test_during_the_handshake_only_a_small_ping_is_read() -> None:
     decoder = ServerDecoder()
     decoder.limit_messages(4096)

@@ -57,6 +57,9 @@ from logferry.common.units import MiB
 
 HANDSHAKE_MAX_BYTES: Final = 4096
 """What a peer may send before its PING is checked: a PING is a few hundred bytes."""
+SCAN_READ_BYTES: Final = 16 * 1024
+"""The framing scanner's first buffer (msgpack's default is 1 MiB, held per connection); it
+grows only while a message larger than that is incomplete."""
 SLICE_BYTES: Final = 256 * 1024
 """Entry streams larger than this are decoded a slice of this size at a time (or an entry at a
 time, for larger entries): the Python objects alive at once are one slice's."""
@@ -147,7 +150,10 @@ class _Framer:
         self.max_bytes = max_message_bytes
         self.limit = max_message_bytes
         """The size a message may reach now (at most ``max_message_bytes``)."""
-        self._scanner: Any = msgpack.Unpacker(None, max_buffer_size=max_message_bytes)
+        # Made when bytes arrive and dropped when no message is left incomplete: msgpack's
+        # buffer never shrinks (and starts at 1 MiB by default), so a long-lived scanner
+        # would keep its largest read for the life of the connection, for every connection.
+        self._scanner: Any = None
         self._buf = bytearray()  # bytes since the end of the last complete value
         self._taken = 0  # scanner.tell() at the start of _buf
 
@@ -161,23 +167,33 @@ class _Framer:
             if room <= 0:
                 raise MessageTooLargeError(f"message over {limit} bytes")
             piece, view = view[:room], view[room:]
-            self._scanner.feed(piece)
+            scanner = self._scanner
+            if scanner is None:
+                scanner = self._scanner = msgpack.Unpacker(
+                    None,
+                    max_buffer_size=self.max_bytes,
+                    read_size=min(SCAN_READ_BYTES, self.max_bytes),
+                )
+                self._taken = 0  # dropped only with _buf empty: nothing to feed again
+            scanner.feed(piece)
             self._buf += piece
             start = 0
             while True:
                 try:
-                    self._scanner.skip()
+                    scanner.skip()
                 except msgpack.OutOfData:
                     break
                 except MSGPACK_ERRORS as exc:
                     raise MalformedMessageError(f"not msgpack: {exc}") from exc
-                end = self._scanner.tell() - self._taken
+                end = scanner.tell() - self._taken
                 with memoryview(self._buf) as buf:
                     out.append(buf[start:end].tobytes())  # one copy; the slice dies here
                 start = end
             if start:
                 del self._buf[:start]
                 self._taken += start
+            if not self._buf:
+                self._scanner = None  # nothing incomplete: its buffer goes with it
         return out
 
     @property
