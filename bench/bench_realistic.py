@@ -11,19 +11,28 @@ cannot avoid: decode it, render its documents, one write and one fdatasync. Prin
 seconds per million lines for the three, the ratios aggregator/forwarder and
 aggregator/floor (what a figure means on any machine), and peak RSS.
 
-Run: ``.venv/bin/python bench/bench_realistic.py [--lines 400000]``. Asserts nothing
-about time.
+``--profile`` also samples the aggregator with py-spy (``.venv/bin/pip install py-spy``)
+while it runs, and prints its top frames by own and by cumulative time, and own time by
+stage (decode, rendering, id derivation, per-tenant work, spool, event loop and other).
+
+Run: ``.venv/bin/python bench/bench_realistic.py [--lines 400000] [--profile]``. Asserts
+nothing about time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +50,20 @@ from logferry.forwarder.entries import block_count, block_gzip  # noqa: E402
 from logferry.forwarder.metadata import parse_pod_path  # noqa: E402
 from logferry.forwarder.positions import SourceState  # noqa: E402
 from logferry.forwarder.tail import FileTail  # noqa: E402
+from tests.support.daemon import DaemonProcess  # noqa: E402
 
 CHUNK_RECORDS = 2000
+PROFILE_RATE_HZ = 250
+STAGES: list[tuple[str, re.Pattern[str]]] = [
+    # First match wins; matched against "function (file)" of the frame.
+    ("id derivation", re.compile(r"derived_record_id|_derived_id|record_id|source_id")),
+    ("decode path", re.compile(r"common/protocol/|server\.py|msgpack|msgspec/.*decode")),
+    ("rendering", re.compile(r"aggregator/render\.py|aggregator/documents\.py|iso_time")),
+    ("spool framing/fsync", re.compile(r"common/spool/|common/files\.py|fdatasync|pwrite")),
+    ("per-tenant work", re.compile(
+        r"aggregator/ingest\.py|routing\.py|spools\.py|pipelines/|metrics|prometheus")),
+    ("event loop/other", re.compile(r".")),
+]  # fmt: skip
 
 
 def chunks_of(logs: Path) -> list[bytes]:
@@ -110,9 +131,95 @@ def floor(chunks: list[bytes], out: Path) -> tuple[float, int]:
     return cpu, records
 
 
+@contextlib.contextmanager
+def sampling_aggregators(out: Path) -> Iterator[list[Path]]:
+    """py-spy records every aggregator started inside the block (the raw, collapsed stacks
+    of each go to a file under ``out``, listed in the yielded list once it stopped)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    start = DaemonProcess.start
+    recorders: list[subprocess.Popen[bytes]] = []
+    files: list[Path] = []
+
+    async def started(self: DaemonProcess, *, timeout_s: float = 60.0) -> None:
+        await start(self, timeout_s=timeout_s)
+        if self.kind != "aggregator" or self.proc is None:
+            return
+        path = out / f"aggregator-{self.proc.pid}.txt"
+        recorders.append(_record(spy, self.proc.pid, path))
+        files.append(path)
+
+    DaemonProcess.start = started  # type: ignore[method-assign]
+    try:
+        yield files
+    finally:
+        DaemonProcess.start = start  # type: ignore[method-assign]
+        for recorder in recorders:  # each ends when its aggregator does
+            try:
+                recorder.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                recorder.terminate()
+
+
+def _record(spy: Path, pid: int, path: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` until it exits, without pausing it (--nonblocking)."""
+    command = [str(spy), "record", "--pid", str(pid), "--format", "raw", "--function"]
+    command += ["--rate", str(PROFILE_RATE_HZ), "--nonblocking", "--output", str(path)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _frame_name(frame: str) -> str:
+    """``function (path:line)`` -> ``function (path relative to the repo or site-packages)``."""
+    name, _, where = frame.partition(" (")
+    path = where.rsplit(":", 1)[0].rstrip(")")
+    for marker in ("/site-packages/", str(REPO) + "/", "/lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{name} ({path})" if path else name
+
+
+def print_profile(files: list[Path], top: int = 15) -> None:
+    """Top frames of the collapsed stacks in ``files`` by own and cumulative samples."""
+    own: Counter[str] = Counter()
+    cumulative: Counter[str] = Counter()
+    total = 0
+    for path in files:
+        for line in path.read_text().splitlines():
+            stack, _, count_text = line.rpartition(" ")
+            if not stack or not count_text.isdigit():
+                continue
+            count = int(count_text)
+            frames = [_frame_name(frame) for frame in stack.split(";")[1:]]  # [0]: the thread
+            if not frames:
+                continue
+            total += count
+            own[frames[-1]] += count
+            for frame in set(frames):
+                cumulative[frame] += count
+    if not total:
+        print("profile: no samples")
+        return
+    print(f"profile: {total:,} samples at {PROFILE_RATE_HZ} Hz of the aggregator, busy time only")
+    for title, counts in (("own", own), ("cumulative", cumulative)):
+        print(f"  top {top} by {title} time:")
+        for frame, count in counts.most_common(top):
+            print(f"    {100 * count / total:5.1f}%  {frame}")
+    stages: Counter[str] = Counter()
+    for frame, count in own.items():
+        stages[next(name for name, pattern in STAGES if pattern.search(frame))] += count
+    print("  own time by stage:")
+    for name, count in stages.most_common():
+        print(f"    {100 * count / total:5.1f}%  {name}")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=400_000)
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the aggregator with py-spy (see above)"
+    )
     args = parser.parse_args()
     (REPO / ".cache").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="lf-bench-real-", dir=str(REPO / ".cache")))
@@ -121,7 +228,9 @@ async def main() -> None:
         write_logs(logs, args.lines)
         size = sum(p.stat().st_size for p in (logs / "pods").rglob("*.log*"))
         print(f"loadgen: {args.lines:,} lines, {size / args.lines:.0f} bytes each on average")
-        run = await ship(work, logs, args.lines, {})
+        sampling = sampling_aggregators(work) if args.profile else contextlib.nullcontext([])
+        with sampling as profiles:
+            run = await ship(work, logs, args.lines, {})
         chunks = chunks_of(logs)
         floor_cpu, floor_records = floor(chunks, work / "floor.ndjson")
         per_m = 1e6 / args.lines
@@ -134,6 +243,8 @@ async def main() -> None:
             f"{floor_records:,} documents)"
         )
         print(f"aggregator/forwarder: {agg / fwd:.2f}   aggregator/floor: {agg / low:.2f}")
+        if args.profile:
+            print_profile([path for path in profiles if path.exists()])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

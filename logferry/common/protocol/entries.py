@@ -31,10 +31,11 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgpack
 import msgspec
+from isal import isal_zlib
 
 from logferry.common.errors import (
     MalformedMessageError,
@@ -245,6 +246,9 @@ def too_deep(value: Any, limit: int) -> bool:
 # -- gzip -------------------------------------------------------------------------------------
 
 
+_INFLATE_ERRORS: Final = (zlib.error, cast(type[Exception], isal_zlib.error))
+
+
 def gunzip(blob: bytes | memoryview, limit: int) -> bytearray:
     """Inflate a gzip stream of one or more members into a buffer with ROOM free bytes in
     front, refusing more than ``limit`` inflated bytes while inflating."""
@@ -252,7 +256,9 @@ def gunzip(blob: bytes | memoryview, limit: int) -> bytearray:
     data: bytes | memoryview = blob
     try:
         while True:  # the spec: entries MAY be several concatenated gzip members
-            inflater = zlib.decompressobj(47)  # 32+15: gzip or zlib header, auto-detected
+            # ISA-L inflates the same streams as zlib in about two thirds of the time (the
+            # forwarder compresses with it already); 32+15: gzip or zlib header, auto-detected.
+            inflater = isal_zlib.decompressobj(47)
             while True:
                 room = limit - (len(out) - ROOM) + 1
                 out += inflater.decompress(data, min(room, _WALK_PIECE))
@@ -268,7 +274,7 @@ def gunzip(blob: bytes | memoryview, limit: int) -> bytearray:
             data = inflater.unused_data
             if not data:
                 break
-    except zlib.error as exc:
+    except _INFLATE_ERRORS as exc:
         raise MalformedMessageError(f"bad gzip stream: {exc}", reason="bad_gzip") from exc
     return out
 
