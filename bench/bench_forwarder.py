@@ -1,13 +1,19 @@
-"""Forwarder throughput: docker json-file lines on disk -> forwarder -> acked at an aggregator.
+"""Forwarder throughput: container log files on disk -> forwarder -> acked at an aggregator.
 
-Writes ``--files`` container log files holding ``--lines`` docker lines (about 180 bytes
-each) in all, starts a real aggregator (null output) and a real forwarder pointed at them,
-and waits until the forwarder reports every record acked. Prints lines/s, the forwarder's CPU
-seconds per million lines (its lines/s per core) and its peak RSS.
+By default the files are realistic: ``logferry loadgen``'s node (access logs, JSON and Java
+services, long lines split by docker, docker and CRI files, advancing timestamps, 4
+namespaces x 3 pods). ``--content uniform`` writes the old synthetic input instead (one
+180-byte docker line repeated with a counter, one timestamp): a labelled ceiling. A real
+aggregator (null output, one process) and a real forwarder pointed at the files run until
+the forwarder reports every record acked. Prints lines/s, the forwarder's CPU seconds per
+million lines (its lines/s per core), its peak RSS, and the **floor** measured in the same
+run on the same files: read them, split lines, parse docker JSON or CRI, MessagePack-encode
+the entries and gzip them in blocks, in one loop in this process; and the ratio
+forwarder/floor (what the figure means on any machine).
 
-Run: ``.venv/bin/python bench/bench_forwarder.py [--lines 1000000] [--files 4]
-[--format docker|cri]``; ``--files 500`` gives the peak RSS while tailing 500 files. Asserts
-nothing about time.
+Run: ``.venv/bin/python bench/bench_forwarder.py [--lines 1000000] [--content uniform
+--files 4 --format docker|cri]``; ``--content uniform --files 500`` gives the peak RSS while
+tailing 500 files. Asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -24,8 +30,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import msgspec  # noqa: E402
+import orjson  # noqa: E402
+from bench_multiline import write_logs  # noqa: E402
 from process_stats import proc_cpu_s, proc_peak_rss_mb, report  # noqa: E402
 
+from logferry.common.deflate import gzip_parts  # noqa: E402
 from tests.support.daemon import DaemonProcess  # noqa: E402
 from tests.support.kubelet import container_log, glob_of  # noqa: E402
 from tests.support.net import free_port, wait_until  # noqa: E402
@@ -50,18 +60,59 @@ def write_files(root: Path, files: int, lines: int, fmt: str) -> list[Path]:
     return paths
 
 
+BLOCK_RECORDS = 2000
+
+
+def floor(paths: list[Path]) -> tuple[float, int]:
+    """What shipping these files cannot avoid, in one loop: CPU seconds and lines."""
+    encode = msgspec.msgpack.Encoder().encode
+    started = time.process_time()
+    lines = 0
+    for path in paths:
+        block: list[bytes] = []
+        for raw in path.read_bytes().splitlines():
+            if raw[:1] == b"{":
+                doc = orjson.loads(raw)
+                entry = [doc["time"], {"log": doc["log"], "stream": doc["stream"]}]
+            else:
+                stamp, stream, _tag, text = raw.split(b" ", 3)
+                entry = [stamp.decode(), {"log": text.decode("utf-8", "replace"),
+                                          "stream": stream.decode()}]  # fmt: skip
+            block.append(encode(entry))
+            if len(block) == BLOCK_RECORDS:
+                gzip_parts(block)
+                block = []
+            lines += 1
+        if block:
+            gzip_parts(block)
+    return time.process_time() - started, lines
+
+
+def log_files(logs: Path) -> list[Path]:
+    return sorted(p for p in (logs / "pods").rglob("*") if p.is_file() and ".log" in p.name)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=1_000_000)
-    parser.add_argument("--files", type=int, default=4)
-    parser.add_argument("--format", choices=["docker", "cri"], default="docker")
+    parser.add_argument("--content", choices=["realistic", "uniform"], default="realistic")
+    parser.add_argument("--files", type=int, default=4, help="uniform content only")
+    parser.add_argument("--format", choices=["docker", "cri"], default="docker",
+                        help="uniform content only")  # fmt: skip
     args = parser.parse_args()
     (REPO / ".cache").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="lf-bench-fwd-", dir=str(REPO / ".cache")))
     try:
         logs = work / "node"
-        paths = write_files(logs, args.files, args.lines, args.format)
-        total = (args.lines // args.files) * args.files
+        if args.content == "uniform":
+            paths = write_files(logs, args.files, args.lines, args.format)
+            total = (args.lines // args.files) * args.files
+            what = f"{args.format} lines (uniform) in {args.files} files"
+        else:
+            write_logs(logs, args.lines)
+            paths = log_files(logs)
+            total = args.lines
+            what = f"realistic lines in {len(paths)} files"
         size = sum(p.stat().st_size for p in paths)
         port = free_port()
         agg = DaemonProcess(
@@ -107,10 +158,17 @@ async def main() -> None:
         elapsed = time.perf_counter() - t0
         cpu = proc_cpu_s(pid)
         print(
-            f"{total:,} {args.format} lines ({size / total:.0f} bytes each) in {args.files} files: "
+            f"{total:,} {what} ({size / total:.0f} bytes each): "
             f"{total / elapsed:,.0f} lines/s; forwarder CPU {cpu:.1f}s = "
             f"{cpu / total * 1e6:.2f} CPU s per million ({total / cpu:,.0f} lines/s per core); "
             f"peak RSS {proc_peak_rss_mb(pid):.0f} MB"
+        )
+        floor_cpu, physical = floor(paths)
+        per_m = floor_cpu / total * 1e6
+        print(
+            f"floor    : {per_m:.2f} CPU s per million lines (read, split, parse, MessagePack, "
+            f"gzip per {BLOCK_RECORDS}, over the {physical:,} physical lines); "
+            f"forwarder/floor {cpu / total * 1e6 / per_m:.2f}"
         )
         await fwd.stop()
         await agg.stop()
