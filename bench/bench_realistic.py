@@ -59,7 +59,10 @@ STAGES: list[tuple[str, re.Pattern[str]]] = [
     ("id derivation", re.compile(r"derived_record_id|_derived_id|record_id|source_id")),
     ("decode path", re.compile(r"common/protocol/|server\.py|msgpack|msgspec/.*decode")),
     ("rendering", re.compile(r"aggregator/render\.py|aggregator/documents\.py|iso_time")),
-    ("spool framing/fsync", re.compile(r"common/spool/|common/files\.py|fdatasync|pwrite")),
+    # The spool's fragments are deflated and framed here; the worker threads run its
+    # writes, fdatasyncs and reads (py-spy counts a thread inside a syscall as busy).
+    ("spool framing/fsync", re.compile(
+        r"common/spool/|common/files\.py|common/deflate\.py|concurrent/futures/|threading")),
     ("per-tenant work", re.compile(
         r"aggregator/ingest\.py|routing\.py|spools\.py|pipelines/|metrics|prometheus")),
     ("event loop/other", re.compile(r".")),
@@ -202,10 +205,15 @@ def print_profile(files: list[Path], top: int = 15) -> None:
         print("profile: no samples")
         return
     print(f"profile: {total:,} samples at {PROFILE_RATE_HZ} Hz of the aggregator, busy time only")
+    # Frames under which nearly everything runs (the daemon, the loop, a connection's task)
+    # say nothing about where the time goes: the cumulative list starts below them.
+    shallow = {frame for frame, count in cumulative.items() if count > 0.7 * total}
     for title, counts in (("own", own), ("cumulative", cumulative)):
         print(f"  top {top} by {title} time:")
-        for frame, count in counts.most_common(top):
+        listed = [item for item in counts.most_common() if counts is own or item[0] not in shallow]
+        for frame, count in listed[:top]:
             print(f"    {100 * count / total:5.1f}%  {frame}")
+    print(f"  (above every cumulative frame: {', '.join(sorted(shallow))})")
     stages: Counter[str] = Counter()
     for frame, count in own.items():
         stages[next(name for name, pattern in STAGES if pattern.search(frame))] += count
