@@ -2,8 +2,9 @@
 
 ISA-L's deflate at its fastest level runs 5-7x faster than zlib's level 1 and its CRC-32
 about 6x faster; both produce the same formats (a standard gzip member, the same CRC-32), so
-peers and files on disk cannot tell which library wrote them. Decompression of untrusted
-input stays on zlib (``protocol.entries``), whose limits and error paths are the tested ones.
+peers and files on disk cannot tell which library wrote them. Untrusted input is inflated
+by ISA-L too (``protocol.entries.gunzip``), always with a bound on the output of each call,
+so the adversarial suite's gzip bombs are refused the same way as with zlib.
 
 Flushed pieces (:func:`deflate_flushed`) are raw deflate streams that end on a byte boundary
 without a final block, so pieces compressed apart concatenate into one valid stream: a gzip
