@@ -69,9 +69,10 @@ STAGES: list[tuple[str, re.Pattern[str]]] = [
 ]  # fmt: skip
 
 
-def chunks_of(logs: Path) -> list[bytes]:
-    """The files as the forwarder would send them: its reader, its blocks, its chunks."""
-    chunks: list[bytes] = []
+def payloads_of(logs: Path) -> list[tuple[bytes, int]]:
+    """The files as the forwarder would send them (its reader, its blocks, grouped up to
+    ``CHUNK_RECORDS``): each chunk's gzipped entries and its record count."""
+    payloads: list[tuple[bytes, int]] = []
     for path in sorted((logs / "pods").rglob("*.log")):
         meta = parse_pod_path(str(path), "bench")
         assert meta is not None
@@ -94,14 +95,20 @@ def chunks_of(logs: Path) -> list[bytes]:
                 count += block_count(block)
                 continue
             if group:
-                gzipped = b"".join(block_gzip(b) for b in group)
-                chunks.append(
-                    encode_compressed_packed_forward(
-                        "kube", b"", count, chunk=f"c{len(chunks)}", gzipped=gzipped
-                    )
-                )
+                payloads.append((b"".join(block_gzip(b) for b in group), count))
             group, count = ([block], block_count(block)) if block is not None else ([], 0)
-    return chunks
+    return payloads
+
+
+def chunk(payload: tuple[bytes, int], chunk_id: str) -> bytes:
+    """One CompressedPackedForward message of ``payload`` with chunk id ``chunk_id``."""
+    gzipped, count = payload
+    return encode_compressed_packed_forward("kube", b"", count, chunk=chunk_id, gzipped=gzipped)
+
+
+def chunks_of(logs: Path) -> list[bytes]:
+    """The files as the forwarder would send them: its reader, its blocks, its chunks."""
+    return [chunk(payload, f"c{n}") for n, payload in enumerate(payloads_of(logs))]
 
 
 def floor(chunks: list[bytes], out: Path) -> tuple[float, int]:
