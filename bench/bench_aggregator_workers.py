@@ -3,8 +3,9 @@
 ``logferry loadgen`` writes a node's container logs (as in ``bench_realistic.py``); they are
 made into the forwarder's own CompressedPackedForward chunks once, in this process. Then a
 real aggregator (null output, fsynced spools, acks) is started with ``workers: 1`` and with
-``workers: 2``, and the same chunks are pushed by ``--senders`` concurrent connections (each
-waits for its acks, at most ``--window`` chunks in flight), ``--rounds`` times. Prints for
+``workers: 2``, and the same chunks, ``--rounds`` times over, are pushed by ``--senders``
+long-lived connections (as forwarders keep; each waits for its acks, at most ``--window``
+chunks in flight). Prints for
 each: records/s (wall), the CPU seconds per million records of the whole aggregator (the
 supervisor and its workers), each process's peak RSS, how many chunks each worker took, and
 the throughput ratio two workers / one. The senders run in this process and need a share of
@@ -28,10 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench_multiline import write_logs  # noqa: E402
-from bench_realistic import chunks_of  # noqa: E402
+from bench_realistic import chunk, payloads_of  # noqa: E402
 from process_stats import proc_cpu_s, proc_peak_rss_mb, report  # noqa: E402
 
-from logferry.common.protocol.decode import ServerDecoder  # noqa: E402
 from tests.support.daemon import DaemonProcess  # noqa: E402
 from tests.support.forward_client import ForwardClient  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
@@ -41,15 +41,6 @@ def tree(pid: int) -> list[int]:
     """``pid`` and its children (a supervisor's workers)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return [pid, *(int(child) for child in children)]
-
-
-def chunk_ids_and_sizes(chunks: list[bytes]) -> tuple[list[str], list[int]]:
-    ids, sizes = [], []
-    for chunk in chunks:
-        (message,) = ServerDecoder().feed(chunk)
-        ids.append(str(message.chunk))  # type: ignore[union-attr]
-        sizes.append(int(message.count))  # type: ignore[union-attr]
-    return ids, sizes
 
 
 async def sender(port: int, chunks: list[tuple[bytes, str]], window: int) -> None:
@@ -64,7 +55,7 @@ async def sender(port: int, chunks: list[tuple[bytes, str]], window: int) -> Non
             await client.wait_ack(chunk_id, timeout_s=300)
 
 
-async def run(workers: int, chunks: list[bytes], records: int, args: argparse.Namespace,
+async def run(workers: int, payloads: list[tuple[bytes, int]], args: argparse.Namespace,
               work: Path) -> float:  # fmt: skip
     home = work / f"agg-{workers}"
     daemon = DaemonProcess(
@@ -84,19 +75,24 @@ async def run(workers: int, chunks: list[bytes], records: int, args: argparse.Na
     assert daemon.proc is not None
     pids = tree(daemon.proc.pid)
     port = int(daemon.config["input"]["listen_port"])
-    ids, _sizes = chunk_ids_and_sizes(chunks)
-    plan = list(zip(chunks, ids, strict=True))
+    # One long-lived connection per sender, as a forwarder keeps: its share of the chunks,
+    # ``rounds`` times over, each with an id of its own.
+    plans = [
+        [
+            (chunk(payload, f"s{s}-r{r}-c{n}"), f"s{s}-r{r}-c{n}")
+            for r in range(args.rounds)
+            for n, payload in enumerate(payloads[s :: args.senders])
+        ]
+        for s in range(args.senders)
+    ]
     cpu0 = [proc_cpu_s(pid) for pid in pids]
     own0 = time.process_time()
     started = time.perf_counter()
-    for _ in range(args.rounds):
-        await asyncio.gather(
-            *(sender(port, plan[s :: args.senders], args.window) for s in range(args.senders))
-        )
+    await asyncio.gather(*(sender(port, mine, args.window) for mine in plans))
     elapsed = time.perf_counter() - started
     cpu = sum(proc_cpu_s(pid) - before for pid, before in zip(pids, cpu0, strict=True))
     own = time.process_time() - own0
-    total = records * args.rounds
+    total = sum(count for _, count in payloads) * args.rounds
     taken = [await daemon.metric("logferry_acks_total", worker=str(i)) for i in range(workers)]
     rss = ", ".join(f"{proc_peak_rss_mb(pid):.0f}" for pid in pids)
     print(
@@ -112,22 +108,23 @@ async def run(workers: int, chunks: list[bytes], records: int, args: argparse.Na
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=300_000)
-    parser.add_argument("--senders", type=int, default=8)
-    parser.add_argument("--window", type=int, default=2, help="chunks in flight per sender")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--senders", type=int, default=16)
+    parser.add_argument("--window", type=int, default=4, help="chunks in flight per sender")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--dir", type=Path, default=REPO / ".cache",
+                        help="where the spools go (a tmpfs takes the disk out of it)")  # fmt: skip
     args = parser.parse_args()
-    (REPO / ".cache").mkdir(exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="lf-bench-workers-", dir=str(REPO / ".cache")))
+    args.dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="lf-bench-workers-", dir=str(args.dir)))
     try:
         logs = work / "node"
         write_logs(logs, args.lines)
-        chunks = chunks_of(logs)
-        _ids, sizes = chunk_ids_and_sizes(chunks)
-        records = sum(sizes)
-        print(f"loadgen: {args.lines:,} lines -> {len(chunks)} chunks, {records:,} records; "
+        payloads = payloads_of(logs)
+        records = sum(count for _, count in payloads)
+        print(f"loadgen: {args.lines:,} lines -> {len(payloads)} chunks, {records:,} records; "
               f"{args.senders} senders, window {args.window}, {args.rounds} rounds")  # fmt: skip
-        one = await run(1, chunks, records, args, work)
-        two = await run(2, chunks, records, args, work)
+        one = await run(1, payloads, args, work)
+        two = await run(2, payloads, args, work)
         print(f"two workers / one: {two / one:.2f}x the throughput")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -170,7 +170,9 @@ class Aggregator:
                 # Pipelines in force before the first record is accepted, not just after.
                 await asyncio.to_thread(self.pipeline_watcher.reload)
             slot = self.slot
-            await self.server.start(slot.input_socket() if slot else None)
+            await self.server.start(
+                slot.input_socket(self.config.input.listen_host) if slot else None
+            )
             await self.status.start(slot.http_socket() if slot else None)
             if self.pipeline_watcher is not None:
                 self._pipeline_task = asyncio.create_task(

@@ -118,8 +118,8 @@ class ForwardServer:
         self.port = 0
 
     async def start(self, sock: socket.socket | None = None) -> None:
-        """Bind and start accepting (on ``sock`` when given: the listening socket a
-        supervisor bound and shares with its other workers)."""
+        """Bind and start accepting (on ``sock`` when given: a worker's own socket on the
+        port its supervisor holds)."""
         where: dict[str, Any] = (
             {"sock": sock}
             if sock is not None

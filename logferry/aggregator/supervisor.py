@@ -1,7 +1,8 @@
 """The aggregator as N worker processes: one port, one /metrics, one set of probes per pod.
 
-The supervisor does no record work. It binds the Forward port once (every worker accepts on
-that socket) and a status socket on 127.0.0.1 per worker, starts the workers (the same
+The supervisor does no record work. It holds the Forward port (``SO_REUSEPORT``; each worker
+listens on it with a socket of its own, the kernel spreading connections over them) and
+binds a status socket on 127.0.0.1 per worker, starts the workers (the same
 command with ``LOGFERRY_WORKER=<i>/<n>``), restarts one that exits unasked (after a backoff;
 the new one reopens that worker's spools, so what it acked is delivered), and serves the
 pod's /metrics (its own and every worker's, labelled ``worker``), /healthz and /readyz (ready
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from logferry.aggregator.config import AggregatorConfig
 from logferry.aggregator.metrics import SupervisorMetrics
 from logferry.aggregator.worker_metrics import http_get, merge_expositions
-from logferry.aggregator.workers import FDS_ENV, PARENT_ENV, WORKER_ENV
+from logferry.aggregator.workers import PARENT_ENV, SOCKETS_ENV, WORKER_ENV, port_socket
 from logferry.common.logs import get_logger
 from logferry.common.status_http import StatusServer
 
@@ -58,26 +59,16 @@ class _Worker:
         return self.proc is not None and self.proc.returncode is None
 
 
-async def bind_listener(host: str, port: int, *, retry_s: float = _BIND_RETRY_S) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (``SO_REUSEADDR``, backlog 1024).
-
-    The port may still be held for a moment by the workers of a supervisor that was just
-    killed (the kernel kills them as it dies): an address in use is retried for ``retry_s``.
-    """
-    infos = await asyncio.get_running_loop().getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    family, kind, proto, _name, address = infos[0]
+async def bind_port(
+    host: str, port: int, *, listen: bool, retry_s: float = _BIND_RETRY_S
+) -> socket.socket:
+    """:func:`port_socket`, retrying an address in use for ``retry_s``: a port may be held
+    a moment longer by a process that is being killed."""
     deadline = time.monotonic() + retry_s
     while True:
-        sock = socket.socket(family, kind, proto)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(1024)
-            return sock
+            return port_socket(host, port, listen=listen)
         except OSError as exc:
-            sock.close()
             if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
                 raise
             await asyncio.sleep(0.1)  # a retry interval: the old holder is being killed
@@ -109,9 +100,10 @@ class Supervisor:
         """Supervise until ``stop`` is set; 0 when every worker stopped cleanly."""
         settings = self.config.input
         try:
-            self._input = await bind_listener(settings.listen_host, settings.listen_port)
+            # Held, never listened on: the workers listen on the port with sockets of their own.
+            self._input = await bind_port(settings.listen_host, settings.listen_port, listen=False)
             for index in range(self.count):
-                http = await bind_listener("127.0.0.1", 0)
+                http = await bind_port("127.0.0.1", 0, listen=True)
                 self.workers.append(_Worker(index, http))
             for worker in self.workers:
                 await self._spawn(worker)
@@ -132,11 +124,11 @@ class Supervisor:
 
     async def _spawn(self, worker: _Worker) -> None:
         assert self._input is not None
-        fds = (self._input.fileno(), worker.http.fileno())
+        port, fds = self._input.getsockname()[1], (worker.http.fileno(),)
         env = {
             **os.environ,
             WORKER_ENV: f"{worker.index}/{self.count}",
-            FDS_ENV: f"{fds[0]},{fds[1]}",
+            SOCKETS_ENV: f"{port},{fds[0]}",
             PARENT_ENV: str(os.getpid()),
         }
         # A session of its own: a terminal's Ctrl-C reaches the supervisor only, which then

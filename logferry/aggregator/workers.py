@@ -1,10 +1,12 @@
 """Worker processes of one aggregator: who a worker is, where its spools live, how many.
 
 With ``workers`` above 1 the aggregator is a supervisor (:mod:`.supervisor`) and N copies of
-the daemon, each started with ``LOGFERRY_WORKER=<index>/<count>``. The supervisor binds the
-Forward port once and every worker accepts on that same socket (a pre-forked accept: an
-idle worker takes the next connection first, so load follows free capacity). Each worker
-owns its tenant spools under the one volume:
+the daemon, each started with ``LOGFERRY_WORKER=<index>/<count>``. The supervisor holds the
+Forward port (bound with ``SO_REUSEPORT``, never listening) and every worker listens on it
+with a socket of its own: the kernel spreads new connections over the workers by their
+addresses. (One socket shared by all was tried first: the worker that woke first took a
+whole burst of connections, and with long-lived connections the split stuck, 948:138.)
+Each worker owns its tenant spools under the one volume:
 
     <spool.directory>/tenants/<tenant>/            worker 0 (and a single-process aggregator)
     <spool.directory>/worker-<i>/tenants/<tenant>/ worker i > 0
@@ -30,7 +32,7 @@ from logferry.aggregator.spools import AggregatorSpoolSettings
 from logferry.common.errors import ConfigError
 
 WORKER_ENV = "LOGFERRY_WORKER"
-FDS_ENV = "LOGFERRY_WORKER_FDS"
+SOCKETS_ENV = "LOGFERRY_WORKER_SOCKETS"
 PARENT_ENV = "LOGFERRY_WORKER_PARENT"
 _WORKER_DIR = re.compile(r"^worker-(\d+)\Z")
 _PR_SET_PDEATHSIG = 1
@@ -38,11 +40,12 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True, slots=True)
 class WorkerSlot:
-    """This process as worker ``index`` of ``count``, with the sockets its supervisor bound."""
+    """This process as worker ``index`` of ``count``: the Forward port its supervisor holds and
+    the status socket it bound for this worker."""
 
     index: int
     count: int
-    input_fd: int
+    input_port: int
     http_fd: int
 
     @classmethod
@@ -54,20 +57,42 @@ class WorkerSlot:
             return None
         try:
             index, count = (int(part) for part in spec.split("/"))
-            input_fd, http_fd = (int(part) for part in env[FDS_ENV].split(","))
+            input_port, http_fd = (int(part) for part in env[SOCKETS_ENV].split(","))
         except (KeyError, ValueError) as exc:
             raise ConfigError(f"{WORKER_ENV}={spec!r}: not a worker slot ({exc})") from exc
         if not 0 <= index < count:
             raise ConfigError(f"{WORKER_ENV}={spec!r}: index out of range")
-        return cls(index, count, input_fd, http_fd)
+        return cls(index, count, input_port, http_fd)
 
-    def input_socket(self) -> socket.socket:
-        """The shared Forward listening socket."""
-        return socket.socket(fileno=self.input_fd)
+    def input_socket(self, host: str) -> socket.socket:
+        """This worker's own listening socket on the shared Forward port."""
+        return port_socket(host, self.input_port, listen=True)
 
     def http_socket(self) -> socket.socket:
         """This worker's own status socket on 127.0.0.1 (its supervisor scrapes it)."""
         return socket.socket(fileno=self.http_fd)
+
+
+LISTEN_BACKLOG = 1024
+
+
+def port_socket(host: str, port: int, *, listen: bool) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT`` (listening if ``listen``):
+    every worker's and the supervisor's, so that they share the port."""
+    family, kind, proto, _name, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        if listen:
+            sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def die_with_parent() -> None:

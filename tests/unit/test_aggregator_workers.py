@@ -23,11 +23,11 @@ from logferry.common.units import MiB
 
 
 def test_a_worker_slot_comes_from_the_environment() -> None:
-    env = {"LOGFERRY_WORKER": "1/3", "LOGFERRY_WORKER_FDS": "7,9"}
-    assert WorkerSlot.from_env(env) == WorkerSlot(1, 3, 7, 9)
+    env = {"LOGFERRY_WORKER": "1/3", "LOGFERRY_WORKER_SOCKETS": "24224,9"}
+    assert WorkerSlot.from_env(env) == WorkerSlot(1, 3, 24224, 9)
     assert WorkerSlot.from_env({}) is None
-    for bad in ({"LOGFERRY_WORKER": "3/3", "LOGFERRY_WORKER_FDS": "7,9"},
-                {"LOGFERRY_WORKER": "x", "LOGFERRY_WORKER_FDS": "7,9"},
+    for bad in ({"LOGFERRY_WORKER": "3/3", "LOGFERRY_WORKER_SOCKETS": "24224,9"},
+                {"LOGFERRY_WORKER": "x", "LOGFERRY_WORKER_SOCKETS": "24224,9"},
                 {"LOGFERRY_WORKER": "0/2"}):  # fmt: skip
         with pytest.raises(ConfigError):
             WorkerSlot.from_env(bad)
