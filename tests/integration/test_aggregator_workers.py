@@ -34,6 +34,10 @@ def worker_pids(agg: DaemonProcess) -> list[int]:
     return [int(pid) for pid in text.split()]
 
 
+def alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
 async def send_from(port: int, namespace: str, pod: str, chunks: int) -> None:
     """One connection sending ``chunks`` chunks of one source, each acked."""
     entries = container_entries(namespace, chunks * CHUNK, pod=pod)
@@ -78,7 +82,7 @@ async def test_two_workers_share_one_port_and_one_metrics_endpoint(
     assert set(await per_worker(agg, "logferry_spool_fragments")) >= {"0"}
     assert set(await per_worker(agg, "logferry_connections")) == {"0", "1"}
     assert await agg.stop() == 0
-    assert not any(Path(f"/proc/{pid}").exists() for pid in worker_pids_gone(agg))
+    assert not any(alive(pid) for pid in worker_pids_gone(agg))
 
 
 def worker_pids_gone(agg: DaemonProcess) -> list[int]:
@@ -111,8 +115,7 @@ async def test_a_killed_worker_is_restarted_and_delivers_what_it_acked(
 
     async def restarted() -> bool:
         return (
-            await agg.metric("logferry_aggregator_worker_restarts_total") == 1
-            and await agg.ready()
+            await agg.metric("logferry_aggregator_worker_restarts_total") == 1 and await agg.ready()
         )
 
     await wait_until(restarted, timeout_s=60, what="the killed worker to be restarted")
@@ -152,7 +155,7 @@ async def test_a_killed_supervisor_takes_its_workers_and_fewer_workers_drain_the
     agg.kill()  # the supervisor only: the kernel must take its workers with it
 
     async def workers_gone() -> bool:
-        return not any(Path(f"/proc/{pid}").exists() for pid in workers)
+        return not any(alive(pid) for pid in workers)
 
     await wait_until(workers_gone, timeout_s=30, what="the workers to die with the supervisor")
     # Back as one process: worker 1's folder has no worker any more; worker 0 drains it.
