@@ -33,6 +33,7 @@ from logferry.aggregator.spools import TenantSpools
 from logferry.aggregator.workers import (
     WorkerSlot,
     orphaned_spool_dirs,
+    worker_input_settings,
     worker_spool_dir,
     worker_spool_settings,
 )
@@ -123,7 +124,8 @@ class Aggregator:
             ),
             on_bypass=self._bypass_changed,
         )
-        self.server = ForwardServer(config.input, self.ingest, self.metrics, hostname=self.hostname)
+        inputs = config.input if slot is None else worker_input_settings(config.input, slot)
+        self.server = ForwardServer(inputs, self.ingest, self.metrics, hostname=self.hostname)
         self.status = StatusServer(
             config.http.listen_host,
             config.http.listen_port,

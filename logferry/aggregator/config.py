@@ -64,14 +64,17 @@ class ForwardInputSettings(ConfigModel):
     """Room for messages being received, all connections together: a message larger than
     one 64KiB read takes a slot of ``max_message_bytes`` before the rest is read (one source
     address at most a quarter of the budget), so many large messages at once wait instead of
-    multiplying memory."""
+    multiplying memory. Each of the aggregator's ``workers`` takes an even share (at least one
+    ``max_message_bytes``)."""
     message_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     """A message begun must be complete within this, or its connection is closed (a peer
     cannot hold its share of the buffer budget by sending slowly)."""
     max_connections: int = Field(default=1024, ge=1)
-    """Connections beyond this are refused at accept."""
+    """Connections beyond this are refused at accept (for the aggregator as a whole: each of
+    its ``workers`` takes an even share)."""
     max_connections_per_source: int = Field(default=64, ge=1)
-    """Connections one source address may hold at once; more are refused at accept."""
+    """Connections one source address may hold at once; more are refused at accept (for the
+    aggregator as a whole: each of its ``workers`` takes an even share)."""
     read_timeout_s: float = Field(default=300.0, gt=0)
     """An idle peer is disconnected after this long."""
 

@@ -69,7 +69,10 @@ class PipelineSettings(ConfigModel):
     cpu_allowance_s_per_s: float = Field(default=0.1, gt=0, le=64)
     """CPU seconds a tenant's pipelines may use per second, over time (a fair share): a
     tenant that keeps exceeding it has its pipelines bypassed (records pass unfiltered, never
-    dropped, counted, the tenant's status marked) until it is back under."""
+    dropped, counted, the tenant's status marked) until it is back under. Each of the
+    aggregator's ``workers`` enforces it on the records that reach it: the allowance keeps
+    one tenant from stalling the others that share a worker's event loop. The pipelines
+    status file (worker 0's) lists the tenants bypassed there."""
     cpu_burst_s: float = Field(default=1.0, gt=0, le=3600)
     """CPU seconds of unused allowance a tenant may save up for a burst."""
     max_pipelines_per_tenant: int = Field(default=20, ge=1, le=1000)

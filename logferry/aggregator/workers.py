@@ -28,6 +28,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from logferry.aggregator.config import ForwardInputSettings
 from logferry.aggregator.spools import AggregatorSpoolSettings
 from logferry.common.errors import ConfigError
 
@@ -150,6 +151,22 @@ def worker_spool_settings(
             "directory": worker_spool_dir(settings.directory, slot.index),
             "max_bytes": share,
             "tenant_max_bytes": tenant_share,
+        }
+    )
+
+
+def worker_input_settings(settings: ForwardInputSettings, slot: WorkerSlot) -> ForwardInputSettings:
+    """Worker ``slot``'s share of the input limits that hold for the pod as a whole: the
+    connection caps (one address still cannot hold more than its cap across the workers;
+    the kernel's split by address may refuse one a little early on a busy worker) and the
+    room for messages being received (never below one message)."""
+    return settings.model_copy(
+        update={
+            "max_connections": max(1, settings.max_connections // slot.count),
+            "max_connections_per_source": max(1, settings.max_connections_per_source // slot.count),
+            "buffer_budget_bytes": max(
+                settings.max_message_bytes, settings.buffer_budget_bytes // slot.count
+            ),
         }
     )
 

@@ -37,6 +37,9 @@ async def aggregator(opensearch: Any, tmp_path: Path) -> AsyncIterator[DaemonPro
         yaml.safe_dump(log_pipeline("p", modest, namespace="modest"))
     )
     config = attacks.aggregator_config(tmp_path / "agg", opensearch.url)
+    # One process: the allowance keeps a tenant from stalling the others of its worker's
+    # event loop, so each worker enforces it on what reaches it.
+    config["workers"] = 1
     config["pipelines"] = {
         "directory": str(directory),
         "status_file": str(tmp_path / "status.json"),

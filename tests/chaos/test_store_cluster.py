@@ -32,8 +32,9 @@ BEFORE_DISRUPTION = 8  # chunks; the other 32 are sent while the cluster changes
 
 async def count(client: StoreClient, pattern: str) -> int:
     await client.call("POST", f"/{pattern}/_refresh?ignore_unavailable=true", accept=(404,))
-    status, found = await client.call("GET", f"/{pattern}/_count", accept=(404,))
-    return 0 if status == 404 else int(found["count"])
+    # 503: an index just made whose shards are not started yet (none found so far).
+    status, found = await client.call("GET", f"/{pattern}/_count", accept=(404, 503))
+    return 0 if status in (404, 503) else int(found["count"])
 
 
 async def placement(client: StoreClient, index: str) -> dict[str, str]:

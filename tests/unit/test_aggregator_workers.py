@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from logferry.aggregator.config import ForwardInputSettings
 from logferry.aggregator.spools import AggregatorSpoolSettings
 from logferry.aggregator.worker_metrics import merge_expositions
 from logferry.aggregator.workers import (
@@ -16,6 +17,7 @@ from logferry.aggregator.workers import (
     available_cores,
     orphaned_spool_dirs,
     worker_count,
+    worker_input_settings,
     worker_spool_settings,
 )
 from logferry.common.errors import ConfigError
@@ -88,3 +90,15 @@ def test_the_pod_metrics_hold_every_worker_labelled_one_family_per_name() -> Non
     assert samples[("logferry_connections", (("worker", "0"),))] == 3
     assert samples[("logferry_connections", (("worker", "1"),))] == 4
     assert samples[("logferry_acks_total", (("tenant", "a"), ("worker", "1")))] == 5
+
+
+def test_the_pod_wide_input_limits_are_shared_out() -> None:
+    settings = ForwardInputSettings(
+        allow_unauthenticated=True, max_connections=1024, max_connections_per_source=64,
+        buffer_budget_bytes=256 * MiB, max_message_bytes=8 * MiB,
+    )  # fmt: skip
+    share = worker_input_settings(settings, WorkerSlot(1, 2, 24224, -1))
+    assert (share.max_connections, share.max_connections_per_source) == (512, 32)
+    assert share.buffer_budget_bytes == 128 * MiB
+    tiny = worker_input_settings(settings, WorkerSlot(0, 64, 24224, -1))
+    assert (tiny.max_connections_per_source, tiny.buffer_budget_bytes) == (1, 8 * MiB)
