@@ -63,6 +63,8 @@ class Aggregator:
         stalls = DiskStalls(self.metrics.registry)
         spool_settings = config.spool if slot is None else worker_spool_settings(config.spool, slot)
         self.spools = TenantSpools(spool_settings, stalls=stalls)
+        self.metrics.spool_capacity.labels("volume").set(spool_settings.max_bytes)
+        self.metrics.spool_capacity.labels("tenant").set(spool_settings.tenant_max_bytes)
         # Spools of workers that no longer exist (the count shrank): drained, never written.
         self.orphans = [
             TenantSpools(spool_settings.model_copy(update={"directory": path}), stalls=stalls)

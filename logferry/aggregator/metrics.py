@@ -12,6 +12,7 @@ class AggregatorMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        metrics.standard(r, "aggregator")
 
         def counter(name: str, doc: str, *labels: str) -> Counter:
             return metrics.counter(r, name, doc, labels)
@@ -120,6 +121,12 @@ class AggregatorMetrics:
             registry=r,
         )
         # spool
+        self.spool_capacity = gauge(
+            "spool_capacity_bytes",
+            "Most bytes this process's spools may hold: kind=volume for all its tenants "
+            "together (spool.max_bytes, or a worker's share), kind=tenant for each one's share.",
+            "kind",
+        )
         self.spool_bytes = gauge(
             "spool_bytes",
             "Bytes on disk in the tenant's spool (segments not yet freed, delivered or not).",
@@ -186,6 +193,7 @@ class SupervisorMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        metrics.standard(r, "supervisor")
         self.workers = metrics.gauge(
             r,
             "aggregator_workers",

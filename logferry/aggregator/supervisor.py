@@ -195,7 +195,7 @@ class Supervisor:
             return False, "workers not ready: " + ",".join(waiting)
         return True, "ok"
 
-    async def _exposition(self, own: bytes) -> bytes:
+    async def _exposition(self, own: bytes, openmetrics: bool) -> bytes:
         async def scrape(worker: _Worker) -> tuple[str, bytes] | None:
             if not worker.running:
                 return None
@@ -208,7 +208,7 @@ class Supervisor:
         scraped = await asyncio.gather(*(scrape(w) for w in self.workers))
         parts: list[tuple[str | None, bytes]] = [(None, own)]
         parts.extend(part for part in scraped if part is not None)
-        return merge_expositions(parts)
+        return merge_expositions(parts, openmetrics=openmetrics)
 
     def _count_running(self) -> None:
         self.metrics.running.set(sum(1 for w in self.workers if w.running))

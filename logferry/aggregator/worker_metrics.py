@@ -16,6 +16,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from logferry.common.metrics import render_openmetrics
+
 _HEAD_LIMIT = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
 
@@ -30,12 +32,15 @@ class _Families:
         return iter(self._families)
 
 
-def merge_expositions(parts: Iterable[tuple[str | None, bytes]]) -> bytes:
+def merge_expositions(
+    parts: Iterable[tuple[str | None, bytes]], *, openmetrics: bool = False
+) -> bytes:
     """Merge Prometheus text expositions into one.
 
     ``parts`` are (worker label, text): samples of a part with a label get ``worker="<it>"``;
     a part with None (the supervisor's own registry) is kept as it is. The first part to
-    name a family gives its help and type.
+    name a family gives its help and type. The result is in Prometheus text, or OpenMetrics
+    for ``openmetrics``.
     """
     merged: dict[str, Metric] = {}
     for worker, text in parts:
@@ -50,7 +55,7 @@ def merge_expositions(parts: Iterable[tuple[str | None, bytes]]) -> bytes:
                 )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(list(merged.values())))
-    return generate_latest(registry)
+    return render_openmetrics(registry) if openmetrics else generate_latest(registry)
 
 
 async def http_get(port: int, path: str, timeout_s: float) -> tuple[int, bytes]:

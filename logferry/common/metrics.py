@@ -10,12 +10,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from logferry import __version__
 from logferry.common.logs import EventLogger
 
 ALLOWED_LABELS = frozenset(
-    {"tenant", "endpoint", "status", "reason", "mode", "kind", "signal", "outcome", "worker"}
+    {
+        "tenant",
+        "endpoint",
+        "status",
+        "reason",
+        "mode",
+        "kind",
+        "signal",
+        "outcome",
+        "worker",
+        "version",
+    }
 )
 
 
@@ -37,6 +58,23 @@ def counter(
 def gauge(registry: CollectorRegistry, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
     """A ``logferry_<name>`` gauge registered on ``registry``."""
     return Gauge(f"logferry_{name}", doc, check_labels(labels), registry=registry)
+
+
+def render_openmetrics(registry: CollectorRegistry) -> bytes:
+    """``registry`` in the OpenMetrics text format (what a scraper that asks for it gets)."""
+    body: bytes = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
+    return body
+
+
+def standard(registry: CollectorRegistry, daemon: str) -> None:
+    """What every exporter is expected to have: ``process_*`` (CPU, memory, file
+    descriptors), ``python_*`` (the interpreter, the garbage collector) and
+    ``logferry_build_info{version, kind}`` (always 1), so dashboards can join on it."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    info = gauge(registry, "build_info", "The running build (always 1).", ("version", "kind"))
+    info.labels(__version__, daemon).set(1)
 
 
 def count_and_log(

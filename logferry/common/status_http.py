@@ -13,13 +13,16 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT
 
 from logferry.common.logs import get_logger
+from logferry.common.metrics import render_openmetrics
 
 log = get_logger(__name__)
 Check = Callable[[], tuple[bool, str]]
 
 _HEAD_LIMIT = 16 * 1024
+OPENMETRICS_TYPE = b"application/openmetrics-text"
 _READ_TIMEOUT_S = 10.0
 _REASONS = {
     200: "OK",
@@ -43,15 +46,16 @@ class StatusServer:
         live: Check,
         ready: Check,
         before_scrape: Callable[[], None] | None = None,
-        exposition: Callable[[bytes], Awaitable[bytes]] | None = None,
+        exposition: Callable[[bytes, bool], Awaitable[bytes]] | None = None,
     ) -> None:
         self._host, self._port = host, port
         self._registry = registry
         self._live, self._ready = live, ready
         self._before_scrape = before_scrape
         self._exposition = exposition
-        """Turns the registry's own text into the body served (the aggregator's supervisor
-        merges its workers' metrics in); None serves the registry as it is."""
+        """Turns the registry's own text (Prometheus format) into the body served, in
+        OpenMetrics when the flag says so (the aggregator's supervisor merges its workers'
+        metrics in); None serves the registry as it is."""
         self._server: asyncio.Server | None = None
         self.port = 0
 
@@ -106,9 +110,23 @@ class StatusServer:
         if target == b"/metrics":
             if self._before_scrape is not None:
                 self._before_scrape()
-            body = generate_latest(self._registry)
+            # A scraper that asks for OpenMetrics (Prometheus does, first) gets it.
+            openmetrics = OPENMETRICS_TYPE in _header(head, b"accept")
             if self._exposition is not None:
-                body = await self._exposition(body)
-            return 200, CONTENT_TYPE_LATEST, body
+                body = await self._exposition(generate_latest(self._registry), openmetrics)
+            elif openmetrics:
+                body = render_openmetrics(self._registry)
+            else:
+                body = generate_latest(self._registry)
+            return 200, (OPENMETRICS_CONTENT if openmetrics else CONTENT_TYPE_LATEST), body
         ok, reason = (self._live if target == b"/healthz" else self._ready)()
         return (200 if ok else 503), "text/plain", ((reason or "ok") + "\n").encode()
+
+
+def _header(head: bytes, name: bytes) -> bytes:
+    """The value of header ``name`` (lowercase) in a request head, lowercased; b"" if absent."""
+    for line in head.split(b"\r\n")[1:]:
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            return value.strip().lower()
+    return b""

@@ -55,6 +55,7 @@ class Forwarder:
         self._shared_key = config.sender.read_shared_key()
         self.registry = CollectorRegistry()
         self.metrics = ForwarderMetrics(self.registry)
+        self.metrics.spool_capacity.set(config.spool.max_bytes)
         self.stalls = DiskStalls(self.registry)
         self.positions = PositionStore(config.positions_path)
         self._positions_saver = PositionsSaver(self.positions, self.stalls)

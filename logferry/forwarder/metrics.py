@@ -16,6 +16,7 @@ class ForwarderMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         registry = self.registry = registry if registry is not None else CollectorRegistry()
+        metrics.standard(registry, "forwarder")
 
         def counter(name: str, doc: str, *labels: str) -> Counter:
             return metrics.counter(registry, name, doc, labels)
@@ -73,6 +74,9 @@ class ForwarderMetrics:
             "lag_bytes",
             "Bytes written to tailed files but not read yet (file size minus position).",
             "tenant",
+        )
+        self.spool_capacity = gauge(
+            "node_spool_capacity_bytes", "Most bytes the node spool may hold (spool.max_bytes)."
         )
         self.spool_bytes = gauge(
             "node_spool_bytes",

@@ -102,3 +102,9 @@ def test_the_pod_wide_input_limits_are_shared_out() -> None:
     assert share.buffer_budget_bytes == 128 * MiB
     tiny = worker_input_settings(settings, WorkerSlot(0, 64, 24224, -1))
     assert (tiny.max_connections_per_source, tiny.buffer_budget_bytes) == (1, 8 * MiB)
+
+
+def test_the_pod_metrics_come_in_openmetrics_when_asked() -> None:
+    text = merge_expositions([("0", worker_text(3, 10))], openmetrics=True).decode()
+    assert text.endswith("# EOF\n")
+    assert 'logferry_connections{worker="0"} 3.0' in text

@@ -57,7 +57,8 @@ def _exported(*metrics: type) -> set[str]:
         cls(registry)
         for family in registry.collect():
             suffix = "_total" if family.type == "counter" else ""
-            names.add(family.name + suffix)
+            if family.name.startswith("logferry_"):  # process_*, python_*: the client's own
+                names.add(family.name + suffix)
     return names
 
 

@@ -25,3 +25,21 @@ def test_count_and_log_moves_counter_and_logs_once(capsys: pytest.CaptureFixture
 def test_unbounded_labels_are_refused() -> None:
     with pytest.raises(ValueError, match="not in"):
         counter(CollectorRegistry(), "lines_read", "Lines.", ("path",))
+
+
+def test_every_daemon_exports_process_python_and_build_metrics() -> None:
+    from logferry import __version__
+    from logferry.aggregator.metrics import AggregatorMetrics, SupervisorMetrics
+    from logferry.forwarder.metrics import ForwarderMetrics
+
+    for kind, metrics in (
+        ("forwarder", ForwarderMetrics()),
+        ("aggregator", AggregatorMetrics()),
+        ("supervisor", SupervisorMetrics()),
+    ):
+        registry = metrics.registry
+        labels = {"version": __version__, "kind": kind}
+        assert registry.get_sample_value("logferry_build_info", labels) == 1
+        assert (registry.get_sample_value("process_resident_memory_bytes") or 0) > 0
+        assert registry.get_sample_value("python_gc_objects_collected_total", {"generation": "0"})
+        assert b"python_info{" in render(registry)

@@ -61,3 +61,20 @@ async def test_garbage_and_silent_clients_are_closed_without_harm(server: Status
     _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.close()
     assert (await get(server.port, "/healthz"))[0] == 200
+
+
+async def test_a_scraper_asking_for_openmetrics_gets_it(server: StatusServer) -> None:
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"http://127.0.0.1:{server.port}/metrics", headers={"Accept": accept}
+        ) as response,
+    ):
+        body = await response.text()
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert "logferry_things_total 3.0" in body
+    assert body.endswith("# EOF\n")
+    _status, content_type, plain = await get(server.port, "/metrics")  # no Accept: as before
+    assert content_type.startswith("text/plain; version=")
+    assert "# EOF" not in plain
