@@ -48,6 +48,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "logferry.pipelines.cli",
         "validate|render tenant LogPipelines offline (the aggregator's own rules)",
     ),
+    "status": (
+        "logferry.tools.status",
+        "live view of a running deployment from its daemons' /metrics (--once --json too)",
+    ),
     "store": (
         "logferry.store.cli",
         "setup|retention|status of the store: index templates, ISM/ILM, retention, shards",

@@ -218,7 +218,8 @@ class Status:
             f"written {values['written']:>9,}  read {values['read']:>9,}  "
             f"acked {values['acked']:>9,}  "
             f"indexed {'-' if indexed is None else f'{indexed:,}':>9}  "
-            f"spool {(values['spool'] or 0) / 1e6:7.1f} MB"
+            f"backlog {values['pending'] or 0:>6,} chunks ({(values['spool'] or 0) / 1e6:.1f} MB "
+            "of spool files)"
         )
         if self.tty:
             print("\r" + line, end="\n" if final else "", flush=True)
@@ -335,6 +336,8 @@ def print_where(store: str | None, aggs: list[Daemon], fwd: Daemon) -> None:
             print(f"  NDJSON files          {agg.config['output']['directory']}")
     print(f"  daemon logs, configs  {RUN}/agg0, {RUN}/agg1, {RUN}/forwarder")
     print(f"  metrics               http://127.0.0.1:{fwd.http_port}/metrics (while running)")
+    urls = " ".join(f"--url http://127.0.0.1:{d.http_port}" for d in [fwd, *aggs])
+    print(f"    .venv/bin/logferry status {urls}")
     print()
 
 
