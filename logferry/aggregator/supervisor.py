@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from logferry.aggregator.config import AggregatorConfig
 from logferry.aggregator.metrics import SupervisorMetrics
@@ -48,7 +48,6 @@ class _Worker:
     ready: bool = False
     started: float = 0.0
     backoff_s: float = _BACKOFF_FIRST_S
-    exits: list[int] = field(default_factory=list)
 
     @property
     def http_port(self) -> int:
@@ -152,7 +151,6 @@ class Supervisor:
             ran_s = time.monotonic() - worker.started
             if ran_s >= _STABLE_S:
                 worker.backoff_s = _BACKOFF_FIRST_S
-            worker.exits.append(code)
             self.metrics.restarts.labels(str(worker.index)).inc()
             log.error(
                 "aggregator.worker_exited",
@@ -163,12 +161,22 @@ class Supervisor:
                 restart_in_s=worker.backoff_s,
                 why="restarting it: it reopens its own spools, so what it acked is delivered",
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), worker.backoff_s)
-            if self._stopping or stop.is_set():
-                return
-            worker.backoff_s = min(_BACKOFF_MAX_S, worker.backoff_s * 2)
-            await self._spawn(worker)
+            while True:  # until it starts again (or we stop)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), worker.backoff_s)
+                if self._stopping or stop.is_set():
+                    return
+                worker.backoff_s = min(_BACKOFF_MAX_S, worker.backoff_s * 2)
+                try:
+                    await self._spawn(worker)
+                    break
+                except OSError as exc:  # no process at all (fork failed, out of memory)
+                    log.error(
+                        "aggregator.worker_start_failed",
+                        worker=worker.index,
+                        error=str(exc),
+                        retry_in_s=worker.backoff_s,
+                    )
 
     async def _poll_ready(self, stop: asyncio.Event) -> None:
         """Keep each worker's readiness current for /readyz (answered from memory)."""
