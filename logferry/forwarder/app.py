@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import re
 import time
 
 from prometheus_client import CollectorRegistry
@@ -41,6 +42,9 @@ from logferry.forwarder.tail import FileTail, TailBatch, TailStatus
 log = get_logger(__name__)
 Key = tuple[int, int]
 POSITIONS_SAVE_INTERVAL_S = 0.5
+# kubelet's (and containerd's) rotated name for a container log: 0.log.20261130-025749; the
+# compressed ones (.gz) are not read.
+_ROTATED = re.compile(r"^\d+\.log\.\d{8}-\d{6}\Z")
 IDLE_ROUNDS_TO_RELEASE = 2
 _STOP_POLL_S = 0.1
 
@@ -57,6 +61,12 @@ class Forwarder:
         self.metrics = ForwarderMetrics(self.registry)
         self.metrics.spool_capacity.set(config.spool.max_bytes)
         self.stalls = DiskStalls(self.registry)
+        # When the last run last saved its positions: a rotated file written after that, and
+        # known to nobody, was born while no forwarder ran (None: a first start).
+        try:
+            self._down_since: float | None = os.stat(config.positions_path).st_mtime
+        except OSError:
+            self._down_since = None
         self.positions = PositionStore(config.positions_path)
         self._positions_saver = PositionsSaver(self.positions, self.stalls)
         self.discovery = Discovery(config.source, config.node_name, metrics=self.metrics)
@@ -253,6 +263,43 @@ class Forwarder:
                     path=state.path,
                 )
                 self.positions.remove(*state.key)
+        self._read_born_while_down()
+
+    def _read_born_while_down(self) -> None:
+        """Rotated files beside a container's log that no position, no release and no tail
+        knows, written since the last run's last save: created and rotated away while the
+        forwarder was down (a fast writer rotates within a restart). Read whole, from 0."""
+        since = self._down_since
+        if since is None:
+            return  # a first start: files rotated before this forwarder existed are history
+        places = {
+            os.path.dirname(tail.state.path): (tail.state.link, tail.meta)
+            for tail in self._tails.values()
+            if tail.fmt != "raw" and tail.state.link
+        }
+        for directory, (link, meta) in places.items():
+            entries: list[os.DirEntry[str]] = []
+            with contextlib.suppress(OSError):
+                entries = [e for e in os.scandir(directory) if _ROTATED.match(e.name)]
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    stat = entry.stat(follow_symlinks=False)
+                    key = (stat.st_dev, stat.st_ino)
+                    known = (
+                        key in self._tails
+                        or self.positions.get(*key) is not None
+                        or self.positions.was_released(*key)
+                    )
+                    if known or not entry.is_file(follow_symlinks=False) or stat.st_mtime < since:
+                        continue
+                    if self._open(FoundFile(link, entry.path, stat, meta)):
+                        count_and_log(
+                            self.metrics.sources_found_rotated,
+                            log,
+                            "tail.rotated_unseen",
+                            path=entry.path,
+                            why="created and rotated away while the forwarder was down",
+                        )
 
     def _open(self, item: FoundFile) -> bool:
         """Start tailing ``item``; False if it was refused or is gone (or tailed already)."""

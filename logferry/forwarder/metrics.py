@@ -29,6 +29,11 @@ class ForwarderMetrics:
         self.records_spooled = counter("records_spooled", "Records made durable in the spool.")
         self.rotations = counter("rotations", "Files drained and released after rotation/deletion.")
         self.truncations = counter("truncations", "Files found truncated (a new generation).")
+        self.sources_found_rotated = counter(
+            "sources_found_rotated",
+            "Files created and rotated away while the forwarder was down, found beside their "
+            "container's log at start and read whole.",
+        )
         self.sources_lost = counter(
             "sources_lost",
             "Sources with unread bytes whose file was gone before it could be drained "

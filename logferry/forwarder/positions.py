@@ -210,6 +210,10 @@ class PositionStore:
         """Something changed since the last save()."""
         return self._dirty
 
+    def was_released(self, device: int, inode: int) -> bool:
+        """(device, inode) held a source that was read to its end and let go (recently)."""
+        return (device, inode) in self._released
+
     def first_generation(self, device: int, inode: int) -> int:
         """The generation a new source on (device, inode) starts at: 0 unless it was used."""
         released = self._released.get((device, inode))

@@ -201,6 +201,34 @@ async def test_rotation_while_stopped_is_drained_from_the_saved_position(
     await agg.stop()
 
 
+async def test_a_file_born_and_rotated_while_stopped_is_read_whole(
+    opensearch: Any,
+    make_aggregator: MakeAggregator,
+    make_forwarder: MakeForwarder,
+    tmp_path: Path,
+) -> None:
+    # A fast writer rotates within a forwarder restart: the file in between was created and
+    # rotated away while no forwarder ran, so no position knows it (a chaos run lost 4,378
+    # lines this way). It is found beside its container's log and read whole.
+    ns = f"born-{uuid.uuid4().hex[:8]}"
+    agg, fwd, path, store = await setup_one_file(
+        tmp_path, ns, make_aggregator, make_forwarder, opensearch
+    )
+    assert await fwd.stop() == 0
+    with path.open("ab") as f:
+        f.write(cri_lines(1000, 400, "one"))
+    os.rename(path, path.with_name("0.log.20261125-000000"))
+    path.write_bytes(cri_lines(0, 250, "two"))  # born while stopped...
+    os.rename(path, path.with_name("0.log.20261125-000001"))  # ...and rotated away
+    path.write_bytes(cri_lines(0, 300, "three"))
+    await fwd.start()
+    await assert_sources(store, ns, [1400, 250, 300])
+    assert await fwd.metric("logferry_sources_found_rotated_total") == 1
+    assert fwd.events("tail.rotated_unseen")
+    assert await fwd.stop() == 0
+    await agg.stop()
+
+
 async def test_rename_rotation_every_few_megabytes_under_steady_writes(
     opensearch: Any,
     make_aggregator: MakeAggregator,
