@@ -64,18 +64,9 @@ def plan(senders: int, seconds: float, chunk_records: int, payloads: Payloads) -
 async def sender(
     port: int, chunks: list[bytes], ids: list[str], counts: list[int], window: int
 ) -> int:
-    sent = 0
     async with ForwardClient("127.0.0.1", port) as client:
-        inflight: list[str] = []
-        for payload, chunk_id in zip(chunks, ids, strict=True):
-            await client.send(payload)
-            inflight.append(chunk_id)
-            if len(inflight) >= window:
-                await client.wait_ack(inflight.pop(0), timeout_s=120)
-        sent = sum(counts)
-        for chunk_id in inflight:
-            await client.wait_ack(chunk_id, timeout_s=120)
-    return sent
+        await client.send_windowed(zip(ids, chunks, strict=True), window, timeout_s=120)
+    return sum(counts)
 
 
 async def run(

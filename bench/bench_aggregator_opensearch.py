@@ -217,14 +217,7 @@ async def run_loader(url: str, bodies: list[bytes]) -> tuple[float, dict[str, in
 async def sender(port: int, chunks: list[tuple[str, bytes]], window: int) -> None:
     """Send ``chunks`` in order, at most ``window`` unacknowledged."""
     async with ForwardClient("127.0.0.1", port) as client:
-        inflight: list[str] = []
-        for chunk_id, payload in chunks:
-            await client.send(payload)
-            inflight.append(chunk_id)
-            if len(inflight) >= window:
-                await client.wait_ack(inflight.pop(0), timeout_s=300)
-        for chunk_id in inflight:
-            await client.wait_ack(chunk_id, timeout_s=300)
+        await client.send_windowed(chunks, window)
 
 
 @dataclass

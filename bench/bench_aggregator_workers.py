@@ -32,27 +32,14 @@ from bench_multiline import write_logs  # noqa: E402
 from bench_realistic import chunk, payloads_of  # noqa: E402
 from process_stats import proc_cpu_s, proc_peak_rss_mb, report  # noqa: E402
 
-from tests.support.daemon import DaemonProcess  # noqa: E402
+from tests.support.daemon import DaemonProcess, process_tree  # noqa: E402
 from tests.support.forward_client import ForwardClient  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 
 
-def tree(pid: int) -> list[int]:
-    """``pid`` and its children (a supervisor's workers)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [pid, *(int(child) for child in children)]
-
-
-async def sender(port: int, chunks: list[tuple[bytes, str]], window: int) -> None:
+async def sender(port: int, chunks: list[tuple[str, bytes]], window: int) -> None:
     async with ForwardClient("127.0.0.1", port) as client:
-        inflight: list[str] = []
-        for payload, chunk_id in chunks:
-            await client.send(payload)
-            inflight.append(chunk_id)
-            if len(inflight) >= window:
-                await client.wait_ack(inflight.pop(0), timeout_s=300)
-        for chunk_id in inflight:
-            await client.wait_ack(chunk_id, timeout_s=300)
+        await client.send_windowed(chunks, window)
 
 
 async def run(workers: int, payloads: list[tuple[bytes, int]], args: argparse.Namespace,
@@ -73,13 +60,13 @@ async def run(workers: int, payloads: list[tuple[bytes, int]], args: argparse.Na
     )  # fmt: skip
     await daemon.start()
     assert daemon.proc is not None
-    pids = tree(daemon.proc.pid)
+    pids = process_tree(daemon.proc.pid)
     port = int(daemon.config["input"]["listen_port"])
     # One long-lived connection per sender, as a forwarder keeps: its share of the chunks,
     # ``rounds`` times over, each with an id of its own.
     plans = [
         [
-            (chunk(payload, f"s{s}-r{r}-c{n}"), f"s{s}-r{r}-c{n}")
+            (f"s{s}-r{r}-c{n}", chunk(payload, f"s{s}-r{r}-c{n}"))
             for r in range(args.rounds)
             for n, payload in enumerate(payloads[s :: args.senders])
         ]

@@ -12,6 +12,7 @@ A deleted pod stays in the cache for ``deleted_ttl_s``: its files are still bein
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import time
@@ -271,7 +272,12 @@ class PodWatcher:
             "kubernetes.listed", resource=self.resource, items=len(pods), version=self._version
         )
 
-    async def _get_json(self, session: aiohttp.ClientSession, path: str) -> dict[str, Any]:
+    @contextlib.asynccontextmanager
+    async def _get(
+        self, session: aiohttp.ClientSession, path: str, what: str
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """GET ``path`` from the API server; 410 Gone is :class:`WatchGone`, any other
+        status than 200 an error naming ``what`` (list or watch)."""
         async with session.get(
             self.access.url.rstrip("/") + path,
             headers=self.access.headers(),
@@ -281,8 +287,12 @@ class PodWatcher:
                 raise WatchGone()
             if response.status != 200:
                 raise aiohttp.ClientResponseError(
-                    response.request_info, (), status=response.status, message="list failed"
+                    response.request_info, (), status=response.status, message=f"{what} failed"
                 )
+            yield response
+
+    async def _get_json(self, session: aiohttp.ClientSession, path: str) -> dict[str, Any]:
+        async with self._get(session, path, "list") as response:
             body = await response.json(content_type=None)
             if not isinstance(body, dict):
                 raise ValueError("the pod list is not an object")
@@ -294,17 +304,7 @@ class PodWatcher:
             + f"&watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_TIMEOUT_S}"
             + f"&resourceVersion={quote(self._version)}"
         )
-        async with session.get(
-            self.access.url.rstrip("/") + path,
-            headers=self.access.headers(),
-            ssl=self.access.ssl(),
-        ) as response:
-            if response.status == 410:
-                raise WatchGone()
-            if response.status != 200:
-                raise aiohttp.ClientResponseError(
-                    response.request_info, (), status=response.status, message="watch failed"
-                )
+        async with self._get(session, path, "watch") as response:
             async for event in _events(response, stop):
                 self._apply(event)
 

@@ -13,7 +13,6 @@ import asyncio
 import os
 import random
 import signal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from tests.support.aggregator import input_port
 from tests.support.blackhole import BlackHole
 from tests.support.bulk_fault_proxy import BulkFaultProxy
 from tests.support.chaos_harness import MakePipeline, assert_proven, scale
+from tests.support.daemon import process_tree
 from tests.support.net import wait_until
 from tests.support.tcp_proxy import TcpProxy
 
@@ -182,9 +182,8 @@ async def test_10_item_429s_and_mapping_errors_from_the_store(
 
 
 def worker_pids(daemon: Any) -> list[int]:
-    """The worker processes of a supervised aggregator, from /proc."""
-    pid = daemon.proc.pid
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    """The worker processes of a supervised aggregator."""
+    return process_tree(daemon.proc.pid)[1:]
 
 
 async def test_11_aggregator_workers_sigkilled_at_random_moments_under_load(

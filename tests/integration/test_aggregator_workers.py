@@ -15,7 +15,7 @@ import pytest
 
 from devtools.opensearch_node import OpenSearchNode
 from tests.support.aggregator import MakeAggregator, input_port, unique_ns
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, process_tree
 from tests.support.forward_client import ForwardClient
 from tests.support.net import wait_until
 from tests.support.opensearch_client import StoreReader, wait_count
@@ -28,10 +28,9 @@ CHUNK = 500
 
 
 def worker_pids(agg: DaemonProcess) -> list[int]:
-    """The supervisor's child processes (its workers), from /proc."""
+    """The supervisor's child processes (its workers)."""
     assert agg.proc is not None
-    text = Path(f"/proc/{agg.proc.pid}/task/{agg.proc.pid}/children").read_text()
-    return [int(pid) for pid in text.split()]
+    return process_tree(agg.proc.pid)[1:]
 
 
 def alive(pid: int) -> bool:

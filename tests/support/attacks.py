@@ -30,7 +30,7 @@ from logferry.common.protocol import (
 )
 from logferry.common.units import MiB
 from tests.support.aggregator import input_port
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, process_tree
 from tests.support.forward_client import ForwardClient
 from tests.support.net import free_port, wait_until
 from tests.support.records import compressed_chunk, container_entries
@@ -62,12 +62,6 @@ def aggregator_config(workdir: Path, store_url: str, **input_overrides: Any) -> 
         "output": {"type": "opensearch", "urls": [store_url], "retry_max_s": 1.0},
         "shutdown_deadline_s": 10,
     }
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its children (an aggregator's supervisor and its workers)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [pid, *(int(child) for child in children)]
 
 
 def rss_bytes(pid: int) -> tuple[int, int]:

@@ -20,6 +20,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.net import free_port, wait_until
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children, from /proc (an aggregator's supervisor and its workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(child) for child in children)]
+
+
 class DaemonProcess:
     """``logferry <kind> --config <file>`` with stderr captured to a log file."""
 

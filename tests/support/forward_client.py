@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Iterable
 from types import TracebackType
 
 from logferry.common.protocol import Ack, ClientDecoder, Helo, Pong
@@ -95,6 +96,20 @@ class ForwardClient:
                 self._acks.append(ack.chunk)
 
         await asyncio.wait_for(wait(), timeout_s)
+
+    async def send_windowed(
+        self, chunks: Iterable[tuple[str, bytes]], window: int, timeout_s: float = 300.0
+    ) -> None:
+        """Send (chunk id, message) pairs in order, at most ``window`` unacknowledged, and
+        wait for the last acks (as a forwarder paces itself)."""
+        inflight: list[str] = []
+        for chunk_id, payload in chunks:
+            await self.send(payload)
+            inflight.append(chunk_id)
+            if len(inflight) >= window:
+                await self.wait_ack(inflight.pop(0), timeout_s)
+        for chunk_id in inflight:
+            await self.wait_ack(chunk_id, timeout_s)
 
     async def read_eof(self, timeout_s: float = 10.0) -> bool:
         """True when the server closes the connection within ``timeout_s``."""
