@@ -24,8 +24,10 @@ from logferry.aggregator.ingest import Ingest
 from logferry.aggregator.metrics import AggregatorMetrics
 from logferry.aggregator.outputs import BulkOutputSettings, build_output
 from logferry.aggregator.outputs.base import Output
+from logferry.aggregator.outputs.bulk_output import BulkOutput
 from logferry.aggregator.outputs.pump import drain
 from logferry.aggregator.pipeline_watch import PipelineRegistry, PipelineWatcher
+from logferry.aggregator.reload import Prepared, aggregator_policy
 from logferry.aggregator.render import TimeWindow
 from logferry.aggregator.routing import TenantResolver
 from logferry.aggregator.server import ForwardServer
@@ -41,6 +43,7 @@ from logferry.common.disk_full import DiskStalls
 from logferry.common.errors import OutputError
 from logferry.common.logs import get_logger
 from logferry.common.naming import IndexNamer
+from logferry.common.reload import ConfigReloader
 from logferry.common.spool import Spool
 from logferry.common.status_http import StatusServer
 from logferry.store.checks import check_indices
@@ -53,7 +56,14 @@ log = get_logger(__name__)
 class Aggregator:
     """One aggregator process. ``run`` returns when ``stop`` is set and shutdown is done."""
 
-    def __init__(self, config: AggregatorConfig, slot: WorkerSlot | None = None) -> None:
+    def __init__(
+        self,
+        config: AggregatorConfig,
+        slot: WorkerSlot | None = None,
+        config_path: Path | None = None,
+    ) -> None:
+        """``config_path``: the file ``config`` came from, reloaded on SIGHUP and when it (or
+        a key or certificate it names) changes; None: no reloads."""
         self.config = config
         self.slot = slot
         """Which worker of a supervised aggregator this is (None: the only process)."""
@@ -136,6 +146,19 @@ class Aggregator:
             ready=self._ready,
             before_scrape=self._update_gauges,
         )
+        self.reloader = (
+            ConfigReloader(
+                config_path,
+                AggregatorConfig,
+                config,
+                aggregator_policy(slot, self._apply),
+                self.metrics.registry,
+                watch_interval_s=lambda c: c.reload.watch_interval_s,
+            )
+            if config_path is not None
+            else None
+        )
+        self._reload_task: asyncio.Task[None] | None = None
         self._pipelines_stop = asyncio.Event()
         self._pipeline_task: asyncio.Task[None] | None = None
         self._janitor_task: asyncio.Task[None] | None = None
@@ -183,6 +206,10 @@ class Aggregator:
                     self.pipeline_watcher.run(self._pipelines_stop), name="pipelines"
                 )
             self._janitor_task = self._start_janitor()
+            if self.reloader is not None:
+                self._reload_task = asyncio.create_task(
+                    self.reloader.run(self._pipelines_stop), name="reload"
+                )
             self._accepting = True
             log.info(
                 "aggregator.started",
@@ -226,6 +253,17 @@ class Aggregator:
         except OutputError as exc:  # the credentials files: the bulk output says so too
             log.error("store.janitor_not_started", error=str(exc))
 
+    def request_reload(self) -> None:
+        """SIGHUP: read the config file again and apply what can change live."""
+        if self.reloader is not None:
+            self.reloader.request()
+
+    def _apply(self, prepared: Prepared) -> None:
+        self.config = prepared.config
+        self.server.apply(prepared.input, prepared.credentials)
+        if prepared.store is not None and isinstance(self.output, BulkOutput):
+            self.output.use_access(*prepared.store)
+
     def _bypass_changed(self, tenant: str, bypassed: bool) -> None:
         if self.pipeline_watcher is not None:
             self.pipeline_watcher.note_bypass(tenant, bypassed)
@@ -251,7 +289,7 @@ class Aggregator:
         self._accepting = False
         log.info("aggregator.stopping", deadline_s=deadline)
         self._pipelines_stop.set()
-        for task in (self._pipeline_task, self._janitor_task):
+        for task in (self._pipeline_task, self._janitor_task, self._reload_task):
             if task is not None:
                 await asyncio.gather(task, return_exceptions=True)
         await self.server.stop_accepting()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from logferry.aggregator import dlq_cli
 from logferry.aggregator.config import AggregatorConfig
@@ -28,7 +29,7 @@ def register(commands: Subcommands, name: str, help_text: str) -> argparse.Argum
     return parser
 
 
-def _build(config: AggregatorConfig) -> Daemon:
+def _build(config: AggregatorConfig, path: Path) -> Daemon:
     from logferry.aggregator.app import Aggregator
     from logferry.aggregator.workers import (
         WorkerSlot,
@@ -42,7 +43,7 @@ def _build(config: AggregatorConfig) -> Daemon:
     if slot is not None:
         die_with_parent()
         set_process_fields(worker=slot.index)
-        return Aggregator(config, slot)
+        return Aggregator(config, slot, config_path=path)
     count = worker_count(config.workers)
     if count > 1:
         from logferry.aggregator.supervisor import Supervisor
@@ -51,6 +52,6 @@ def _build(config: AggregatorConfig) -> Daemon:
         Aggregator(config)
         worker_spool_settings(config.spool, WorkerSlot(0, count, -1, -1))
         # A worker is this same command line, told which worker it is by its environment.
-        return Supervisor(config, count, [sys.executable, *sys.orig_argv[1:]])
+        return Supervisor(config, count, [sys.executable, *sys.orig_argv[1:]], config_path=path)
     # Secret files are read here: an empty or unreadable one refuses the start.
-    return Aggregator(config)
+    return Aggregator(config, config_path=path)

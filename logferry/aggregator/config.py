@@ -14,7 +14,7 @@ from logferry.aggregator.spools import AggregatorSpoolSettings
 from logferry.common.config import ConfigModel
 from logferry.common.naming import DEFAULT_TENANT, NAMESPACE, PREFIX
 from logferry.common.secrets import InlineSecret
-from logferry.common.sections import HttpSettings, LogSettings
+from logferry.common.sections import HttpSettings, LogSettings, ReloadSettings
 from logferry.common.units import ByteSize, MiB
 from logferry.store.settings import IndexSettings
 
@@ -154,6 +154,8 @@ class AggregatorConfig(ConfigModel):
     """The daemon's own log."""
     http: HttpSettings = HttpSettings()
     """/metrics, /healthz, /readyz."""
+    reload: ReloadSettings = ReloadSettings()
+    """Applying config changes live (on SIGHUP, and when the files change)."""
     input: ForwardInputSettings = ForwardInputSettings()
     """The Forward Protocol server."""
     spool: AggregatorSpoolSettings

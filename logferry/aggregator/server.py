@@ -105,17 +105,34 @@ class ForwardServer:
         self._per_source: Counter[str] = Counter()
         self._serial = 0
         self._stopping = False
-        self._shared_key = read_secret(
-            settings.shared_key, settings.shared_key_file, "input.shared_key_file", "shared key"
-        )
-        self._users = {
-            name: read_secret(None, path, f"input.users.{name}", f"password of user {name!r}") or ""
-            for name, path in settings.users.items()
-        }
-        self._ssl = _server_ssl(settings)
+        credentials = InputCredentials.load(settings)
+        self._shared_key = credentials.shared_key
+        self._users = credentials.users
+        # The listener's TLS context hands each new connection the context in force, so a
+        # certificate reloaded later is served without reopening the port.
+        self._tls = credentials.tls
+        self._ssl = credentials.tls
+        if self._ssl is not None:
+            self._ssl.sni_callback = self._context_in_force
         self._buffers = ByteBudget(settings.buffer_budget_bytes)
         self._source_budgets: dict[str, ByteBudget] = {}
         self.port = 0
+
+    def apply(self, settings: ForwardInputSettings, credentials: InputCredentials) -> None:
+        """Put reloaded settings in force for new connections and new messages (keys,
+        users, certificate, limits); open connections keep their handshake."""
+        self.settings = settings
+        self._shared_key = credentials.shared_key
+        self._users = credentials.users
+        if self._ssl is not None and credentials.tls is not None:
+            self._tls = credentials.tls
+
+    def _context_in_force(
+        self, connection: ssl.SSLObject, _name: str | None, _context: ssl.SSLContext
+    ) -> None:
+        # Called for every handshake (with or without SNI): switch to the current context.
+        if self._tls is not None and connection.context is not self._tls:
+            connection.context = self._tls
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Bind and start accepting (on ``sock`` when given: a worker's own socket on the
@@ -474,6 +491,28 @@ def _peer(writer: asyncio.StreamWriter) -> tuple[str, str]:
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}", str(address[0])
     return str(address), str(address)
+
+
+@dataclass(frozen=True)
+class InputCredentials:
+    """What the input reads from files: the shared key, the users' passwords, the TLS
+    context (certificate, key, client CA)."""
+
+    shared_key: str | None
+    users: dict[str, str]
+    tls: ssl.SSLContext | None
+
+    @classmethod
+    def load(cls, settings: ForwardInputSettings) -> InputCredentials:
+        """Read them now; ConfigError (a key file), OSError or ssl.SSLError (TLS files)."""
+        shared_key = read_secret(
+            settings.shared_key, settings.shared_key_file, "input.shared_key_file", "shared key"
+        )
+        users = {
+            name: read_secret(None, path, f"input.users.{name}", f"password of user {name!r}") or ""
+            for name, path in settings.users.items()
+        }
+        return cls(shared_key, users, _server_ssl(settings))
 
 
 def _server_ssl(settings: ForwardInputSettings) -> ssl.SSLContext | None:

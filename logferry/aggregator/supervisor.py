@@ -20,12 +20,15 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from logferry.aggregator.config import AggregatorConfig
 from logferry.aggregator.metrics import SupervisorMetrics
+from logferry.aggregator.reload import aggregator_policy
 from logferry.aggregator.worker_metrics import http_get, merge_expositions
 from logferry.aggregator.workers import PARENT_ENV, SOCKETS_ENV, WORKER_ENV, port_socket
 from logferry.common.logs import get_logger
+from logferry.common.reload import ConfigReloader
 from logferry.common.status_http import StatusServer
 
 log = get_logger(__name__)
@@ -76,7 +79,15 @@ async def bind_port(
 class Supervisor:
     """Runs ``count`` workers of ``command`` (this very daemon) until ``stop`` is set."""
 
-    def __init__(self, config: AggregatorConfig, count: int, command: list[str]) -> None:
+    def __init__(
+        self,
+        config: AggregatorConfig,
+        count: int,
+        command: list[str],
+        config_path: Path | None = None,
+    ) -> None:
+        """``config_path``: reloaded here for the supervisor's own log (every worker reloads
+        it for itself); None: no reloads."""
         self.config = config
         self.count = count
         self.command = command
@@ -86,6 +97,18 @@ class Supervisor:
         self._input: socket.socket | None = None
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self.reloader = (
+            ConfigReloader(
+                config_path,
+                AggregatorConfig,
+                config,
+                aggregator_policy(None, None),
+                self.metrics.registry,
+                watch_interval_s=lambda c: c.reload.watch_interval_s,
+            )
+            if config_path is not None
+            else None
+        )
         self.status = StatusServer(
             config.http.listen_host,
             config.http.listen_port,
@@ -108,6 +131,8 @@ class Supervisor:
                 await self._spawn(worker)
                 self._tasks.append(asyncio.create_task(self._watch(worker, stop)))
             self._tasks.append(asyncio.create_task(self._poll_ready(stop)))
+            if self.reloader is not None:
+                self._tasks.append(asyncio.create_task(self.reloader.run(stop)))
             await self.status.start()
             log.info(
                 "aggregator.supervising",
@@ -120,6 +145,14 @@ class Supervisor:
         finally:
             code = await self._shutdown()
         return code
+
+    def request_reload(self) -> None:
+        """SIGHUP: every worker reloads its config, and so does the supervisor (its log)."""
+        for worker in self.workers:
+            if worker.running and worker.proc is not None:
+                worker.proc.send_signal(signal.SIGHUP)
+        if self.reloader is not None:
+            self.reloader.request()
 
     async def _spawn(self, worker: _Worker) -> None:
         assert self._input is not None

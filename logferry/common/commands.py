@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from logferry.common.config import load_config
 from logferry.common.errors import ConfigError
-from logferry.common.lifecycle import Daemon, run_until_signalled
+from logferry.common.lifecycle import Daemon, Reloadable, run_until_signalled
 from logferry.common.logs import setup_logging
 
 __all__ = [
@@ -88,10 +88,11 @@ def register_daemon(
     *,
     description: str,
     model: type[_Config],
-    build: Callable[[_Config], Daemon],
+    build: Callable[[_Config, Path], Daemon],
 ) -> tuple[argparse.ArgumentParser, Subcommands]:
     """Add daemon ``name`` (``--config``, ``--check-config``) to ``commands``; its parser and
-    the subcommands its tools register under it (``forwarder parked ...``).
+    the subcommands its tools register under it (``forwarder parked ...``). ``build`` gets
+    the config and its file (to reload it on SIGHUP).
 
     ``--config`` is checked when the daemon starts, not by argparse, so that the tools parse
     without it.
@@ -111,7 +112,7 @@ def _start_daemon(
     parser: argparse.ArgumentParser,
     args: argparse.Namespace,
     model: type[_Config],
-    build: Callable[[_Config], Daemon],
+    build: Callable[[_Config, Path], Daemon],
 ) -> int:
     """Load and check the config, then run the daemon ``build`` makes until SIGTERM/SIGINT.
 
@@ -132,8 +133,9 @@ def _start_daemon(
     log_settings = getattr(config, "log")  # noqa: B009 - both daemon models have it
     setup_logging(log_settings.level, log_settings.format)
     try:
-        daemon = build(config)
+        daemon = build(config, args.config)
     except ConfigError as exc:
         print(f"logferry {name}: config refused: {exc}", file=sys.stderr)
         return 2
-    return run_until_signalled(daemon.run)
+    hangup = daemon.request_reload if isinstance(daemon, Reloadable) else None
+    return run_until_signalled(daemon.run, hangup)

@@ -1,4 +1,5 @@
-"""Process lifecycle: signals set an event; a second signal forces the exit."""
+"""Process lifecycle: SIGTERM/SIGINT set an event (a second one forces the exit); SIGHUP asks
+for a config reload."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import NoReturn, Protocol
+from typing import NoReturn, Protocol, runtime_checkable
 
 from logferry.common.logs import get_logger
 
@@ -21,6 +22,13 @@ class Daemon(Protocol):
     """A daemon: runs until ``stop`` is set, then returns its exit status."""
 
     async def run(self, stop: asyncio.Event) -> int: ...
+
+
+@runtime_checkable
+class Reloadable(Protocol):
+    """A daemon that re-reads its config on SIGHUP."""
+
+    def request_reload(self) -> None: ...
 
 
 def tune_gc() -> None:
@@ -35,8 +43,11 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[int]]) -> NoReturn:
-    """Run ``main(stop)`` in a fresh event loop; SIGTERM/SIGINT set ``stop``.
+def run_until_signalled(
+    main: Callable[[asyncio.Event], Awaitable[int]], hangup: Callable[[], None] | None = None
+) -> NoReturn:
+    """Run ``main(stop)`` in a fresh event loop; SIGTERM/SIGINT set ``stop``; SIGHUP calls
+    ``hangup`` (a daemon without one logs that it ignores it: SIGHUP's default is to exit).
 
     A second signal exits at once: the operator asked twice, and the spools are crash-safe, so
     nothing acknowledged is lost by not waiting.
@@ -56,12 +67,20 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[int]]) -> NoRe
             log.info("signal.received", signal=signal.Signals(signum).name)
             stop.set()
 
+        def on_hangup() -> None:
+            log.info("signal.received", signal="SIGHUP", action="reload config")
+            if hangup is None:
+                log.warning("signal.ignored", signal="SIGHUP", why="this process has no reload")
+            else:
+                hangup()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         try:
             return await main(stop)
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
 
     try:

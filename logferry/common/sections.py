@@ -1,4 +1,4 @@
-"""Config sections both daemons share: logging, the HTTP endpoint, the spool."""
+"""Config sections both daemons share: logging, the HTTP endpoint, reloads, the spool."""
 
 from __future__ import annotations
 
@@ -28,6 +28,14 @@ class HttpSettings(ConfigModel):
     """Address to bind. ``0.0.0.0`` so Prometheus and the kubelet probes reach it in a pod."""
     listen_port: int = Field(default=2020, ge=0, le=65535)
     """TCP port; 0 picks a free port (it is logged at start)."""
+
+
+class ReloadSettings(ConfigModel):
+    """Applying a changed config without a restart (SIGHUP always reloads)."""
+
+    watch_interval_s: float = Field(default=5.0, ge=0, le=3600)
+    """How often the config file and the files it names (keys, certificates) are checked for
+    changes, which are then applied as on SIGHUP; 0 turns the watch off."""
 
 
 class SpoolSettings(ConfigModel):

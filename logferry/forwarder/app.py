@@ -15,7 +15,9 @@ import contextlib
 import dataclasses
 import os
 import re
+import ssl
 import time
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -23,6 +25,7 @@ from logferry.common.disk_full import DiskStalls
 from logferry.common.events import first_set, unless_stopped
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
+from logferry.common.reload import ConfigReloader
 from logferry.common.spool import Spool
 from logferry.common.status_http import StatusServer
 from logferry.forwarder.config import ForwarderConfig
@@ -36,6 +39,7 @@ from logferry.forwarder.pathguard import RefusedFileError, check_target, open_po
 from logferry.forwarder.podwatch import ApiAccess, PodCache, PodInfo, PodWatcher
 from logferry.forwarder.positions import PositionStore, Resolution, fingerprint, resolve
 from logferry.forwarder.positions_saver import PositionsSaver
+from logferry.forwarder.reload import forwarder_policy
 from logferry.forwarder.sender import Sender
 from logferry.forwarder.tail import FileTail, TailBatch, TailStatus
 
@@ -52,7 +56,9 @@ _STOP_POLL_S = 0.1
 class Forwarder:
     """One forwarder process. ``run`` returns when ``stop`` is set and shutdown is done."""
 
-    def __init__(self, config: ForwarderConfig) -> None:
+    def __init__(self, config: ForwarderConfig, config_path: Path | None = None) -> None:
+        """``config_path``: the file ``config`` came from, reloaded on SIGHUP and when it (or a
+        key or CA file it names) changes; None: no reloads."""
         self.config = config
         self._wake = asyncio.Event()
         # Read first: a missing or empty key file refuses the start (ConfigError).
@@ -106,6 +112,19 @@ class Forwarder:
         self._live: set[Key] = set()
         self._idle_rounds: dict[Key, int] = {}
         self._spool: Spool | None = None
+        self._sender: Sender | None = None
+        self.reloader = (
+            ConfigReloader(
+                config_path,
+                ForwarderConfig,
+                config,
+                forwarder_policy(self._apply),
+                self.registry,
+                watch_interval_s=lambda c: c.reload.watch_interval_s,
+            )
+            if config_path is not None
+            else None
+        )
         self._ready = False
         self._recovered = False
         self.status = StatusServer(
@@ -135,7 +154,7 @@ class Forwarder:
         self.metrics.positions_quarantined.inc(self.positions.corrupt_loads)
         if spool.volume_bytes is not None:
             self.metrics.spool_volume_bytes.set(spool.volume_bytes)
-        sender = Sender(
+        sender = self._sender = Sender(
             self.config.sender,
             spool,
             node_name=self.config.node_name,
@@ -155,6 +174,8 @@ class Forwarder:
                     group.create_task(self.namespace_watcher.run(tailing_stop))
                 tail_task = group.create_task(self._tail_loop(tailing_stop))
                 group.create_task(sender.run(sender_stop))
+                if self.reloader is not None:
+                    group.create_task(self.reloader.run(tailing_stop))
                 self._ready = True
                 log.info(
                     "forwarder.started", node=self.config.node_name, http_port=self.status.port
@@ -175,6 +196,19 @@ class Forwarder:
             await self.status.stop()
             log.info("forwarder.stopped")
         return 0
+
+    def request_reload(self) -> None:
+        """SIGHUP: read the config file again and apply what can change live."""
+        if self.reloader is not None:
+            self.reloader.request()
+
+    def _apply(
+        self, config: ForwarderConfig, shared_key: str | None, context: ssl.SSLContext | None
+    ) -> None:
+        self.config = config
+        self._shared_key = shared_key
+        if self._sender is not None:
+            self._sender.apply(config.sender, shared_key, context)
 
     async def _open_spool(self, stop: asyncio.Event) -> Spool | None:
         """The node spool, or None if ``stop`` came first."""

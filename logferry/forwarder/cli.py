@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from logferry.common.commands import Subcommands, register_daemon
 from logferry.common.lifecycle import Daemon
@@ -27,8 +28,8 @@ def register(commands: Subcommands, name: str, help_text: str) -> argparse.Argum
     return parser
 
 
-def _build(config: ForwarderConfig) -> Daemon:
+def _build(config: ForwarderConfig, path: Path) -> Daemon:
     from logferry.forwarder.app import Forwarder
 
     # The shared key file is read here: an empty or unreadable one refuses the start.
-    return Forwarder(config)
+    return Forwarder(config, config_path=path)

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from logferry.common.config import ConfigModel
 from logferry.common.naming import NAMESPACE
 from logferry.common.secrets import InlineSecret, read_secret
-from logferry.common.sections import HttpSettings, LogSettings, SpoolSettings
+from logferry.common.sections import HttpSettings, LogSettings, ReloadSettings, SpoolSettings
 from logferry.common.units import ByteSize, KiB
 from logferry.forwarder.multiline_rules import MultilineSettings
 
@@ -219,6 +219,8 @@ class ForwarderConfig(ConfigModel):
     """The daemon's own log."""
     http: HttpSettings = HttpSettings()
     """/metrics, /healthz, /readyz."""
+    reload: ReloadSettings = ReloadSettings()
+    """Applying config changes live (on SIGHUP, and when the files change)."""
     spool: SpoolSettings
     """The node disk buffer (a hostPath, e.g. /var/lib/logferry/spool)."""
     source: SourceSettings = SourceSettings()

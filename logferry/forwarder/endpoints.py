@@ -121,7 +121,7 @@ class EndpointSet:
         self._rr = 0
         self._changed = asyncio.Event()
         self.on_removed: Callable[[Endpoint], None] | None = None
-        """Called when DNS drops an endpoint (the sender closes its connection)."""
+        """Called when DNS or a reload drops an endpoint (the sender closes its connection)."""
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -259,6 +259,37 @@ class EndpointSet:
         self._changed.set()
         return delay
 
+    def set_static(self, addresses: Iterable[tuple[str, int]]) -> None:
+        """Replace the static members (``sender.servers`` reloaded); members still listed keep
+        their state, the others are removed as DNS removes its own."""
+        wanted = dict.fromkeys(addresses)
+        static: list[Endpoint] = []
+        for endpoint in self._endpoints:
+            if endpoint.from_dns:
+                continue
+            if (endpoint.host, endpoint.port) in wanted:
+                static.append(endpoint)
+            else:
+                self._remove(endpoint)
+        present = {(e.host, e.port) for e in static}
+        for host, port in wanted:
+            if (host, port) not in present:
+                static.append(Endpoint(host, port))
+                log.info("sender.endpoint_added", endpoint=static[-1].name)
+        dns = [e for e in self._endpoints if e.from_dns and (e.host, e.port) not in wanted]
+        for endpoint in self._endpoints:
+            if endpoint.from_dns and (endpoint.host, endpoint.port) in wanted:
+                self._remove(endpoint)  # now a static member: one endpoint per address
+        self._endpoints = static + dns
+        self._rr %= max(len(self._endpoints), 1)
+        self._changed.set()
+
+    def _remove(self, endpoint: Endpoint) -> None:
+        endpoint.removed = True
+        log.info("sender.endpoint_removed", endpoint=endpoint.name)
+        if self.on_removed is not None:
+            self.on_removed(endpoint)
+
     def set_dns_addresses(self, addresses: Iterable[tuple[str, int]]) -> None:
         """Replace the DNS members with ``addresses``; members still present keep their state."""
         wanted = dict.fromkeys(addresses)
@@ -269,10 +300,7 @@ class EndpointSet:
             if not endpoint.from_dns or key in wanted:
                 kept.append(endpoint)
             else:
-                endpoint.removed = True
-                log.info("sender.endpoint_removed", endpoint=endpoint.name)
-                if self.on_removed is not None:
-                    self.on_removed(endpoint)
+                self._remove(endpoint)
         present = {(e.host, e.port) for e in kept}
         for host, port in wanted:
             if (host, port) not in present and (host, port) not in static:

@@ -52,7 +52,7 @@ from logferry.forwarder.endpoints import (
     EndpointSet,
     Resolver,
     getaddrinfo_resolver,
-    refresh_dns_forever,
+    refresh_dns_once,
 )
 from logferry.forwarder.entries import block_count, block_gzip, block_raw_size
 from logferry.forwarder.metrics import ForwarderMetrics
@@ -276,6 +276,7 @@ class Sender:
         self._in_hand: set[asyncio.Task[None]] = set()
         self._slot_free = asyncio.Event()
         self._halt = asyncio.Event()
+        self._dns_changed = asyncio.Event()
         self.stats.set_endpoints_up(self.endpoints.up_count)
 
     @property
@@ -294,17 +295,7 @@ class Sender:
         )
         try:
             async with asyncio.TaskGroup() as group:
-                if self.settings.dns_name is not None:
-                    group.create_task(
-                        refresh_dns_forever(
-                            self.endpoints,
-                            self._resolver,
-                            self.settings.dns_name,
-                            self.settings.dns_port,
-                            self.settings.dns_refresh_interval_s,
-                            self._halt,
-                        )
-                    )
+                group.create_task(self._dns_loop())
                 await self._read_loop(stop, group)
                 await self._drain()
                 self._halt.set()
@@ -312,9 +303,37 @@ class Sender:
             self._halt.set()
             await self._close_connections()
 
+    def apply(
+        self, settings: SenderSettings, shared_key: str | None, context: ssl.SSLContext | None
+    ) -> None:
+        """Put reloaded settings in force: new connections use the new key and TLS context
+        (open ones, already authenticated, go on), endpoints no longer listed are dropped
+        (their chunks go elsewhere), and DNS is resolved again under its new name."""
+        self.settings = settings
+        self._shared_key = shared_key
+        self._ssl = context
+        self.endpoints.set_static([parse_host_port(s) for s in settings.servers])
+        self._dns_changed.set()
+
+    async def _dns_loop(self) -> None:
+        """Keep the DNS members current: every ``dns_refresh_interval_s``, and at once when a
+        reload changes the name."""
+        while not self._halt.is_set():
+            self._dns_changed.clear()
+            settings = self.settings
+            if settings.dns_name is None:
+                if any(e.from_dns for e in self.endpoints.endpoints):
+                    self.endpoints.set_dns_addresses([])
+                await first_set((self._halt, self._dns_changed))
+                continue
+            await refresh_dns_once(
+                self.endpoints, self._resolver, settings.dns_name, settings.dns_port
+            )
+            await first_set((self._halt, self._dns_changed), settings.dns_refresh_interval_s)
+
     async def _read_loop(self, stop: asyncio.Event, group: asyncio.TaskGroup) -> None:
-        settings = self.settings
         while not stop.is_set():
+            settings = self.settings
             if len(self._in_hand) >= settings.max_chunks_in_hand:
                 self._slot_free.clear()
                 await first_set((self._slot_free, stop))
@@ -526,7 +545,9 @@ class Sender:
             self._closing.append(connection)
 
     def _endpoint_removed(self, endpoint: Endpoint) -> None:
-        self._drop_connection(endpoint, ConnectionResetError(f"{endpoint.name} left DNS"))
+        self._drop_connection(
+            endpoint, ConnectionResetError(f"{endpoint.name} is no longer an endpoint")
+        )
         self._connect_locks.pop(endpoint, None)
 
     async def _close_connections(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -244,12 +245,23 @@ class BulkClient:
         self.settings = settings
         self._session = session
         self._next_url = 0
-        self._headers = {"Content-Type": "application/x-ndjson"}
-        if settings.gzip:
-            self._headers["Content-Encoding"] = "gzip"
-        self._headers.update(settings.headers())
-        self._ssl = settings.ssl_option()
+        self._headers: dict[str, str] = {}
+        self._ssl: ssl.SSLContext | bool = True
+        self.use_access(settings, settings.headers(), settings.ssl_option())
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
+
+    def use_access(
+        self, settings: BulkOutputSettings, auth: dict[str, str], tls: ssl.SSLContext | bool
+    ) -> None:
+        """The store's nodes, ``auth`` headers and ``tls`` option (read by the caller) for the
+        requests from now on."""
+        self.settings = settings
+        headers = {"Content-Type": "application/x-ndjson"}
+        if settings.gzip:
+            headers["Content-Encoding"] = "gzip"
+        headers.update(auth)
+        self._headers = headers
+        self._ssl = tls
 
     def _endpoint(self) -> str:
         urls = self.settings.urls

@@ -10,6 +10,7 @@ one tenant's failures never slow another's; the aggregator drives the batches
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 
 import aiohttp
@@ -85,6 +86,15 @@ class BulkOutput:
                 self._template_task = asyncio.create_task(
                     self._install_template(*self._template), name="index-template"
                 )
+
+    def use_access(
+        self, settings: BulkOutputSettings, headers: dict[str, str], tls: ssl.SSLContext | bool
+    ) -> None:
+        """Reloaded store access (nodes, credentials, TLS trust, read by the caller) for the
+        requests from now on."""
+        self.settings = settings
+        if self._client is not None:
+            self._client.use_access(settings, headers, tls)
 
     async def _install_template(self, prefix: str, indices: IndexSettings) -> None:
         assert self._session is not None
