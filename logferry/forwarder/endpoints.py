@@ -311,18 +311,30 @@ class EndpointSet:
         self._changed.set()
 
 
+DnsTarget = Callable[[], tuple[str | None, int, float]]
+"""The DNS name to resolve (None: none), its port, and the refresh interval, as configured now."""
+
+
 async def refresh_dns_forever(
     endpoints: EndpointSet,
     resolver: Resolver,
-    name: str,
-    port: int,
-    interval_s: float,
+    target: DnsTarget,
     stop: asyncio.Event,
+    changed: asyncio.Event,
 ) -> None:
-    """Resolve ``name`` now and every ``interval_s`` until ``stop``; keep the last good list."""
+    """Resolve ``target``'s name now, every interval, and at once when ``changed`` is set
+    (a reload named another one), until ``stop``; keep the last good list. Without a name,
+    the DNS members are dropped."""
     while not stop.is_set():
+        changed.clear()
+        name, port, interval_s = target()
+        if name is None:
+            if any(e.from_dns for e in endpoints.endpoints):
+                endpoints.set_dns_addresses([])
+            await first_set((stop, changed))
+            continue
         await refresh_dns_once(endpoints, resolver, name, port)
-        await first_set((stop,), interval_s)
+        await first_set((stop, changed), interval_s)
 
 
 async def refresh_dns_once(

@@ -52,7 +52,7 @@ from logferry.forwarder.endpoints import (
     EndpointSet,
     Resolver,
     getaddrinfo_resolver,
-    refresh_dns_once,
+    refresh_dns_forever,
 )
 from logferry.forwarder.entries import block_count, block_gzip, block_raw_size
 from logferry.forwarder.metrics import ForwarderMetrics
@@ -295,7 +295,15 @@ class Sender:
         )
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._dns_loop())
+                group.create_task(
+                    refresh_dns_forever(
+                        self.endpoints,
+                        self._resolver,
+                        self._dns_target,
+                        self._halt,
+                        self._dns_changed,
+                    )
+                )
                 await self._read_loop(stop, group)
                 await self._drain()
                 self._halt.set()
@@ -315,21 +323,9 @@ class Sender:
         self.endpoints.set_static([parse_host_port(s) for s in settings.servers])
         self._dns_changed.set()
 
-    async def _dns_loop(self) -> None:
-        """Keep the DNS members current: every ``dns_refresh_interval_s``, and at once when a
-        reload changes the name."""
-        while not self._halt.is_set():
-            self._dns_changed.clear()
-            settings = self.settings
-            if settings.dns_name is None:
-                if any(e.from_dns for e in self.endpoints.endpoints):
-                    self.endpoints.set_dns_addresses([])
-                await first_set((self._halt, self._dns_changed))
-                continue
-            await refresh_dns_once(
-                self.endpoints, self._resolver, settings.dns_name, settings.dns_port
-            )
-            await first_set((self._halt, self._dns_changed), settings.dns_refresh_interval_s)
+    def _dns_target(self) -> tuple[str | None, int, float]:
+        settings = self.settings
+        return settings.dns_name, settings.dns_port, settings.dns_refresh_interval_s
 
     async def _read_loop(self, stop: asyncio.Event, group: asyncio.TaskGroup) -> None:
         while not stop.is_set():

@@ -178,7 +178,10 @@ async def test_dns_is_resolved_periodically_until_stopped() -> None:
             third_call.set()
         return [A] if calls < 3 else [B]
 
-    task = asyncio.create_task(refresh_dns_forever(endpoints, resolver, "svc", 24224, 0.01, stop))
+    target = ("svc", 24224, 0.01)
+    task = asyncio.create_task(
+        refresh_dns_forever(endpoints, resolver, lambda: target, stop, asyncio.Event())
+    )
     await asyncio.wait_for(third_call.wait(), 5)
     stop.set()
     await asyncio.wait_for(task, 5)
