@@ -314,12 +314,37 @@ async def run(duration_s: float | None, rate: int, store_arg: str | None) -> int
 
             await wait_for(drained, 120, poll_s=1.0)
             status.show(await status.sample(session), final=True)
+            await snapshot([fwd, *aggs])
         finally:
             for child in reversed(children):  # loadgen, forwarder, then the aggregators
                 await child.stop()
     print()
     print_where(store, aggs, fwd)
     return verify(store, aggs)
+
+
+async def snapshot(daemons: list[Daemon]) -> None:
+    """``logferry status --once --json`` of the drained pipeline, kept in the run's folder:
+    what a script (or the test of this command) reads."""
+    urls = [arg for d in daemons for arg in ("--url", f"http://127.0.0.1:{d.http_port}")]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "logferry", "status", "--once", "--json", *urls,
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    path = RUN / "status.json"
+    path.write_bytes(out)
+    try:
+        view = json.loads(out)
+    except ValueError:
+        print(f"logferry status gave no view (exit {proc.returncode})")
+        return
+    backlog = sum(
+        d["figures"].get("backlog_chunks", 0) + d["figures"].get("backlog_blocks", 0)
+        for d in view["daemons"]
+        if d["up"]
+    )
+    print(f"logferry status: {len(view['tenants'])} tenants, backlog {backlog:g} ({path})")
 
 
 def print_where(store: str | None, aggs: list[Daemon], fwd: Daemon) -> None:

@@ -1,8 +1,10 @@
 """`make run`'s script end to end, the way a newcomer runs it (with a duration instead of
-Ctrl-C): the whole pipeline starts, logs land in OpenSearch, and its verify passes."""
+Ctrl-C): the whole pipeline starts, logs land in OpenSearch, its verify passes, and
+``logferry status --once --json`` of the drained daemons shows every tenant and no backlog."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +45,17 @@ def test_make_run_ships_logs_and_verifies_them(opensearch: Any, tmp_path: Path) 
     assert int(expected) == int(found) > 5000
     assert (missing, duplicates, dlq) == ("0", "0", "0")
     assert "OK:" in out
+    # The live view, taken once everything was indexed: every daemon up, every tenant the
+    # load wrote to, nothing owed anywhere.
+    run = tmp_path / "run"
+    view = json.loads((run / "status.json").read_text())
+    manifest = json.loads((run / "node" / "manifest.json").read_text())
+    kinds = sorted(d["kind"] for d in view["daemons"] if d["up"])
+    assert kinds == ["aggregator", "aggregator", "forwarder"], view["daemons"]
+    for daemon in view["daemons"]:
+        figures = daemon["figures"]
+        assert figures.get("backlog_chunks", 0) == figures.get("backlog_blocks", 0) == 0, daemon
+    tenants = {row["tenant"]: row for row in view["tenants"]}
+    assert set(tenants) == {entry["namespace"] for entry in manifest["files"]}
+    assert all(row["backlog_chunks"] == 0 for row in tenants.values()), tenants
+    assert "logferry status: " in out
