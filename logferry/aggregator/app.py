@@ -263,6 +263,11 @@ class Aggregator:
         self.server.apply(prepared.input, prepared.credentials)
         if prepared.store is not None and isinstance(self.output, BulkOutput):
             self.output.use_access(*prepared.store)
+        if prepared.store is not None and self._janitor_task is not None:
+            # Its session carries the credentials it was opened with: open a new one. A
+            # round cut short is done again (deleting an expired index twice is a no-op).
+            self._janitor_task.cancel()
+            self._janitor_task = self._start_janitor()
 
     def _bypass_changed(self, tenant: str, bypassed: bool) -> None:
         if self.pipeline_watcher is not None:

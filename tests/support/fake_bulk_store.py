@@ -23,9 +23,12 @@ class FakeStore:
     respond: Callable[[int, list[tuple[dict[str, Any], dict[str, Any]]]], Any]
     requests: list[list[str]] = field(default_factory=list)
     """The ``_id``s of every request received, in order."""
+    authorizations: list[str | None] = field(default_factory=list)
+    """The ``Authorization`` header of every request received, in order."""
     url: str = ""
 
     async def handle(self, request: web.Request) -> web.Response:
+        self.authorizations.append(request.headers.get("Authorization"))
         body = await request.read()  # aiohttp decompresses the gzip body
         lines = [orjson.loads(line) for line in body.split(b"\n") if line]
         docs = [(lines[i], lines[i + 1]) for i in range(0, len(lines), 2)]

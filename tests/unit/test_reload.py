@@ -5,6 +5,7 @@ the files a config names; plus the daemons' policies on their real models."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import random
 import ssl
@@ -15,14 +16,19 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from logferry.aggregator.config import AggregatorConfig
-from logferry.aggregator.reload import aggregator_policy
+from logferry.aggregator.dlq import DeadLetterQueue
+from logferry.aggregator.metrics import AggregatorMetrics
+from logferry.aggregator.outputs import BulkOutput, BulkOutputSettings
+from logferry.aggregator.reload import Prepared, aggregator_policy
 from logferry.common.config import ConfigModel, parse_config
 from logferry.common.errors import ConfigError
 from logferry.common.reload import Commit, ConfigReloader, LivePolicy, changed_paths, merged
 from logferry.forwarder.config import ForwarderConfig
 from logferry.forwarder.endpoints import Backoff, EndpointSet
 from logferry.forwarder.reload import forwarder_policy
+from tests.support.fake_bulk_store import all_created, fake_store
 from tests.support.net import wait_until
+from tests.support.output_drain import drain_until, fill, make_docs, open_spool
 
 
 class Inner(ConfigModel):
@@ -242,3 +248,43 @@ def test_endpoints_set_static_keeps_the_state_of_members_still_listed() -> None:
     assert endpoints.endpoints[0] is kept
     assert not kept.up
     assert removed == ["a:1"]
+
+
+async def test_a_rotated_store_password_goes_out_with_the_next_request(tmp_path: Path) -> None:
+    password = tmp_path / "password"
+    password.write_text("first\n")
+    metrics = AggregatorMetrics()
+    spool = await open_spool(tmp_path / "spool")
+    async with fake_store(all_created) as store:
+        data = {
+            "input": {"allow_unauthenticated": True},
+            "spool": {"directory": str(tmp_path / "spool")},
+            "output": {
+                "type": "opensearch",
+                "urls": [store.url],
+                "username": "logferry",
+                "password_file": str(password),
+                "manage_templates": False,
+            },
+        }
+        config = parse_config(yaml.safe_dump(data), AggregatorConfig)
+        assert isinstance(config.output, BulkOutputSettings)
+        output = BulkOutput(config.output, metrics, DeadLetterQueue(tmp_path / "dlq"))
+        await output.start()
+
+        def apply(prepared: Prepared) -> None:
+            assert prepared.store is not None
+            output.use_access(*prepared.store)
+
+        try:
+            await fill(spool, make_docs("logs-a", 5), per_fragment=5)
+            await drain_until(output, "a", spool, lambda: spool.records_pending == 0)
+            password.write_text("second\n")  # the Secret rotated
+            aggregator_policy(None, apply).prepare(config)()
+            await fill(spool, make_docs("logs-b", 5), per_fragment=5)
+            await drain_until(output, "a", spool, lambda: spool.records_pending == 0)
+        finally:
+            await output.close()
+    basic = [base64.b64decode(a.split()[1]).decode() for a in store.authorizations if a]
+    assert basic == ["logferry:first", "logferry:second"]
+    await spool.close()
