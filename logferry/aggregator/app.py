@@ -105,6 +105,8 @@ class Aggregator:
                 on_applied=self._pipelines_applied,
                 samples_for=lambda tenant: self.ingest.recent_records(tenant),
             )
+            # The hash of each pipeline in force, which the operator reads to say Applied.
+            self.metrics.registry.register(self.pipeline_watcher)
         routing = config.routing
         self.namer = IndexNamer(
             routing.index_prefix, config.indices.period, config.indices.periods()

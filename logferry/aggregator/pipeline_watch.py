@@ -11,7 +11,11 @@ document and runs the same validation as ``logferry pipelines validate``:
 - an invalid pipeline is refused and its tenant keeps that pipeline's last good version (the
   last-known-good); other pipelines and other tenants are untouched;
 - every pipeline's state (Accepted/Rejected with the reasons, the hash observed and the hash
-  in force) is written to a status file and counted in metrics.
+  in force) is written to a status file and counted in metrics;
+- the hash in force and the hash observed, per pipeline, are exported in /metrics
+  (``logferry_pipeline_applied_info``, ``logferry_pipeline_observed_info``): the operator
+  reads them to tell a tenant when its generation is really loaded, by every worker of every
+  aggregator, or why not.
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import orjson
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from pydantic import Field
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -48,7 +54,13 @@ from logferry.pipelines.validate import (
 
 log = get_logger(__name__)
 
-__all__ = ["PipelineRegistry", "PipelineSettings", "PipelineWatcher"]
+__all__ = ["PipelineRegistry", "PipelineSettings", "PipelineWatcher", "in_force_families"]
+
+APPLIED_INFO = "logferry_pipeline_applied_info"
+OBSERVED_INFO = "logferry_pipeline_observed_info"
+# A label value, not a report: the first issue is enough to say why (the status file and
+# the pipeline.rejected log line have them all), and a bound keeps the series small.
+REASON_LABEL_MAX_CHARS = 200
 
 
 class PipelineSettings(ConfigModel):
@@ -118,6 +130,17 @@ class PipelineState:
     issues: tuple[str, ...] = ()
     observed_generation: int | None = None
     """``metadata.generation`` of the document seen (set by Kubernetes), if any."""
+
+    @property
+    def reason(self) -> str:
+        """Why it was rejected, in one bounded line ("" when accepted)."""
+        if not self.issues:
+            return ""
+        first = self.issues[0]
+        if len(first) > REASON_LABEL_MAX_CHARS:
+            first = first[: REASON_LABEL_MAX_CHARS - 3] + "..."
+        more = len(self.issues) - 1
+        return f"{first} (and {more} more)" if more else first
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -235,6 +258,12 @@ class PipelineWatcher:
         if self._on_applied is not None:
             self._on_applied(states)
 
+    def collect(self) -> Iterator[Metric]:
+        """The hash in force and the hash observed of every pipeline, as Prometheus info
+        gauges (a collector: built from the current states at each scrape, so a pipeline
+        changed or deleted leaves no series of its old hash behind)."""
+        return iter(in_force_families([self]))
+
     def note_bypass(self, tenant: str, bypassed: bool) -> None:
         """A tenant's pipelines were bypassed (over its CPU allowance), or are running again:
         say so in the status file (its pipelines show ``bypassed: true``)."""
@@ -309,3 +338,36 @@ class PipelineWatcher:
             log.warning("pipeline.watch_failed", error=type(exc).__name__, detail=str(exc))
             return None
         return observer
+
+
+def in_force_families(watchers: Sequence[PipelineWatcher]) -> list[Metric]:
+    """``logferry_pipeline_applied_info{tenant,pipeline,hash}`` (1 per pipeline with a version
+    in force) and ``logferry_pipeline_observed_info{tenant,pipeline,hash,status,reason}`` (1 per
+    pipeline file seen: its hash, Accepted or Rejected, and why) of ``watchers``. Both families
+    are there even when empty.
+
+    Their ``pipeline`` and ``hash`` labels are outside the fixed label set on purpose: the
+    operator needs them to confirm what each aggregator loaded, and they stay bounded (one
+    series per pipeline, at most ``pipelines.max_pipelines_per_tenant`` per tenant; a new
+    hash replaces the old one, because the series are built from the current states)."""
+    applied = GaugeMetricFamily(
+        APPLIED_INFO,
+        "The version of each LogPipeline in force (its spec hash); the last good one while a "
+        "newer one is rejected. Always 1.",
+        labels=("tenant", "pipeline", "hash"),
+    )
+    observed = GaugeMetricFamily(
+        OBSERVED_INFO,
+        "The version of each LogPipeline last read from the pipelines directory, its state "
+        "(Accepted, Rejected) and, when rejected, the first reason. Always 1.",
+        labels=("tenant", "pipeline", "hash", "status", "reason"),
+    )
+    for watcher in watchers:
+        for key, state in sorted(watcher.states.items()):
+            tenant, _, name = key.partition("/")
+            if state.applied_hash is not None:
+                applied.add_metric((tenant, name, state.applied_hash), 1)
+            observed.add_metric(
+                (tenant, name, state.observed_hash or "", state.state, state.reason), 1
+            )
+    return [applied, observed]

@@ -11,13 +11,24 @@ Environment: ``LOGFERRY_CONFIGMAP_NAMESPACE`` (default: the operator's own names
 :data:`~logferry.operator.reconcile.TENANT_BUDGET_BYTES`) is one tenant's share of it;
 ``LOGFERRY_CONFIGMAP_MIRROR_NAMESPACES`` (comma-separated) names namespaces that get a copy
 of it (the forwarders', which join multiline records from the tenants' pipelines).
+
+``LOGFERRY_AGGREGATORS`` (``NAME:PORT``: the aggregators' headless Service and metrics port)
+makes ``Applied`` mean loaded: :mod:`~logferry.operator.aggregators` scrapes every pod behind
+it once per interval in a background task, and a kopf timer (only on LogPipelines still
+waiting) decides ``Applied`` again from the last round, ``NotLoaded`` past
+``LOGFERRY_APPLY_TIMEOUT_S`` (seconds; default
+:data:`~logferry.operator.reconcile.APPLY_TIMEOUT_S`). Unset, ``Applied`` means written to the
+ConfigMap, as its message says.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import os
+import time
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -26,6 +37,7 @@ import kopf
 
 from logferry.common.units import parse_byte_size
 from logferry.operator import reconcile as rc
+from logferry.operator.aggregators import POLL_INTERVAL_S, AggregatorWatch
 from logferry.operator.kubeapi import ConfigMapStore, KubeApiError, MirroredStore
 
 GROUP: Final = "logferry.io"
@@ -38,6 +50,8 @@ SERVICE_ACCOUNT_NAMESPACE: Final = Path("/var/run/secrets/kubernetes.io/servicea
 RETRY_DELAY_S: Final = 10.0
 RETRY_DELAY_PERMANENT_S: Final = 120.0
 TENANT_BUDGET_ENV: Final = "LOGFERRY_TENANT_CONFIGMAP_BYTES"
+AGGREGATORS_ENV: Final = rc.AGGREGATORS_ENV
+APPLY_TIMEOUT_ENV: Final = "LOGFERRY_APPLY_TIMEOUT_S"
 
 log = logging.getLogger("logferry.operator")
 
@@ -50,6 +64,13 @@ class PipelineStore(Protocol):
     async def write(self, data: Mapping[str, str]) -> None: ...
 
 
+class FleetSource(Protocol):
+    """Where the aggregators' last reports come from (:class:`AggregatorWatch`)."""
+
+    @property
+    def latest(self) -> rc.FleetReport: ...
+
+
 EventPoster = Callable[[Mapping[str, Any], rc.Event], None]
 
 
@@ -58,6 +79,10 @@ class Controller:
 
     kopf runs handlers of different objects concurrently; one lock serializes them because
     they share the state and the one ConfigMap.
+
+    With ``aggregators``, ``Applied`` waits for them (:meth:`refresh` decides it again from
+    their newer reports); ``clock`` (monotonic seconds) times how long each written hash has
+    waited, in memory: after an operator restart the wait starts again.
     """
 
     def __init__(
@@ -65,10 +90,19 @@ class Controller:
         store: PipelineStore,
         post_event: EventPoster,
         budget: rc.ConfigMapBudget | None = None,
+        *,
+        aggregators: FleetSource | None = None,
+        apply_timeout_s: float = rc.APPLY_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._post_event = post_event
         self._budget = budget if budget is not None else rc.ConfigMapBudget()
+        self.aggregators = aggregators
+        self.apply_timeout_s = apply_timeout_s
+        self._clock = clock
+        # Per pipeline: the hash in its ConfigMap key and when the operator first saw it there.
+        self._since: dict[str, tuple[str, float]] = {}
         self._lock = asyncio.Lock()
         self._accepted: dict[str, dict[str, Any]] | None = None
         # What the ConfigMap holds, as far as we know: written only when it would change.
@@ -85,20 +119,82 @@ class Controller:
         """Reconcile one LogPipeline; fills ``status`` (kopf's ``patch.status``)."""
         async with self._lock:
             accepted = await self._load()
-            result = rc.reconcile(body, accepted, budget=self._budget)
+            key = _key_of(body)
+            # Times the hash in force; a hash the reconcile writes anew has waited 0 s.
+            check = self._check(key, accepted.get(key))
+            result = rc.reconcile(body, accepted, budget=self._budget, check=check)
             await self._write(result.configmap_data)
             self._accepted = result.accepted
+            self._waited(key, result.accepted.get(key))  # a new hash's wait starts now
         status.update(result.status)
         for event in result.events:
             self._post_event(body, event)
+        self._log_applied(
+            result.key, rc.condition_of(body, rc.APPLIED), result.status["conditions"][1]
+        )
         log.info(
-            "event=reconciled pipeline=%s generation=%s accepted=%s applied_hash=%s",
+            "event=reconciled pipeline=%s generation=%s accepted=%s applied=%s applied_hash=%s",
             result.key,
             result.status["observedGeneration"],
             result.verdict.ok,
+            result.status["conditions"][1]["reason"],
             result.status["appliedHash"],
         )
         return result
+
+    def refresh(
+        self, body: Mapping[str, Any], status: MutableMapping[str, Any]
+    ) -> rc.AppliedRefresh | None:
+        """Decide ``Applied`` again from the aggregators' last reports; fills ``status`` when
+        it changes. No I/O: the reports are gathered by the background watch."""
+        if self.aggregators is None or self._accepted is None:
+            return None
+        key = _key_of(body)
+        check = self._check(key, self._accepted.get(key))
+        if check is None:
+            return None
+        refreshed = rc.refresh_applied(body, self._accepted, check)
+        if refreshed is None:
+            return None
+        status.update(refreshed.status)
+        for event in refreshed.events:
+            self._post_event(body, event)
+        self._log_applied(key, refreshed.previous, refreshed.condition)
+        return refreshed
+
+    def _check(self, key: str, document: Mapping[str, Any] | None) -> rc.ApplyCheck | None:
+        """What the aggregators report, and how long ``document``'s hash has waited."""
+        if self.aggregators is None:
+            return None
+        return rc.ApplyCheck(
+            self.aggregators.latest, self.apply_timeout_s, self._waited(key, document)
+        )
+
+    def _waited(self, key: str, document: Mapping[str, Any] | None) -> dict[str, float]:
+        """{hash: seconds} since the hash of ``document`` was first in pipeline ``key``'s
+        ConfigMap entry (its wait starts now when it is new)."""
+        spec_hash = rc.spec_hash_of(document) if document is not None else None
+        if spec_hash is None:
+            return {}
+        now = self._clock()
+        seen = self._since.get(key)
+        if seen is None or seen[0] != spec_hash:
+            seen = self._since[key] = (spec_hash, now)
+        return {spec_hash: now - seen[1]}
+
+    def _log_applied(self, key: str, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> None:
+        reason = new["reason"]
+        if reason == (old or {}).get("reason") and new["message"] == (old or {}).get("message"):
+            return
+        if reason == rc.REASON_NOT_LOADED:
+            log.warning(
+                "event=not_loaded pipeline=%s generation=%s message=%s",
+                key,
+                new["observedGeneration"],
+                new["message"],
+            )
+        elif self.aggregators is not None and new["status"] == "True":
+            log.info("event=loaded pipeline=%s message=%s", key, new["message"])
 
     async def delete(self, namespace: str, name: str) -> rc.DeleteResult:
         """A LogPipeline is being deleted: drop it from the ConfigMap."""
@@ -107,6 +203,7 @@ class Controller:
             result = rc.forget(namespace, name, accepted)
             await self._write(result.configmap_data)
             self._accepted = result.accepted
+            self._since.pop(result.key, None)
         log.info("event=deleted pipeline=%s removed=%s", result.key, result.configmap_changed)
         return result
 
@@ -126,6 +223,11 @@ class Controller:
             return
         await self._store.write(data)
         self._written = data
+
+
+def _key_of(body: Mapping[str, Any]) -> str:
+    metadata = body.get("metadata") or {}
+    return rc.pipeline_key(str(metadata.get("namespace", "")), str(metadata.get("name", "")))
 
 
 def _post_kopf_event(body: Mapping[str, Any], event: rc.Event) -> None:
@@ -152,6 +254,33 @@ def budget_from_env(environ: Mapping[str, str]) -> rc.ConfigMapBudget:
         raise ValueError(f"{TENANT_BUDGET_ENV}={raw!r}: {exc}") from exc
 
 
+def apply_timeout_from_env(environ: Mapping[str, str]) -> float:
+    """``LOGFERRY_APPLY_TIMEOUT_S`` (default :data:`~logferry.operator.reconcile.APPLY_TIMEOUT_S`);
+    ValueError for a value that is not a positive number of seconds."""
+    raw = environ.get(APPLY_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return rc.APPLY_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{APPLY_TIMEOUT_ENV}={raw!r}: not a number of seconds") from exc
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{APPLY_TIMEOUT_ENV}={raw!r}: must be a positive number of seconds")
+    return value
+
+
+def aggregators_from_env(environ: Mapping[str, str]) -> AggregatorWatch | None:
+    """The watch of ``LOGFERRY_AGGREGATORS`` (None when unset); ValueError when it is not
+    ``NAME:PORT``."""
+    raw = environ.get(AGGREGATORS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        return AggregatorWatch(raw)
+    except ValueError as exc:
+        raise ValueError(f"{AGGREGATORS_ENV}={raw!r}: {exc}") from exc
+
+
 def _mirror_namespaces(env: Mapping[str, str]) -> list[str]:
     raw = env.get("LOGFERRY_CONFIGMAP_MIRROR_NAMESPACES") or ""
     return [item.strip() for item in raw.split(",") if item.strip()]
@@ -168,6 +297,8 @@ def _configmap_namespace() -> str:
 
 
 _controller: Controller | None = None
+_watch_task: asyncio.Task[None] | None = None
+_watch_stop: asyncio.Event | None = None
 
 
 def _get_controller() -> Controller:
@@ -184,9 +315,9 @@ def _retry(exc: KubeApiError) -> kopf.TemporaryError:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Set kopf up and build the controller."""
-    global _controller
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Set kopf up, build the controller and start watching the aggregators."""
+    global _controller, _watch_task, _watch_stop
     # Keep kopf's bookkeeping in annotations: the status schema is ours and strict.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -210,14 +341,58 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     ]
     store = MirroredStore(primary, mirrors) if mirrors else primary
     budget = budget_from_env(os.environ)
-    _controller = Controller(store, _post_kopf_event, budget)
+    watch = aggregators_from_env(os.environ)
+    timeout_s = apply_timeout_from_env(os.environ)
+    _controller = Controller(
+        store, _post_kopf_event, budget, aggregators=watch, apply_timeout_s=timeout_s
+    )
+    if watch is None:
+        log.warning(
+            "event=aggregators_not_set reason=%s is not set: Applied says the ConfigMap was "
+            "written, not that the aggregators loaded it",
+            AGGREGATORS_ENV,
+        )
+    else:
+        _watch_stop = asyncio.Event()
+        _watch_task = asyncio.create_task(watch.run(_watch_stop), name="aggregators")
     log.info(
-        "event=started configmap=%s/%s budget_bytes=%d tenant_budget_bytes=%d",
+        "event=started configmap=%s/%s budget_bytes=%d tenant_budget_bytes=%d aggregators=%s "
+        "apply_timeout_s=%s",
         store.namespace,
         store.name,
         budget.total_bytes,
         budget.tenant_bytes,
+        watch.source if watch is not None else "-",
+        timeout_s,
     )
+
+
+@kopf.on.cleanup()
+async def stop_watching(**_: Any) -> None:
+    """Stop the aggregators' watch with the operator."""
+    if _watch_stop is not None:
+        _watch_stop.set()
+    if _watch_task is not None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await _watch_task
+
+
+def _awaiting_aggregators(body: kopf.Body, **_: Any) -> bool:
+    controller = _controller
+    return (
+        controller is not None
+        and controller.aggregators is not None
+        and rc.awaits_aggregators(body)
+    )
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=POLL_INTERVAL_S, when=_awaiting_aggregators)
+async def check_applied(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """While ``Applied`` waits for the aggregators, decide it again from their last reports
+    (no I/O here: the background watch scrapes them once per interval for every pipeline)."""
+    controller = _controller
+    if controller is not None:
+        controller.refresh(body, patch.status)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

@@ -16,6 +16,15 @@ Last-known-good: an invalid new generation of a pipeline that was accepted befor
 the accepted version in place; the status says ``Accepted=False`` for the new generation
 and ``Applied=True`` (reason ``KeptLastKnownGood``) with the old hash.
 
+Applied means loaded: with the aggregators to ask (an :class:`ApplyCheck`, what their
+/metrics last said), ``Applied`` turns True only when every aggregator pod that answered, and
+every worker in it, reports the hash in force (the new one, or the last good one) as applied.
+Until then it is False, reason ``Pending``; past the apply timeout, reason ``NotLoaded`` with
+why, per aggregator (still at another hash, rejected it and why, unreachable, none found).
+:func:`refresh_applied` decides it again from newer reports, so a late aggregator still turns
+it True. Without aggregators to ask, ``Applied`` says the ConfigMap was written, and says that
+it was not confirmed.
+
 Budget: every tenant's pipelines share one ConfigMap, capped at ``ConfigMapBudget.total_bytes``.
 So that one tenant cannot fill it for the others, each tenant (namespace) may take at most
 ``ConfigMapBudget.tenant_bytes`` of it. A change that would take its tenant past that share
@@ -32,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import yaml
 
@@ -60,6 +69,8 @@ REASON_VALID: Final = "Valid"
 REASON_APPLIED: Final = "Applied"
 REASON_KEPT_LAST_KNOWN_GOOD: Final = "KeptLastKnownGood"
 REASON_NOT_APPLIED: Final = "NotApplied"
+REASON_PENDING: Final = "Pending"
+REASON_NOT_LOADED: Final = "NotLoaded"
 REASON_TENANT_BUDGET: Final = "TenantBudgetExceeded"
 REASON_CONFIGMAP_BUDGET: Final = "ConfigMapBudgetExceeded"
 # The first layer that failed names the rejection; layers run schema -> policy -> dry run.
@@ -71,6 +82,103 @@ REASON_BY_LAYER: Final[Mapping[str, str]] = {
 
 Accepted = Mapping[str, Mapping[str, Any]]
 """Accepted pipelines: ``"<namespace>/<name>"`` -> normalized, annotated document."""
+
+AGGREGATORS_ENV: Final = "LOGFERRY_AGGREGATORS"
+# How long the aggregators may take to load a written generation before Applied says
+# NotLoaded. A ConfigMap change reaches a pod's volume after kubelet's next sync (every 60 s
+# by default) with its cached copy of the ConfigMap (up to 60 s old with the default TTL
+# cache), so up to about two minutes; the aggregator then sees the swap at once (inotify, its
+# rescan of 10 s as the fallback). Three minutes leave a margin over that worst case, so
+# NotLoaded means something is wrong, not slow.
+APPLY_TIMEOUT_S: Final = 180.0
+# Pods and workers named in a NotLoaded message: enough to see a pattern, never a wall.
+MAX_PROBLEMS_SHOWN: Final = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedPipeline:
+    """What one aggregator worker reports of one pipeline (its /metrics)."""
+
+    applied_hash: str | None = None
+    """The hash in force there (``logferry_pipeline_applied_info``), if any."""
+    observed_hash: str | None = None
+    """The hash of the file it last read (``logferry_pipeline_observed_info``)."""
+    state: str | None = None
+    """``Accepted`` or ``Rejected``: its verdict on the observed hash."""
+    reason: str = ""
+    """Why it rejected the observed hash (the first issue)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregatorReport:
+    """One aggregator pod, as one scrape of its /metrics showed it."""
+
+    name: str
+    """Its address (the URL scraped)."""
+    error: str | None = None
+    """Why it could not be read (then nothing else is known)."""
+    workers: Mapping[str, Mapping[str, LoadedPipeline]] = dataclasses.field(default_factory=dict)
+    """Worker label ("" for a single-process aggregator) -> pipeline key -> what it has."""
+    expected_workers: int = 1
+    """Workers the pod runs (its ``logferry_aggregator_workers``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetReport:
+    """Every aggregator pod found behind ``source``, from one round of scrapes."""
+
+    source: str
+    """``NAME:PORT`` (the aggregators' headless Service and metrics port)."""
+    aggregators: tuple[AggregatorReport, ...] = ()
+    error: str | None = None
+    """Why no aggregator is listed (the name did not resolve; not scraped yet)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplyCheck:
+    """What ``Applied`` is decided on when the aggregators are asked."""
+
+    fleet: FleetReport
+    timeout_s: float = APPLY_TIMEOUT_S
+    waited_s: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Per spec hash: seconds since the operator wrote it (absent: just written)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Confirmation:
+    """Whether the aggregators run one hash of one pipeline, and if not, why not."""
+
+    confirmed: bool
+    pods: int
+    """Pods where every worker has it."""
+    workers: int
+    """Workers of those pods."""
+    problems: tuple[str, ...]
+    """Per aggregator that does not (or could not be asked): why."""
+
+
+class AppliedState(NamedTuple):
+    """The ``Applied`` condition decided, and the ``appliedHash`` to report with it."""
+
+    ok: bool
+    reason: str
+    message: str
+    applied_hash: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class AppliedRefresh:
+    """A new ``Applied`` decision for a LogPipeline between its reconciles (see
+    :func:`refresh_applied`)."""
+
+    status: dict[str, Any]
+    """The ``status`` merge patch: ``appliedHash`` and every condition (a merge patch
+    replaces the list whole)."""
+    events: tuple[Event, ...]
+    previous: Mapping[str, Any] | None
+    """The ``Applied`` condition it replaces."""
+    condition: dict[str, Any]
+    """The new ``Applied`` condition."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,13 +325,15 @@ def reconcile(
     budget: ConfigMapBudget | None = None,
     samples: Sequence[dict[str, Any]] | None = None,
     now: datetime | None = None,
+    check: ApplyCheck | None = None,
 ) -> ReconcileResult:
     """Validate one LogPipeline as the API server returned it and decide status, events and
     the new ConfigMap content. ``accepted`` is not modified.
 
     ``budget`` caps the ConfigMap and each tenant's part of it (the defaults when None);
     ``samples`` are records for the dry run (the built-in samples when None); ``now`` stamps
-    condition transitions.
+    condition transitions; ``check`` is what the aggregators report, for ``Applied`` (None:
+    there is no one to ask, and ``Applied`` means written).
     """
     metadata = obj.get("metadata") or {}
     namespace = str(metadata.get("namespace", ""))
@@ -268,36 +378,29 @@ def reconcile(
 
     current = new_state.get(key)
     applied_hash = spec_hash_of(current) if current is not None else None
+    status_hash = applied_hash
     if ok:
         accepted_cond = condition(ACCEPTED, True, REASON_VALID, f"generation {generation} is valid")
-        applied_cond = condition(
-            APPLIED,
-            True,
-            REASON_APPLIED,
-            f"generation {generation} (hash {applied_hash}) is in the aggregators' configuration",
-        )
     else:
         reason = budget_reason or rejection_reason(issues)
         accepted_cond = condition(ACCEPTED, False, reason, describe_issues(issues, generation))
-        if current is not None:
-            applied_cond = condition(
-                APPLIED,
-                True,
-                REASON_KEPT_LAST_KNOWN_GOOD,
-                f"generation {generation} was rejected; the aggregators keep generation "
-                f"{generation_of(current)} (hash {applied_hash})",
-            )
-        else:
-            applied_cond = condition(
-                APPLIED,
-                False,
-                REASON_NOT_APPLIED,
-                "no generation of this pipeline has been accepted yet",
-            )
+    if current is not None:
+        state = applied_state(
+            key, generation, current, kept=not ok, check=check, reported=_status_hash(obj)
+        )
+        applied_cond = condition(APPLIED, state.ok, state.reason, state.message)
+        status_hash = state.applied_hash
+    else:
+        applied_cond = condition(
+            APPLIED,
+            False,
+            REASON_NOT_APPLIED,
+            "no generation of this pipeline has been accepted yet",
+        )
 
     status: dict[str, Any] = {
         "observedGeneration": generation,
-        "appliedHash": applied_hash,
+        "appliedHash": status_hash,
         "conditions": [accepted_cond, applied_cond],
     }
     events = _events(obj, accepted_cond, applied_cond, applied_hash, accepted.get(key))
@@ -322,6 +425,202 @@ def forget(namespace: str, name: str, accepted: Accepted) -> DeleteResult:
         configmap_data=render_configmap(new_state),
         configmap_changed=key in accepted,
     )
+
+
+def confirm(key: str, spec_hash: str, fleet: FleetReport) -> Confirmation:
+    """Whether the aggregators of ``fleet`` run ``spec_hash`` of pipeline ``key``.
+
+    Yes when at least one pod answered and every pod that answered has it applied in every
+    one of its workers. A pod that does not answer is named but does not hold it up: it is
+    not serving, and when it is again it loads the current ConfigMap before it takes a record.
+    """
+    problems: list[str] = []
+    pods = workers = answered = 0
+    for aggregator in fleet.aggregators:
+        if aggregator.error is not None:
+            problems.append(f"{aggregator.name} unreachable ({aggregator.error})")
+            continue
+        answered += 1
+        notes: list[str] = []
+        silent = aggregator.expected_workers - len(aggregator.workers)
+        if silent > 0:
+            notes.append(f"{silent} of its {aggregator.expected_workers} workers did not answer")
+        lagging: dict[str, list[str]] = {}
+        for worker, pipelines in sorted(aggregator.workers.items()):
+            why = _worker_lag(pipelines.get(key), spec_hash)
+            if why is not None:
+                lagging.setdefault(why, []).append(worker)
+        for why, names in lagging.items():
+            notes.append(_workers_label(names) + why)
+        if notes:
+            problems.append(f"{aggregator.name}: " + "; ".join(notes))
+        else:
+            pods += 1
+            workers += len(aggregator.workers)
+    if not fleet.aggregators:
+        detail = f": {fleet.error}" if fleet.error else ""
+        problems.append(f"no aggregators resolved from {fleet.source}{detail}")
+    return Confirmation(answered > 0 and pods == answered, pods, workers, tuple(problems))
+
+
+def applied_state(
+    key: str,
+    generation: int,
+    current: Mapping[str, Any],
+    *,
+    kept: bool,
+    check: ApplyCheck | None,
+    reported: str | None = None,
+) -> AppliedState:
+    """``Applied`` for the version ``current`` of pipeline ``key`` in the ConfigMap: the new
+    generation (``kept`` False) or the last good one kept while ``generation`` is rejected.
+
+    ``reported`` is the ``appliedHash`` the status shows now: kept while the aggregators have
+    not confirmed ``current``, since until then they run that one, not the new one.
+    """
+    spec_hash = spec_hash_of(current) or ""
+    version = f"generation {generation_of(current) if kept else generation} (hash {spec_hash})"
+    # Kept: the tenant's new generation was refused; what is asked of the aggregators is
+    # that they still run the last good one.
+    before = f"generation {generation} was rejected; " if kept else ""
+    reason_ok = REASON_KEPT_LAST_KNOWN_GOOD if kept else REASON_APPLIED
+    if check is None:
+        unconfirmed = f"not confirmed by the aggregators ({AGGREGATORS_ENV} is not set)"
+        if kept:
+            message = f"{before}the aggregators keep {version}; {unconfirmed}"
+        else:
+            message = f"{version} is in the aggregators' ConfigMap; {unconfirmed}"
+        return AppliedState(True, reason_ok, message, spec_hash)
+    outcome = confirm(key, spec_hash, check.fleet)
+    if outcome.confirmed:
+        by = f"{_count(outcome.pods, 'aggregator pod')} ({_count(outcome.workers, 'worker')})"
+        if kept:
+            message = f"{before}the aggregators keep {version}: loaded by {by}"
+        else:
+            message = f"{version} is loaded by {by}"
+        if outcome.problems:  # pods that did not answer: they load it when they serve again
+            message += "; not asked: " + _join_problems(outcome.problems)
+        return AppliedState(True, reason_ok, message, spec_hash)
+    timeout_s = check.timeout_s
+    if check.waited_s.get(spec_hash, 0.0) < timeout_s:
+        message = (
+            f"{before}{version} written; waiting for the aggregators to load it "
+            f"(up to {timeout_s:.0f} s)"
+        )
+        return AppliedState(False, REASON_PENDING, message, reported)
+    message = (
+        f"{before}{version} not loaded by the aggregators within {timeout_s:.0f} s: "
+        + _join_problems(outcome.problems)
+    )
+    return AppliedState(
+        False, REASON_NOT_LOADED, _truncate(message, CONDITION_MESSAGE_MAX_CHARS), reported
+    )
+
+
+def refresh_applied(
+    obj: Mapping[str, Any],
+    accepted: Accepted,
+    check: ApplyCheck,
+    *,
+    now: datetime | None = None,
+) -> AppliedRefresh | None:
+    """``Applied`` decided again for a LogPipeline from newer aggregator reports (between
+    reconciles, by a timer); None when it would not change, or when the object's status is
+    not about the state's version yet (its reconcile has not finished: that decides it)."""
+    metadata = obj.get("metadata") or {}
+    generation = int(metadata.get("generation") or 0)
+    key = pipeline_key(str(metadata.get("namespace", "")), str(metadata.get("name", "")))
+    conditions = _conditions_by_type(obj)
+    accepted_cond = conditions.get(ACCEPTED)
+    current = accepted.get(key)
+    if (
+        accepted_cond is None
+        or accepted_cond.get("observedGeneration") != generation
+        or current is None
+    ):
+        return None
+    kept = accepted_cond.get("status") != "True"
+    if not kept and generation_of(current) != generation:
+        return None
+    state = applied_state(
+        key, generation, current, kept=kept, check=check, reported=_status_hash(obj)
+    )
+    timestamp = _timestamp(now or datetime.now(UTC))
+    new = _condition(
+        APPLIED, state.ok, state.reason, state.message, generation, timestamp, conditions
+    )
+    old = conditions.get(APPLIED)
+    unchanged = old is not None and all(
+        old.get(field) == new[field]
+        for field in ("status", "reason", "message", "observedGeneration")
+    )
+    if unchanged and _status_hash(obj) == state.applied_hash:
+        return None
+    events: list[Event] = []
+    message = _truncate(state.message, EVENT_MESSAGE_MAX_CHARS)
+    if state.reason == REASON_NOT_LOADED and (old is None or old.get("reason") != state.reason):
+        events.append(Event("Warning", REASON_NOT_LOADED, message))
+    elif state.ok and (old is None or old.get("status") != "True"):
+        events.append(Event("Normal", state.reason, message))
+    status = {
+        "appliedHash": state.applied_hash,
+        "conditions": [new if type_ == APPLIED else dict(c) for type_, c in conditions.items()]
+        + ([] if old is not None else [new]),
+    }
+    return AppliedRefresh(status, tuple(events), old, new)
+
+
+def awaits_aggregators(obj: Mapping[str, Any]) -> bool:
+    """Whether ``Applied`` is still to be decided by the aggregators' reports: it waits
+    (``Pending``, ``NotLoaded``) or is about another generation. Objects that are settled are
+    left alone, so a timer runs only for the few that wait."""
+    metadata = obj.get("metadata") or {}
+    applied = _conditions_by_type(obj).get(APPLIED)
+    if applied is None:
+        return False
+    return applied.get("reason") in (REASON_PENDING, REASON_NOT_LOADED) or applied.get(
+        "observedGeneration"
+    ) != metadata.get("generation")
+
+
+def _worker_lag(loaded: LoadedPipeline | None, spec_hash: str) -> str | None:
+    """Why one worker does not run ``spec_hash`` (None: it does)."""
+    if loaded is not None and loaded.applied_hash == spec_hash:
+        return None
+    if loaded is None:
+        return "has no version of it"
+    if loaded.state == "Rejected" and loaded.observed_hash in (spec_hash, None):
+        # No hash: its validation refused the file before hashing it (another logferry
+        # version's schema, say); the file it read is still most likely this one.
+        what = "it" if loaded.observed_hash == spec_hash else "the version it read"
+        kept = f", keeps hash {loaded.applied_hash}" if loaded.applied_hash else ""
+        return f"rejected {what} ({loaded.reason or 'no reason given'}){kept}"
+    if loaded.applied_hash is None:
+        return f"has no version of it in force (read hash {loaded.observed_hash}, {loaded.state})"
+    return f"still at hash {loaded.applied_hash}"
+
+
+def _workers_label(names: list[str]) -> str:
+    if names == [""]:  # a single-process aggregator: the pod is the worker
+        return ""
+    return ("worker " if len(names) == 1 else "workers ") + ",".join(names) + " "
+
+
+def _join_problems(problems: Sequence[str]) -> str:
+    shown = list(problems[:MAX_PROBLEMS_SHOWN])
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        shown.append(f"and {len(problems) - MAX_PROBLEMS_SHOWN} more")
+    return "; ".join(shown)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _status_hash(obj: Mapping[str, Any]) -> str | None:
+    status = obj.get("status")
+    value = status.get("appliedHash") if isinstance(status, Mapping) else None
+    return value if isinstance(value, str) else None
 
 
 def _state_policy(
@@ -433,8 +732,16 @@ def _events(
     if same_verdict and applied_hash == previous_hash:
         return ()
     if accepted_cond["status"] == "True":
-        message = f"{accepted_cond['message']}; applied hash {applied_hash}"
-        return (Event("Normal", REASON_APPLIED, _truncate(message, EVENT_MESSAGE_MAX_CHARS)),)
+        if applied_cond["reason"] == REASON_APPLIED:
+            message = f"{accepted_cond['message']}; applied hash {applied_hash}"
+        else:  # written, not loaded yet: the tenant hears of it again when it is
+            message = f"{accepted_cond['message']}; {applied_cond['message']}"
+        event_type: Literal["Normal", "Warning"] = (
+            "Warning" if applied_cond["reason"] == REASON_NOT_LOADED else "Normal"
+        )
+        return (
+            Event(event_type, applied_cond["reason"], _truncate(message, EVENT_MESSAGE_MAX_CHARS)),
+        )
     events = [
         Event(
             "Warning",
@@ -442,11 +749,11 @@ def _events(
             _truncate(accepted_cond["message"], EVENT_MESSAGE_MAX_CHARS),
         )
     ]
-    if applied_cond["reason"] == REASON_KEPT_LAST_KNOWN_GOOD:
+    if applied_cond["reason"] in (REASON_KEPT_LAST_KNOWN_GOOD, REASON_NOT_LOADED):
         events.append(
             Event(
                 "Warning",
-                REASON_KEPT_LAST_KNOWN_GOOD,
+                applied_cond["reason"],
                 _truncate(applied_cond["message"], EVENT_MESSAGE_MAX_CHARS),
             )
         )
@@ -475,6 +782,11 @@ def _condition(
         "lastTransitionTime": timestamp,
         "observedGeneration": generation,
     }
+
+
+def condition_of(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    """The condition ``type_`` of an object's status, if it has one."""
+    return _conditions_by_type(obj).get(type_)
 
 
 def _conditions_by_type(obj: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:

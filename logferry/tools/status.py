@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
-import time
 from collections.abc import Sequence
 
 import aiohttp
 
 from logferry.common.commands import Subcommands, run_standalone
-from logferry.tools.status_view import Scrape, StatusView, parse_samples, status_view
+from logferry.common.scrape import endpoints, scrape
+from logferry.tools.status_view import StatusView, status_view
 
 _CLEAR = "\x1b[H\x1b[2J"
 
@@ -48,30 +47,6 @@ def register(commands: Subcommands, name: str, help_text: str) -> argparse.Argum
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
     parser.set_defaults(handler=run)
     return parser
-
-
-def endpoints(urls: Sequence[str], names: Sequence[str]) -> list[str]:
-    """The URLs given, and one per address of each ``name:port``."""
-    found = [url.rstrip("/") for url in urls]
-    for spec in names:
-        host, _, port = spec.rpartition(":")
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-        for address in sorted({str(info[4][0]) for info in infos}):
-            shown = f"[{address}]" if ":" in address else address
-            found.append(f"http://{shown}:{port}")
-    return found
-
-
-async def scrape(session: aiohttp.ClientSession, url: str) -> Scrape:
-    """One daemon's samples now (an error instead when it does not answer)."""
-    try:
-        async with session.get(f"{url}/metrics") as response:
-            text = await response.text()
-            if response.status != 200:
-                return Scrape(url, time.monotonic(), {}, f"HTTP {response.status}")
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        return Scrape(url, time.monotonic(), {}, f"{type(exc).__name__}: {exc}")
-    return Scrape(url, time.monotonic(), parse_samples(text))
 
 
 async def observe(urls: list[str], interval_s: float, timeout_s: float) -> StatusView:

@@ -12,29 +12,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
-Labels = frozenset[tuple[str, str]]
-Samples = dict[tuple[str, Labels], float]
-
-
-@dataclass(frozen=True, slots=True)
-class Scrape:
-    """One daemon's /metrics at one moment (``samples`` empty when it did not answer)."""
-
-    url: str
-    at_s: float
-    samples: Samples
-    error: str | None = None
-
-
-def parse_samples(text: str) -> Samples:
-    """Prometheus text -> {(sample name, labels): value}."""
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return out
+from logferry.common.scrape import Samples, Scrape
+from logferry.common.scrape import parse_samples as parse_samples  # where it used to live
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:

@@ -9,7 +9,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from logferry.aggregator.metrics import AggregatorMetrics, SupervisorMetrics
+from logferry.aggregator.pipeline_watch import in_force_families
 from logferry.common.disk_full import DiskStalls
+from logferry.common.reload import ReloadMetrics
 from logferry.forwarder.metrics import ForwarderMetrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,6 +67,8 @@ def _exported(*metrics: type) -> set[str]:
 def test_metrics_page_lists_exactly_the_exported_metrics() -> None:
     text = (REPO / "docs" / "metrics.md").read_text()
     documented = set(re.findall(r"^\| `(logferry_\w+)` \|", text, re.M))
-    exported = _exported(ForwarderMetrics, AggregatorMetrics, SupervisorMetrics, DiskStalls)
+    exported = _exported(
+        ForwarderMetrics, AggregatorMetrics, SupervisorMetrics, DiskStalls, ReloadMetrics
+    ) | {family.name for family in in_force_families([])}
     assert sorted(exported - documented) == [], "exported but not in docs/metrics.md"
     assert sorted(documented - exported) == [], "in docs/metrics.md but not exported"

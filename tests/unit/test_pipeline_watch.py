@@ -1,5 +1,5 @@
 """The pipeline watcher on real files and inotify: a ConfigMap-style symlink swap is seen at
-once, and a burst of edits applies once."""
+once, and a burst of edits applies once; its metrics say what is in force, and only that."""
 
 from __future__ import annotations
 
@@ -10,8 +10,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from logferry.aggregator.pipeline_watch import PipelineRegistry, PipelineSettings, PipelineWatcher
+from logferry.aggregator.metrics import AggregatorMetrics
+from logferry.aggregator.pipeline_watch import (
+    REASON_LABEL_MAX_CHARS,
+    PipelineRegistry,
+    PipelineSettings,
+    PipelineState,
+    PipelineWatcher,
+)
 from tests.support.log_pipelines import log_pipeline
 from tests.support.net import wait_until
 
@@ -81,3 +90,71 @@ async def test_a_burst_of_edits_applies_once(watching: tuple[PipelineWatcher, Pa
 
     await wait_until(last_in_force, timeout_s=10, what="the last edit in force")
     assert watcher.applies == 2  # the first load, then the whole burst once
+
+
+def in_force(registry: CollectorRegistry) -> dict[str, set[tuple[tuple[str, str], ...]]]:
+    """The pipeline info series an aggregator's /metrics holds: family -> label sets."""
+    out: dict[str, set[tuple[tuple[str, str], ...]]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        if family.name.startswith("logferry_pipeline_") and family.name.endswith("_info"):
+            out[family.name] = {tuple(sorted(s.labels.items())) for s in family.samples}
+    return out
+
+
+def test_metrics_show_the_hash_in_force_and_the_hash_observed_and_nothing_stale(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "pipelines"
+    directory.mkdir()
+    metrics = AggregatorMetrics()
+    settings = PipelineSettings(directory=directory)
+    watcher = PipelineWatcher(settings, PipelineRegistry(), status_file=tmp_path / "s.json")
+    metrics.registry.register(watcher)  # as the aggregator does
+    (directory / "p.yaml").write_text(document("v1"))
+    watcher.reload()
+    v1 = watcher.states["team-a/p"].applied_hash
+    assert v1 is not None
+    assert in_force(metrics.registry) == {
+        "logferry_pipeline_applied_info": {(("hash", v1), ("pipeline", "p"), ("tenant", "team-a"))},
+        "logferry_pipeline_observed_info": {
+            (("hash", v1), ("pipeline", "p"), ("reason", ""), ("status", "Accepted"),
+             ("tenant", "team-a"))
+        },
+    }  # fmt: skip
+
+    (directory / "p.yaml").write_text(document("v2"))
+    watcher.reload()
+    v2 = watcher.states["team-a/p"].applied_hash
+    assert v2 not in (None, v1)
+    assert {
+        dict(s)["hash"] for s in in_force(metrics.registry)["logferry_pipeline_applied_info"]
+    } == {v2}
+
+    bad = yaml.safe_load(document("v3"))
+    bad["spec"]["filters"].append({"type": "grep", "regex": "x", "mode": "sometimes"})
+    (directory / "p.yaml").write_text(yaml.safe_dump(bad))
+    watcher.reload()
+    rejected = watcher.states["team-a/p"]
+    series = in_force(metrics.registry)
+    # The last good version stays in force; the observed one is there with why it was refused.
+    assert {dict(s)["hash"] for s in series["logferry_pipeline_applied_info"]} == {v2}
+    (observed,) = series["logferry_pipeline_observed_info"]
+    labels = dict(observed)
+    # A document the schema refuses has no spec hash: the label is empty, not missing.
+    assert (labels["hash"], labels["status"]) == (rejected.observed_hash or "", "Rejected")
+    assert labels["reason"].startswith("spec.filters[1].mode: ")
+    assert labels["reason"].endswith("(schema)")
+
+    (directory / "p.yaml").unlink()
+    watcher.reload()
+    assert in_force(metrics.registry) == {
+        "logferry_pipeline_applied_info": set(),
+        "logferry_pipeline_observed_info": set(),
+    }
+
+
+def test_a_long_rejection_reason_is_cut_to_a_bounded_label() -> None:
+    state = PipelineState("t/p", "Rejected", "h", None, "p.yaml", ("x" * 500, "second"))
+    assert len(state.reason) <= REASON_LABEL_MAX_CHARS + len(" (and 1 more)")
+    assert state.reason.endswith("... (and 1 more)")
+    assert PipelineState("t/p", "Accepted", "h", "h", "p.yaml").reason == ""
