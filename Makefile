@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: docs java go help venv test lint typecheck unit integration run bench opensearch-start opensearch-stop clean
+.PHONY: docs java go helm manifests help venv test lint typecheck unit integration run bench opensearch-start opensearch-stop clean
 
 help:
 	@echo "make run    - set up and run logferry end to end on this machine"
@@ -30,6 +30,13 @@ java:
 go:
 	@scripts/ensure-go
 
+# helm v3.16.4, built once from the Go module proxy into a per-user cache (not the repo). The
+# chart tests and `make manifests` use that binary only: its path reaches them as LOGFERRY_HELM.
+helm: go
+	@scripts/ensure-helm >/dev/null
+
+HELM_ENV = LOGFERRY_HELM="$$(scripts/ensure-helm)"
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -37,14 +44,14 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-unit: venv
-	$(BIN)/pytest tests/unit
+unit: venv helm
+	$(HELM_ENV) $(BIN)/pytest tests/unit
 
 integration: venv java go
 	$(BIN)/pytest tests/integration tests/chaos
 
-test: lint typecheck java go
-	$(BIN)/pytest
+test: lint typecheck java go helm
+	$(HELM_ENV) $(BIN)/pytest
 
 # Without Java, make run still runs: the aggregators then write NDJSON files instead.
 run: venv
@@ -53,6 +60,11 @@ run: venv
 
 docs: venv
 	$(BIN)/python -m devtools.update_docs
+	$(BIN)/python -m devtools.helm_values_doc
+
+# The kustomize tree in deploy/ (base, crd, operator, monitoring), rendered from the Helm chart.
+manifests: venv helm
+	$(HELM_ENV) $(BIN)/python -m devtools.helm_manifests
 
 bench: venv
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

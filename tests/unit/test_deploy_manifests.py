@@ -8,7 +8,13 @@ Hardening: two namespaces (the forwarder alone at Pod Security "privileged", eve
 pod in one enforced at "restricted" and meeting it), NetworkPolicies that let only the
 forwarders and Prometheus reach an aggregator (checked by evaluating them for pods in and
 out of the cluster's namespaces), and authentication on: both sides read the same shared
-key from a Secret, in the manifests and in compose."""
+key from a Secret, in the manifests and in compose.
+
+The kustomize tree is rendered from the Helm chart (deploy/helm/logferry,
+test_helm_manifests.py keeps the two equal), so the invariants are checked on three
+renderings (the `manifests` fixture): the committed kustomize files, the chart with the
+example production values, and the chart released into another namespace with another
+cluster domain. File-level checks (kustomizations, the overlay, compose) read the files."""
 
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from devtools import helm
 from logferry.aggregator.config import AggregatorConfig
 from logferry.common.config import load_config, parse_config
 from logferry.forwarder.config import ForwarderConfig
@@ -39,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUBERNETES_VERSION = "1.30"
 COMPOSE = DEPLOY / "compose.yaml"
+HELM = DEPLOY / "helm"  # the chart the kustomize tree is rendered from (test_helm_*)
 DASHBOARD = DEPLOY / "monitoring" / "grafana-dashboard.json"
 OPERATIONS = ROOT / "docs" / "operations.md"
 ENV = {
@@ -46,16 +54,11 @@ ENV = {
     "LOGFERRY_STORE_URL": "https://opensearch.example:9200",
     "LOGFERRY_STORE_USERNAME": "logferry",
 }
+# The kustomize tree's namespaces (the chart's defaults in release namespace logferry).
 NAMESPACE = "logferry"  # aggregators, operator: Pod Security "restricted"
 FORWARDER_NAMESPACE = "logferry-forwarder"  # the forwarder alone: "privileged"
-# (namespace, Secret): what the workloads reference and docs/operations.md creates.
-SECRETS = {
-    (NAMESPACE, "logferry-shared-key"),
-    (NAMESPACE, "logferry-tls"),
-    (NAMESPACE, "logferry-store-credentials"),
-    (FORWARDER_NAMESPACE, "logferry-shared-key"),
-    (FORWARDER_NAMESPACE, "logferry-aggregator-ca"),
-}
+EXAMPLE_VALUES = HELM / "logferry" / "examples" / "production.yaml"
+KUSTOMIZE_VALUES = HELM / "kustomize-values.yaml"
 # Keys of the Secrets that are mounted whole (no items).
 SECRET_KEYS = {"logferry-tls": ("tls.crt", "tls.key", "ca.crt")}
 CLUSTER_SCOPED = {
@@ -79,7 +82,10 @@ def _manifest_files() -> list[Path]:
     return sorted(
         p
         for p in DEPLOY.rglob("*.yaml")
-        if not _is_kustomization(p) and p != COMPOSE and (DEPLOY / "compose") not in p.parents
+        if not _is_kustomization(p)
+        and p != COMPOSE
+        and (DEPLOY / "compose") not in p.parents
+        and HELM not in p.parents
     )
 
 
@@ -88,7 +94,7 @@ def _parsed(path: Path) -> tuple[dict[str, Any], ...]:
     return tuple(d for d in yaml.safe_load_all(path.read_text()) if d is not None)
 
 
-def _documents() -> Iterator[tuple[Path, dict[str, Any]]]:
+def _file_documents() -> Iterator[tuple[Path, dict[str, Any]]]:
     # Parsed once per file; every caller gets its own copy to change as it likes.
     for path in _manifest_files():
         for document in _parsed(path):
@@ -97,14 +103,125 @@ def _documents() -> Iterator[tuple[Path, dict[str, Any]]]:
 
 def _kubernetes_documents() -> list[tuple[Path, dict[str, Any]]]:
     return [
-        (p, d) for p, d in _documents() if not d["apiVersion"].startswith("monitoring.coreos.com/")
+        (p, d)
+        for p, d in _file_documents()
+        if not d["apiVersion"].startswith("monitoring.coreos.com/")
     ]
 
 
-def _one(kind: str, name: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Pod:
+    """Someone who opens or accepts a connection: a pod (namespace and labels) or, without
+    a namespace, an address outside the pod network (the API server, an external store)."""
+
+    name: str
+    namespace: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    ip: str = "10.0.0.1"
+    ports: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Manifests:
+    """One rendering of logferry's manifests: its documents (each with where it came from:
+    a file under deploy/ or a chart template), the namespaces it was rendered for, where its
+    store is (what the aggregators' egress policy must admit) and its Grafana dashboard."""
+
+    name: str
+    sourced: tuple[tuple[str, dict[str, Any]], ...]
+    namespace: str
+    forwarder_namespace: str
+    cluster_domain: str
+    store: _Pod
+    dashboard: dict[str, Any]
+
+
+def _kustomize_tree() -> Manifests:
+    return Manifests(
+        name="kustomize",
+        sourced=tuple((str(p.relative_to(DEPLOY)), d) for p, d in _file_documents()),
+        namespace=NAMESPACE,
+        forwarder_namespace=FORWARDER_NAMESPACE,
+        cluster_domain="cluster.local",
+        store=_Pod("store", "logging", {"app": "opensearch"}, "10.1.1.9"),
+        dashboard=json.loads(DASHBOARD.read_text()),
+    )
+
+
+def _helm_release(
+    name: str,
+    *,
+    namespace: str,
+    values: Path,
+    store: _Pod,
+    settings: dict[str, str | int | bool] | None = None,
+) -> Manifests:
+    rendered = helm.split(helm.template(namespace=namespace, values=[values], settings=settings))
+    sourced = tuple(
+        (r.source, d) for r in rendered for d in yaml.safe_load_all(r.text) if d is not None
+    )
+    (dashboard,) = [
+        d["data"]["grafana-dashboard.json"]
+        for _, d in sourced
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "logferry-grafana-dashboard"
+    ]
+    return Manifests(
+        name=name,
+        sourced=sourced,
+        namespace=namespace,
+        forwarder_namespace=str(
+            (settings or {}).get("namespaces.forwarder", f"{namespace}-forwarder")
+        ),
+        cluster_domain=str((settings or {}).get("clusterDomain", "cluster.local")),
+        store=store,
+        dashboard=json.loads(dashboard),
+    )
+
+
+RENDERINGS = ("kustomize", "helm-example-values", "helm-other-namespace")
+
+
+@functools.cache
+def _rendering(name: str) -> Manifests:
+    if name == "kustomize":
+        return _kustomize_tree()
+    if name == "helm-example-values":
+        # An external store, reached by the ipBlock the example values give (192.0.2.0/24).
+        return _helm_release(
+            name, namespace=NAMESPACE, values=EXAMPLE_VALUES, store=_Pod("store", ip="192.0.2.10")
+        )
+    assert name == "helm-other-namespace"
+    return _helm_release(
+        name,
+        namespace="observability",
+        values=KUSTOMIZE_VALUES,
+        store=_Pod("store", "logging", {"app": "opensearch"}, "10.1.1.9"),
+        settings={"clusterDomain": "k8s.example"},
+    )
+
+
+@pytest.fixture(params=RENDERINGS)
+def manifests(request: pytest.FixtureRequest) -> Manifests:
+    """Each rendering in turn; helm is the pinned one (devtools.helm), and a missing helm
+    is an error here, never a skip."""
+    return _rendering(str(request.param))
+
+
+KUSTOMIZE = _rendering("kustomize")  # what the file-level checks (overlay, kustomizations) read
+
+
+def _documents(manifests: Manifests) -> Iterator[tuple[str, dict[str, Any]]]:
+    # Every caller gets its own copy to change as it likes.
+    for source, document in manifests.sourced:
+        yield source, copy.deepcopy(document)
+
+
+def _one(
+    manifests: Manifests, kind: str, name: str | None = None, namespace: str | None = None
+) -> dict[str, Any]:
     found = [
         d
-        for _, d in _documents()
+        for _, d in _documents(manifests)
         if d["kind"] == kind
         and (name is None or d["metadata"]["name"] == name)
         and (namespace is None or d["metadata"].get("namespace") == namespace)
@@ -113,8 +230,8 @@ def _one(kind: str, name: str | None = None, namespace: str | None = None) -> di
     return found[0]
 
 
-def _workloads() -> list[dict[str, Any]]:
-    return [d for _, d in _documents() if d["kind"] in WORKLOADS]
+def _workloads(manifests: Manifests) -> list[dict[str, Any]]:
+    return [d for _, d in _documents(manifests) if d["kind"] in WORKLOADS]
 
 
 def _pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
@@ -124,12 +241,12 @@ def _pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
     return dict(template["spec"])
 
 
-def _daemonset() -> dict[str, Any]:
-    return _one("DaemonSet", "logferry-forwarder")
+def _daemonset(manifests: Manifests) -> dict[str, Any]:
+    return _one(manifests, "DaemonSet", "logferry-forwarder")
 
 
-def _statefulset() -> dict[str, Any]:
-    return _one("StatefulSet", "logferry-aggregator")
+def _statefulset(manifests: Manifests) -> dict[str, Any]:
+    return _one(manifests, "StatefulSet", "logferry-aggregator")
 
 
 def _container(workload: dict[str, Any]) -> dict[str, Any]:
@@ -137,17 +254,30 @@ def _container(workload: dict[str, Any]) -> dict[str, Any]:
     return container
 
 
-def _config_text(configmap: str, key: str) -> str:
-    return str(_one("ConfigMap", configmap)["data"][key])
+def _config_text(manifests: Manifests, configmap: str, key: str) -> str:
+    return str(_one(manifests, "ConfigMap", configmap)["data"][key])
+
+
+def _secrets(manifests: Manifests) -> set[tuple[str, str]]:
+    """(namespace, Secret): what the workloads reference and docs/operations.md creates."""
+    return {
+        (manifests.namespace, "logferry-shared-key"),
+        (manifests.namespace, "logferry-tls"),
+        (manifests.namespace, "logferry-store-credentials"),
+        (manifests.forwarder_namespace, "logferry-shared-key"),
+        (manifests.forwarder_namespace, "logferry-aggregator-ca"),
+    }
 
 
 @pytest.fixture
-def mounted_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[Path, Path]:
+def mounted_secrets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, manifests: Manifests
+) -> dict[Path, Path]:
     """The Secret files kubelet mounts into the forwarder and aggregator pods, with stand-in
     content: the configs read their shared key file while they are validated, and these
     paths exist only inside the pods. Opening one of them opens its stand-in instead."""
     redirects: dict[Path, Path] = {}
-    for workload in (_daemonset(), _statefulset()):
+    for workload in (_daemonset(manifests), _statefulset(manifests)):
         volumes = _volumes(workload)
         for mount in _container(workload)["volumeMounts"]:
             secret = volumes.get(mount["name"], {}).get("secret")  # claims: no volume
@@ -171,22 +301,28 @@ def mounted_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[Pat
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, mounted_secrets: dict[Path, Path]) -> dict[str, str]:
-    """The pods' environment: their env vars and their mounted Secrets."""
+def environment(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The daemons' env vars."""
     for name, value in ENV.items():
         monkeypatch.setenv(name, value)
     return ENV
 
 
-def _forwarder_config() -> ForwarderConfig:
+@pytest.fixture
+def env(environment: dict[str, str], mounted_secrets: dict[Path, Path]) -> dict[str, str]:
+    """The pods' environment: their env vars and their mounted Secrets."""
+    return environment
+
+
+def _forwarder_config(manifests: Manifests) -> ForwarderConfig:
     return parse_config(
-        _config_text("logferry-forwarder-config", "forwarder.yaml"), ForwarderConfig
+        _config_text(manifests, "logferry-forwarder-config", "forwarder.yaml"), ForwarderConfig
     )
 
 
-def _aggregator_config() -> AggregatorConfig:
+def _aggregator_config(manifests: Manifests) -> AggregatorConfig:
     return parse_config(
-        _config_text("logferry-aggregator-config", "aggregator.yaml"), AggregatorConfig
+        _config_text(manifests, "logferry-aggregator-config", "aggregator.yaml"), AggregatorConfig
     )
 
 
@@ -228,29 +364,45 @@ def test_every_manifest_is_valid_against_the_kubernetes_schema(
     assert kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
 
 
-def test_prometheus_operator_objects_have_the_expected_shape() -> None:
+def test_every_rendered_manifest_is_valid_against_the_kubernetes_schema(
+    manifests: Manifests,
+) -> None:
+    # The files are checked one by one above; the chart's renderings here, all at once.
+    invalid = {}
+    for source, document in _documents(manifests):
+        if document["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue
+        try:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            invalid[f"{source}: {document['kind']}/{document['metadata']['name']}"] = str(error)
+    assert invalid == {}
+    assert sum(1 for _ in _documents(manifests)) >= 30
+
+
+def test_prometheus_operator_objects_have_the_expected_shape(manifests: Manifests) -> None:
     # kubernetes_validate does not know monitoring.coreos.com: check the structure by hand.
-    monitor = _one("ServiceMonitor")
+    monitor = _one(manifests, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert monitor["metadata"]["namespace"] == "logferry"
+    assert monitor["metadata"]["namespace"] == manifests.namespace
     selector = monitor["spec"]["selector"]["matchLabels"]
     endpoints = monitor["spec"]["endpoints"]
     assert {e["port"] for e in endpoints} == {"metrics"}
     selected = [
         d
-        for _, d in _documents()
+        for _, d in _documents(manifests)
         if d["kind"] == "Service" and _selects(selector, d["metadata"]["labels"])
     ]
     components = {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in selected}
     assert components == {"forwarder", "aggregator"}
     # The two Services are in different namespaces; the monitor looks in both.
     namespaces = {d["metadata"]["namespace"] for d in selected}
-    assert namespaces == {NAMESPACE, FORWARDER_NAMESPACE}
+    assert namespaces == {manifests.namespace, manifests.forwarder_namespace}
     assert set(monitor["spec"]["namespaceSelector"]["matchNames"]) == namespaces
     for service in selected:
         assert "metrics" in {p["name"] for p in service["spec"]["ports"]}
         assert 2020 in {p["port"] for p in service["spec"]["ports"]}
-    rule = _one("PrometheusRule")
+    rule = _one(manifests, "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     for group in rule["spec"]["groups"]:
         assert group["name"]
@@ -351,7 +503,7 @@ def _overlay_patched(kind: str, name: str) -> dict[str, Any]:
         if (p["target"]["kind"], p["target"]["name"]) == (kind, name)
     ]
     target = patch["target"]
-    document = _one(kind, name, target.get("namespace"))
+    document = _one(KUSTOMIZE, kind, name, target.get("namespace"))
     return _apply_json6902(document, yaml.safe_load(patch["patch"]))
 
 
@@ -361,6 +513,7 @@ def _store_url(statefulset: dict[str, Any]) -> str:
 
 
 def test_example_overlay_patches_images_and_replicas_apply_to_the_base() -> None:
+    manifests = KUSTOMIZE
     overlay = _overlay()
     # A namespace transformer would fold the forwarder's namespace into the others'.
     assert "namespace" not in overlay
@@ -372,13 +525,13 @@ def test_example_overlay_patches_images_and_replicas_apply_to_the_base() -> None
             assert _store_url(patched).startswith("https://")
     images_in_use = {
         c["image"].split(":")[0]
-        for _, d in _documents()
+        for _, d in _documents(manifests)
         if d["kind"] in {"DaemonSet", "StatefulSet", "Deployment"}
         for c in d["spec"]["template"]["spec"]["containers"]
     }
     assert {i["name"] for i in overlay["images"]} == images_in_use
     (replicas,) = overlay["replicas"]
-    assert replicas["name"] == _statefulset()["metadata"]["name"]
+    assert replicas["name"] == _statefulset(manifests)["metadata"]["name"]
     assert replicas["count"] >= 2
     # The operator runs from the aggregator image (it carries the operator extra).
     images = {i["name"]: i for i in overlay["images"]}
@@ -388,39 +541,43 @@ def test_example_overlay_patches_images_and_replicas_apply_to_the_base() -> None
 # -- secrets ---------------------------------------------------------------------------
 
 
-def _daemon_config_texts() -> dict[str, str]:
+def _daemon_config_texts(manifests: Manifests) -> dict[str, str]:
     texts = {
-        "forwarder configmap": _config_text("logferry-forwarder-config", "forwarder.yaml"),
-        "aggregator configmap": _config_text("logferry-aggregator-config", "aggregator.yaml"),
+        "forwarder configmap": _config_text(
+            manifests, "logferry-forwarder-config", "forwarder.yaml"
+        ),
+        "aggregator configmap": _config_text(
+            manifests, "logferry-aggregator-config", "aggregator.yaml"
+        ),
     }
     for path in sorted((DEPLOY / "compose").glob("*.yaml")):
         texts[f"compose {path.name}"] = path.read_text()
     return texts
 
 
-def test_no_secret_is_inlined() -> None:
-    for _, document in _documents():
+def test_no_secret_is_inlined(manifests: Manifests) -> None:
+    for _, document in _documents(manifests):
         if document["kind"] == "Secret":
             assert not document.get("data")
             assert not document.get("stringData")
-    for _, document in _documents():
+    for _, document in _documents(manifests):
         if document["kind"] == "ConfigMap":
             text = json.dumps(document["data"]).lower()
             assert "begin" not in text
             assert "private key" not in text
     # The shared key reaches the daemons as a file only: an env var would show in the pod
     # spec and in /proc/<pid>/environ.
-    for workload in _workloads():
+    for workload in _workloads(manifests):
         for container in _pod_spec(workload)["containers"]:
             for env in container.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef") or {}
                 assert ref.get("name") != "logferry-shared-key", env["name"]
 
 
-def test_authentication_is_on_in_every_shipped_config() -> None:
+def test_authentication_is_on_in_every_shipped_config(manifests: Manifests) -> None:
     # The aggregator refuses to start without a shared key or client certificates unless
     # allow_unauthenticated is set; nothing shipped sets it, and keys come from files.
-    for where, text in _daemon_config_texts().items():
+    for where, text in _daemon_config_texts(manifests).items():
         config = yaml.safe_load(text)
         side = config.get("input") or config.get("sender")
         assert side is not None, where
@@ -443,13 +600,15 @@ def _secret_file(workload: dict[str, Any], path: Path) -> tuple[str, str]:
     raise AssertionError(f"{path} is not in a mounted Secret of {workload['metadata']['name']}")
 
 
-def test_forwarders_and_aggregators_read_the_same_shared_key(env: dict[str, str]) -> None:
-    forwarder_key = _forwarder_config().sender.shared_key_file
-    aggregator_key = _aggregator_config().input.shared_key_file
+def test_forwarders_and_aggregators_read_the_same_shared_key(
+    manifests: Manifests, env: dict[str, str]
+) -> None:
+    forwarder_key = _forwarder_config(manifests).sender.shared_key_file
+    aggregator_key = _aggregator_config(manifests).input.shared_key_file
     assert forwarder_key is not None
     assert aggregator_key is not None
-    source = _secret_file(_daemonset(), Path(forwarder_key))
-    assert source == _secret_file(_statefulset(), Path(aggregator_key))
+    source = _secret_file(_daemonset(manifests), Path(forwarder_key))
+    assert source == _secret_file(_statefulset(manifests), Path(aggregator_key))
     assert source == ("logferry-shared-key", "shared-key")
     # Two namespaces, one value: the guide creates both Secrets from the same key file.
     guide = OPERATIONS.read_text()
@@ -463,9 +622,9 @@ def test_forwarders_and_aggregators_read_the_same_shared_key(env: dict[str, str]
     assert "rotat" in guide.lower()
 
 
-def test_secrets_are_referenced_by_name() -> None:
+def test_secrets_are_referenced_by_name(manifests: Manifests) -> None:
     referenced: set[tuple[str, str]] = set()
-    for workload in _workloads():
+    for workload in _workloads(manifests):
         namespace = workload["metadata"]["namespace"]
         spec = _pod_spec(workload)
         for volume in spec.get("volumes", []):
@@ -476,17 +635,21 @@ def test_secrets_are_referenced_by_name() -> None:
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     referenced.add((namespace, ref["name"]))
-    assert referenced == SECRETS
+    assert referenced == _secrets(manifests)
+    # The guide creates each one (for the namespaces of the kustomize tree and the chart's
+    # defaults).
     guide = OPERATIONS.read_text()
-    for namespace, name in SECRETS:
+    for namespace, name in _secrets(KUSTOMIZE):
         assert f"kubectl -n {namespace} create secret generic {name}" in guide, name
 
 
 # -- forwarder -------------------------------------------------------------------------
 
 
-def test_forwarder_reads_var_log_read_only_and_keeps_state_on_the_host(env: dict[str, str]) -> None:
-    ds = _daemonset()
+def test_forwarder_reads_var_log_read_only_and_keeps_state_on_the_host(
+    manifests: Manifests, env: dict[str, str]
+) -> None:
+    ds = _daemonset(manifests)
     mounts = _mounts(_container(ds))
     volumes = _volumes(ds)
     varlog = mounts["/var/log"]
@@ -496,26 +659,28 @@ def test_forwarder_reads_var_log_read_only_and_keeps_state_on_the_host(env: dict
     assert not state.get("readOnly")
     host = volumes[state["name"]]["hostPath"]
     assert host == {"path": "/var/lib/logferry", "type": "DirectoryOrCreate"}
-    config = _forwarder_config()
+    config = _forwarder_config(manifests)
     assert _under(config.spool.directory, "/var/lib/logferry")
     assert config.positions_file is not None
     assert _under(config.positions_file, "/var/lib/logferry")
     assert _under(config.source.path_glob, "/var/log")
 
 
-def test_forwarder_runs_on_every_node_with_its_priority_class() -> None:
-    pod = _daemonset()["spec"]["template"]["spec"]
+def test_forwarder_runs_on_every_node_with_its_priority_class(manifests: Manifests) -> None:
+    pod = _daemonset(manifests)["spec"]["template"]["spec"]
     assert {"operator": "Exists"} in pod["tolerations"]
-    priority = _one("PriorityClass")
+    priority = _one(manifests, "PriorityClass")
     assert pod["priorityClassName"] == priority["metadata"]["name"]
     assert 0 < priority["value"] < 1_000_000_000  # below the system-* classes
     assert priority.get("globalDefault") is False
 
 
-def test_forwarder_probes_resources_and_node_name(env: dict[str, str]) -> None:
-    container = _container(_daemonset())
+def test_forwarder_probes_resources_and_node_name(
+    manifests: Manifests, env: dict[str, str]
+) -> None:
+    container = _container(_daemonset(manifests))
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    config = _forwarder_config()
+    config = _forwarder_config(manifests)
     assert config.http.listen_port == 2020
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         http = container[probe]["httpGet"]
@@ -530,13 +695,15 @@ def test_forwarder_probes_resources_and_node_name(env: dict[str, str]) -> None:
     assert _quantity(resources["limits"]["memory"]) >= 2 * 52 * 10**6
 
 
-def test_forwarder_grace_period_outlasts_its_shutdown_deadline(env: dict[str, str]) -> None:
-    grace = _daemonset()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace > _forwarder_config().sender.shutdown_deadline_s + 5
+def test_forwarder_grace_period_outlasts_its_shutdown_deadline(
+    manifests: Manifests, env: dict[str, str]
+) -> None:
+    grace = _daemonset(manifests)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > _forwarder_config(manifests).sender.shutdown_deadline_s + 5
 
 
-def test_forwarder_security_context() -> None:
-    ds = _daemonset()
+def test_forwarder_security_context(manifests: Manifests) -> None:
+    ds = _daemonset(manifests)
     security = _container(ds)["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
@@ -549,7 +716,7 @@ def test_forwarder_security_context() -> None:
     pod = ds["spec"]["template"]["spec"]
     assert (
         pod["serviceAccountName"]
-        == _one("ServiceAccount", "logferry-forwarder")["metadata"]["name"]
+        == _one(manifests, "ServiceAccount", "logferry-forwarder")["metadata"]["name"]
     )
     assert pod["automountServiceAccountToken"] is False
     annotations = ds["spec"]["template"]["metadata"]["annotations"]
@@ -557,33 +724,37 @@ def test_forwarder_security_context() -> None:
     assert annotations["prometheus.io/port"] == "2020"
 
 
-def test_forwarder_sends_to_the_headless_service(env: dict[str, str]) -> None:
-    config = _forwarder_config()
-    headless = _one("Service", "logferry-aggregator-headless")
+def test_forwarder_sends_to_the_headless_service(manifests: Manifests, env: dict[str, str]) -> None:
+    config = _forwarder_config(manifests)
+    headless = _one(manifests, "Service", "logferry-aggregator-headless")
     namespace = headless["metadata"]["namespace"]
-    assert config.sender.dns_name == f"logferry-aggregator-headless.{namespace}.svc.cluster.local"
+    assert config.sender.dns_name == (
+        f"logferry-aggregator-headless.{namespace}.svc.{manifests.cluster_domain}"
+    )
     forward = {p["name"]: p for p in headless["spec"]["ports"]}["forward"]
-    assert config.sender.dns_port == forward["port"] == _aggregator_config().input.listen_port
+    assert (
+        config.sender.dns_port == forward["port"] == _aggregator_config(manifests).input.listen_port
+    )
     # Across namespaces: the forwarder names the Service by its FQDN.
-    assert namespace == NAMESPACE != _daemonset()["metadata"]["namespace"]
+    assert namespace == manifests.namespace != _daemonset(manifests)["metadata"]["namespace"]
     assert config.sender.tls is True
     assert config.sender.tls_server_name == config.sender.dns_name
     assert config.sender.tls_ca_file is not None
     # Only the CA, from a Secret in the forwarder's own namespace.
-    ca = _secret_file(_daemonset(), Path(config.sender.tls_ca_file))
+    ca = _secret_file(_daemonset(manifests), Path(config.sender.tls_ca_file))
     assert ca == ("logferry-aggregator-ca", "ca.crt")
 
 
 # -- aggregator ------------------------------------------------------------------------
 
 
-def test_aggregator_spool_is_on_its_volume_claim(env: dict[str, str]) -> None:
-    sts = _statefulset()
+def test_aggregator_spool_is_on_its_volume_claim(manifests: Manifests, env: dict[str, str]) -> None:
+    sts = _statefulset(manifests)
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     mount = next(
         m for m in _container(sts)["volumeMounts"] if m["name"] == claim["metadata"]["name"]
     )
-    config = _aggregator_config()
+    config = _aggregator_config(manifests)
     assert _under(config.spool.directory, mount["mountPath"])
     assert _under(config.dlq.directory, mount["mountPath"])
     storage = _quantity(claim["spec"]["resources"]["requests"]["storage"])
@@ -592,9 +763,9 @@ def test_aggregator_spool_is_on_its_volume_claim(env: dict[str, str]) -> None:
     assert retention == {"whenDeleted": "Retain", "whenScaled": "Retain"}
 
 
-def test_headless_service_selects_the_aggregators() -> None:
-    sts = _statefulset()
-    headless = _one("Service", "logferry-aggregator-headless")
+def test_headless_service_selects_the_aggregators(manifests: Manifests) -> None:
+    sts = _statefulset(manifests)
+    headless = _one(manifests, "Service", "logferry-aggregator-headless")
     assert sts["spec"]["serviceName"] == headless["metadata"]["name"]
     assert headless["spec"]["clusterIP"] == "None"
     assert headless["spec"]["publishNotReadyAddresses"] is False
@@ -606,27 +777,29 @@ def test_headless_service_selects_the_aggregators() -> None:
     assert headless["spec"]["selector"]["logferry.io/receive"] == "true"
     assert "logferry.io/receive" not in sts["spec"]["selector"]["matchLabels"]
     assert (
-        "logferry.io/receive" not in _one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"]
+        "logferry.io/receive"
+        not in _one(manifests, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]
     )
-    metrics = _one("Service", "logferry-aggregator-metrics")
+    metrics = _one(manifests, "Service", "logferry-aggregator-metrics")
     assert "logferry.io/receive" not in metrics["spec"]["selector"]
     assert "logferry.io/receive-" in OPERATIONS.read_text()
     # ... and nothing else: the forwarder pods do not match.
     assert not _selects(
-        headless["spec"]["selector"], _daemonset()["spec"]["template"]["metadata"]["labels"]
+        headless["spec"]["selector"],
+        _daemonset(manifests)["spec"]["template"]["metadata"]["labels"],
     )
 
 
-def test_pdb_keeps_all_but_one_aggregator() -> None:
-    pdb = _one("PodDisruptionBudget")
+def test_pdb_keeps_all_but_one_aggregator(manifests: Manifests) -> None:
+    pdb = _one(manifests, "PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 1
-    pod_labels = _statefulset()["spec"]["template"]["metadata"]["labels"]
+    pod_labels = _statefulset(manifests)["spec"]["template"]["metadata"]["labels"]
     assert _selects(pdb["spec"]["selector"]["matchLabels"], pod_labels)
 
 
-def test_aggregators_are_spread_over_nodes() -> None:
-    pod = _statefulset()["spec"]["template"]["spec"]
-    labels = _statefulset()["spec"]["template"]["metadata"]["labels"]
+def test_aggregators_are_spread_over_nodes(manifests: Manifests) -> None:
+    pod = _statefulset(manifests)["spec"]["template"]["spec"]
+    labels = _statefulset(manifests)["spec"]["template"]["metadata"]["labels"]
     spread = [
         c
         for c in pod.get("topologySpreadConstraints", [])
@@ -645,20 +818,20 @@ def test_aggregators_are_spread_over_nodes() -> None:
         assert _selects(rule["labelSelector"]["matchLabels"], labels)
 
 
-def test_aggregator_stops_gracefully(env: dict[str, str]) -> None:
-    pod = _statefulset()["spec"]["template"]["spec"]
-    container = _container(_statefulset())
+def test_aggregator_stops_gracefully(manifests: Manifests, env: dict[str, str]) -> None:
+    pod = _statefulset(manifests)["spec"]["template"]["spec"]
+    container = _container(_statefulset(manifests))
     command = container["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
     pause = int(command[1])
-    deadline = _aggregator_config().shutdown_deadline_s
+    deadline = _aggregator_config(manifests).shutdown_deadline_s
     assert pod["terminationGracePeriodSeconds"] > pause + deadline
 
 
-def test_aggregator_probes_security_and_mounts(env: dict[str, str]) -> None:
-    sts = _statefulset()
+def test_aggregator_probes_security_and_mounts(manifests: Manifests, env: dict[str, str]) -> None:
+    sts = _statefulset(manifests)
     container = _container(sts)
-    config = _aggregator_config()
+    config = _aggregator_config(manifests)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["forward"] == config.input.listen_port == 24224
     assert ports["metrics"] == config.http.listen_port == 2020
@@ -674,7 +847,7 @@ def test_aggregator_probes_security_and_mounts(env: dict[str, str]) -> None:
     assert container["resources"]["requests"]
     assert container["resources"]["limits"]["memory"]
     assert pod["serviceAccountName"] == "logferry-aggregator"
-    _one("ServiceAccount", "logferry-aggregator")
+    _one(manifests, "ServiceAccount", "logferry-aggregator")
     # Every file the config names comes from a mount.
     mounts = _mounts(container)
     assert config.pipelines is not None
@@ -692,7 +865,7 @@ def test_aggregator_probes_security_and_mounts(env: dict[str, str]) -> None:
         assert any(_under(file, m) for m in mounts), file
     pipelines = _volumes(sts)[mounts["/etc/logferry/pipelines"]["name"]]["configMap"]
     assert pipelines == {"name": "logferry-pipelines", "optional": True}
-    operator_env = {e["name"]: e for e in _container(_one("Deployment"))["env"]}
+    operator_env = {e["name"]: e for e in _container(_one(manifests, "Deployment"))["env"]}
     assert operator_env["LOGFERRY_CONFIGMAP_NAME"]["value"] == "logferry-pipelines"
     assert output.urls == [env["LOGFERRY_STORE_URL"]]
     assert output.username == env["LOGFERRY_STORE_USERNAME"]
@@ -706,28 +879,31 @@ def test_aggregator_probes_security_and_mounts(env: dict[str, str]) -> None:
     ],
 )
 def test_config_is_mounted_where_the_command_reads_it(
-    workload: str, configmap: str, key: str
+    manifests: Manifests, workload: str, configmap: str, key: str
 ) -> None:
-    document = _one(workload)
+    document = _one(manifests, workload)
     container = _container(document)
-    assert container["args"] == ["--config", f"/etc/logferry/{key}"]
-    mount = _mounts(container)[f"/etc/logferry/{key}"]
-    assert mount["subPath"] == key
+    assert container["args"] == ["--config", f"/etc/logferry/config/{key}"]
+    # A folder, never subPath: a running pod sees the ConfigMap change and reloads it.
+    mount = _mounts(container)["/etc/logferry/config"]
+    assert "subPath" not in mount
     assert _volumes(document)[mount["name"]]["configMap"]["name"] == configmap
-    assert key in _one("ConfigMap", configmap)["data"]
+    assert key in _one(manifests, "ConfigMap", configmap)["data"]
 
 
-def test_every_env_var_a_config_uses_is_set_by_its_workload() -> None:
+def test_every_env_var_a_config_uses_is_set_by_its_workload(manifests: Manifests) -> None:
     for workload, configmap, key in (
-        (_daemonset(), "logferry-forwarder-config", "forwarder.yaml"),
-        (_statefulset(), "logferry-aggregator-config", "aggregator.yaml"),
+        (_daemonset(manifests), "logferry-forwarder-config", "forwarder.yaml"),
+        (_statefulset(manifests), "logferry-aggregator-config", "aggregator.yaml"),
     ):
-        used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", _config_text(configmap, key)))
+        used = set(
+            re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", _config_text(manifests, configmap, key))
+        )
         assert used <= {e["name"] for e in _container(workload)["env"]}, key
 
 
 def test_configs_are_refused_without_their_environment(
-    monkeypatch: pytest.MonkeyPatch, mounted_secrets: dict[Path, Path]
+    manifests: Manifests, monkeypatch: pytest.MonkeyPatch, mounted_secrets: dict[Path, Path]
 ) -> None:
     # An unset ${VAR} is an error, never an empty string: a pod without its Secret fails loudly.
     from logferry.common.errors import ConfigError
@@ -735,9 +911,9 @@ def test_configs_are_refused_without_their_environment(
     for name in ENV:
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError):
-        _forwarder_config()
+        _forwarder_config(manifests)
     with pytest.raises(ConfigError):
-        _aggregator_config()
+        _aggregator_config(manifests)
 
 
 # -- namespaces and Pod Security -----------------------------------------------------------
@@ -829,20 +1005,50 @@ def _restricted_violations(pod: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _namespaces(manifests: Manifests) -> dict[str, dict[str, Any]]:
+    return _namespaces_of(manifests.name)
+
+
 @functools.cache
-def _namespaces() -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["name"]: d for _, d in _documents() if d["kind"] == "Namespace"}
+def _namespaces_of(rendering: str) -> dict[str, dict[str, Any]]:
+    return {
+        d["metadata"]["name"]: d
+        for _, d in _documents(_rendering(rendering))
+        if d["kind"] == "Namespace"
+    }
 
 
-def _level(namespace: str) -> str:
-    return str(_namespaces()[namespace]["metadata"]["labels"][POD_SECURITY])
+# The labels `helm install` expects the release namespace to have already (the chart leaves
+# it out by default, Helm keeps its release record there): docs/operations.md labels it so
+# before installing, checked in test_helm_chart.py.
+RELEASE_NAMESPACE_LABELS = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/audit": "restricted",
+    "pod-security.kubernetes.io/warn": "restricted",
+}
 
 
-def test_two_namespaces_one_per_pod_security_level() -> None:
-    namespaces = _namespaces()
-    assert set(namespaces) == {NAMESPACE, FORWARDER_NAMESPACE}
-    assert _level(NAMESPACE) == "restricted"
-    assert _level(FORWARDER_NAMESPACE) == "privileged"
+def _namespace_labels_of(manifests: Manifests, namespace: str) -> dict[str, str]:
+    if namespace in _namespaces(manifests):
+        return dict(_namespaces(manifests)[namespace]["metadata"]["labels"])
+    assert namespace == manifests.namespace, f"namespace {namespace} is not rendered"
+    return {**RELEASE_NAMESPACE_LABELS, "kubernetes.io/metadata.name": namespace}
+
+
+def _level(manifests: Manifests, namespace: str) -> str:
+    return _namespace_labels_of(manifests, namespace)[POD_SECURITY]
+
+
+def test_two_namespaces_one_per_pod_security_level(manifests: Manifests) -> None:
+    namespaces = _namespaces(manifests)
+    # The chart renders the release namespace only where it is asked to (the kustomize
+    # tree); `helm install` finds it created and labelled (RELEASE_NAMESPACE_LABELS).
+    expected = {manifests.namespace, manifests.forwarder_namespace}
+    if manifests.name == "helm-example-values":
+        expected.remove(manifests.namespace)
+    assert set(namespaces) == expected
+    assert _level(manifests, manifests.namespace) == "restricted"
+    assert _level(manifests, manifests.forwarder_namespace) == "privileged"
     for name, namespace in namespaces.items():
         labels = namespace["metadata"]["labels"]
         # Audit and warnings at restricted everywhere: anything else landing in the
@@ -853,48 +1059,57 @@ def test_two_namespaces_one_per_pod_security_level() -> None:
         assert labels["kubernetes.io/metadata.name"] == name
 
 
-def test_every_object_is_in_one_of_the_two_namespaces() -> None:
-    for path, document in _documents():
+def test_every_object_is_in_one_of_the_two_namespaces(manifests: Manifests) -> None:
+    for path, document in _documents(manifests):
         namespace = document["metadata"].get("namespace")
         if document["kind"] in CLUSTER_SCOPED:
             assert namespace is None, path
         else:
-            assert namespace in {NAMESPACE, FORWARDER_NAMESPACE}, (path, document["kind"])
-    bindings = [d for _, d in _documents() if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
+            assert namespace in {manifests.namespace, manifests.forwarder_namespace}, (
+                path,
+                document["kind"],
+            )
+    bindings = [
+        d for _, d in _documents(manifests) if d["kind"] in ("ClusterRoleBinding", "RoleBinding")
+    ]
     for binding in bindings:
         for subject in binding["subjects"]:
-            _one(subject["kind"], subject["name"], subject["namespace"])
+            _one(manifests, subject["kind"], subject["name"], subject["namespace"])
 
 
-def test_the_operator_may_write_only_its_pipelines_copy_in_the_forwarder_namespace() -> None:
+def test_the_operator_may_write_only_its_pipelines_copy_in_the_forwarder_namespace(
+    manifests: Manifests,
+) -> None:
     roles = [
         d
-        for _, d in _documents()
+        for _, d in _documents(manifests)
         if d["kind"] in ("Role", "RoleBinding")
-        and d["metadata"]["namespace"] == FORWARDER_NAMESPACE
+        and d["metadata"]["namespace"] == manifests.forwarder_namespace
     ]
     role = next(d for d in roles if d["kind"] == "Role")
     binding = next(d for d in roles if d["kind"] == "RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "logferry-operator", "namespace": NAMESPACE}
+        {"kind": "ServiceAccount", "name": "logferry-operator", "namespace": manifests.namespace}
     ]
     for rule in role["rules"]:
         assert rule["resources"] == ["configmaps"]
         if rule["verbs"] != ["create"]:
             assert rule["resourceNames"] == ["logferry-pipelines"]
-    volumes = {v["name"]: v for v in _pod_spec(_daemonset())["volumes"]}
+    volumes = {v["name"]: v for v in _pod_spec(_daemonset(manifests))["volumes"]}
     assert volumes["pipelines"]["configMap"] == {"name": "logferry-pipelines", "optional": True}
-    operator = next(w for w in _workloads() if w["metadata"]["name"] == "logferry-operator")
+    operator = next(
+        w for w in _workloads(manifests) if w["metadata"]["name"] == "logferry-operator"
+    )
     (container,) = _pod_spec(operator)["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["LOGFERRY_CONFIGMAP_MIRROR_NAMESPACES"] == FORWARDER_NAMESPACE
+    assert env["LOGFERRY_CONFIGMAP_MIRROR_NAMESPACES"] == manifests.forwarder_namespace
 
 
-def test_the_forwarder_may_only_read_pods_with_an_expiring_token() -> None:
+def test_the_forwarder_may_only_read_pods_with_an_expiring_token(manifests: Manifests) -> None:
     roles = [
         d
-        for _, d in _documents()
+        for _, d in _documents(manifests)
         if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "logferry-forwarder-pods"
     ]
     (role,) = roles
@@ -903,13 +1118,17 @@ def test_the_forwarder_may_only_read_pods_with_an_expiring_token() -> None:
     ]
     (binding,) = [
         d
-        for _, d in _documents()
+        for _, d in _documents(manifests)
         if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "logferry-forwarder-pods"
     ]
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "logferry-forwarder", "namespace": FORWARDER_NAMESPACE}
+        {
+            "kind": "ServiceAccount",
+            "name": "logferry-forwarder",
+            "namespace": manifests.forwarder_namespace,
+        }
     ]
-    spec = _pod_spec(_daemonset())
+    spec = _pod_spec(_daemonset(manifests))
     assert spec["automountServiceAccountToken"] is False
     volumes = {v["name"]: v for v in spec["volumes"]}
     sources = volumes["kube-api"]["projected"]["sources"]
@@ -920,44 +1139,49 @@ def test_the_forwarder_may_only_read_pods_with_an_expiring_token() -> None:
     assert mounts["kube-api"]["readOnly"] is True
 
 
-def test_only_the_forwarder_runs_in_the_privileged_namespace() -> None:
-    assert _daemonset()["metadata"]["namespace"] == FORWARDER_NAMESPACE
+def test_only_the_forwarder_runs_in_the_privileged_namespace(manifests: Manifests) -> None:
+    assert _daemonset(manifests)["metadata"]["namespace"] == manifests.forwarder_namespace
     privileged = [
         w["metadata"]["name"]
-        for w in _workloads()
-        if _level(w["metadata"]["namespace"]) != "restricted"
+        for w in _workloads(manifests)
+        if _level(manifests, w["metadata"]["namespace"]) != "restricted"
     ]
-    assert privileged == [_daemonset()["metadata"]["name"]]
+    assert privileged == [_daemonset(manifests)["metadata"]["name"]]
     # Everything in that namespace belongs to the forwarder (or is a namespace-wide policy).
-    for _, document in _documents():
-        if document["metadata"].get("namespace") == FORWARDER_NAMESPACE:
+    for _, document in _documents(manifests):
+        if document["metadata"].get("namespace") == manifests.forwarder_namespace:
             labels = document["metadata"]["labels"]
             component = labels.get("app.kubernetes.io/component")
             assert component == "forwarder" or document["kind"] == "NetworkPolicy", document
 
 
-@pytest.mark.parametrize(
-    "workload",
-    [w for w in _workloads() if w["kind"] != "DaemonSet"],
-    ids=lambda w: f"{w['kind']}/{w['metadata']['name']}",
-)
 def test_every_pod_outside_the_forwarder_namespace_meets_restricted(
-    workload: dict[str, Any],
+    manifests: Manifests,
 ) -> None:
-    assert _level(workload["metadata"]["namespace"]) == "restricted"
-    assert _restricted_violations(_pod_spec(workload)) == []
+    checked = {}
+    for workload in _workloads(manifests):
+        if workload["kind"] == "DaemonSet":
+            continue
+        key = f"{workload['kind']}/{workload['metadata']['name']}"
+        assert _level(manifests, workload["metadata"]["namespace"]) == "restricted", key
+        checked[key] = _restricted_violations(_pod_spec(workload))
+    assert checked == {
+        "StatefulSet/logferry-aggregator": [],
+        "Deployment/logferry-operator": [],
+    }
 
 
-def test_the_forwarder_needs_its_privileged_namespace() -> None:
+def test_the_forwarder_needs_its_privileged_namespace(manifests: Manifests) -> None:
     # What restricted (and baseline) would refuse, and why the forwarder lives apart.
-    problems = " ".join(_restricted_violations(_pod_spec(_daemonset())))
+    problems = " ".join(_restricted_violations(_pod_spec(_daemonset(manifests))))
     assert "hostPath" in problems
     assert "uid 0" in problems
     assert "DAC_READ_SEARCH" in problems
 
 
 def _mutated(change: str) -> dict[str, Any]:
-    pod = copy.deepcopy(_pod_spec(_statefulset()))
+    manifests = KUSTOMIZE
+    pod = copy.deepcopy(_pod_spec(_statefulset(manifests)))
     container = pod["containers"][0]
     security = container["securityContext"]
     if change == "hostPath":
@@ -1015,29 +1239,19 @@ def _mutated(change: str) -> dict[str, Any]:
     ],
 )
 def test_the_restricted_check_catches_each_rule(change: str) -> None:
-    assert _restricted_violations(_pod_spec(_statefulset())) == []
+    manifests = KUSTOMIZE
+    assert _restricted_violations(_pod_spec(_statefulset(manifests))) == []
     assert _restricted_violations(_mutated(change)), change
 
 
 # -- network policies ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Pod:
-    """Someone who opens or accepts a connection: a pod (namespace and labels) or, without
-    a namespace, an address outside the pod network (the API server, an external store)."""
-
-    name: str
-    namespace: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    ip: str = "10.0.0.1"
-    ports: tuple[int, ...] = ()
-
-    def namespace_labels(self) -> dict[str, str]:
-        assert self.namespace is not None
-        if self.namespace in _namespaces():
-            return dict(_namespaces()[self.namespace]["metadata"]["labels"])
-        return {"kubernetes.io/metadata.name": self.namespace}
+def _namespace_labels(manifests: Manifests, pod: _Pod) -> dict[str, str]:
+    assert pod.namespace is not None
+    if pod.namespace in {manifests.namespace, manifests.forwarder_namespace}:
+        return _namespace_labels_of(manifests, pod.namespace)
+    return {"kubernetes.io/metadata.name": pod.namespace}
 
 
 def _template_pod(workload: dict[str, Any], ip: str) -> _Pod:
@@ -1048,16 +1262,16 @@ def _template_pod(workload: dict[str, Any], ip: str) -> _Pod:
     return _Pod(workload["metadata"]["name"], workload["metadata"]["namespace"], labels, ip, ports)
 
 
-def _forwarder_pod() -> _Pod:
-    return _template_pod(_daemonset(), "10.1.0.10")
+def _forwarder_pod(manifests: Manifests) -> _Pod:
+    return _template_pod(_daemonset(manifests), "10.1.0.10")
 
 
-def _aggregator_pod() -> _Pod:
-    return _template_pod(_statefulset(), "10.1.0.20")
+def _aggregator_pod(manifests: Manifests) -> _Pod:
+    return _template_pod(_statefulset(manifests), "10.1.0.20")
 
 
-def _operator_pod() -> _Pod:
-    return _template_pod(_one("Deployment", "logferry-operator"), "10.1.0.30")
+def _operator_pod(manifests: Manifests) -> _Pod:
+    return _template_pod(_one(manifests, "Deployment", "logferry-operator"), "10.1.0.30")
 
 
 PROMETHEUS = _Pod("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"}, "10.1.1.1")
@@ -1078,15 +1292,22 @@ IMPOSTOR_FORWARDER = _Pod(
 IMPOSTOR_PROMETHEUS = _Pod(
     "fake-prometheus", "team-a", {"app.kubernetes.io/name": "prometheus"}, "10.1.2.3"
 )
-STRAY_IN_FORWARDER_NAMESPACE = _Pod(
-    "debug", FORWARDER_NAMESPACE, {"app.kubernetes.io/name": "logferry"}, "10.1.0.11"
-)
+
+
+def _stray_in_forwarder_namespace(manifests: Manifests) -> _Pod:
+    return _Pod(
+        "debug", manifests.forwarder_namespace, {"app.kubernetes.io/name": "logferry"}, "10.1.0.11"
+    )
+
+
+def _policies(manifests: Manifests) -> tuple[dict[str, Any], ...]:
+    return _policies_of(manifests.name)
 
 
 @functools.cache
-def _policies() -> tuple[dict[str, Any], ...]:
-    # Read-only here, evaluated thousands of times: parsed once.
-    return tuple(d for _, d in _documents() if d["kind"] == "NetworkPolicy")
+def _policies_of(rendering: str) -> tuple[dict[str, Any], ...]:
+    # Read-only here, evaluated thousands of times: copied once.
+    return tuple(d for _, d in _documents(_rendering(rendering)) if d["kind"] == "NetworkPolicy")
 
 
 def _selects_labels(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
@@ -1097,7 +1318,9 @@ def _selects_labels(selector: dict[str, Any] | None, labels: dict[str, str]) -> 
     return _selects(selector.get("matchLabels", {}), labels)
 
 
-def _peer_admits(peer: dict[str, Any], policy_namespace: str, other: _Pod) -> bool:
+def _peer_admits(
+    manifests: Manifests, peer: dict[str, Any], policy_namespace: str, other: _Pod
+) -> bool:
     if "ipBlock" in peer:
         block = peer["ipBlock"]
         address = ipaddress.ip_address(other.ip)
@@ -1107,7 +1330,7 @@ def _peer_admits(peer: dict[str, Any], policy_namespace: str, other: _Pod) -> bo
     if other.namespace is None:
         return False  # pod selectors never match an address outside the pod network
     if "namespaceSelector" in peer:
-        if not _selects_labels(peer["namespaceSelector"], other.namespace_labels()):
+        if not _selects_labels(peer["namespaceSelector"], _namespace_labels(manifests, other)):
             return False
     elif other.namespace != policy_namespace:
         return False
@@ -1126,7 +1349,9 @@ def _port_admits(ports: list[dict[str, Any]] | None, port: int, protocol: str) -
     return False
 
 
-def _side_admits(pod: _Pod, other: _Pod, port: int, protocol: str, direction: str) -> bool:
+def _side_admits(
+    manifests: Manifests, pod: _Pod, other: _Pod, port: int, protocol: str, direction: str
+) -> bool:
     """Whether the policies selecting ``pod`` let it accept (``ingress``) a connection from
     ``other``, or open one (``egress``) to it. Pods no policy of ours covers (outside our
     namespaces) are unrestricted here."""
@@ -1134,7 +1359,7 @@ def _side_admits(pod: _Pod, other: _Pod, port: int, protocol: str, direction: st
     peer_key = "from" if direction == "ingress" else "to"
     selecting = [
         p
-        for p in _policies()
+        for p in _policies(manifests)
         if p["metadata"]["namespace"] == pod.namespace
         and policy_type in p["spec"]["policyTypes"]
         and _selects_labels(p["spec"]["podSelector"], pod.labels)
@@ -1146,23 +1371,32 @@ def _side_admits(pod: _Pod, other: _Pod, port: int, protocol: str, direction: st
             peers = rule.get(peer_key)
             if (
                 not peers
-                or any(_peer_admits(peer, policy["metadata"]["namespace"], other) for peer in peers)
+                or any(
+                    _peer_admits(manifests, peer, policy["metadata"]["namespace"], other)
+                    for peer in peers
+                )
             ) and _port_admits(rule.get("ports"), port, protocol):
                 return True
     return False
 
 
-def _connects(source: _Pod, target: _Pod, port: int, protocol: str = "TCP") -> bool:
-    egress = source.namespace is None or _side_admits(source, target, port, protocol, "egress")
-    ingress = target.namespace is None or _side_admits(target, source, port, protocol, "ingress")
+def _connects(
+    manifests: Manifests, source: _Pod, target: _Pod, port: int, protocol: str = "TCP"
+) -> bool:
+    egress = source.namespace is None or _side_admits(
+        manifests, source, target, port, protocol, "egress"
+    )
+    ingress = target.namespace is None or _side_admits(
+        manifests, target, source, port, protocol, "ingress"
+    )
     return egress and ingress
 
 
-def test_both_namespaces_deny_by_default() -> None:
-    for namespace in (NAMESPACE, FORWARDER_NAMESPACE):
+def test_both_namespaces_deny_by_default(manifests: Manifests) -> None:
+    for namespace in (manifests.namespace, manifests.forwarder_namespace):
         floors = [
             p
-            for p in _policies()
+            for p in _policies(manifests)
             if p["metadata"]["namespace"] == namespace
             and p["spec"]["podSelector"] == {}
             and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
@@ -1172,32 +1406,39 @@ def test_both_namespaces_deny_by_default() -> None:
         assert len(floors) == 1, namespace
 
 
-def test_only_forwarders_and_prometheus_reach_an_aggregator(env: dict[str, str]) -> None:
-    aggregator = _aggregator_pod()
-    config = _aggregator_config()
+def test_only_forwarders_prometheus_and_the_operator_reach_an_aggregator(
+    manifests: Manifests, env: dict[str, str]
+) -> None:
+    aggregator = _aggregator_pod(manifests)
+    operator = _operator_pod(manifests)
+    config = _aggregator_config(manifests)
     forward, metrics = config.input.listen_port, config.http.listen_port
     assert {forward, metrics} == set(aggregator.ports)
-    assert _connects(_forwarder_pod(), aggregator, forward)
-    assert _connects(PROMETHEUS, aggregator, metrics)
+    assert _connects(manifests, _forwarder_pod(manifests), aggregator, forward)
+    assert _connects(manifests, PROMETHEUS, aggregator, metrics)
+    # The operator reads which pipelines each aggregator loaded from its /metrics.
+    assert _connects(manifests, operator, aggregator, metrics)
     # Each only on its own port.
-    assert not _connects(_forwarder_pod(), aggregator, metrics)
-    assert not _connects(PROMETHEUS, aggregator, forward)
+    assert not _connects(manifests, _forwarder_pod(manifests), aggregator, metrics)
+    assert not _connects(manifests, PROMETHEUS, aggregator, forward)
+    assert not _connects(manifests, operator, aggregator, forward)
     # Nobody else, on any port: not the other logferry pods, not a tenant (even one that
-    # copies the forwarder's or Prometheus's labels), not the outside.
+    # copies the forwarder's, Prometheus's or the operator's labels), not the outside.
+    impostor_operator = _Pod("fake-operator", "team-a", dict(operator.labels), "10.1.2.4")
     others = [
-        _operator_pod(),
         aggregator,
         TENANT,
         IMPOSTOR_FORWARDER,
         IMPOSTOR_PROMETHEUS,
-        STRAY_IN_FORWARDER_NAMESPACE,
+        impostor_operator,
+        _stray_in_forwarder_namespace(manifests),
         OTHER_KUBE_SYSTEM,
         OUTSIDE,
         API_SERVER,
     ]
     for other in others:
         for port in (forward, metrics, 80, 443, 8080):
-            assert not _connects(other, aggregator, port), (other.name, port)
+            assert not _connects(manifests, other, aggregator, port), (other.name, port)
     # The drain label (logferry.io/receive) does not change who may connect.
     drained = _Pod(
         aggregator.name,
@@ -1205,13 +1446,16 @@ def test_only_forwarders_and_prometheus_reach_an_aggregator(env: dict[str, str])
         {k: v for k, v in aggregator.labels.items() if k != "logferry.io/receive"},
         aggregator.ip,
     )
-    assert _connects(_forwarder_pod(), drained, forward)
-    assert _connects(PROMETHEUS, drained, metrics)
+    assert _connects(manifests, _forwarder_pod(manifests), drained, forward)
+    assert _connects(manifests, PROMETHEUS, drained, metrics)
+    assert _connects(manifests, operator, drained, metrics)
+    for port in (forward, 80, 443, 8080):
+        assert not _connects(manifests, operator, aggregator, port), port
 
 
-def test_aggregator_ingress_rules_name_their_peers_exactly() -> None:
-    aggregator = _aggregator_pod()
-    for policy in _policies():
+def test_aggregator_ingress_rules_name_their_peers_exactly(manifests: Manifests) -> None:
+    aggregator = _aggregator_pod(manifests)
+    for policy in _policies(manifests):
         if policy["metadata"]["namespace"] != aggregator.namespace or not _selects_labels(
             policy["spec"]["podSelector"], aggregator.labels
         ):
@@ -1226,22 +1470,26 @@ def test_aggregator_ingress_rules_name_their_peers_exactly() -> None:
                 assert peer["podSelector"]["matchLabels"]
 
 
-def test_aggregator_egress_is_the_store_and_dns_only(env: dict[str, str]) -> None:
-    aggregator = _aggregator_pod()
-    store = urlsplit(_store_url(_statefulset()))
+def test_aggregator_egress_is_the_store_and_dns_only(
+    manifests: Manifests, env: dict[str, str]
+) -> None:
+    aggregator = _aggregator_pod(manifests)
+    store = urlsplit(_store_url(_statefulset(manifests)))
     assert store.port is not None
     assert store.hostname is not None
-    # The base's store is a Service: <name>.<namespace>.svc...; the policy names that
-    # namespace and the URL's port.
-    store_namespace = store.hostname.split(".")[1]
-    store_pod = _Pod("store", store_namespace, {"app": "opensearch"}, "10.1.1.9")
-    assert _connects(aggregator, store_pod, store.port)
-    assert not _connects(aggregator, store_pod, store.port + 1)
-    assert _connects(aggregator, KUBE_DNS, 53, "UDP")
-    assert _connects(aggregator, KUBE_DNS, 53, "TCP")
+    # The default store is a Service, <name>.<namespace>.svc..., and the policy names that
+    # namespace; the example's is outside the cluster, at the addresses its values give. The
+    # policy admits the URL's port, and only that.
+    store_pod = manifests.store
+    if store_pod.namespace is not None:
+        assert store.hostname.split(".")[1] == store_pod.namespace
+    assert _connects(manifests, aggregator, store_pod, store.port)
+    assert not _connects(manifests, aggregator, store_pod, store.port + 1)
+    assert _connects(manifests, aggregator, KUBE_DNS, 53, "UDP")
+    assert _connects(manifests, aggregator, KUBE_DNS, 53, "TCP")
     for target, port in (
-        (_forwarder_pod(), 2020),
-        (_operator_pod(), 8080),
+        (_forwarder_pod(manifests), 2020),
+        (_operator_pod(manifests), 8080),
         (OTHER_KUBE_SYSTEM, 53),
         (TENANT, store.port),
         (API_SERVER, 443),
@@ -1249,7 +1497,7 @@ def test_aggregator_egress_is_the_store_and_dns_only(env: dict[str, str]) -> Non
         (OUTSIDE, store.port),
         (OUTSIDE, 443),
     ):
-        assert not _connects(aggregator, target, port), (target.name, port)
+        assert not _connects(manifests, aggregator, target, port), (target.name, port)
 
 
 def test_the_example_overlay_lets_the_aggregators_reach_its_store_only() -> None:
@@ -1264,56 +1512,89 @@ def test_the_example_overlay_lets_the_aggregators_reach_its_store_only() -> None
 
 
 def test_forwarder_reaches_the_aggregators_the_api_server_and_dns_only(
-    env: dict[str, str],
+    manifests: Manifests, env: dict[str, str]
 ) -> None:
-    forwarder = _forwarder_pod()
-    config = _forwarder_config()
-    assert _connects(forwarder, _aggregator_pod(), config.sender.dns_port)
-    assert _connects(forwarder, KUBE_DNS, 53, "UDP")
+    forwarder = _forwarder_pod(manifests)
+    config = _forwarder_config(manifests)
+    assert _connects(manifests, forwarder, _aggregator_pod(manifests), config.sender.dns_port)
+    assert _connects(manifests, forwarder, KUBE_DNS, 53, "UDP")
     # Its node's pods (labels, annotations): the API server's ports only.
     assert config.kubernetes.enabled
     for port in (443, 6443):
-        assert _connects(forwarder, API_SERVER, port)
+        assert _connects(manifests, forwarder, API_SERVER, port)
     for target, port in (
-        (_aggregator_pod(), 2020),
-        (_operator_pod(), 8080),
+        (_aggregator_pod(manifests), 2020),
+        (_operator_pod(manifests), 8080),
         (STORE_IN_CLUSTER, 9200),
         (API_SERVER, 80),
         (OUTSIDE, 24224),
         (TENANT, 24224),
         (IMPOSTOR_FORWARDER, 2020),
     ):
-        assert not _connects(forwarder, target, port), (target.name, port)
+        assert not _connects(manifests, forwarder, target, port), (target.name, port)
     # In: Prometheus on the metrics port, nobody else.
-    assert _connects(PROMETHEUS, forwarder, config.http.listen_port)
+    assert _connects(manifests, PROMETHEUS, forwarder, config.http.listen_port)
     assert config.http.listen_port in forwarder.ports
-    for source in (TENANT, IMPOSTOR_PROMETHEUS, _aggregator_pod(), _operator_pod(), OUTSIDE):
-        assert not _connects(source, forwarder, config.http.listen_port), source.name
+    for source in (
+        TENANT,
+        IMPOSTOR_PROMETHEUS,
+        _aggregator_pod(manifests),
+        _operator_pod(manifests),
+        OUTSIDE,
+    ):
+        assert not _connects(manifests, source, forwarder, config.http.listen_port), source.name
 
 
-def test_operator_reaches_the_api_server_and_dns_only() -> None:
-    operator = _operator_pod()
+def test_operator_reaches_the_api_server_the_aggregators_metrics_and_dns_only(
+    manifests: Manifests,
+) -> None:
+    operator = _operator_pod(manifests)
     for port in (443, 6443):
-        assert _connects(operator, API_SERVER, port)
-    assert _connects(operator, KUBE_DNS, 53, "UDP")
+        assert _connects(manifests, operator, API_SERVER, port)
+    assert _connects(manifests, operator, KUBE_DNS, 53, "UDP")
+    # The aggregators' metrics port (LOGFERRY_AGGREGATORS), and nothing else of theirs.
+    assert _connects(manifests, operator, _aggregator_pod(manifests), 2020)
     for target, port in (
-        (_aggregator_pod(), 24224),
-        (_aggregator_pod(), 2020),
-        (_forwarder_pod(), 2020),
+        (_aggregator_pod(manifests), 24224),
+        (_forwarder_pod(manifests), 2020),
         (STORE_IN_CLUSTER, 9200),
         (OUTSIDE, 80),
+        (OUTSIDE, 2020),
+        (TENANT, 2020),
     ):
-        assert not _connects(operator, target, port), (target.name, port)
+        assert not _connects(manifests, operator, target, port), (target.name, port)
     # Nothing comes in (kubelet's probe comes from the node, which policies never block).
-    for source in (_aggregator_pod(), _forwarder_pod(), PROMETHEUS, TENANT):
-        assert not _connects(source, operator, 8080), source.name
+    for source in (_aggregator_pod(manifests), _forwarder_pod(manifests), PROMETHEUS, TENANT):
+        assert not _connects(manifests, source, operator, 8080), source.name
 
 
-def test_policy_selectors_and_ports_match_the_pods() -> None:
+def test_operator_finds_every_receiving_aggregator_and_may_reach_its_metrics(
+    manifests: Manifests, env: dict[str, str]
+) -> None:
+    (container,) = _pod_spec(_one(manifests, "Deployment", "logferry-operator"))["containers"]
+    value = {e["name"]: e.get("value") for e in container["env"]}["LOGFERRY_AGGREGATORS"]
+    host, _, port = value.rpartition(":")
+    service, namespace, svc, domain = host.split(".", 3)
+    assert (svc, domain) == ("svc", manifests.cluster_domain)
+    # The headless Service the forwarders resolve: every ready, receiving aggregator pod.
+    headless = _one(manifests, "Service", service, namespace)
+    assert headless["spec"]["clusterIP"] == "None"
+    assert namespace == manifests.namespace == _statefulset(manifests)["metadata"]["namespace"]
+    assert _selects(
+        headless["spec"]["selector"],
+        _statefulset(manifests)["spec"]["template"]["metadata"]["labels"],
+    )
+    # The port is the aggregators' metrics port, where they serve /metrics.
+    ports = {p["name"]: p["containerPort"] for p in _container(_statefulset(manifests))["ports"]}
+    assert int(port) == ports["metrics"] == _aggregator_config(manifests).http.listen_port
+    assert _connects(manifests, _operator_pod(manifests), _aggregator_pod(manifests), int(port))
+
+
+def test_policy_selectors_and_ports_match_the_pods(manifests: Manifests) -> None:
     # Every policy that names pods names pods that exist, in the namespace it says, and
     # every port it opens is one their containers listen on.
-    ours = [_forwarder_pod(), _aggregator_pod(), _operator_pod()]
-    for policy in _policies():
+    ours = [_forwarder_pod(manifests), _aggregator_pod(manifests), _operator_pod(manifests)]
+    for policy in _policies(manifests):
         namespace = policy["metadata"]["namespace"]
         selected = [
             p
@@ -1329,7 +1610,7 @@ def test_policy_selectors_and_ports_match_the_pods() -> None:
             for peer in rule.get("to", []):
                 labels = peer.get("namespaceSelector", {}).get("matchLabels", {})
                 target_namespace = labels.get("kubernetes.io/metadata.name")
-                if target_namespace not in {NAMESPACE, FORWARDER_NAMESPACE}:
+                if target_namespace not in {manifests.namespace, manifests.forwarder_namespace}:
                     continue
                 targets = [
                     p
@@ -1355,6 +1636,7 @@ def test_the_guide_says_how_to_adapt_the_policies() -> None:
 
 def test_kustomize_renders_the_overlay_into_both_namespaces() -> None:
     # The real kustomize (kubectl's) on the example overlay: the layout survives it.
+    manifests = KUSTOMIZE
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed (the file-level tests above still ran)")
@@ -1367,8 +1649,12 @@ def test_kustomize_renders_the_overlay_into_both_namespaces() -> None:
     )
     assert result.returncode == 0, result.stderr
     rendered = [d for d in yaml.safe_load_all(result.stdout) if d]
-    assert len(rendered) == len(list(_documents())) - len(
-        [d for _, d in _documents() if d["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert len(rendered) == len(list(_documents(manifests))) - len(
+        [
+            d
+            for _, d in _documents(manifests)
+            if d["apiVersion"].startswith("monitoring.coreos.com/")
+        ]
     )
     placed: dict[tuple[str, str], str | None] = {}
     for document in rendered:
@@ -1379,7 +1665,7 @@ def test_kustomize_renders_the_overlay_into_both_namespaces() -> None:
     assert placed[("ConfigMap", "logferry-forwarder-config")] == FORWARDER_NAMESPACE
     assert placed[("StatefulSet", "logferry-aggregator")] == NAMESPACE
     assert placed[("Deployment", "logferry-operator")] == NAMESPACE
-    for _, document in _documents():
+    for _, document in _documents(manifests):
         if document["apiVersion"].startswith("monitoring.coreos.com/"):
             continue
         key = (document["kind"], document["metadata"]["name"])
@@ -1463,7 +1749,7 @@ def compose_secrets(monkeypatch: pytest.MonkeyPatch) -> dict[Path, Path]:
 
 
 def test_compose_mounts_one_shared_key_into_both_sides(
-    env: dict[str, str], compose_secrets: dict[Path, Path]
+    environment: dict[str, str], compose_secrets: dict[Path, Path]
 ) -> None:
     services = _compose()["services"]
     forwarder = load_config(DEPLOY / "compose" / "forwarder.yaml", ForwarderConfig)
@@ -1484,7 +1770,7 @@ def test_compose_mounts_one_shared_key_into_both_sides(
 
 
 def test_compose_daemon_configs_load(
-    env: dict[str, str], compose_secrets: dict[Path, Path]
+    environment: dict[str, str], compose_secrets: dict[Path, Path]
 ) -> None:
     forwarder = load_config(DEPLOY / "compose" / "forwarder.yaml", ForwarderConfig)
     aggregator = load_config(DEPLOY / "compose" / "aggregator.yaml", AggregatorConfig)
@@ -1562,8 +1848,8 @@ def _metrics_in(expression: str) -> set[str]:
     return set(re.findall(r"\blogferry_[a-z_]+\b", expression))
 
 
-def _dashboard_expressions() -> list[str]:
-    dashboard = json.loads(DASHBOARD.read_text())
+def _dashboard_expressions(dashboard: dict[str, Any] | None = None) -> list[str]:
+    dashboard = dashboard or json.loads(DASHBOARD.read_text())
     return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
 
 
@@ -1600,7 +1886,7 @@ def _series_of(registry: Any) -> set[str]:
     return names
 
 
-def test_dashboard_queries_each_daemon_in_its_own_namespace() -> None:
+def test_dashboard_queries_each_daemon_in_its_own_namespace(manifests: Manifests) -> None:
     from prometheus_client import CollectorRegistry
 
     from logferry.aggregator.metrics import AggregatorMetrics
@@ -1610,13 +1896,13 @@ def test_dashboard_queries_each_daemon_in_its_own_namespace() -> None:
     ForwarderMetrics(registry)  # every forwarder metric, the sender's included
     forwarder = _series_of(registry)
     aggregator = _series_of(AggregatorMetrics().registry)
-    dashboard = json.loads(DASHBOARD.read_text())
+    dashboard = manifests.dashboard
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert variables["namespace"]["current"]["value"] == NAMESPACE
-    assert variables["forwarder_namespace"]["current"]["value"] == FORWARDER_NAMESPACE
+    assert variables["namespace"]["current"]["value"] == manifests.namespace
+    assert variables["forwarder_namespace"]["current"]["value"] == manifests.forwarder_namespace
     assert _metrics_in(variables["forwarder_namespace"]["definition"]) <= forwarder - aggregator
     assert _metrics_in(variables["namespace"]["definition"]) <= aggregator - forwarder
-    for expression in _dashboard_expressions():
+    for expression in _dashboard_expressions(dashboard):
         used = _metrics_in(expression)
         component = re.search(r'component="(\w+)"', expression)
         if used <= forwarder - aggregator or (component and component.group(1) == "forwarder"):
@@ -1626,34 +1912,36 @@ def test_dashboard_queries_each_daemon_in_its_own_namespace() -> None:
             assert 'namespace="$namespace"' in expression, expression
 
 
-def _alerts() -> list[dict[str, Any]]:
-    return [r for g in _one("PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+def _alerts(manifests: Manifests) -> list[dict[str, Any]]:
+    return [r for g in _one(manifests, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
 
 
-def test_alerts_use_only_exported_metrics() -> None:
+def test_alerts_use_only_exported_metrics(manifests: Manifests) -> None:
     exported = _exported_metric_names()
-    for alert in _alerts():
+    for alert in _alerts(manifests):
         used = _metrics_in(alert["expr"])
         assert used <= exported, (alert["alert"], sorted(used - exported))
 
 
-def test_every_alert_has_a_section_in_the_operations_guide() -> None:
+def test_every_alert_has_a_section_in_the_operations_guide(manifests: Manifests) -> None:
     guide = OPERATIONS.read_text()
     headings = {
         re.sub(r"[^a-z0-9-]", "", line.lstrip("#").strip().lower().replace(" ", "-"))
         for line in guide.splitlines()
         if line.startswith("#")
     }
-    for alert in _alerts():
+    for alert in _alerts(manifests):
         anchor = alert["annotations"]["runbook_url"].split("#", 1)[1]
         assert anchor == alert["alert"].lower()
         assert anchor in headings, alert["alert"]
 
 
-def test_forwarder_spool_alert_threshold_follows_the_configured_size(env: dict[str, str]) -> None:
+def test_forwarder_spool_alert_threshold_follows_the_configured_size(
+    manifests: Manifests, env: dict[str, str]
+) -> None:
     # A fill ratio against the size the forwarder reports, never a size written in the rule.
-    (alert,) = [a for a in _alerts() if a["alert"] == "LogferryForwarderSpoolFilling"]
+    (alert,) = [a for a in _alerts(manifests) if a["alert"] == "LogferryForwarderSpoolFilling"]
     used, threshold = (side.strip() for side in alert["expr"].split(">", 1))
     assert used.startswith("logferry_node_spool_bytes{")
     assert re.fullmatch(r"0\.75 \* logferry_node_spool_capacity_bytes\{[^}]*\}", threshold)
-    assert _forwarder_config().spool.max_bytes > 0
+    assert _forwarder_config(manifests).spool.max_bytes > 0

@@ -1,10 +1,12 @@
 """The LogPipeline CRD and the operator's manifests: valid against the Kubernetes schemas,
 minimal RBAC, a locked-down Deployment, and a CRD schema that accepts good pipelines and
-refuses bad shapes."""
+refuses bad shapes. The Helm chart's renderings (the example values, another release
+namespace) are held to the same checks as the kustomize files generated from it."""
 
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from devtools import helm
 from tests.support.log_pipelines import log_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,6 +25,13 @@ CRD_DIR = ROOT / "deploy" / "crd"
 OPERATOR_DIR = ROOT / "deploy" / "operator"
 KUBERNETES_VERSION = "1.30"
 CONFIGMAP_NAME = "logferry-pipelines"
+HELM_VALUES = ROOT / "deploy" / "helm"
+# name: (release namespace, values file); the templates the kustomize folders come from.
+RENDERINGS = {
+    "helm-example-values": ("logferry", HELM_VALUES / "logferry" / "examples" / "production.yaml"),
+    "helm-other-namespace": ("observability", HELM_VALUES / "kustomize-values.yaml"),
+}
+TEMPLATES = ("templates/crd/", "templates/operator/")
 
 
 def _documents(directory: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -40,14 +50,36 @@ def _resources() -> list[tuple[Path, dict[str, Any]]]:
     ]
 
 
-def _one(kind: str) -> dict[str, Any]:
-    found = [doc for _, doc in _resources() if doc["kind"] == kind]
+@functools.cache
+def _rendered(rendering: str) -> tuple[dict[str, Any], ...]:
+    """The CRD's and the operator's documents as the chart renders them."""
+    if rendering == "kustomize":
+        return tuple(doc for _, doc in _resources())
+    namespace, values = RENDERINGS[rendering]
+    output = helm.template(namespace=namespace, values=[values])
+    return tuple(
+        doc
+        for part in helm.split(output)
+        if part.source.startswith(TEMPLATES)
+        for doc in yaml.safe_load_all(part.text)
+        if doc is not None
+    )
+
+
+@pytest.fixture(params=["kustomize", *RENDERINGS])
+def resources(request: pytest.FixtureRequest) -> tuple[dict[str, Any], ...]:
+    """The committed files, then each rendering of the chart (its pinned helm)."""
+    return copy.deepcopy(_rendered(str(request.param)))
+
+
+def _one(resources: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:
+    found = [doc for doc in resources if doc["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
 
 
 def _crd() -> dict[str, Any]:
-    return _one("CustomResourceDefinition")
+    return _one(_rendered("kustomize"), "CustomResourceDefinition")
 
 
 def _openapi_schema() -> dict[str, Any]:
@@ -282,8 +314,8 @@ def test_crd_index_suffix_and_name_rules_are_the_validators() -> None:
 _WRITE_VERBS_NEVER_GRANTED = {"delete", "deletecollection", "escalate", "bind", "impersonate"}
 
 
-def test_cluster_role_is_minimal() -> None:
-    rules = _one("ClusterRole")["rules"]
+def test_cluster_role_is_minimal(resources: tuple[dict[str, Any], ...]) -> None:
+    rules = _one(resources, "ClusterRole")["rules"]
     granted = {
         (group, resource, verb)
         for rule in rules
@@ -313,9 +345,11 @@ def test_cluster_role_is_minimal() -> None:
         assert not _WRITE_VERBS_NEVER_GRANTED & set(rule["verbs"])
 
 
-def test_configmap_access_is_one_named_configmap_in_one_namespace() -> None:
-    role = _one("Role")
-    deployment = _one("Deployment")
+def test_configmap_access_is_one_named_configmap_in_one_namespace(
+    resources: tuple[dict[str, Any], ...],
+) -> None:
+    role = _one(resources, "Role")
+    deployment = _one(resources, "Deployment")
     assert role["metadata"]["namespace"] == deployment["metadata"]["namespace"]
     for rule in role["rules"]:
         assert rule["apiGroups"] == [""]
@@ -335,23 +369,27 @@ def test_configmap_access_is_one_named_configmap_in_one_namespace() -> None:
     )
 
 
-def test_no_role_other_than_the_configmap_role_is_namespaced() -> None:
-    kinds = [doc["kind"] for _, doc in _resources()]
+def test_no_role_other_than_the_configmap_role_is_namespaced(
+    resources: tuple[dict[str, Any], ...],
+) -> None:
+    kinds = [doc["kind"] for doc in resources]
     assert kinds.count("Role") == 1
     assert kinds.count("ClusterRole") == 1
 
 
-def test_bindings_grant_the_roles_to_the_operators_service_account_only() -> None:
-    account = _one("ServiceAccount")
-    deployment = _one("Deployment")
+def test_bindings_grant_the_roles_to_the_operators_service_account_only(
+    resources: tuple[dict[str, Any], ...],
+) -> None:
+    account = _one(resources, "ServiceAccount")
+    deployment = _one(resources, "Deployment")
     assert (
         deployment["spec"]["template"]["spec"]["serviceAccountName"]
         == (account["metadata"]["name"])
     )
     for kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
-        binding = _one(kind)
+        binding = _one(resources, kind)
         assert binding["roleRef"]["kind"] == role_kind
-        assert binding["roleRef"]["name"] == _one(role_kind)["metadata"]["name"]
+        assert binding["roleRef"]["name"] == _one(resources, role_kind)["metadata"]["name"]
         assert binding["subjects"] == [
             {
                 "kind": "ServiceAccount",
@@ -359,14 +397,19 @@ def test_bindings_grant_the_roles_to_the_operators_service_account_only() -> Non
                 "namespace": account["metadata"]["namespace"],
             }
         ]
-    assert _one("RoleBinding")["metadata"]["namespace"] == _one("Role")["metadata"]["namespace"]
+    assert (
+        _one(resources, "RoleBinding")["metadata"]["namespace"]
+        == _one(resources, "Role")["metadata"]["namespace"]
+    )
 
 
 # -- Deployment ----------------------------------------------------------------------------
 
 
-def test_deployment_runs_the_operator_non_root_with_a_read_only_root() -> None:
-    deployment = _one("Deployment")
+def test_deployment_runs_the_operator_non_root_with_a_read_only_root(
+    resources: tuple[dict[str, Any], ...],
+) -> None:
+    deployment = _one(resources, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
@@ -380,11 +423,22 @@ def test_deployment_runs_the_operator_non_root_with_a_read_only_root() -> None:
     assert "privileged" not in security
     assert container["resources"]["requests"]
     assert container["resources"]["limits"]["memory"]
+    # A tagged image (which one is the rendering's: the example runs the aggregator image's).
+    assert ":" in container["image"].rsplit("/", 1)[-1]
+
+
+def test_the_kustomize_tree_runs_the_operator_image() -> None:
+    # The image name the example kustomize overlay maps to the aggregator image.
+    (container,) = _one(_rendered("kustomize"), "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ]
     assert container["image"] == "logferry:latest"
 
 
-def test_deployment_runs_kopf_with_the_liveness_endpoint_it_probes() -> None:
-    (container,) = _one("Deployment")["spec"]["template"]["spec"]["containers"]
+def test_deployment_runs_kopf_with_the_liveness_endpoint_it_probes(
+    resources: tuple[dict[str, Any], ...],
+) -> None:
+    (container,) = _one(resources, "Deployment")["spec"]["template"]["spec"]["containers"]
     command = container["command"]
     assert command[:5] == ["kopf", "run", "-m", "logferry.operator.main", "--all-namespaces"]
     liveness = [arg for arg in command if arg.startswith("--liveness=")]
