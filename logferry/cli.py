@@ -40,6 +40,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "logferry.tools.verify",
         "proof of delivery: per source, seqs contiguous and stored once (exit 1 if not)",
     ),
+    "audit": (
+        "logferry.tools.audit",
+        "continuous proof of delivery from the store alone: missing/duplicate records per "
+        "tenant and closed window, served as metrics (--once too)",
+    ),
     "loadgen": (
         "logferry.tools.loadgen",
         "write realistic container log files laid out like /var/log/containers",

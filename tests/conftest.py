@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.support.daemon",  # daemons
     "tests.support.aggregator",  # make_aggregator
     "tests.support.opensearch_cluster",  # opensearch_cluster
+    "tests.support.seeded_store",  # store
 ]
 
 

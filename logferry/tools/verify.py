@@ -36,7 +36,7 @@ import asyncio
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ import orjson
 from logferry.common.commands import Subcommands, run_handler, standalone_parser
 from logferry.common.errors import ConfigError
 from logferry.common.store_access import add_store_arguments, store_access_from_args
+from logferry.tools.verify_checkpoints import SourceMark, source_marks
 from logferry.tools.verify_inputs import (
     DlqSource,
     Expectation,
@@ -170,10 +171,14 @@ class SourceRow:
     max_seq: int | None
     """Highest seq seen in the store or the DLQ (None: nothing seen)."""
     expected_by: str
-    """What set the expected end: ``store``, ``positions`` or ``manifest``."""
+    """What set the expected end: ``store``, ``positions``, ``manifest`` or ``checkpoint``."""
     missing_ranges: tuple[MissingRange, ...] = ()
     accounted: int = 0
     """Seqs a tenant's filter discarded, as accounting records list them (not stored)."""
+    lost_at_source: int = 0
+    """Lines its forwarder never read, by its ``lost`` checkpoint (-1: not countable): they
+    have no seqs, so they are never ``missing``; reported apart, with ``lost_reason``."""
+    lost_reason: str = ""
 
     @property
     def ok(self) -> bool:
@@ -199,6 +204,10 @@ class Totals:
     duplicates: int = 0
     in_dlq: int = 0
     accounted: int = 0
+    sources_lost: int = 0
+    """Sources whose forwarder reported lines it never read (``lost`` checkpoints)."""
+    lost_at_source: int = 0
+    """The lines those reports counted (the uncountable ones add nothing here)."""
 
     @classmethod
     def of(cls, rows: Iterable[SourceRow]) -> Totals:
@@ -212,6 +221,8 @@ class Totals:
             duplicates=sum(r.duplicates for r in rows),
             in_dlq=sum(r.in_dlq for r in rows),
             accounted=sum(r.accounted for r in rows),
+            sources_lost=sum(1 for r in rows if r.lost_reason),
+            lost_at_source=sum(max(r.lost_at_source, 0) for r in rows),
         )
 
 
@@ -308,6 +319,13 @@ def render_table(report: VerifyReport) -> str:
                 if sum(r.missing for r in row.missing_ranges) < row.missing:
                     text += ", ..."
             lines.append(text)
+    lost = [row for row in report.sources if row.lost_reason]
+    if lost:
+        lines.append("")
+        lines.append(f"lost at source (never read by the forwarder, not missing): {len(lost)}")
+        for row in lost[:WORST_SOURCES]:
+            count = "uncounted" if row.lost_at_source < 0 else f"{row.lost_at_source} lines"
+            lines.append(f"  {row.source}  {row.namespace or '-'}  {count}  ({row.lost_reason})")
     for note in report.notes:
         lines.append(f"note: {note}")
     t = report.totals
@@ -357,6 +375,7 @@ async def verify(options: VerifyOptions) -> VerifyReport:
     stored: dict[str, StoredSource] = {}
     async with open_verify_store(options) as store:
         await store.refresh()
+        marks = await source_marks(store, until_ms=until_ms, namespace=options.namespace)
         passes = [(run, window_query(options, run)) for run in await store.passes()]
         found_by_pass: list[dict[str, StoredSource]] = []
         for run, query in passes:
@@ -396,6 +415,11 @@ async def verify(options: VerifyOptions) -> VerifyReport:
         # The position file and the manifest count records written after the window too.
         expectations = {}
         notes.append("--until: positions/manifest counts not applied (they run past the window)")
+    # The forwarders' checkpoints (before --until): each source's end, from the store alone.
+    for src, mark in marks.items():
+        known = expectations.get(src)
+        if known is None or mark.next_seq >= known.next_seq:
+            expectations[src] = Expectation(mark.next_seq, mark.namespace, "checkpoint")
     if options.since is not None:
         notes.append(
             "--since: seqs before the window are out of scope; each source is judged from "
@@ -409,7 +433,18 @@ async def verify(options: VerifyOptions) -> VerifyReport:
         from_lowest=options.since is not None,
         expect_unseen=options.since is None,
     )
-    return summarize(rows, notes)
+    return summarize(with_losses(rows, marks), notes)
+
+
+def with_losses(rows: Sequence[SourceRow], marks: Mapping[str, SourceMark]) -> list[SourceRow]:
+    """``rows`` with what ``lost`` checkpoints say their forwarder never read."""
+    out = []
+    for row in rows:
+        mark = marks.get(row.source)
+        if mark is not None and mark.lost:
+            row = replace(row, lost_at_source=mark.lost_lines, lost_reason=mark.reason or "lost")
+        out.append(row)
+    return out
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -518,12 +553,33 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- helpers
 
 
+def judge_ranges(
+    stored: Mapping[str, StoredSource], ranges: Mapping[str, tuple[int, int, str]]
+) -> list[SourceRow]:
+    """One row per source of ``ranges`` (source: first seq, end, namespace), judging exactly
+    the seqs ``first .. end-1`` (the store was asked for those only), worst first."""
+    rows = [
+        _judge_source(
+            src,
+            stored.get(src),
+            None,
+            Expectation(end, namespace, "checkpoint"),
+            from_lowest=False,
+            first=first,
+        )
+        for src, (first, end, namespace) in ranges.items()
+    ]
+    rows.sort(key=lambda r: (-(r.missing + r.duplicates), r.namespace, r.source))
+    return rows
+
+
 def _judge_source(
     src: str,
     stored: StoredSource | None,
     dlq: DlqSource | None,
     expectation: Expectation | None,
     from_lowest: bool,
+    first: int | None = None,
 ) -> SourceRow:
     blocks = stored.blocks if stored is not None else {}
     dlq_seqs = dlq.seqs if dlq is not None else set()
@@ -532,7 +588,8 @@ def _judge_source(
     if dlq_seqs:
         seen_lo.append(min(dlq_seqs))
         seen_hi.append(max(dlq_seqs))
-    first = min(seen_lo) if from_lowest and seen_lo else 0
+    if first is None:
+        first = min(seen_lo) if from_lowest and seen_lo else 0
     end = max(seen_hi) + 1 if seen_hi else 0
     expected_by = "store"
     if expectation is not None and expectation.next_seq > end:

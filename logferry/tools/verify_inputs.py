@@ -32,7 +32,7 @@ class Expectation:
     next_seq: int
     namespace: str
     origin: str
-    """``positions`` or ``manifest``."""
+    """``positions``, ``manifest`` or ``checkpoint`` (the forwarder's, from the store)."""
 
 
 @dataclass(slots=True)

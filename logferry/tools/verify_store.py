@@ -386,12 +386,19 @@ class VerifyStore:
                 ranges = into.setdefault(str(key["src"]), SourceRanges())
                 ranges.joined.append((int(key["first"]), int(key["last"]), bucket["doc_count"]))
 
-    async def accounted_ranges(self, options: VerifyOptions, into: dict[str, SourceRanges]) -> None:
+    async def accounted_ranges(
+        self,
+        options: VerifyOptions,
+        into: dict[str, SourceRanges],
+        sources: Sequence[str] | None = None,
+    ) -> None:
         """The seqs accounting records list as discarded, per source (only indices made with
-        logferry's template hold them)."""
+        logferry's template hold them); ``sources``: only theirs."""
         query = window_query(options)
         query["bool"]["must_not"] = []
         narrowed = _narrow(query, {"term": {KIND_FIELD: ACCOUNTING}})
+        if sources is not None:
+            narrowed = _narrow(narrowed, {"terms": {SRC_FIELD: list(sources)}})
         after: Any = None
         while True:
             body: dict[str, Any] = {

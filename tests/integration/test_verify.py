@@ -9,14 +9,10 @@ Each test writes its own indices (the node is shared by the session).
 
 from __future__ import annotations
 
-import io
 import uuid
-from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
@@ -26,96 +22,11 @@ from logferry.common.records import record_id, source_id
 from logferry.common.store_access import StoreAccess
 from logferry.forwarder.positions import PositionStore, SourceState
 from logferry.store.client import open_store
-from logferry.store.lifecycle import templates_for
-from logferry.store.settings import IndexSettings
-from logferry.store.templates import ensure_templates
 from logferry.tools.verify import VerifyOptions, verify
 from tests.support.commands import run_module
+from tests.support.seeded_store import NODE, Store, accounting, document, joined, pod_log
 
 pytestmark = pytest.mark.integration
-
-NODE = "node-vt"
-
-
-def pod_log(ns: str, pod: str) -> str:
-    return f"/var/log/containers/{pod}_{ns}_app-{'b' * 64}.log"
-
-
-def document(src: str, seq: int, ns: str, stamp: str, offset: int | None = None) -> dict[str, Any]:
-    """A document as the aggregator writes it (``_lf.id`` from the line's byte offset)."""
-    return {
-        "@timestamp": stamp,
-        "log": f"line {seq}",
-        "stream": "stdout",
-        "kubernetes": {
-            "namespace_name": ns,
-            "pod_name": "web-1",
-            "container_name": "app",
-            "host": NODE,
-        },
-        "_lf": {
-            "id": record_id(src, seq * 100 if offset is None else offset),
-            "src": src,
-            "seq": seq,
-        },
-    }
-
-
-class Store:
-    """Bulk-indexing and one raw aggregation, over aiohttp."""
-
-    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
-        self.url = url
-        self._session = session
-
-    async def index(self, index: str, docs: Iterable[dict[str, Any]]) -> None:
-        lines: list[bytes] = []
-        for doc in docs:
-            lines.append(orjson.dumps({"create": {"_index": index, "_id": doc["_lf"]["id"]}}))
-            lines.append(orjson.dumps(doc))
-        for start in range(0, len(lines), 20_000):
-            body = b"\n".join(lines[start : start + 20_000]) + b"\n"
-            async with self._session.post(
-                f"{self.url}/_bulk",
-                data=io.BytesIO(body),
-                headers={"Content-Type": "application/x-ndjson"},
-            ) as response:
-                payload = await response.json()
-            assert response.status == 200, payload
-            assert not payload["errors"], [i for i in payload["items"] if "error" in i["create"]]
-
-    async def raw_cardinality(self, index: str, src: str, block: int) -> int:
-        """What the plain cardinality aggregation says about one 1000-seq block."""
-        await self._session.post(f"{self.url}/{index}/_refresh")
-        query = {
-            "bool": {
-                "filter": [
-                    {"term": {"_lf.src": src}},
-                    {"range": {"_lf.seq": {"gte": block, "lt": block + 1000}}},
-                ]
-            }
-        }
-        body = {
-            "size": 0,
-            "query": query,
-            "aggs": {"n": {"cardinality": {"field": "_lf.seq", "precision_threshold": 4000}}},
-        }
-        async with self._session.post(f"{self.url}/{index}/_search", json=body) as response:
-            payload = await response.json()
-        return int(payload["aggregations"]["n"]["value"])
-
-    async def delete(self, pattern: str) -> None:
-        async with self._session.delete(f"{self.url}/{pattern}?ignore_unavailable=true"):
-            pass
-
-
-@pytest.fixture
-async def store(opensearch: OpenSearchNode) -> AsyncIterator[Store]:
-    async with open_store(StoreAccess(urls=[opensearch.url])) as client:
-        # What an aggregator installs at start; here whichever test runs first.
-        await ensure_templates(client, templates_for("logs", IndexSettings(replicas=0)))
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
-        yield Store(opensearch.url, session)
 
 
 async def run_cli(*args: str) -> tuple[int, str, str]:
@@ -257,6 +168,8 @@ async def test_verify_counts_gaps_duplicates_dlq_positions_and_manifest_exactly(
             "duplicates": 1,
             "in_dlq": 5,
             "accounted": 0,
+            "sources_lost": 0,
+            "lost_at_source": 0,
         }
         assert list(doc["namespaces"]) == [tag]
 
@@ -393,32 +306,6 @@ async def test_verify_reads_legacy_and_templated_indices_together(
         assert out.splitlines()[-1] == "FAILED: 1 missing, 1 duplicates"
     finally:
         await store.delete(f"logs-{tag}*")
-
-
-def joined(src: str, first: int, last: int, ns: str, stamp: str) -> dict[str, Any]:
-    """A record that covers seqs ``first..last`` (a multiline join), id of its first line."""
-    doc = document(src, first, ns, stamp)
-    doc["_lf"]["seq_end"] = last
-    doc["log"] = "\n".join(f"line {s}" for s in range(first, last + 1))
-    return doc
-
-
-def accounting(src: str, ns: str, stamp: str, *ranges: tuple[int, int]) -> dict[str, Any]:
-    """An accounting record as the aggregator writes it."""
-    return {
-        "@timestamp": stamp,
-        "kubernetes": {"namespace_name": ns},
-        "_lf": {
-            "id": f"acct-{src}-{ranges}",
-            "src": src,
-            "kind": "accounting",
-            "lines": sum(b - a + 1 for a, b in ranges),
-            "discarded": [
-                {"first": a, "last": b, "pipeline": "p", "filter": 0, "type": "sample"}
-                for a, b in ranges
-            ],
-        },
-    }
 
 
 async def test_verify_counts_ranges_and_accounting_records_exactly(
