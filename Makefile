@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: docs java go helm manifests help venv test lint typecheck unit integration run bench opensearch-start opensearch-stop clean
+.PHONY: docs java go helm promtool manifests help venv test lint typecheck unit integration run bench opensearch-start opensearch-stop clean
 
 help:
 	@echo "make run    - set up and run logferry end to end on this machine"
@@ -35,7 +35,11 @@ go:
 helm: go
 	@scripts/ensure-helm >/dev/null
 
-HELM_ENV = LOGFERRY_HELM="$$(scripts/ensure-helm)"
+HELM_ENV = LOGFERRY_HELM="$$(scripts/ensure-helm)" LOGFERRY_PROMTOOL="$$(scripts/ensure-promtool)"
+
+# promtool (Prometheus v3), built the same way: the alert rules' unit tests run it.
+promtool: go
+	@scripts/ensure-promtool >/dev/null
 
 lint: venv
 	$(BIN)/ruff check .
@@ -44,13 +48,13 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-unit: venv helm
+unit: venv helm promtool
 	$(HELM_ENV) $(BIN)/pytest tests/unit
 
 integration: venv java go
 	$(BIN)/pytest tests/integration tests/chaos
 
-test: lint typecheck java go helm
+test: lint typecheck java go helm promtool
 	$(HELM_ENV) $(BIN)/pytest
 
 # Without Java, make run still runs: the aggregators then write NDJSON files instead.

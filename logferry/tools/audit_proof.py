@@ -132,16 +132,21 @@ async def _prove_batch(
     # Accounting records are found by source, whatever their time: the window is in seqs.
     unbounded = replace(store.options, since=None, until=None)
     await store.accounted_ranges(unbounded, intervals, sources=list(batch))
+    probes: dict[str, list[tuple[int, int]]] = {}
     for src, source_ranges in sorted(intervals.items()):
         if src not in batch:
             continue
         first, end, namespace = batch[src]
         source_ranges.namespace = source_ranges.namespace or namespace
         source_ranges.accounted = _clipped(source_ranges.accounted, first, end - 1)
-        probe = intervals_to_probe(source_ranges)
-        inside = await store.seqs_inside(query, src, probe) if probe else set()
-        folded = fold_ranges(source_ranges, inside, BLOCK)
-        apply_ranges(stored, src, source_ranges, folded)
+        probes[src] = intervals_to_probe(source_ranges)
+    # The single-line records inside joined and accounted intervals, every source at once.
+    # The intervals lie within the window's ranges: only the exclusions of ranges_query apply.
+    plain = {"bool": {"must_not": query["bool"]["must_not"]}}
+    inside = await store.seqs_inside_many(plain, {s: p for s, p in probes.items() if p})
+    for src in probes:
+        folded = fold_ranges(intervals[src], inside.get(src, set()), BLOCK)
+        apply_ranges(stored, src, intervals[src], folded)
 
 
 def _clipped(intervals: Sequence[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:

@@ -127,7 +127,7 @@ async def _marks(store: VerifyStore, query: Mapping[str, Any]) -> dict[str, Sour
     marks: dict[str, SourceMark] = {}
     # Checkpoints are only in indices made with logferry's template; older indices mapped
     # dynamically (``_lf.src`` as text) fail this aggregation, as they are expected to.
-    run = (await store.passes())[0]
+    run = (await store.cached_passes())[0]
     if run.src_field != SRC_FIELD:
         return marks
     after: Any = None

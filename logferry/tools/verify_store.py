@@ -222,6 +222,7 @@ class VerifyStore:
         self.options = options
         self._rest = rest
         self._index = quote(with_accounting(options.index), safe="*,")
+        self._passes: list[Pass] | None = None
 
     @property
     def url(self) -> str:
@@ -241,6 +242,44 @@ class VerifyStore:
             "GET", f"/{self._index}/_field_caps?fields={SRC_FIELD}&{_LENIENT}"
         )
         return passes_for(caps if isinstance(caps, dict) else {})
+
+    async def cached_passes(self) -> list[Pass]:
+        """:meth:`passes`, asked once per session (the auditor proves many windows)."""
+        if self._passes is None:
+            self._passes = await self.passes()
+        return self._passes
+
+    async def seqs_inside_many(
+        self, query: Mapping[str, Any], intervals: Mapping[str, Sequence[tuple[int, int]]]
+    ) -> dict[str, set[int]]:
+        """:meth:`seqs_inside` for many sources at once (templated indices only): the seqs of
+        each source's records inside its intervals, a few hundred intervals a query."""
+        pairs = [(src, a, b) for src, spans in sorted(intervals.items()) for a, b in spans]
+        found: dict[str, set[int]] = {src: set() for src in intervals}
+        for batch in _batches(pairs, INTERVALS_PER_QUERY // 2):  # two clauses each
+            inside = {
+                "bool": {
+                    "should": [
+                        _bool_filter(
+                            [
+                                {"term": {SRC_FIELD: src}},
+                                {"range": {SEQ_FIELD: {"gte": a, "lte": b}}},
+                            ]
+                        )
+                        for src, a, b in batch
+                    ],
+                    "minimum_should_match": 1,
+                }
+            }
+            sources = [
+                {"src": {"terms": {"field": SRC_FIELD}}},
+                {"seq": {"terms": {"field": SEQ_FIELD}}},
+            ]
+            async for buckets in self._pages(_narrow(query, inside), sources, MODERN):
+                for bucket in buckets:
+                    key = bucket["key"]
+                    found.setdefault(str(key["src"]), set()).add(int(key["seq"]))
+        return found
 
     async def refresh(self) -> None:
         await self.request("POST", f"/{self._index}/_refresh?{_LENIENT}")
