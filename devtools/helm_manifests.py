@@ -42,15 +42,15 @@ FOLDERS: dict[str, Folder] = {
         comment="""\
 logferry, everything but monitoring: the two namespaces and their default-deny network
 policies, the forwarder DaemonSet (namespace logferry-forwarder, Pod Security
-"privileged"), the aggregator StatefulSet and the LogPipeline operator (namespace
-logferry, "restricted"), and the LogPipeline CRD.
+"privileged"), the aggregator StatefulSet, the auditor and the LogPipeline operator
+(namespace logferry, "restricted"), and the LogPipeline CRD.
 Every object names its namespace itself, so an overlay must not set `namespace:` (that
 would fold both namespaces into one). To install in other namespaces, use the Helm chart
 (deploy/helm/logferry, docs/operations.md "Install with Helm").
 Secrets are referenced, never created here (docs/operations.md, "Secrets").
 Monitoring (ServiceMonitor, PrometheusRule, dashboard) needs the Prometheus Operator's
 CRDs and is applied on its own: kubectl apply -k deploy/monitoring""",
-        includes=("../crd", "../operator", "forwarder", "aggregator"),
+        includes=("../crd", "../operator", "forwarder", "aggregator", "audit"),
     ),
     "base/forwarder": Folder(
         comment="""\
@@ -62,6 +62,13 @@ namespace (logferry-forwarder, Pod Security "privileged"), with its network poli
 The aggregators: a StatefulSet (one spool volume each), the headless Service the
 forwarders resolve, a metrics Service, a PodDisruptionBudget and the network policy that
 admits only the forwarders, Prometheus and (on the metrics port) the operator."""
+    ),
+    "base/audit": Folder(
+        comment="""\
+The auditor (`logferry audit`): one pod proving from the store alone that nothing was lost
+or stored twice, with read-only store credentials of its own (Secret
+logferry-audit-store-credentials), a metrics Service, an identity without API access and
+the network policy that admits only Prometheus and lets it reach only the store."""
     ),
     "crd": Folder(
         comment="""\

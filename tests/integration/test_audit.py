@@ -103,7 +103,10 @@ async def test_the_auditor_proves_closed_windows_and_finds_one_missing_and_one_d
         "lost_at_source": {},
     }
     [missing] = [r for r in second.windows[1].rows if r.missing]
-    assert (missing.source, [str(r) for r in missing.missing_ranges]) == (steady, ["1 in 1000-1999"])
+    assert (missing.source, [str(r) for r in missing.missing_ranges]) == (
+        steady,
+        ["1 in 1000-1999"],
+    )
     [doubled] = [r for r in second.windows[2].rows if r.duplicates]
     assert (doubled.source, doubled.duplicates) == (steady, 1)
     assert sample(auditor, "logferry_audit_missing_records", tenant=tag) == 1

@@ -249,6 +249,10 @@ def _statefulset(manifests: Manifests) -> dict[str, Any]:
     return _one(manifests, "StatefulSet", "logferry-aggregator")
 
 
+def _audit(manifests: Manifests) -> dict[str, Any]:
+    return _one(manifests, "Deployment", "logferry-audit")
+
+
 def _container(workload: dict[str, Any]) -> dict[str, Any]:
     (container,) = workload["spec"]["template"]["spec"]["containers"]
     return container
@@ -264,6 +268,7 @@ def _secrets(manifests: Manifests) -> set[tuple[str, str]]:
         (manifests.namespace, "logferry-shared-key"),
         (manifests.namespace, "logferry-tls"),
         (manifests.namespace, "logferry-store-credentials"),
+        (manifests.namespace, "logferry-audit-store-credentials"),
         (manifests.forwarder_namespace, "logferry-shared-key"),
         (manifests.forwarder_namespace, "logferry-aggregator-ca"),
     }
@@ -394,14 +399,17 @@ def test_prometheus_operator_objects_have_the_expected_shape(manifests: Manifest
         if d["kind"] == "Service" and _selects(selector, d["metadata"]["labels"])
     ]
     components = {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in selected}
-    assert components == {"forwarder", "aggregator"}
-    # The two Services are in different namespaces; the monitor looks in both.
+    assert components == {"forwarder", "aggregator", "audit"}
+    # The Services are in two namespaces; the monitor looks in both.
     namespaces = {d["metadata"]["namespace"] for d in selected}
     assert namespaces == {manifests.namespace, manifests.forwarder_namespace}
     assert set(monitor["spec"]["namespaceSelector"]["matchNames"]) == namespaces
+    # Each on its port named metrics: the daemons' 2020, the auditor's 2022.
+    expected_port = {"forwarder": 2020, "aggregator": 2020, "audit": 2022}
     for service in selected:
-        assert "metrics" in {p["name"] for p in service["spec"]["ports"]}
-        assert 2020 in {p["port"] for p in service["spec"]["ports"]}
+        ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+        component = service["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert ports["metrics"] == expected_port[component], service["metadata"]["name"]
     rule = _one(manifests, "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     for group in rule["spec"]["groups"]:
@@ -865,7 +873,9 @@ def test_aggregator_probes_security_and_mounts(manifests: Manifests, env: dict[s
         assert any(_under(file, m) for m in mounts), file
     pipelines = _volumes(sts)[mounts["/etc/logferry/pipelines"]["name"]]["configMap"]
     assert pipelines == {"name": "logferry-pipelines", "optional": True}
-    operator_env = {e["name"]: e for e in _container(_one(manifests, "Deployment"))["env"]}
+    operator_env = {
+        e["name"]: e for e in _container(_one(manifests, "Deployment", "logferry-operator"))["env"]
+    }
     assert operator_env["LOGFERRY_CONFIGMAP_NAME"]["value"] == "logferry-pipelines"
     assert output.urls == [env["LOGFERRY_STORE_URL"]]
     assert output.username == env["LOGFERRY_STORE_USERNAME"]
@@ -914,6 +924,100 @@ def test_configs_are_refused_without_their_environment(
         _forwarder_config(manifests)
     with pytest.raises(ConfigError):
         _aggregator_config(manifests)
+
+
+# -- auditor ---------------------------------------------------------------------------
+
+AUDIT_PORT = 2022  # logferry audit's default --listen-port
+
+
+def _audit_args(manifests: Manifests) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The auditor's arguments with the kubelet's $(VAR) expansion of its plain env values
+    done (a Secret's value stays $(VAR)), and its env by name."""
+    container = _container(_audit(manifests))
+    env = {e["name"]: e for e in container["env"]}
+
+    def expand(match: re.Match[str]) -> str:
+        value = env[match.group(1)].get("value")
+        return match.group(0) if value is None else str(value)
+
+    return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", expand, a) for a in container["args"]], env
+
+
+def test_auditor_runs_logferry_audit_as_the_cli_reads_it(manifests: Manifests) -> None:
+    from logferry.common.commands import standalone_parser
+    from logferry.tools.audit import options_from_args, register
+
+    audit = _audit(manifests)
+    assert audit["metadata"]["namespace"] == manifests.namespace
+    # One is enough: a proof depends on the store alone, several would agree.
+    assert audit["spec"]["replicas"] == 1
+    container = _container(audit)
+    # The aggregator image carries logferry; its entrypoint is the aggregator's.
+    assert container["image"] == _container(_statefulset(manifests))["image"]
+    assert container["command"] == ["logferry", "audit"]
+    args, env = _audit_args(manifests)
+    parsed = standalone_parser(register, "audit").parse_args(args)
+    options = options_from_args(parsed)  # what `logferry audit` itself refuses, refused here
+    assert not parsed.once
+    # The store the aggregators write to, with credentials of its own.
+    assert options.store.urls == [_store_url(_statefulset(manifests))]
+    assert options.store.username == "$(LOGFERRY_STORE_USERNAME)"
+    username = env["LOGFERRY_STORE_USERNAME"]["valueFrom"]["secretKeyRef"]
+    assert username == {"name": "logferry-audit-store-credentials", "key": "username"}
+    assert options.store.password_file is not None
+    assert _secret_file(audit, options.store.password_file) == (
+        "logferry-audit-store-credentials",
+        "password",
+    )
+    assert options.store.api_key_file is None
+    assert options.store.tls_verify is True
+    # The chart's defaults (the example values and kustomize-values.yaml keep them).
+    assert options.index == "logs-*"
+    assert (options.window_s, options.grace_s, options.span_s) == (300, 120, 3600)
+    assert options.interval_s == 60
+    assert parsed.listen_port == AUDIT_PORT
+    assert parsed.listen_host == "0.0.0.0"
+
+
+def test_auditor_probes_metrics_service_and_security(manifests: Manifests) -> None:
+    audit = _audit(manifests)
+    container = _container(audit)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": AUDIT_PORT}
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]["memory"]
+    # The metrics Service selects it on that port (the ServiceMonitor scrapes the Service).
+    service = _one(manifests, "Service", "logferry-audit-metrics")
+    pod_labels = audit["spec"]["template"]["metadata"]["labels"]
+    assert _selects(service["spec"]["selector"], pod_labels)
+    assert _selects(audit["spec"]["selector"]["matchLabels"], pod_labels)
+    assert service["metadata"]["labels"]["logferry.io/metrics"] == "true"
+    assert service["metadata"]["labels"]["app.kubernetes.io/component"] == "audit"
+    (port,) = service["spec"]["ports"]
+    assert (port["name"], port["port"], port["targetPort"]) == ("metrics", AUDIT_PORT, "metrics")
+    # Locked down like the operator: no token, no RBAC, read-only root, nothing writable
+    # but /tmp.
+    pod = _pod_spec(audit)
+    assert pod["automountServiceAccountToken"] is False
+    account = _one(manifests, "ServiceAccount", pod["serviceAccountName"], manifests.namespace)
+    assert account["automountServiceAccountToken"] is False
+    for _, binding in _documents(manifests):
+        if binding["kind"] in ("RoleBinding", "ClusterRoleBinding"):
+            assert pod["serviceAccountName"] not in {s["name"] for s in binding["subjects"]}
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {"/tmp"}
+    # Secrets as files only: the one env var from a Secret is the user name.
+    secret_env = [e["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+    assert secret_env == ["LOGFERRY_STORE_USERNAME"]
 
 
 # -- namespaces and Pod Security -----------------------------------------------------------
@@ -1168,6 +1272,7 @@ def test_every_pod_outside_the_forwarder_namespace_meets_restricted(
     assert checked == {
         "StatefulSet/logferry-aggregator": [],
         "Deployment/logferry-operator": [],
+        "Deployment/logferry-audit": [],
     }
 
 
@@ -1272,6 +1377,10 @@ def _aggregator_pod(manifests: Manifests) -> _Pod:
 
 def _operator_pod(manifests: Manifests) -> _Pod:
     return _template_pod(_one(manifests, "Deployment", "logferry-operator"), "10.1.0.30")
+
+
+def _audit_pod(manifests: Manifests) -> _Pod:
+    return _template_pod(_audit(manifests), "10.1.0.40")
 
 
 PROMETHEUS = _Pod("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"}, "10.1.1.1")
@@ -1427,6 +1536,7 @@ def test_only_forwarders_prometheus_and_the_operator_reach_an_aggregator(
     impostor_operator = _Pod("fake-operator", "team-a", dict(operator.labels), "10.1.2.4")
     others = [
         aggregator,
+        _audit_pod(manifests),
         TENANT,
         IMPOSTOR_FORWARDER,
         IMPOSTOR_PROMETHEUS,
@@ -1490,6 +1600,7 @@ def test_aggregator_egress_is_the_store_and_dns_only(
     for target, port in (
         (_forwarder_pod(manifests), 2020),
         (_operator_pod(manifests), 8080),
+        (_audit_pod(manifests), 2022),
         (OTHER_KUBE_SYSTEM, 53),
         (TENANT, store.port),
         (API_SERVER, 443),
@@ -1511,6 +1622,16 @@ def test_the_example_overlay_lets_the_aggregators_reach_its_store_only() -> None
     assert network.subnet_of(ipaddress.ip_network("192.0.2.0/24"))
 
 
+def test_the_example_overlay_points_the_auditor_at_the_aggregators_store() -> None:
+    aggregators = _overlay_patched("StatefulSet", "logferry-aggregator")
+    audit = _overlay_patched("Deployment", "logferry-audit")
+    assert _store_url(audit) == _store_url(aggregators)
+    # The same rule as the aggregators' (their egress to the store is the first rule of both).
+    egress = _overlay_patched("NetworkPolicy", "logferry-audit")["spec"]["egress"]
+    aggregator_egress = _overlay_patched("NetworkPolicy", "logferry-aggregator")["spec"]["egress"]
+    assert egress == aggregator_egress[:1]
+
+
 def test_forwarder_reaches_the_aggregators_the_api_server_and_dns_only(
     manifests: Manifests, env: dict[str, str]
 ) -> None:
@@ -1525,6 +1646,7 @@ def test_forwarder_reaches_the_aggregators_the_api_server_and_dns_only(
     for target, port in (
         (_aggregator_pod(manifests), 2020),
         (_operator_pod(manifests), 8080),
+        (_audit_pod(manifests), 2022),
         (STORE_IN_CLUSTER, 9200),
         (API_SERVER, 80),
         (OUTSIDE, 24224),
@@ -1540,6 +1662,7 @@ def test_forwarder_reaches_the_aggregators_the_api_server_and_dns_only(
         IMPOSTOR_PROMETHEUS,
         _aggregator_pod(manifests),
         _operator_pod(manifests),
+        _audit_pod(manifests),
         OUTSIDE,
     ):
         assert not _connects(manifests, source, forwarder, config.http.listen_port), source.name
@@ -1557,6 +1680,7 @@ def test_operator_reaches_the_api_server_the_aggregators_metrics_and_dns_only(
     for target, port in (
         (_aggregator_pod(manifests), 24224),
         (_forwarder_pod(manifests), 2020),
+        (_audit_pod(manifests), 2022),
         (STORE_IN_CLUSTER, 9200),
         (OUTSIDE, 80),
         (OUTSIDE, 2020),
@@ -1564,7 +1688,13 @@ def test_operator_reaches_the_api_server_the_aggregators_metrics_and_dns_only(
     ):
         assert not _connects(manifests, operator, target, port), (target.name, port)
     # Nothing comes in (kubelet's probe comes from the node, which policies never block).
-    for source in (_aggregator_pod(manifests), _forwarder_pod(manifests), PROMETHEUS, TENANT):
+    for source in (
+        _aggregator_pod(manifests),
+        _forwarder_pod(manifests),
+        _audit_pod(manifests),
+        PROMETHEUS,
+        TENANT,
+    ):
         assert not _connects(manifests, source, operator, 8080), source.name
 
 
@@ -1590,10 +1720,61 @@ def test_operator_finds_every_receiving_aggregator_and_may_reach_its_metrics(
     assert _connects(manifests, _operator_pod(manifests), _aggregator_pod(manifests), int(port))
 
 
+def test_only_prometheus_reaches_the_auditor_and_it_reaches_only_the_store(
+    manifests: Manifests,
+) -> None:
+    audit = _audit_pod(manifests)
+    assert audit.ports == (AUDIT_PORT,)
+    # In: Prometheus on the metrics port, nobody else (kubelet's probes come from the node).
+    assert _connects(manifests, PROMETHEUS, audit, AUDIT_PORT)
+    for port in (2020, 80, 443, 8080):
+        assert not _connects(manifests, PROMETHEUS, audit, port), port
+    impostor = _Pod("fake-audit", "team-a", dict(audit.labels), "10.1.2.5")
+    for other in (
+        _aggregator_pod(manifests),
+        _forwarder_pod(manifests),
+        _operator_pod(manifests),
+        TENANT,
+        IMPOSTOR_PROMETHEUS,
+        impostor,
+        _stray_in_forwarder_namespace(manifests),
+        OTHER_KUBE_SYSTEM,
+        OUTSIDE,
+        API_SERVER,
+    ):
+        for port in (AUDIT_PORT, 2020, 80, 443):
+            assert not _connects(manifests, other, audit, port), (other.name, port)
+    # Out: the store the aggregators reach (at its URL's port only) and DNS, nothing else.
+    store = urlsplit(_store_url(_audit(manifests)))
+    assert store.port is not None
+    assert _connects(manifests, audit, manifests.store, store.port)
+    assert not _connects(manifests, audit, manifests.store, store.port + 1)
+    assert _connects(manifests, audit, KUBE_DNS, 53, "UDP")
+    assert _connects(manifests, audit, KUBE_DNS, 53, "TCP")
+    for target, port in (
+        (_aggregator_pod(manifests), 2020),
+        (_aggregator_pod(manifests), 24224),
+        (_forwarder_pod(manifests), 2020),
+        (_operator_pod(manifests), 8080),
+        (OTHER_KUBE_SYSTEM, 53),
+        (TENANT, store.port),
+        (API_SERVER, 443),
+        (API_SERVER, 6443),
+        (OUTSIDE, store.port),
+        (OUTSIDE, 443),
+    ):
+        assert not _connects(manifests, audit, target, port), (target.name, port)
+
+
 def test_policy_selectors_and_ports_match_the_pods(manifests: Manifests) -> None:
     # Every policy that names pods names pods that exist, in the namespace it says, and
     # every port it opens is one their containers listen on.
-    ours = [_forwarder_pod(manifests), _aggregator_pod(manifests), _operator_pod(manifests)]
+    ours = [
+        _forwarder_pod(manifests),
+        _aggregator_pod(manifests),
+        _operator_pod(manifests),
+        _audit_pod(manifests),
+    ]
     for policy in _policies(manifests):
         namespace = policy["metadata"]["namespace"]
         selected = [
@@ -1934,6 +2115,37 @@ def test_every_alert_has_a_section_in_the_operations_guide(manifests: Manifests)
         anchor = alert["annotations"]["runbook_url"].split("#", 1)[1]
         assert anchor == alert["alert"].lower()
         assert anchor in headings, alert["alert"]
+
+
+AUDIT_ALERTS = {
+    "LogferryAuditMissingRecords": "critical",
+    "LogferryAuditDuplicateRecords": "warning",
+    "LogferryAuditBehind": "warning",
+}
+
+
+def test_the_audit_alerts_watch_the_auditor(manifests: Manifests) -> None:
+    # How they fire is tested with promtool in test_alert_rules.py; here, that they are
+    # there, on the auditor's series, as the ServiceMonitor labels them (component="audit").
+    (group,) = [
+        g
+        for g in _one(manifests, "PrometheusRule")["spec"]["groups"]
+        if g["name"] == "logferry.audit"
+    ]
+    rules = {r["alert"]: r for r in group["rules"]}
+    assert {name: r["labels"]["severity"] for name, r in rules.items()} == AUDIT_ALERTS
+    for rule in rules.values():
+        used = _metrics_in(rule["expr"])
+        assert used
+        assert all(m.startswith("logferry_audit_") for m in used), used
+        assert 'component="audit"' in rule["expr"]
+        assert "{{ $labels" not in rule["annotations"]["runbook_url"]
+    assert (
+        "absent(logferry_audit_proven_until_timestamp_seconds"
+        in rules["LogferryAuditBehind"]["expr"]
+    )
+    for name in ("LogferryAuditMissingRecords", "LogferryAuditDuplicateRecords"):
+        assert "{{ $labels.tenant }}" in rules[name]["annotations"]["summary"]
 
 
 def test_forwarder_spool_alert_threshold_follows_the_configured_size(

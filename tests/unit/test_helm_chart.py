@@ -146,6 +146,7 @@ def test_the_example_values_are_what_they_say() -> None:
         "DaemonSet/logferry-forwarder": "registry.example.com/logferry/forwarder:0.1.0",
         "StatefulSet/logferry-aggregator": "registry.example.com/logferry/aggregator:0.1.0",
         "Deployment/logferry-operator": "registry.example.com/logferry/aggregator:0.1.0",
+        "Deployment/logferry-audit": "registry.example.com/logferry/aggregator:0.1.0",
     }
     forwarder = yaml.safe_load(
         objects["ConfigMap/logferry-forwarder-config"]["data"]["forwarder.yaml"]
@@ -161,6 +162,8 @@ def test_the_values_schema_refuses_typos_and_wrong_types() -> None:
         ({"aggregator.replicas": 1}, "aggregator.replicas"),
         ({"monitoring.serviceMonitor.enabled": "yes"}, "monitoring.serviceMonitor.enabled"),
         ({"clusterDomain": "Not A Domain"}, "clusterDomain"),
+        ({"audit.window": "5 minutes"}, "audit.window"),
+        ({"audit.interval": "0"}, "audit.interval"),
     ):
         with pytest.raises(helm.HelmError, match=re.escape(message)):
             helm.template(settings=settings)
@@ -175,6 +178,7 @@ def test_the_values_schema_refuses_typos_and_wrong_types() -> None:
         ({"forwarder.config.spool.directory": "/tmp/x"}, "forwarder.config.spool.directory"),
         ({"aggregator.extraConfig.input.listen_port": 1}, "aggregator.extraConfig.input"),
         ({"forwarder.config.sender.tls": False}, "forwarder.config.sender.tls"),
+        ({"audit.span": "1m"}, "audit.span must be at least one audit.window"),
     ],
 )
 def test_values_that_would_break_the_pods_are_refused(
@@ -194,8 +198,10 @@ def test_each_pod_template_carries_the_hash_of_its_rendered_configmap() -> None:
         (configmap,) = [p for p in parts if p.source == template]
         expected = hashlib.sha256(configmap.text.encode()).hexdigest()
         assert annotations[workload]["checksum/config"] == expected, workload
-    # The operator's settings are its own pod template's env: no ConfigMap to follow.
+    # The operator's and the auditor's settings are their own pod templates' env and
+    # arguments: no ConfigMap to follow.
     assert "checksum/config" not in annotations["Deployment/logferry-operator"]
+    assert "checksum/config" not in annotations["Deployment/logferry-audit"]
 
 
 @pytest.mark.parametrize(
@@ -225,7 +231,15 @@ def test_a_config_change_rolls_exactly_the_pods_that_read_it(
 ) -> None:
     before = _checksums()
     after = _checksums(settings=settings)
-    assert set(before) == set(after) == {*CONFIG_TEMPLATES, "Deployment/logferry-operator"}
+    assert (
+        set(before)
+        == set(after)
+        == {
+            *CONFIG_TEMPLATES,
+            "Deployment/logferry-operator",
+            "Deployment/logferry-audit",
+        }
+    )
     for workload in CONFIG_TEMPLATES:
         assert re.fullmatch(r"[0-9a-f]{64}", str(after[workload])), workload
     changed = {workload for workload in before if before[workload] != after[workload]}
@@ -246,6 +260,7 @@ NOT_NAMESPACES = {
     "title",
     "categories",
     "tags",
+    "command",  # the executable: `logferry audit`
 }
 DNS_LABEL = re.compile(r"(?:^|\.)(logferry(?:-forwarder)?)\.svc\b")
 
@@ -322,7 +337,7 @@ def test_the_forwarder_namespace_and_cluster_domain_are_values() -> None:
     sender = yaml.safe_load(configmap["data"]["forwarder.yaml"])["sender"]
     assert sender["dns_name"] == "logferry-aggregator-headless.obs.svc.c.example"
     assert sender["tls_server_name"] == sender["dns_name"]
-    operator = next(d for d in objects if d["kind"] == "Deployment")
+    operator = _document(objects, "Deployment", "logferry-operator")
     env = {
         e["name"]: e.get("value")
         for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -383,3 +398,71 @@ def test_the_crd_is_kept_on_uninstall_and_can_be_left_out() -> None:
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     kinds = {d["kind"] for d in _objects(_parts(settings={"installCRDs": False}))}
     assert "CustomResourceDefinition" not in kinds
+
+
+# -- the auditor ------------------------------------------------------------------------------
+
+
+def _audit_objects(**kwargs: Any) -> dict[str, dict[str, Any]]:
+    return {
+        f"{d['kind']}/{d['metadata']['name']}": d
+        for d in _objects(_parts(**kwargs))
+        if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "audit"
+    }
+
+
+def _alert_names(**kwargs: Any) -> set[str]:
+    (rule,) = [d for d in _objects(_parts(**kwargs)) if d["kind"] == "PrometheusRule"]
+    return {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+
+
+def test_the_auditor_is_on_by_default_and_can_be_left_out() -> None:
+    assert set(_audit_objects()) == {
+        "Deployment/logferry-audit",
+        "Service/logferry-audit-metrics",
+        "ServiceAccount/logferry-audit",
+        "NetworkPolicy/logferry-audit",
+    }
+    assert _audit_objects(settings={"audit.enabled": False}) == {}
+    audit_alerts = {"LogferryAuditMissingRecords", "LogferryAuditDuplicateRecords"}
+    audit_alerts.add("LogferryAuditBehind")
+    assert audit_alerts <= _alert_names(settings=MONITORING_ON)
+    # Without the auditor its alerts would only say it is absent.
+    off = _alert_names(settings={**MONITORING_ON, "audit.enabled": False})
+    assert not audit_alerts & off
+    assert "LogferryAggregatorDown" in off
+
+
+def test_the_auditor_settings_are_values() -> None:
+    settings: dict[str, str | int | bool] = {
+        "audit.window": "10m",
+        "audit.grace": "5m",
+        "audit.span": "6h",
+        "audit.interval": "2m",
+        "audit.index": "k8s-*",
+        "audit.credentialsSecret": "audit-reader",
+        "aggregator.store.url": "https://es.example:9243",
+        **MONITORING_ON,
+    }
+    objects = _audit_objects(settings=settings)
+    (container,) = objects["Deployment/logferry-audit"]["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    for flag in ("--window=10m", "--grace=5m", "--span=6h", "--interval=2m", "--index=k8s-*"):
+        assert flag in args, flag
+    env = {e["name"]: e for e in container["env"]}
+    assert env["LOGFERRY_STORE_URL"]["value"] == "https://es.example:9243"
+    assert env["LOGFERRY_STORE_USERNAME"]["valueFrom"]["secretKeyRef"]["name"] == "audit-reader"
+    volumes = objects["Deployment/logferry-audit"]["spec"]["template"]["spec"]["volumes"]
+    assert {
+        "name": "store-credentials",
+        "secret": {
+            "secretName": "audit-reader",
+            "items": [{"key": "password", "path": "password"}],
+        },
+    } in volumes
+    # LogferryAuditBehind follows them: window + grace + 8 x interval seconds.
+    (rule,) = [d for d in _objects(_parts(settings=settings)) if d["kind"] == "PrometheusRule"]
+    (behind,) = [
+        r for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "LogferryAuditBehind"
+    ]
+    assert re.search(rf"\) > {600 + 300 + 8 * 120}\b", behind["expr"]), behind["expr"]

@@ -23,6 +23,7 @@ from the release name: the forwarder owns each node's /var/log reading and its
 {{- define "logferry.forwardPort" -}}24224{{- end }}
 {{- define "logferry.metricsPort" -}}2020{{- end }}
 {{- define "logferry.operatorHealthPort" -}}8080{{- end }}
+{{- define "logferry.auditPort" -}}2022{{- end }}
 
 {{/* The headless Service's full name: the forwarders resolve it from another namespace, and the aggregators' certificate carries it. */}}
 {{- define "logferry.aggregatorHost" -}}
@@ -63,6 +64,23 @@ include "logferry.noOverride" (list "forwarder.config.spool" $section (list "dir
   podSelector:
     matchLabels:
       {{- toYaml .Values.networkPolicy.prometheus.podLabels | nindent 6 }}
+{{- end }}
+
+{{/* The egress rule to the store (networkPolicy.store): the aggregators' and the auditor's. */}}
+{{- define "logferry.storeEgress" -}}
+- to:
+    {{- toYaml .Values.networkPolicy.store.to | nindent 4 }}
+  ports:
+    {{- range .Values.networkPolicy.store.ports }}
+    - {protocol: {{ .protocol | default "TCP" }}, port: {{ .port }}}
+    {{- end }}
+{{- end }}
+
+{{/* A duration as `logferry audit` takes it (90s, 5m, 2h, 1d, or plain seconds) in seconds: include "logferry.seconds" "5m" */}}
+{{- define "logferry.seconds" -}}
+{{- $text := toString . -}}
+{{- $unit := regexFind "[smhd]$" $text -}}
+{{- mul (int (trimSuffix $unit $text)) (get (dict "" 1 "s" 1 "m" 60 "h" 3600 "d" 86400) $unit) -}}
 {{- end }}
 
 {{/* The Kubernetes API server's ports (and addresses, when given) as an egress rule. */}}
