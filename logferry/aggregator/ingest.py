@@ -4,6 +4,10 @@ For every entry: find its tenant, run that tenant's filters, give it its determi
 its index inside the tenant's prefix, and render it as a ``_bulk`` action + source line. The
 documents of one message for one tenant become one spool record (a fragment); the call returns
 only when every fragment of the message is fsynced, which is when the server may ack.
+
+A forwarder's checkpoint records (``_lf.kind: checkpoint``) skip the filters: the proof of
+delivery rests on them, so no tenant's pipeline may drop or rewrite one. They go to the
+tenant's accounting index, beside the accounting records.
 """
 
 from __future__ import annotations
@@ -42,7 +46,13 @@ from logferry.common.protocol import EventMessage
 from logferry.common.protocol.entries import UnreadableRecord
 from logferry.common.spool import Spool
 from logferry.common.units import MiB
-from logferry.pipelines.accounting import ACCOUNTING_SUFFIX
+from logferry.pipelines.accounting import (
+    ACCOUNTING_SUFFIX,
+    CHECKPOINT_ID_PREFIX,
+    CHECKPOINT_KIND,
+    CHECKPOINT_STATES,
+    WIRE_KIND_FIELD,
+)
 from logferry.pipelines.compiled import TenantPipelines
 
 __all__ = ["ByteBudget", "Ingest", "Receipt", "Rendered"]
@@ -60,6 +70,13 @@ and its fragments being durable (rendered bytes and the spool's copy of them).""
 _HELD_COPIES = 2
 """A rendered message is held twice until durable: as rendered, and as the spool frame (or
 DLQ entry) encoded from it while that waits for its fsync."""
+_CHECKPOINT_KEYS = frozenset({"kubernetes", "_lf"})
+"""All a checkpoint record holds as it comes from the forwarder."""
+_LONG_MAX = 2**63 - 1
+"""The largest value a ``long`` field of the index template holds."""
+
+Triple = tuple[int, Any, dict[str, Any]]
+"""An entry on its way to rendering: (position in the message, event time, record)."""
 
 
 @dataclass(slots=True)
@@ -182,8 +199,10 @@ class Ingest:
         self._sample_tick += 1
         keep_sample = self._pipelines is not None and self._sample_tick % _SAMPLE_EVERY == 0
         position = 0
+        refused: dict[tuple[str, str], int] = {}
         for entries in message.slices():
-            by_tenant = self._group(entries, position, message, rendered, received_s)
+            marks: dict[str, list[Triple]] = {}
+            by_tenant = self._group(entries, position, rendered, received_s, marks, refused)
             position += len(entries)
             for tenant, group in by_tenant.items():
                 self._metrics.records_in.labels(tenant).inc(len(group))
@@ -193,36 +212,74 @@ class Ingest:
                 compiled = in_force.get(tenant) if in_force else None
                 if compiled is not None and group:
                     group, suffixes = self._run_pipelines(tenant, compiled, group)
-                if not group:
-                    continue
-                done = self._renderer.render(tenant, group, message, receipt, received_s, suffixes)
-                if done.documents:
-                    parts, count = rendered.fragments.get(tenant, ([], 0))
-                    parts.append(pack_fragment(done.lines, done.documents, self._compression))
-                    rendered.fragments[tenant] = (parts, count + done.documents)
-                if done.adjusted:
-                    count_and_log(
-                        self._metrics.records_time_adjusted,
-                        log,
-                        "ingest.time_outside_window",
-                        amount=done.adjusted,
-                        labels={"tenant": tenant},
-                        level="info",
+                checkpoints = marks.pop(tenant, None)
+                if checkpoints is not None:
+                    # Joined after the pipelines: a filter never sees (so never drops) one.
+                    suffixes = (suffixes or [None] * len(group)) + [ACCOUNTING_SUFFIX] * len(
+                        checkpoints
                     )
-                for failure in done.failures:
-                    rendered.letters.append(self._failure_letter(tenant, failure, received_s))
+                    group = group + checkpoints
+                if group:
+                    self._render_group(
+                        tenant, group, suffixes, message, receipt, received_s, rendered
+                    )
+            for tenant, checkpoints in marks.items():  # tenants with nothing else in the slice
+                suffixes = [ACCOUNTING_SUFFIX] * len(checkpoints)
+                self._render_group(
+                    tenant, checkpoints, suffixes, message, receipt, received_s, rendered
+                )
+        for (tenant, reason), count in refused.items():
+            count_and_log(
+                self._metrics.records_kind_refused,
+                log,
+                "ingest.lf_kind_refused",
+                amount=count,
+                labels={"tenant": tenant, "reason": reason},
+                why="only logferry writes documents with _lf.kind: stored as log records, the "
+                f"kind kept in _lf.{WIRE_KIND_FIELD}",
+            )
         return rendered
+
+    def _render_group(
+        self,
+        tenant: str,
+        group: list[Triple],
+        suffixes: list[str | None] | None,
+        message: EventMessage,
+        receipt: Receipt,
+        received_s: int,
+        rendered: Rendered,
+    ) -> None:
+        done = self._renderer.render(tenant, group, message, receipt, received_s, suffixes)
+        if done.documents:
+            parts, count = rendered.fragments.get(tenant, ([], 0))
+            parts.append(pack_fragment(done.lines, done.documents, self._compression))
+            rendered.fragments[tenant] = (parts, count + done.documents)
+        if done.adjusted:
+            count_and_log(
+                self._metrics.records_time_adjusted,
+                log,
+                "ingest.time_outside_window",
+                amount=done.adjusted,
+                labels={"tenant": tenant},
+                level="info",
+            )
+        for failure in done.failures:
+            rendered.letters.append(self._failure_letter(tenant, failure, received_s))
 
     def _group(
         self,
         entries: list[Any],
         offset: int,
-        message: EventMessage,
         rendered: Rendered,
         received_s: int,
-    ) -> dict[str, list[tuple[int, Any, dict[str, Any]]]]:
-        """Entries by tenant as (position, time, record); unreadable records become letters."""
-        by_tenant: dict[str, list[tuple[int, Any, dict[str, Any]]]] = {}
+        marks: dict[str, list[Triple]],
+        refused: dict[tuple[str, str], int],
+    ) -> dict[str, list[Triple]]:
+        """Log records by tenant as (position, time, record); checkpoints by tenant into
+        ``marks``; unreadable records become letters; a refused ``_lf.kind`` is counted by
+        (tenant, reason) in ``refused``."""
+        by_tenant: dict[str, list[Triple]] = {}
         tenant_of = self._tenant_of
         default = self._default_tenant
         for position, (when, record) in enumerate(entries, offset):
@@ -230,6 +287,19 @@ class Ingest:
             if record.__class__ is UnreadableRecord:
                 rendered.letters.append(self._unreadable_letter(tenant, record, received_s))
                 continue
+            lf = record.get("_lf")
+            # Log records (and peers' records without _lf) pay only this lookup and test.
+            if lf.__class__ is dict and "kind" in lf:
+                problem = _checkpoint_problem(record, lf)
+                if problem is None:
+                    if tenant == default:
+                        self._flag_rerouted(record, count=False)
+                    marks.setdefault(tenant, []).append((position, when, record))
+                    self._metrics.checkpoints_received.labels(tenant).inc()
+                    continue
+                record["_lf"] = _kind_set_aside(lf)
+                key = (tenant, problem)
+                refused[key] = refused.get(key, 0) + 1
             if tenant == default:
                 self._flag_rerouted(record)
             group = by_tenant.get(tenant)
@@ -238,13 +308,14 @@ class Ingest:
             group.append((position, when, record))
         return by_tenant
 
-    def _flag_rerouted(self, record: dict[str, Any]) -> None:
+    def _flag_rerouted(self, record: dict[str, Any], *, count: bool = True) -> None:
         refusal = self._tenant_of.refusal(record)
         if refusal is None:
             return
         namespace, reason = refusal
         record["rerouted"] = {"from": namespace, "reason": reason}
-        self._metrics.records_rerouted.labels(reason=reason).inc()
+        if count:  # records only: checkpoints have a counter of their own
+            self._metrics.records_rerouted.labels(reason=reason).inc()
         if namespace not in self._refusals_logged and len(self._refusals_logged) < 10_000:
             self._refusals_logged.add(namespace)  # one warning per refused namespace
             log.warning(
@@ -553,6 +624,49 @@ class Ingest:
             labels={"tenant": tenant},
         )
         return True
+
+
+def _checkpoint_problem(record: dict[str, Any], lf: dict[str, Any]) -> str | None:
+    """None if ``record``, whose ``_lf`` has a ``kind``, is a well-formed checkpoint, else the
+    reason it is not taken as logferry's own: ``reserved_kind`` or ``malformed_checkpoint``.
+
+    Accounting records are the aggregator's own (verify reads their ranges as discarded
+    lines): one from a peer could hide a loss, so no kind but checkpoint is taken from the
+    wire. A checkpoint must have the fields the auditor reads, with the types the index
+    template gives them (a misfit would only be refused by the store, later, as a whole), and
+    nothing else at the top: the store reads a key ``"_lf.next_seq"`` as the field
+    ``_lf.next_seq``, so an extra key could change what the checkpoint says."""
+    if lf["kind"] != CHECKPOINT_KIND:
+        return "reserved_kind"
+    if not record.keys() <= _CHECKPOINT_KEYS:
+        return "malformed_checkpoint"
+    doc_id, src, next_seq, state = lf.get("id"), lf.get("src"), lf.get("next_seq"), lf.get("state")
+    lost_lines, reason, node = lf.get("lost_lines", -1), lf.get("reason", ""), lf.get("node", "")
+    well_formed = (
+        doc_id.__class__ is str
+        and doc_id.startswith(CHECKPOINT_ID_PREFIX)
+        and len(doc_id) <= 512  # longer ids are replaced by derived ones when rendered
+        and src.__class__ is str
+        and bool(src)
+        and next_seq.__class__ is int
+        and 0 <= next_seq <= _LONG_MAX
+        and state.__class__ is str
+        and state in CHECKPOINT_STATES
+        and lost_lines.__class__ is int
+        and -1 <= lost_lines <= _LONG_MAX
+        and reason.__class__ is str
+        and node.__class__ is str
+    )
+    return None if well_formed else "malformed_checkpoint"
+
+
+def _kind_set_aside(lf: dict[str, Any]) -> dict[str, Any]:
+    """``lf`` without ``kind``, which it keeps as text under :data:`WIRE_KIND_FIELD`: nothing
+    that reads ``_lf.kind`` (verify, the auditor) takes the record for logferry's own."""
+    kept = {key: value for key, value in lf.items() if key != "kind"}
+    kind = lf["kind"]
+    kept[WIRE_KIND_FIELD] = kind if kind.__class__ is str else repr(kind)[:256]
+    return kept
 
 
 def _compression_of(spools: TenantSpools | None, chosen: Compression | None) -> Compression:

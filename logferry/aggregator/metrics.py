@@ -84,6 +84,20 @@ class AggregatorMetrics:
             "the tenant's filters discarded (what verify counts them by).",
             "tenant",
         )
+        self.checkpoints_received = counter(
+            "checkpoints_received",
+            "Forwarder checkpoint records received (_lf.kind: checkpoint): stored in the "
+            "tenant's accounting index, past its pipelines; not counted in records_in.",
+            "tenant",
+        )
+        self.records_kind_refused = counter(
+            "records_kind_refused",
+            "Records that arrived with an _lf.kind logferry does not take from the wire "
+            "(reason reserved_kind: accounting or unknown; malformed_checkpoint): stored as log "
+            "records, the kind kept in _lf.wire_kind, so they never pass for logferry's own.",
+            "tenant",
+            "reason",
+        )
         self.pipeline_over_budget = counter(
             "pipeline_over_budget",
             "Messages whose tenant pipelines ran out of time (the rest went on unfiltered).",

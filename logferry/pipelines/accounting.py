@@ -22,7 +22,11 @@ from typing import Any
 __all__ = [
     "ACCOUNTING_KIND",
     "ACCOUNTING_SUFFIX",
+    "CHECKPOINT_ID_PREFIX",
+    "CHECKPOINT_KIND",
+    "CHECKPOINT_STATES",
     "RESERVED_SUFFIX_PREFIX",
+    "WIRE_KIND_FIELD",
     "Discard",
     "accounting_records",
 ]
@@ -31,6 +35,16 @@ ACCOUNTING_SUFFIX = "lf-accounting"
 ACCOUNTING_KIND = "accounting"
 RESERVED_SUFFIX_PREFIX = "lf-"
 """Index suffixes starting with this are logferry's own; tenant pipelines cannot use them."""
+CHECKPOINT_KIND = "checkpoint"
+"""``_lf.kind`` of a forwarder's checkpoint: every seq of ``_lf.src`` below ``_lf.next_seq`` is
+durable. Stored beside the accounting records, under :data:`ACCOUNTING_SUFFIX`."""
+CHECKPOINT_ID_PREFIX = "ckpt-"
+"""A checkpoint's ``_lf.id`` starts with this: it can never take an accounting record's id
+(``acct-``) in the index they share, which would make the store refuse the real one as a 409."""
+CHECKPOINT_STATES = frozenset({"open", "finished", "lost"})
+WIRE_KIND_FIELD = "wire_kind"
+"""Where the aggregator keeps (in ``_lf``) a ``kind`` a record arrived with but that is not a
+valid checkpoint: only logferry itself may store a document with ``_lf.kind``."""
 
 
 @dataclass(frozen=True, slots=True)

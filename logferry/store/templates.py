@@ -31,8 +31,11 @@ __all__ = [
     "template_name",
 ]
 
-TEMPLATE_VERSION = 2
-"""Bumped whenever the mappings change in a way older aggregators must not undo."""
+TEMPLATE_VERSION = 3
+"""Bumped whenever the mappings change in a way older aggregators must not undo (3: the
+checkpoint fields). An aggregator installs its template over any older version, so a
+store gets the new mappings from the first aggregator upgraded; indices made before keep
+their own until they roll over to the next period."""
 
 _KEYWORD = {"type": "keyword"}
 _BOOLEAN = {"type": "boolean"}
@@ -123,7 +126,18 @@ def _mappings() -> dict[str, Any]:
                     "seq": _LONG,
                     "seq_end": _LONG,
                     "kind": _KEYWORD,
+                    # A kind a peer sent that logferry does not take as its own.
+                    "wire_kind": _KEYWORD,
                     "lines": _LONG,
+                    # Checkpoints: how far a source is durable, and how it ended. The auditor
+                    # aggregates on them: their types must not hang on the first document of
+                    # each index (dynamic mapping).
+                    "next_seq": _LONG,
+                    "state": _KEYWORD,
+                    "lost_lines": _LONG,
+                    # Free text from the forwarder: past this it is kept in _source only.
+                    "reason": {"type": "keyword", "ignore_above": 1024},
+                    "node": _KEYWORD,
                     # Read from _source by verify, never searched: no fields of their own.
                     "discarded": _OPAQUE,
                     "filtered_by": _KEYWORD,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from logferry.tools.verify_store import (
+    ACCOUNTING_INDICES,
     KIND_FIELD,
     NAMESPACE_FIELD,
     PAGE_BUCKETS,
@@ -68,7 +69,7 @@ def checkpoint_query(
     sources: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Checkpoints stamped in ``[since_ms, until_ms)``, of ``namespace`` and ``sources``."""
-    filters: list[dict[str, Any]] = [{"term": {KIND_FIELD: CHECKPOINT}}]
+    filters: list[dict[str, Any]] = [{"term": {KIND_FIELD: CHECKPOINT}}, ACCOUNTING_INDICES]
     if since_ms is not None or until_ms is not None:
         bounds: dict[str, Any] = {"format": "epoch_millis"}
         if since_ms is not None:

@@ -36,6 +36,12 @@ LEGACY_SUFFIX = ".keyword"
 """Indices made before the template (dynamic mapping) hold these fields as text, with a
 keyword sub-field of this name."""
 
+ACCOUNTING_INDICES: dict[str, Any] = {"wildcard": {"_index": {"value": f"*.{ACCOUNTING_SUFFIX}-*"}}}
+"""Accounting and checkpoint records are read from the accounting indices only: only the
+aggregator writes there (what it made, and checkpoints it checked). A document in a tenant's
+own index that claims ``_lf.kind`` (a peer's record with a dotted ``"_lf.kind"`` key, say)
+is a log record, never proof."""
+
 BLOCK = 1000
 """Seqs per histogram block: well below the cardinality's precision threshold."""
 PRECISION_THRESHOLD = 4000
@@ -435,7 +441,7 @@ class VerifyStore:
         logferry's template hold them); ``sources``: only theirs."""
         query = window_query(options)
         query["bool"]["must_not"] = []
-        narrowed = _narrow(query, {"term": {KIND_FIELD: ACCOUNTING}})
+        narrowed = _narrow(query, {"term": {KIND_FIELD: ACCOUNTING}}, ACCOUNTING_INDICES)
         if sources is not None:
             narrowed = _narrow(narrowed, {"terms": {SRC_FIELD: list(sources)}})
         after: Any = None

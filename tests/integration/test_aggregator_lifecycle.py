@@ -18,7 +18,7 @@ from tests.support.aggregator import MakeAggregator, input_port
 from tests.support.forward_client import ForwardClient
 from tests.support.log_pipelines import log_pipeline
 from tests.support.net import wait_until
-from tests.support.opensearch_client import StoreReader, wait_count
+from tests.support.opensearch_client import ANY_DOCUMENT, StoreReader, wait_count
 from tests.support.records import compressed_chunk, container_entries
 from tests.support.tcp_proxy import TcpProxy
 
@@ -198,8 +198,9 @@ async def test_a_tenants_pipeline_applies_to_its_tenant_only(
     await wait_count(store, "logs-filt-b-*", 100)
     await wait_count(store, "logs-filt-a-*", 80)
     # The 20 discarded lines: one accounting record for the source, beside the tenant's index.
-    await wait_count(store, "logs-filt-a.lf-accounting-*", 1)
-    (accounting,) = [h["_source"] for h in await store.search("logs-filt-a.lf-accounting-*")]
+    await wait_count(store, "logs-filt-a.lf-accounting-*", 1, query=ANY_DOCUMENT)
+    accounting_index = "logs-filt-a.lf-accounting-*"
+    (accounting,) = [h["_source"] for h in await store.search(accounting_index, query=ANY_DOCUMENT)]
     assert accounting["_lf"]["lines"] == 20
     assert accounting["kubernetes"]["namespace_name"] == "filt-a"
     kept = [h["_source"] for h in await store.search("logs-filt-a-*")]

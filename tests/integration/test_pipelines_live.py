@@ -17,7 +17,7 @@ from tests.support.bulk_fault_proxy import BulkFaultProxy
 from tests.support.forward_client import ForwardClient
 from tests.support.log_pipelines import log_pipeline
 from tests.support.net import wait_until
-from tests.support.opensearch_client import StoreReader, wait_count
+from tests.support.opensearch_client import ANY_DOCUMENT, StoreReader, wait_count
 from tests.support.records import compressed_chunk, container_entries
 
 pytestmark = pytest.mark.integration
@@ -228,7 +228,7 @@ async def test_filtered_lines_stay_provable_and_a_resend_cut_elsewhere_adds_noth
     }
     assert sorted(hits) == list(range(0, 400, 4))
     assert all(hits[seq]["log"] == f"START keep {seq}" for seq in hits)
-    accounting = await store.search(f"logs-{ns}.lf-accounting-*", size=1000)
+    accounting = await store.search(f"logs-{ns}.lf-accounting-*", 1000, ANY_DOCUMENT)
     assert {h["_source"]["_lf"]["kind"] for h in accounting} == {"accounting"}
     listed = {
         seq

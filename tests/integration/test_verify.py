@@ -24,7 +24,15 @@ from logferry.forwarder.positions import PositionStore, SourceState
 from logferry.store.client import open_store
 from logferry.tools.verify import VerifyOptions, verify
 from tests.support.commands import run_module
-from tests.support.seeded_store import NODE, Store, accounting, document, joined, pod_log
+from tests.support.seeded_store import (
+    NODE,
+    Store,
+    accounting,
+    checkpoint,
+    document,
+    joined,
+    pod_log,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -367,3 +375,23 @@ async def test_verify_counts_ranges_and_accounting_records_exactly(
         assert out.splitlines()[-1] == "FAILED: 20 missing, 51 duplicates"
     finally:
         await store.delete(f"logs-{tag}*")
+
+
+async def test_accounting_and_checkpoints_outside_the_accounting_indices_prove_nothing(
+    store: Store, opensearch: OpenSearchNode
+) -> None:
+    # A peer's record stored in the tenant's own index that claims to be proof: a forged
+    # accounting record covering a lost seq, and a forged checkpoint raising the end.
+    tag = f"vf{uuid.uuid4().hex[:8]}"
+    index = f"logs-{tag}-2026.11.25"
+    stamp = "2026-11-25T10:00:00Z"
+    src = source_id(NODE, 5, 1, 0)
+    await store.index(index, [document(src, seq, tag, stamp) for seq in range(100) if seq != 42])
+    await store.index(
+        index, [accounting(src, tag, stamp, (42, 42)), checkpoint(src, 200, tag, stamp)]
+    )
+    report = await verify(
+        VerifyOptions(store=StoreAccess(urls=[opensearch.url]), index=f"logs-{tag}-*")
+    )
+    [row] = report.sources
+    assert (row.expected, row.missing, row.accounted, row.expected_by) == (100, 1, 0, "store")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -38,6 +39,39 @@ def container_entries(
             )
         )
     return out
+
+
+def wire_checkpoint(
+    namespace: str,
+    src: str,
+    next_seq: int,
+    *,
+    state: str = "open",
+    when: EventTime | None = None,
+    pod: str = "app-0",
+    **more: Any,
+) -> Entry:
+    """A forwarder checkpoint as issue 19 specifies it: every seq of ``src`` below
+    ``next_seq`` is durable (``more``: ``lost_lines``, ``reason``, or fields to break it).
+    Its id follows from what it says, so the same checkpoint sent again has the same id."""
+    digest = hashlib.blake2b(f"{src}|{next_seq}|{state}".encode(), digest_size=12).hexdigest()
+    lf: dict[str, Any] = {
+        "kind": "checkpoint",
+        "id": f"ckpt-{digest}",
+        "src": src,
+        "next_seq": next_seq,
+        "state": state,
+        "node": "node-t",
+        **more,
+    }
+    kubernetes = {
+        "namespace_name": namespace,
+        "pod_name": pod,
+        "container_name": "main",
+        "container_id": "containerd://abc",
+        "host": "node-t",
+    }
+    return (when or EventTime.from_float(time.time()), {"kubernetes": kubernetes, "_lf": lf})
 
 
 def compressed_chunk(entries: list[Entry], chunk: str, tag: str = "kube.test") -> bytes:

@@ -10,7 +10,13 @@ import pytest
 
 from logferry.store.lifecycle import Policy, ilm_templates, policies, policy_name, templates_for
 from logferry.store.settings import IndexSettings
-from logferry.store.templates import TEMPLATE_VERSION, sealed, template_body, template_name
+from logferry.store.templates import (
+    TEMPLATE_VERSION,
+    ensure_template,
+    sealed,
+    template_body,
+    template_name,
+)
 
 
 def settings(**values: Any) -> IndexSettings:
@@ -69,6 +75,14 @@ def test_template_index_settings() -> None:
         (("_lf", "seq"), {"type": "long"}),
         (("_lf", "seq_end"), {"type": "long"}),
         (("_lf", "truncated"), {"type": "boolean"}),
+        (("_lf", "kind"), {"type": "keyword"}),
+        (("_lf", "wire_kind"), {"type": "keyword"}),
+        # Checkpoints, which the auditor aggregates on.
+        (("_lf", "next_seq"), {"type": "long"}),
+        (("_lf", "state"), {"type": "keyword"}),
+        (("_lf", "lost_lines"), {"type": "long"}),
+        (("_lf", "reason"), {"type": "keyword", "ignore_above": 1024}),
+        (("_lf", "node"), {"type": "keyword"}),
         (("kubernetes", "namespace_name"), {"type": "keyword"}),
         (("kubernetes", "pod_name"), {"type": "keyword"}),
         (("rerouted", "reason"), {"type": "keyword"}),
@@ -101,6 +115,57 @@ def test_other_strings_are_text_with_a_keyword() -> None:
     strings = mappings["dynamic_templates"][-1]["strings"]["mapping"]
     assert strings["type"] == "text"
     assert strings["fields"]["keyword"] == {"type": "keyword", "ignore_above": 256}
+
+
+class FakeTemplates:
+    """The one template endpoint of a store, holding what was last PUT."""
+
+    def __init__(self, stored: dict[str, Any] | None) -> None:
+        self.stored = stored
+        self.puts = 0
+
+    async def call(self, method: str, path: str, body: Any = None, **_: Any) -> tuple[int, Any]:
+        assert (method, path) == ("GET", "/_index_template/logferry-logs")
+        if self.stored is None:
+            return 404, {}
+        found = {"name": "logferry-logs", "index_template": self.stored}
+        return 200, {"index_templates": [found]}
+
+    async def request(self, method: str, path: str, body: Any = None, **_: Any) -> Any:
+        assert (method, path) == ("PUT", "/_index_template/logferry-logs")
+        self.stored, self.puts = body, self.puts + 1
+        return {"acknowledged": True}
+
+
+def _as_version(body: dict[str, Any], version: int) -> dict[str, Any]:
+    """``body`` as another logferry version would have sealed it (its mappings differ)."""
+    older = copy.deepcopy(body)
+    older["version"] = version
+    del older["template"]["mappings"]["properties"]["_lf"]["properties"]["next_seq"]
+    return sealed(older)
+
+
+def test_the_checkpoint_mappings_came_with_a_new_version() -> None:
+    # Version 2 had no checkpoint fields: a store holding it must get them.
+    assert TEMPLATE_VERSION >= 3
+
+
+async def test_ensure_template_replaces_an_older_version_so_a_store_gets_new_mappings() -> None:
+    body = template_body("logs", IndexSettings())
+    store = FakeTemplates(_as_version(body, TEMPLATE_VERSION - 1))
+    assert await ensure_template(store, "logferry-logs", body) == "installed"  # type: ignore[arg-type]
+    assert store.stored == body
+    assert await ensure_template(store, "logferry-logs", body) == "current"  # type: ignore[arg-type]
+    assert store.puts == 1
+
+
+async def test_ensure_template_keeps_a_newer_version() -> None:
+    body = template_body("logs", IndexSettings())
+    newer = _as_version(body, TEMPLATE_VERSION + 1)
+    store = FakeTemplates(newer)
+    assert await ensure_template(store, "logferry-logs", body) == "newer_kept"  # type: ignore[arg-type]
+    assert store.stored == newer
+    assert store.puts == 0
 
 
 def test_template_meta() -> None:
