@@ -22,22 +22,32 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from logferry.common.disk_full import DiskStalls
+from logferry.common.errors import SpoolFullError
 from logferry.common.events import first_set, unless_stopped
 from logferry.common.logs import get_logger
 from logferry.common.metrics import count_and_log
 from logferry.common.reload import ConfigReloader
 from logferry.common.spool import Spool
 from logferry.common.status_http import StatusServer
+from logferry.forwarder.checkpoints import CheckpointBook, CheckpointState, Mark, checkpoint_entry
 from logferry.forwarder.config import ForwarderConfig
 from logferry.forwarder.discovery import Discovery, FoundFile
 from logferry.forwarder.enrich import enriched, excluded_by_annotation, pod_uid
+from logferry.forwarder.entries import encode_blocks, kubernetes_raw
+from logferry.forwarder.lost import count_lost_lines
 from logferry.forwarder.metadata import parse_file_name
 from logferry.forwarder.metrics import ForwarderMetrics
 from logferry.forwarder.multiline_rules import RuleBook
 from logferry.forwarder.parking import Parking
 from logferry.forwarder.pathguard import RefusedFileError, check_target, open_pod_log
 from logferry.forwarder.podwatch import ApiAccess, PodCache, PodInfo, PodWatcher
-from logferry.forwarder.positions import PositionStore, Resolution, fingerprint, resolve
+from logferry.forwarder.positions import (
+    PositionStore,
+    Resolution,
+    SourceState,
+    fingerprint,
+    resolve,
+)
 from logferry.forwarder.positions_saver import PositionsSaver
 from logferry.forwarder.reload import forwarder_policy
 from logferry.forwarder.sender import Sender
@@ -51,6 +61,9 @@ POSITIONS_SAVE_INTERVAL_S = 0.5
 _ROTATED = re.compile(r"^\d+\.log\.\d{8}-\d{6}\Z")
 IDLE_ROUNDS_TO_RELEASE = 2
 _STOP_POLL_S = 0.1
+# Checkpoints per spool append: an interval's go in one append on any node (a few hundred
+# containers), in a few on a larger one, each far below the spool's append size.
+_CHECKPOINTS_PER_APPEND = 1000
 
 
 class Forwarder:
@@ -111,6 +124,8 @@ class Forwarder:
         self._tails: dict[Key, FileTail] = {}
         self._live: set[Key] = set()
         self._idle_rounds: dict[Key, int] = {}
+        self._checkpoints = CheckpointBook(config.checkpoints.interval_s, time.monotonic())
+        self._checkpoints_deferred = False
         self._spool: Spool | None = None
         self._sender: Sender | None = None
         self.reloader = (
@@ -259,15 +274,20 @@ class Forwarder:
             if key not in self._tails:
                 self._open(item)
         self._live = live
+        lost: list[SourceState] = []
         if not self._recovered:
             self._recovered = True
-            self._reopen_rotated_while_down()
+            lost = self._reopen_rotated_while_down()
         self._wake.set()
+        if lost and self._checkpoints.enabled:
+            await self._checkpoint_lost(lost)
 
-    def _reopen_rotated_while_down(self) -> None:
+    def _reopen_rotated_while_down(self) -> list[SourceState]:
         """Sources with a saved position that the glob no longer shows were rotated away while
         we were down: find each by device and inode beside where it was last seen, and drain
-        it from its saved position (never from the start, never skipped)."""
+        it from its saved position (never from the start, never skipped). Returns the sources
+        whose file is gone (lost)."""
+        lost: list[SourceState] = []
         for state in self.positions.all():
             if state.key in self._tails or not state.link:
                 continue
@@ -297,7 +317,32 @@ class Forwarder:
                     path=state.path,
                 )
                 self.positions.remove(*state.key)
+                lost.append(state)
         self._read_born_while_down()
+        return lost
+
+    async def _checkpoint_lost(self, states: list[SourceState]) -> None:
+        """A ``lost`` checkpoint for each source gone while we were down, with the lines it
+        never read when a compressed copy of its file survives beside its log."""
+        for state in states:
+            meta = parse_file_name(state.link, self.config.node_name)
+            if meta is None:
+                continue
+            lines = await asyncio.to_thread(
+                count_lost_lines, os.path.dirname(state.path), state.fingerprint, state.offset
+            )
+            mark = Mark(
+                state.source_id,
+                state.next_seq,
+                CheckpointState.LOST,
+                meta.namespace_name,
+                kubernetes_raw(meta.as_record()),
+                reason="gone_while_down",
+                lost_lines=lines,
+            )
+            self._checkpoints.ended(mark)
+            log.info("checkpoint.lost", source=state.source_id, lost_lines=lines)
+        self._wake.set()
 
     def _read_born_while_down(self) -> None:
         """Rotated files beside a container's log that no position, no release and no tail
@@ -448,6 +493,9 @@ class Forwarder:
                     await self._maybe_release(key, tail)
                 elif not stopping and _rotated_behind_link(key, tail):
                     self.discovery.request_scan()
+            if self._checkpoints.enabled:
+                # After the round's appends: a checkpoint follows the records it covers.
+                await self._write_checkpoints(final=stopping and not progressed)
             now = time.monotonic()
             if self.positions.dirty and (stopping or now - last_save >= POSITIONS_SAVE_INTERVAL_S):
                 await self._save_positions(force=stopping)
@@ -529,6 +577,7 @@ class Forwarder:
             # Excluded by the pod's annotation: read, counted as excluded, not shipped.
             metrics.records_excluded.labels(namespace).inc(batch.records)
             batch = dataclasses.replace(batch, entries=[], records=0)
+            self._checkpoints.exclude(tail.state.source_id)
         elif self.pods is not None and key in self._enriched and self._enriched[key][0] is None:
             metrics.metadata_incomplete.labels(namespace).inc(batch.records)
         metrics.bytes_read.labels(namespace).inc(batch.bytes_read)
@@ -573,6 +622,7 @@ class Forwarder:
         if rounds < IDLE_ROUNDS_TO_RELEASE:
             return
         await self._make_durable(tail, tail.finish())
+        self._ended(key, tail, "deleted" if _deleted(tail) else "rotated")
         self.positions.remove(*key)
         tail.close()
         del self._tails[key]
@@ -585,11 +635,76 @@ class Forwarder:
         # The bytes past the new size are gone from the file; what was read is spooled. The
         # next scan reopens it, and resolve() starts a new generation (a new source id).
         log.warning("tail.truncated", source=tail.state.source_id, offset=tail.state.offset)
+        self._ended(key, tail, "truncated")
         tail.close()
         del self._tails[key]
         self._live.discard(key)
         self._forget_pod(key)
         self._wake.set()
+
+    def _checkpointable(self, key: Key, tail: FileTail) -> bool:
+        """Whether the source's records are shipped: not excluded, and (with pod metadata)
+        its exclusion decided."""
+        if key in self._excluded:
+            return False
+        return self.pods is None or tail.fmt == "raw" or key in self._enriched
+
+    def _open_mark(self, key: Key, tail: FileTail) -> Mark:
+        return Mark(
+            tail.state.source_id,
+            tail.state.next_seq,  # durable: _make_durable moves it only after the append
+            CheckpointState.OPEN,
+            tail.meta.namespace_name,
+            tail.reader.kubernetes,
+        )
+
+    def _tailed_marks(self) -> list[Mark]:
+        return [
+            self._open_mark(key, tail)
+            for key, tail in self._tails.items()
+            if self._checkpointable(key, tail)
+        ]
+
+    def _ended(self, key: Key, tail: FileTail, reason: str) -> None:
+        """The source will grow no more: its ``finished`` checkpoint, at what is durable."""
+        if not self._checkpointable(key, tail):
+            self._checkpoints.forget(tail.state.source_id)
+            return
+        mark = self._open_mark(key, tail)
+        finished = dataclasses.replace(mark, state=CheckpointState.FINISHED, reason=reason)
+        self._checkpoints.ended(finished)
+
+    async def _write_checkpoints(self, *, final: bool) -> None:
+        """Append the checkpoints due now (``final``: at shutdown, every source that
+        advanced). They never wait for room: with the spool full, the finished and lost ones
+        wait for a later round, and the open ones for the next interval."""
+        assert self._spool is not None
+        marks = self._checkpoints.collect(time.monotonic(), self._tailed_marks, final=final)
+        settings = self.config.sender
+        node = self.config.node_name
+        for start in range(0, len(marks), _CHECKPOINTS_PER_APPEND):
+            group = marks[start : start + _CHECKPOINTS_PER_APPEND]
+            now = time.time_ns()
+            entries = [checkpoint_entry(mark, node, now) for mark in group]
+            blocks = encode_blocks(
+                entries, settings.batch_max_records, settings.batch_max_bytes, checkpoints=True
+            )
+            try:
+                await self._spool.append(blocks, block=False)
+            except SpoolFullError:
+                if not self._checkpoints_deferred:
+                    self._checkpoints_deferred = True
+                    log.info(
+                        "checkpoint.deferred",
+                        reason="spool full",
+                        waiting=self._checkpoints.waiting,
+                        final=final,
+                    )
+                return
+            self._checkpoints_deferred = False
+            self._checkpoints.written(group)
+            for mark in group:
+                self.metrics.checkpoints.labels(mark.tenant).inc()
 
     def _forget_pod(self, key: Key) -> None:
         self._awaiting.pop(key, None)
@@ -609,6 +724,14 @@ class Forwarder:
             with contextlib.suppress(Exception):
                 self.metrics.spool_bytes.set(self._spool.bytes_used)
                 self.metrics.spool_blocks.set(self._spool.records_pending)
+
+
+def _deleted(tail: FileTail) -> bool:
+    """Whether the released file has no name left (deleted, rather than rotated away)."""
+    try:
+        return os.fstat(tail.fd).st_nlink == 0
+    except OSError:
+        return False
 
 
 def _rotated_behind_link(key: Key, tail: FileTail) -> bool:

@@ -176,6 +176,17 @@ def parse_host_port(server: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+class CheckpointSettings(ConfigModel):
+    """Checkpoint records: each source announces, through the pipeline itself, how far its
+    records are durable, so that ``verify`` and the auditor know where it should end without
+    the node's position file."""
+
+    interval_s: float = Field(default=60.0, ge=0, le=86400)
+    """Every interval, one ``open`` checkpoint for each source that advanced since its last
+    one; sources also get one when rotated, truncated, lost, and at shutdown. ``0``: no
+    checkpoints at all (benchmarks)."""
+
+
 class KubernetesSettings(ConfigModel):
     """Pod metadata from the API server (labels, annotations, images) on every record."""
 
@@ -234,6 +245,8 @@ class ForwarderConfig(ConfigModel):
     """Pod metadata from the API server."""
     multiline: MultilineSettings = MultilineSettings()
     """Joining stack traces and other continuation lines into one record, at the source."""
+    checkpoints: CheckpointSettings = CheckpointSettings()
+    """Checkpoint records: proof of how far each source got, sent like any record."""
     parked_directory: Path | None = None
     """Where chunks refused ``sender.park_after_refusals`` times are kept, one file each
     (default: ``<spool.directory>/../parked``); list and requeue them with

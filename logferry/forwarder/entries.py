@@ -12,12 +12,18 @@ spool writes, checksums, fsyncs and reads small compressed blocks, and the sende
 CompressedPackedForward chunk by concatenating the gzip members of several blocks (the
 protocol allows several members; Fluentd and Fluent Bit read them), with no decoding and no
 compression of its own.
+
+A block of checkpoint records (``checkpoints``) has the top bit of its count set: on the
+wire its entries are entries like any (``block_count``, the chunk's ``size``), but they are
+not log records, and the sender leaves them out of what it counts as records
+(``block_records``). Log record blocks never come near 2**31 entries.
 """
 
 from __future__ import annotations
 
 import gzip
 import struct
+from collections.abc import Sequence
 
 import msgspec
 from msgspec.msgpack import Ext
@@ -32,6 +38,7 @@ __all__ = [
     "block_count",
     "block_gzip",
     "block_raw_size",
+    "block_records",
     "block_stream",
     "encode_blocks",
     "event_time",
@@ -45,7 +52,9 @@ _SECONDS_NANOS = struct.Struct(">II")
 pack_event_time = _SECONDS_NANOS.pack
 """``pack_event_time(seconds, nanoseconds)``: the 8 data bytes of an EventTime."""
 _encode = msgspec.msgpack.Encoder().encode
-_HEADER = struct.Struct(">II")  # entries, uncompressed bytes
+_HEADER = struct.Struct(">II")  # entries (top bit: checkpoint records), uncompressed bytes
+_CHECKPOINT_FLAG = 0x8000_0000
+_COUNT_MASK = _CHECKPOINT_FLAG - 1
 
 
 # gc=False: entries hold only strings, numbers and each other, never a cycle, so the cyclic
@@ -120,30 +129,39 @@ def make_entry(record: MergedRecord, seq: int, source: str, kubernetes: msgspec.
     return Entry(event_time(record.time_ns), Body(record.log, record.stream, kubernetes, lf))
 
 
-def encode_blocks(entries: list[Entry], per_block: int, max_bytes: int) -> list[bytes]:
+def encode_blocks(
+    entries: Sequence[msgspec.Struct], per_block: int, max_bytes: int, *, checkpoints: bool = False
+) -> list[bytes]:
     """``entries`` as spool blocks, in order, each of at most ``per_block`` entries and at most
-    ``max_bytes`` uncompressed (a single larger entry makes a block of its own)."""
+    ``max_bytes`` uncompressed (a single larger entry makes a block of its own);
+    ``checkpoints``: they are checkpoint records, not log records (see the module docstring)."""
     blocks: list[bytes] = []
     for i in range(0, len(entries), per_block):
-        _encode_within(entries[i : i + per_block], max_bytes, blocks)
+        _encode_within(entries[i : i + per_block], max_bytes, blocks, checkpoints)
     return blocks
 
 
-def _encode_within(entries: list[Entry], max_bytes: int, out: list[bytes]) -> None:
+def _encode_within(
+    entries: Sequence[msgspec.Struct], max_bytes: int, out: list[bytes], checkpoints: bool
+) -> None:
     packed = memoryview(_encode(entries))
     stream = packed[_array_header_len(packed) :]  # the entries without the array header
     if len(stream) > max_bytes and len(entries) > 1:
         # Rare (long lines): halve until it fits rather than measure every entry up front.
         half = len(entries) // 2
-        _encode_within(entries[:half], max_bytes, out)
-        _encode_within(entries[half:], max_bytes, out)
+        _encode_within(entries[:half], max_bytes, out, checkpoints)
+        _encode_within(entries[half:], max_bytes, out, checkpoints)
         return
-    out.append(make_block(stream, len(entries)))
+    out.append(make_block(stream, len(entries), checkpoints=checkpoints))
 
 
-def make_block(stream: bytes | memoryview, count: int) -> bytes:
-    """The block of a MessagePackEventStream of ``count`` entries."""
-    return _HEADER.pack(count, len(stream)) + gzip_parts([stream])
+def make_block(stream: bytes | memoryview, count: int, *, checkpoints: bool = False) -> bytes:
+    """The block of a MessagePackEventStream of ``count`` entries (``checkpoints``: checkpoint
+    records, kept out of the record counts)."""
+    if not 0 <= count <= _COUNT_MASK:
+        raise ValueError(f"a block holds at most {_COUNT_MASK} entries, not {count}")
+    flag = _CHECKPOINT_FLAG if checkpoints else 0
+    return _HEADER.pack(count | flag, len(stream)) + gzip_parts([stream])
 
 
 def _array_header_len(packed: memoryview) -> int:
@@ -154,9 +172,15 @@ def _array_header_len(packed: memoryview) -> int:
 
 
 def block_count(block: bytes | memoryview) -> int:
-    """How many entries a block holds."""
+    """How many entries a block holds (checkpoint records included: what goes on the wire)."""
     count: int = _HEADER.unpack_from(block)[0]
-    return count
+    return count & _COUNT_MASK
+
+
+def block_records(block: bytes | memoryview) -> int:
+    """How many log records a block holds: its entries, or 0 for checkpoint records."""
+    count: int = _HEADER.unpack_from(block)[0]
+    return 0 if count & _CHECKPOINT_FLAG else count
 
 
 def block_raw_size(block: bytes | memoryview) -> int:

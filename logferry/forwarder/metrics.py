@@ -74,6 +74,12 @@ class ForwarderMetrics:
             "(excluded by policy, not lost).",
             "tenant",
         )
+        self.checkpoints = counter(
+            "checkpoints",
+            "Checkpoint records spooled (a source's durable next seq: open, finished or lost); "
+            "not log records, so in no record or line count.",
+            "tenant",
+        )
         self.open_files = gauge("open_files", "Files being tailed.")
         self.lag_bytes = gauge(
             "lag_bytes",

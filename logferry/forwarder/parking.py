@@ -120,8 +120,8 @@ def summarize(stream: bytes) -> dict[str, dict[str, Any]]:
     for entry in _entries(stream):
         record = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
         lf = record.get("_lf") if isinstance(record, dict) else None
-        if not isinstance(lf, dict) or not isinstance(lf.get("src"), str):
-            continue
+        if not isinstance(lf, dict) or not isinstance(lf.get("src"), str) or "kind" in lf:
+            continue  # not a log record (a checkpoint): no seq to range over
         seq = lf.get("seq") if isinstance(lf.get("seq"), int) else -1
         kubernetes = record.get("kubernetes") if isinstance(record, dict) else None
         namespace = kubernetes.get("namespace_name") if isinstance(kubernetes, dict) else None

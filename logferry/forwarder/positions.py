@@ -89,6 +89,12 @@ def fingerprint(fd_or_path: int | str | os.PathLike[str], length: int = FINGERPR
             head = _pread_head(fd, length)
         finally:
             os.close(fd)
+    return fingerprint_of(head)
+
+
+def fingerprint_of(head: bytes) -> str:
+    """The fingerprint of a file whose first bytes are ``head`` (all of them, however many:
+    cut it to the length a fingerprint covers to compare with it)."""
     return f"{len(head)}:{hashlib.blake2b(head, digest_size=16).hexdigest()}"
 
 

@@ -54,7 +54,7 @@ from logferry.forwarder.endpoints import (
     getaddrinfo_resolver,
     refresh_dns_forever,
 )
-from logferry.forwarder.entries import block_count, block_gzip, block_raw_size
+from logferry.forwarder.entries import block_count, block_gzip, block_raw_size, block_records
 from logferry.forwarder.metrics import ForwarderMetrics
 from logferry.forwarder.parking import Parking
 
@@ -102,7 +102,9 @@ class Chunk:
     chunk_id: str
     payload: bytes
     records: int
-    """Entries in the chunk (its blocks' counts summed)."""
+    """Log records in the chunk: its entries less its checkpoint records."""
+    entries: int = 0
+    """Entries in the chunk (its blocks' counts summed): the ``size`` it is sent with."""
     suspect: bool = False
     """An aggregator closed the connection on it once: it is sent alone from now on."""
     refusals: int = 0
@@ -354,12 +356,15 @@ class Sender:
 
     def _encode(self, batch: SpoolBatch) -> Chunk:
         cid = chunk_id(self.node_name, batch.first_seq, len(batch.records))
-        records = sum(block_count(block) for block in batch.records)
+        # ``size`` counts every entry (an aggregator may check it); the record metrics leave
+        # checkpoint records out.
+        entries = sum(block_count(block) for block in batch.records)
+        records = sum(block_records(block) for block in batch.records)
         gzipped = b"".join(block_gzip(block) for block in batch.records)
         payload = encode_compressed_packed_forward(
-            self.settings.tag, b"", records, chunk=cid, gzipped=gzipped
+            self.settings.tag, b"", entries, chunk=cid, gzipped=gzipped
         )
-        return Chunk(batch, cid, payload, records)
+        return Chunk(batch, cid, payload, records, entries=entries)
 
     async def _drain(self) -> None:
         """Give chunks in hand ``shutdown_deadline_s`` to be acked; cancel the rest."""
@@ -443,7 +448,7 @@ class Sender:
                 "spool_first_seq": batch.first_seq,
                 "spool_end_seq": batch.end_seq,
                 "blocks": len(batch.records),
-                "records": chunk.records,
+                "records": chunk.entries,  # as decoding the payload counts them
                 "refusals": chunk.refusals,
                 "endpoints": chunk.refused_by,
                 "detail": chunk.last_refusal,

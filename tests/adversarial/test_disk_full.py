@@ -72,7 +72,8 @@ def spooled_seqs(spool_dir: Path) -> dict[str, set[int]]:
             assert found is not None
             for block in found[1]:
                 for _time, record in decode_entries(block_stream(block)):
-                    held.setdefault(record["_lf"]["src"], set()).add(record["_lf"]["seq"])
+                    if "kind" not in record["_lf"]:  # a checkpoint record has no seq
+                        held.setdefault(record["_lf"]["src"], set()).add(record["_lf"]["seq"])
     return held
 
 

@@ -1,5 +1,9 @@
 """What an aggregator's file output delivered: the documents in its NDJSON files, counted by
-record id (``_lf.id``), for exactly-once checks without a store."""
+record id (``_lf.id``), for exactly-once checks without a store.
+
+Documents with an ``_lf.kind`` (a forwarder's checkpoints, the aggregator's accounting
+records) are not log records: every helper but :func:`marks` leaves them out, so counts of
+delivered records stay counts of log records."""
 
 from __future__ import annotations
 
@@ -12,8 +16,17 @@ import orjson
 
 
 def documents(directory: Path) -> list[dict[str, Any]]:
-    """Every complete document under ``directory`` (``<index>/<index>.<n>.ndjson``); a line
-    being written at this very moment (no newline yet) is left out."""
+    """Every complete log record document under ``directory`` (``<index>/<index>.<n>.ndjson``);
+    a line being written at this very moment (no newline yet) is left out."""
+    return [doc for doc in _all_documents(directory) if "kind" not in doc.get("_lf", {})]
+
+
+def marks(directory: Path, kind: str = "checkpoint") -> list[dict[str, Any]]:
+    """The complete documents under ``directory`` whose ``_lf.kind`` is ``kind``."""
+    return [doc for doc in _all_documents(directory) if doc.get("_lf", {}).get("kind") == kind]
+
+
+def _all_documents(directory: Path) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if not directory.is_dir():
         return out

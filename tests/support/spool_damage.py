@@ -34,11 +34,13 @@ def frames(segment: Path) -> list[tuple[int, int, list[bytes]]]:
 
 
 def forwarder_records(blocks: list[bytes]) -> Counter[str]:
-    """How many records of each source the forwarder spool blocks hold."""
+    """How many records of each source the forwarder spool blocks hold (its checkpoint
+    records are not log records)."""
     held: Counter[str] = Counter()
     for block in blocks:
         for _time, record in decode_entries(block_stream(block)):
-            held[record["_lf"]["src"]] += 1
+            if "kind" not in record["_lf"]:
+                held[record["_lf"]["src"]] += 1
     return held
 
 
