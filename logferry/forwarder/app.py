@@ -82,6 +82,7 @@ class Forwarder:
         self.stalls = DiskStalls(self.registry)
         # When the last run last saved its positions: a rotated file written after that, and
         # known to nobody, was born while no forwarder ran (None: a first start).
+        self._started_at = time.time()
         try:
             self._down_since: float | None = os.stat(config.positions_path).st_mtime
         except OSError:
@@ -278,6 +279,10 @@ class Forwarder:
         if not self._recovered:
             self._recovered = True
             lost = self._reopen_rotated_while_down()
+        else:
+            # A fast writer can rotate a file between two scans: born and renamed away before
+            # any scan saw it under the container's link.
+            self._read_unseen_rotations(self._started_at, "created and rotated between scans")
         self._wake.set()
         if lost and self._checkpoints.enabled:
             await self._checkpoint_lost(lost)
@@ -318,7 +323,11 @@ class Forwarder:
                 )
                 self.positions.remove(*state.key)
                 lost.append(state)
-        self._read_born_while_down()
+        since = self._down_since
+        if since is not None:  # a first start: rotated files before this forwarder are history
+            self._read_unseen_rotations(
+                since, "created and rotated away while the forwarder was down"
+            )
         return lost
 
     async def _checkpoint_lost(self, states: list[SourceState]) -> None:
@@ -344,13 +353,10 @@ class Forwarder:
             log.info("checkpoint.lost", source=state.source_id, lost_lines=lines)
         self._wake.set()
 
-    def _read_born_while_down(self) -> None:
+    def _read_unseen_rotations(self, since: float, why: str) -> None:
         """Rotated files beside a container's log that no position, no release and no tail
-        knows, written since the last run's last save: created and rotated away while the
-        forwarder was down (a fast writer rotates within a restart). Read whole, from 0."""
-        since = self._down_since
-        if since is None:
-            return  # a first start: files rotated before this forwarder existed are history
+        knows, written since ``since``: created and rotated away unseen (while the forwarder
+        was down, or between two scans). Read whole, from 0."""
         places = {
             os.path.dirname(tail.state.path): (tail.state.link, tail.meta)
             for tail in self._tails.values()
@@ -377,7 +383,7 @@ class Forwarder:
                             log,
                             "tail.rotated_unseen",
                             path=entry.path,
-                            why="created and rotated away while the forwarder was down",
+                            why=why,
                         )
 
     def _open(self, item: FoundFile) -> bool:
