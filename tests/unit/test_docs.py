@@ -13,6 +13,7 @@ from logferry.aggregator.pipeline_watch import in_force_families
 from logferry.common.disk_full import DiskStalls
 from logferry.common.reload import ReloadMetrics
 from logferry.forwarder.metrics import ForwarderMetrics
+from logferry.tools.audit import AuditMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = sorted([REPO / "README.md", REPO / "bench" / "README.md", *(REPO / "docs").glob("*.md")])
@@ -68,7 +69,12 @@ def test_metrics_page_lists_exactly_the_exported_metrics() -> None:
     text = (REPO / "docs" / "metrics.md").read_text()
     documented = set(re.findall(r"^\| `(logferry_\w+)` \|", text, re.M))
     exported = _exported(
-        ForwarderMetrics, AggregatorMetrics, SupervisorMetrics, DiskStalls, ReloadMetrics
+        ForwarderMetrics,
+        AggregatorMetrics,
+        SupervisorMetrics,
+        DiskStalls,
+        ReloadMetrics,
+        AuditMetrics,
     ) | {family.name for family in in_force_families([])}
     assert sorted(exported - documented) == [], "exported but not in docs/metrics.md"
     assert sorted(documented - exported) == [], "in docs/metrics.md but not exported"
