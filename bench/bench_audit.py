@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import itertools
 import random
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +63,16 @@ def line(rng: random.Random) -> str:
 
 
 def documents(
-    sources: list[tuple[str, str]], per_source: int, start_ms: int, minutes: int
-) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
-    """(index, doc) of the records, and of the checkpoints (one per source per minute)."""
+    sources: list[tuple[str, str]],
+    per_source: int,
+    start_ms: int,
+    minutes: int,
+    marks: list[tuple[str, dict[str, Any]]],
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(index, doc) of the records, made as they are sent (ten million do not fit in
+    memory at once); the checkpoints (one per source per minute) are added to ``marks``."""
     rng = random.Random(7)
     per_minute = max(1, per_source // minutes)
-    records: list[tuple[str, dict[str, Any]]] = []
-    marks: list[tuple[str, dict[str, Any]]] = []
     for src, tenant in sources:
         index = f"logs-{tenant}-2026.11.30"
         seq = 0
@@ -78,17 +83,15 @@ def documents(
             if seq % 500 == 499 and seq + 3 < per_source:
                 width = 4  # a joined record: a stack trace of four lines
                 lf["seq_end"] = seq + 3
-            records.append(
-                (
-                    index,
-                    {
-                        "@timestamp": stamp,
-                        "log": line(rng),
-                        "stream": "stdout",
-                        "kubernetes": {"namespace_name": tenant, "pod_name": "p", "host": NODE},
-                        "_lf": lf,
-                    },
-                )
+            yield (
+                index,
+                {
+                    "@timestamp": stamp,
+                    "log": line(rng),
+                    "stream": "stdout",
+                    "kubernetes": {"namespace_name": tenant, "pod_name": "p", "host": NODE},
+                    "_lf": lf,
+                },
             )
             seq += width
             boundary = seq // per_minute > (seq - width) // per_minute or seq >= per_source
@@ -112,16 +115,21 @@ def documents(
                         },
                     )
                 )
-    return records, marks
 
 
-async def bulk(url: str, docs: list[tuple[str, dict[str, Any]]]) -> None:
+async def bulk(url: str, docs: Iterable[tuple[str, dict[str, Any]]]) -> int:
+    """Send ``docs`` in requests of 20,000; how many were sent."""
+    sent = 0
+    it = iter(docs)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
-        for start in range(0, len(docs), 20_000):
+        while True:
             lines = []
-            for index, doc in docs[start : start + 20_000]:
+            for index, doc in itertools.islice(it, 20_000):
                 lines.append(orjson.dumps({"create": {"_index": index, "_id": doc["_lf"]["id"]}}))
                 lines.append(orjson.dumps(doc))
+            if not lines:
+                return sent
+            sent += len(lines) // 2
             body = b"\n".join(lines) + b"\n"
             async with session.post(
                 f"{url}/_bulk",
@@ -143,24 +151,22 @@ async def main() -> None:
     minutes = args.windows
     start_ms = (int(time.time() * 1000) // MINUTE_MS - minutes - 5) * MINUTE_MS
     sources = pick_sources(args.sources)
-    built = time.perf_counter()
-    records, marks = documents(sources, per_source, start_ms, minutes)
     lines = per_source * len(sources)
-    print(
-        f"workload: {lines:,d} lines in {len(records):,d} records of {len(sources)} sources "
-        f"({TENANTS} tenants), {len(marks):,d} checkpoints = "
-        f"{len(marks) / lines * 1e6:,.0f} checkpoint documents per million lines "
-        f"(built in {time.perf_counter() - built:.0f}s)"
-    )
+    marks: list[tuple[str, dict[str, Any]]] = []
     with OpenSearchNode(cluster_name="logferry-bench-audit") as node:
         assert node.pid is not None
         pid = node.pid
         async with open_store(StoreAccess(urls=[node.url])) as client:
             await ensure_templates(client, templates_for("logs", IndexSettings(replicas=0)))
         loaded = time.perf_counter()
-        await bulk(node.url, records)
+        records = await bulk(node.url, documents(sources, per_source, start_ms, minutes, marks))
         await bulk(node.url, marks)
-        print(f"seeded in {time.perf_counter() - loaded:.0f}s")
+        print(
+            f"workload: {lines:,d} lines in {records:,d} records of {len(sources)} sources "
+            f"({TENANTS} tenants), {len(marks):,d} checkpoints = "
+            f"{len(marks) / lines * 1e6:,.0f} checkpoint documents per million lines; "
+            f"seeded in {time.perf_counter() - loaded:.0f}s"
+        )
         options = VerifyOptions(store=StoreAccess(urls=[node.url]), index="logs-auditbench-*")
         async with open_verify_store(options) as store:
             await store.refresh()
