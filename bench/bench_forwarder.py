@@ -171,6 +171,13 @@ async def main() -> None:
             f"forwarder/floor {cpu / total * 1e6 / per_m:.2f}"
         )
         await fwd.stop()
+        # What proof of delivery adds: the checkpoint records of the run, its shutdown's too
+        # (per source and interval, checkpoints.interval_s, 60 s here by default).
+        checkpoints = await agg.metric("logferry_checkpoints_received_total")
+        print(
+            f"checkpoints: {checkpoints:.0f} records for {total:,} lines in {elapsed:.0f}s = "
+            f"{checkpoints / total * 1e6:.1f} per million lines"
+        )
         await agg.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
