@@ -124,7 +124,9 @@ async def _prove_batch(
     stored: dict[str, StoredSource],
 ) -> None:
     query = ranges_query(batch)
-    found = await store.stored_sources(query)
+    found = await store.stored_sources(query, namespaces=False)
+    for src, source in found.items():
+        source.namespace = batch[src][2]
     await store.recount(query, found)
     merge_stored(stored, found)
     intervals: dict[str, SourceRanges] = {}

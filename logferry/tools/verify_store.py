@@ -306,15 +306,19 @@ class VerifyStore:
         return aggregations
 
     async def stored_sources(
-        self, query: Mapping[str, Any], run: Pass = MODERN
+        self, query: Mapping[str, Any], run: Pass = MODERN, *, namespaces: bool = True
     ) -> dict[str, StoredSource]:
-        """Every source's blocks, a composite page at a time."""
+        """Every source's blocks, a composite page at a time (``namespaces``: read each
+        source's namespace too; the auditor knows it from the checkpoints)."""
         stored: dict[str, StoredSource] = {}
         sources: list[dict[str, Any]] = [
             {"src": {"terms": {"field": run.src_field}}},
             {"block": {"histogram": {"field": SEQ_FIELD, "interval": BLOCK}}},
         ]
-        async for buckets in self._pages(query, sources, run, _block_aggs(run)):
+        aggs = _block_aggs(run)
+        if not namespaces:
+            del aggs["ns"]
+        async for buckets in self._pages(query, sources, run, aggs):
             fold_buckets(buckets, stored)
         return stored
 
