@@ -53,7 +53,7 @@ class AuditProcess:
                     sys.executable, "-m", "logferry", "audit",
                     "--url", url, "--index", pattern,
                     "--window", f"{WINDOW_S}s", "--grace", f"{GRACE_S}s",
-                    "--span", "30m", "--interval", f"{INTERVAL_S}s",
+                    "--span", "10m", "--interval", f"{INTERVAL_S}s",
                     "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
                 ],
                 stdout=log,
