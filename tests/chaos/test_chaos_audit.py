@@ -136,14 +136,18 @@ def rotate_away_unread(pipeline: Pipeline, extra_lines: int) -> tuple[str, Path]
     last = target.read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[-1] + b"\n"
     with target.open("ab") as out:
         out.write(last * extra_lines)
+    # kubelet's order: rename, a new log, then the rotated file compressed and removed (the
+    # new log is made while the old inode still exists, so it never takes its number).
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    rotated = target.with_name(f"0.log.{stamp}.gz")
-    with target.open("rb") as plain, gzip.open(rotated, "wb") as packed:
+    rotated = target.with_name(f"0.log.{stamp}")
+    os.rename(target, rotated)
+    target.touch()
+    packed_path = rotated.with_name(rotated.name + ".gz")
+    with rotated.open("rb") as plain, gzip.open(packed_path, "wb") as packed:
         shutil.copyfileobj(plain, packed)
-    target.unlink()
-    target.touch()  # the container's new log
+    rotated.unlink()
     namespace = target.parent.parent.name.split("_", 1)[0]
-    return namespace, rotated
+    return namespace, packed_path
 
 
 async def test_12_the_auditor_proves_a_live_run_and_finds_tampering_and_losses(
