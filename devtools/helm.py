@@ -8,12 +8,13 @@ that rendered them.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from devtools.pinned_tools import pinned_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy" / "helm" / "logferry"
@@ -29,17 +30,7 @@ class HelmError(RuntimeError):
 
 def helm_binary() -> str:
     """The path of the pinned helm: ``LOGFERRY_HELM``, else what scripts/ensure-helm prints."""
-    configured = os.environ.get("LOGFERRY_HELM")
-    if configured:
-        if not os.access(configured, os.X_OK):
-            raise HelmError(f"LOGFERRY_HELM={configured} is not an executable")
-        return configured
-    result = subprocess.run(
-        [str(ENSURE_HELM)], capture_output=True, text=True, check=False, timeout=1800
-    )
-    if result.returncode != 0:
-        raise HelmError(f"scripts/ensure-helm failed:\n{result.stderr}")
-    return result.stdout.strip().splitlines()[-1]
+    return pinned_binary("LOGFERRY_HELM", ENSURE_HELM, HelmError)
 
 
 def run(*args: str) -> str:

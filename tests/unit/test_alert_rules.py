@@ -10,7 +10,6 @@ running that script, never on PATH; without it these tests fail, they are not sk
 from __future__ import annotations
 
 import functools
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from devtools import helm
+from devtools.pinned_tools import pinned_binary
 
 ROOT = helm.ROOT
 ENSURE_PROMTOOL = ROOT / "scripts" / "ensure-promtool"
@@ -41,17 +41,7 @@ class PromtoolError(RuntimeError):
 
 def promtool_binary() -> str:
     """The pinned promtool: ``LOGFERRY_PROMTOOL``, else what scripts/ensure-promtool prints."""
-    configured = os.environ.get("LOGFERRY_PROMTOOL")
-    if configured:
-        if not os.access(configured, os.X_OK):
-            raise PromtoolError(f"LOGFERRY_PROMTOOL={configured} is not an executable")
-        return configured
-    result = subprocess.run(
-        [str(ENSURE_PROMTOOL)], capture_output=True, text=True, check=False, timeout=1800
-    )
-    if result.returncode != 0:
-        raise PromtoolError(f"scripts/ensure-promtool failed:\n{result.stderr}")
-    return result.stdout.strip().splitlines()[-1]
+    return pinned_binary("LOGFERRY_PROMTOOL", ENSURE_PROMTOOL, PromtoolError)
 
 
 def _promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
