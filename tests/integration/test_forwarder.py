@@ -16,6 +16,7 @@ import pytest
 from tests.support.aggregator import MakeAggregator, input_port
 from tests.support.blackhole import BlackHole
 from tests.support.daemon import DaemonProcess
+from tests.support.forwarder_daemon import forwarder_config
 from tests.support.kubelet import CRI_TIME, container_log, cri_lines
 from tests.support.net import wait_until
 from tests.support.opensearch_client import StoreReader, wait_count
@@ -47,20 +48,7 @@ def make_forwarder(tmp_path: Path, daemons: list[DaemonProcess]) -> MakeForwarde
         daemon = DaemonProcess(
             "forwarder",
             workdir,
-            {
-                "node_name": "node-it",
-                "spool": {
-                    "directory": str(workdir / "spool"),
-                    "max_bytes": "64MiB",
-                    "segment_max_bytes": "4MiB",
-                },
-                "source": {
-                    "path_glob": str(logs / "*.log"),
-                    "rescan_interval_s": 1,
-                    "poll_interval_s": 0.05,
-                },
-                "sender": {"servers": [f"127.0.0.1:{agg_port}"], "ack_timeout_s": 10},
-            },
+            forwarder_config(workdir, str(logs / "*.log"), [f"127.0.0.1:{agg_port}"]),
         )
         daemons.append(daemon)
         return daemon

@@ -18,6 +18,7 @@ from logferry.forwarder.entries import block_stream
 from tests.support.aggregator import MakeAggregator, input_port
 from tests.support.daemon import DaemonProcess
 from tests.support.file_store import assert_exactly_once, documents, marks
+from tests.support.forwarder_daemon import forwarder_config
 from tests.support.kubelet import container_log, cri_lines, glob_of
 from tests.support.net import free_port, wait_until
 from tests.support.spool_damage import frames, segments
@@ -38,25 +39,14 @@ def make_forwarder(tmp_path: Path, daemons: list[DaemonProcess]) -> MakeForwarde
         daemon = DaemonProcess(
             "forwarder",
             workdir,
-            {
-                "node_name": "node-ck",
-                "spool": {
-                    "directory": str(workdir / "spool"),
-                    "max_bytes": "64MiB",
-                    "segment_max_bytes": "4MiB",
-                },
-                "source": {
-                    "path_glob": glob_of(tmp_path / "node"),
-                    "rescan_interval_s": 1,
-                    "poll_interval_s": 0.05,
-                },
-                "sender": {
-                    "servers": [f"127.0.0.1:{agg_port or free_port()}"],
-                    "ack_timeout_s": 10,
-                    "shutdown_deadline_s": 0 if agg_port is None else 10,
-                },
-                "checkpoints": {"interval_s": interval_s},
-            },
+            forwarder_config(
+                workdir,
+                glob_of(tmp_path / "node"),
+                [f"127.0.0.1:{agg_port or free_port()}"],
+                node_name="node-ck",
+                sender={"shutdown_deadline_s": 0 if agg_port is None else 10},
+                checkpoints={"interval_s": interval_s},
+            ),
         )
         daemons.append(daemon)
         return daemon

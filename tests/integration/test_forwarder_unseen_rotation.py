@@ -12,6 +12,7 @@ import pytest
 from tests.support.aggregator import MakeAggregator, input_address
 from tests.support.daemon import DaemonProcess
 from tests.support.file_store import assert_exactly_once, ids
+from tests.support.forwarder_daemon import forwarder_config
 from tests.support.kubelet import container_log, cri_lines, glob_of
 from tests.support.net import wait_until
 
@@ -30,13 +31,10 @@ async def test_a_generation_born_and_rotated_between_scans_is_read(
     fwd = DaemonProcess(
         "forwarder",
         workdir,
-        {
-            "node_name": "node-fast",
-            "spool": {"directory": str(workdir / "spool"), "segment_max_bytes": "4MiB"},
-            # Scans only when asked: a rotation noticed by the tail, or a new link.
-            "source": {"path_glob": glob_of(logs), "rescan_interval_s": 3600},
-            "sender": {"servers": [input_address(agg)]},
-        },
+        # Scans only when asked: a rotation noticed by the tail, or a new link.
+        forwarder_config(
+            workdir, glob_of(logs), [input_address(agg)], source={"rescan_interval_s": 3600}
+        ),
     )
     daemons.append(fwd)
     await fwd.start()

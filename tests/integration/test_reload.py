@@ -23,6 +23,7 @@ from tests.support.certs import Authority
 from tests.support.daemon import DaemonProcess, process_tree
 from tests.support.file_store import ids
 from tests.support.forward_client import ForwardClient
+from tests.support.forwarder_daemon import forwarder_config
 from tests.support.kubelet import container_log, cri_lines, glob_of
 from tests.support.net import free_port, wait_until
 from tests.support.records import compressed_chunk, container_entries
@@ -45,22 +46,15 @@ def forwarder(workdir: Path, logs: Path, sender: dict[str, Any]) -> DaemonProces
     return DaemonProcess(
         "forwarder",
         workdir,
-        {
-            "node_name": "node-reload",
-            "spool": {"directory": str(workdir / "spool"), "segment_max_bytes": "4MiB"},
-            "source": {
-                "path_glob": glob_of(logs),
-                "rescan_interval_s": 0.5,
-                "poll_interval_s": 0.05,
-            },
-            "sender": {
-                "ack_timeout_s": 5,
-                "backoff_initial_s": 0.05,
-                "backoff_max_s": 0.5,
-                **sender,
-            },
-            "reload": {"watch_interval_s": WATCH_S},
-        },
+        forwarder_config(
+            workdir,
+            glob_of(logs),
+            sender.pop("servers"),
+            node_name="node-reload",
+            source={"rescan_interval_s": 0.5},
+            sender={"ack_timeout_s": 5, "backoff_initial_s": 0.05, "backoff_max_s": 0.5, **sender},
+            reload={"watch_interval_s": WATCH_S},
+        ),
     )
 
 
